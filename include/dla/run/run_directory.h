@@ -1,0 +1,20 @@
+// A run directory `<run.dir>/<run.name>/`: the resolved config, the log, and later metrics and
+// checkpoints of one run.
+#pragma once
+
+#include <filesystem>
+
+#include "dla/config/run_config.h"
+
+namespace dla::run {
+
+struct RunDirectory {
+  std::filesystem::path root;
+  std::filesystem::path config_file;  ///< config.yaml: the resolved config, every key
+  std::filesystem::path log_file;     ///< log.txt: everything the console shows, appended across resumes
+
+  /// Creates the directory (and parents), writes config.yaml atomically and starts logging to log.txt.
+  static RunDirectory open(const config::ResolvedConfig& resolved);
+};
+
+}  // namespace dla::run

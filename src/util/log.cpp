@@ -1,0 +1,44 @@
+// Logging set-up; the rest of the code logs through spdlog's default logger.
+#include "dla/util/log.h"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "dla/util/error.h"
+
+namespace dla::log {
+namespace {
+constexpr const char* kPattern = "[%Y-%m-%d %H:%M:%S] [%^%l%$] %v";
+bool level_forced = false;
+
+void set_level(std::string_view level) {
+  spdlog::set_level(spdlog::level::from_str(std::string(level)));
+}
+}  // namespace
+
+void init(std::string_view level, bool forced) {
+  auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  auto logger = std::make_shared<spdlog::logger>("dla", console);
+  logger->set_pattern(kPattern);
+  logger->flush_on(spdlog::level::warn);
+  spdlog::set_default_logger(logger);
+  set_level(level);
+  level_forced = forced;
+}
+
+void apply_config_level(std::string_view level) {
+  if (!level_forced) set_level(level);
+}
+
+void add_file(const std::filesystem::path& file) {
+  try {
+    auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(file.string(), /*truncate=*/false);
+    sink->set_pattern(kPattern);
+    spdlog::default_logger()->sinks().push_back(sink);
+  } catch (const spdlog::spdlog_ex& e) {
+    throw UserError("cannot open the log file '" + file.string() + "': " + e.what());
+  }
+}
+
+}  // namespace dla::log

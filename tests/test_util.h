@@ -1,0 +1,35 @@
+// Helpers shared by tests: temporary folders, files, and running the `dla` binary.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace dla::test {
+
+/// A fresh folder under the system temp dir, removed with everything in it at scope exit.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+void write_text(const std::filesystem::path& file, const std::string& text);
+std::string read_text(const std::filesystem::path& file);
+
+struct CommandResult {
+  int status = -1;     ///< exit status
+  std::string output;  ///< stdout and stderr together
+};
+
+/// Runs the built `dla` binary with `args` (a shell-quoted argument string) in `cwd` (default: current).
+CommandResult run_dla(const std::string& args, const std::filesystem::path& cwd = {});
+
+}  // namespace dla::test
