@@ -16,14 +16,14 @@ else
   exit 1
 fi
 
-# Debian package -> a file whose presence shows it is installed (cheaper and more robust than dpkg -s
-# for virtual packages such as the compiler).
+# Debian package -> a command on the PATH or a file whose presence shows that what we need is there
+# (whoever installed it: apt, a toolchain module, a pyenv Python).
 declare -A probes=(
-  [g++]=/usr/bin/g++
-  [cmake]=/usr/bin/cmake
-  [ninja-build]=/usr/bin/ninja
-  [git]=/usr/bin/git
-  [python3-venv]=/usr/lib/python3/dist-packages/../../python3*/venv
+  [g++]=g++
+  [cmake]=cmake
+  [ninja-build]=ninja
+  [git]=git
+  [python3]=python3
   [libyaml-cpp-dev]=/usr/include/yaml-cpp/yaml.h
   [libspdlog-dev]=/usr/include/spdlog/spdlog.h
   [libfmt-dev]=/usr/include/fmt/format.h
@@ -32,12 +32,16 @@ declare -A probes=(
   [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
   [libsentencepiece-dev]=/usr/include/sentencepiece_processor.h
   [libzstd-dev]=/usr/include/zstd.h
-  [clang-format]=/usr/bin/clang-format
+  [clang-format]=clang-format
 )
 missing=()
 for pkg in "${!probes[@]}"; do
-  # shellcheck disable=SC2086 # the python3-venv probe is a glob on purpose
-  compgen -G ${probes[$pkg]} >/dev/null || missing+=("$pkg")
+  probe=${probes[$pkg]}
+  if [[ $probe == /* ]]; then
+    [ -e "$probe" ] || missing+=("$pkg")
+  else
+    command -v "$probe" >/dev/null 2>&1 || missing+=("$pkg")
+  fi
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing with apt: ${missing[*]}"
