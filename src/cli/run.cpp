@@ -61,6 +61,7 @@ int run(int argc, char** argv) {
   CommandList commands;
   add_version_command(app, commands);
   add_config_command(app, commands);
+  add_train_command(app, commands);
   add_inspect_command(app, commands);
 
   try {

@@ -1,6 +1,8 @@
 // Resolution of the run config: defaults, file, overrides, validation.
 #include "dla/config/run_config.h"
 
+#include <fmt/format.h>
+
 namespace dla::config {
 
 void RunConfig::validate() const {
@@ -8,6 +10,22 @@ void RunConfig::validate() const {
     throw ConfigError("run.name", "expected a plain folder name (no '/'), got '" + run.name + "'");
   }
   if (run.dir.empty()) throw ConfigError("run.dir", "expected a folder, got an empty string");
+  model.validate();
+  if (train.batch_size % train.grad_accum_steps != 0) {
+    throw ConfigError("train.grad_accum_steps",
+                      fmt::format("train.batch_size ({}) must be a multiple of train.grad_accum_steps ({})",
+                                  train.batch_size, train.grad_accum_steps));
+  }
+  if (data.source == data::DataSource::mqar && 4 * data.mqar.num_kv_pairs > train.seq_len) {
+    throw ConfigError("data.mqar.num_kv_pairs",
+                      fmt::format("data.mqar.num_kv_pairs ({}) needs train.seq_len >= {}, got {}",
+                                  data.mqar.num_kv_pairs, 4 * data.mqar.num_kv_pairs, train.seq_len));
+  }
+  if (data.source == data::DataSource::mqar && 2 * data.mqar.num_kv_pairs >= model.vocab_size) {
+    throw ConfigError("data.mqar.num_kv_pairs",
+                      fmt::format("data.mqar.num_kv_pairs ({}) needs model.vocab_size > {}, got {}",
+                                  data.mqar.num_kv_pairs, 2 * data.mqar.num_kv_pairs, model.vocab_size));
+  }
 }
 
 std::string ResolvedConfig::to_yaml() const {

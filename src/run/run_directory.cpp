@@ -9,9 +9,10 @@
 
 namespace dla::run {
 
-RunDirectory RunDirectory::open(const config::ResolvedConfig& resolved) {
+RunDirectory RunDirectory::open(const config::ResolvedConfig& resolved,
+                                const std::optional<std::filesystem::path>& root) {
   RunDirectory dir;
-  dir.root = std::filesystem::path(resolved.config.run.dir) / resolved.config.run.name;
+  dir.root = root ? *root : std::filesystem::path(resolved.config.run.dir) / resolved.config.run.name;
   dir.config_file = dir.root / "config.yaml";
   dir.log_file = dir.root / "log.txt";
   std::error_code ec;

@@ -35,6 +35,7 @@ void add_config_args(CLI::App& app, ConfigArgs& args);
 void add_version_command(CLI::App& root, CommandList& commands);
 void add_config_command(CLI::App& root, CommandList& commands);
 void add_inspect_command(CLI::App& root, CommandList& commands);
+void add_train_command(CLI::App& root, CommandList& commands);
 
 /// Parses the command line, runs the chosen command and returns the process exit status.
 int run(int argc, char** argv);

@@ -7,6 +7,9 @@
 #include <vector>
 
 #include "dla/config/schema.h"
+#include "dla/data/options.h"
+#include "dla/model/options.h"
+#include "dla/train/options.h"
 
 namespace dla::config {
 
@@ -43,11 +46,19 @@ struct LogOptions {
 struct RunConfig {
   RunOptions run;
   LogOptions log;
+  model::ModelOptions model;
+  data::DataOptions data;
+  train::TrainOptions train;
+  train::OptimOptions optim;
 
   template <class V>
   void visit(V& v) {
     v.section("run", run, "Where a run's files go and how it is seeded.");
     v.section("log", log, "Logging.");
+    v.section("model", model, "The causal language model: sizes, mixer and its options.");
+    v.section("data", data, "Training data.");
+    v.section("train", train, "The training loop.");
+    v.section("optim", optim, "AdamW and the learning-rate schedule.");
   }
 
   /// Checks that span several keys or that the bounds cannot express; throws ConfigError naming the key.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 
 #include "dla/config/run_config.h"
 
@@ -14,7 +15,9 @@ struct RunDirectory {
   std::filesystem::path log_file;     ///< log.txt: everything the console shows, appended across resumes
 
   /// Creates the directory (and parents), writes config.yaml atomically and starts logging to log.txt.
-  static RunDirectory open(const config::ResolvedConfig& resolved);
+  /// The directory is `root` when given, else `<run.dir>/<run.name>`.
+  static RunDirectory open(const config::ResolvedConfig& resolved,
+                           const std::optional<std::filesystem::path>& root = std::nullopt);
 };
 
 }  // namespace dla::run

@@ -1,0 +1,54 @@
+// The causal language model: embedding, pre-norm residual blocks (mixer, optional SwiGLU MLP), final
+// norm, LM head. Parameter names are dla's own (`layers.0.mixer.q_proj.weight`); checkpoint/fla_names
+// maps them to and from flash-linear-attention's.
+// Shapes: B batch, T tokens, D model dim, V vocabulary.
+#pragma once
+
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+#include "dla/model/gdn.h"
+#include "dla/model/mamba2.h"
+#include "dla/model/mlp.h"
+#include "dla/model/norm.h"
+#include "dla/model/options.h"
+
+namespace dla::model {
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const ModelOptions& options);
+  at::Tensor forward(const at::Tensor& h_BTD);
+
+  RMSNorm mixer_norm{nullptr};
+  std::shared_ptr<MixerImpl> mixer;
+  RMSNorm mlp_norm{nullptr};  ///< with use_mlp
+  GatedMlp mlp{nullptr};      ///< with use_mlp
+};
+TORCH_MODULE(Block);
+
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  explicit CausalLMImpl(const ModelOptions& options);
+  /// ids [B,T] int64 -> logits [B,T,V].
+  at::Tensor forward(const at::Tensor& ids_BT);
+  /// Draws every parameter as fla's `_init_weights` does, from the current torch seed.
+  void reset_parameters();
+  int64_t num_parameters() const;
+  const ModelOptions& options() const { return options_; }
+
+  torch::nn::Embedding embeddings{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+  torch::nn::Linear lm_head{nullptr};  ///< absent (nullptr) with tie_embeddings
+
+ private:
+  ModelOptions options_;
+};
+TORCH_MODULE(CausalLM);
+
+/// Mean next-token cross-entropy (natural log): position t predicts ids[t+1], as fla shifts labels.
+at::Tensor next_token_loss(const at::Tensor& logits_BTV, const at::Tensor& ids_BT);
+
+}  // namespace dla::model

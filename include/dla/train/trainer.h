@@ -1,0 +1,66 @@
+// The training loop. `run()` reads top to bottom: per step, `train_step`, then `log_step`; at the end, the
+// held-out evaluation and the loss curve. Everything a checkpoint will need is in `TrainState`.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include <torch/optim/adamw.h>
+
+#include "dla/config/run_config.h"
+#include "dla/model/causal_lm.h"
+#include "dla/run/run_directory.h"
+#include "dla/train/metrics.h"
+
+namespace dla::train {
+
+/// The process's place in a data-parallel job; one process is rank 0 of 1.
+struct DistContext {
+  int rank = 0;
+  int world_size = 1;
+  bool is_main() const { return rank == 0; }
+};
+
+/// Progress of a run: what resuming needs besides the weights and the optimiser.
+struct TrainState {
+  int64_t step = 0;         ///< optimiser steps done
+  int64_t tokens_seen = 0;  ///< over all ranks
+};
+
+struct StepResult {
+  double loss = 0;
+  double grad_norm = 0;
+  double lr = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir, DistContext dist = {});
+  /// Trains for train.steps steps; returns the final held-out metrics (e.g. {"mqar_accuracy": 0.98}).
+  nlohmann::json run();
+
+  model::CausalLM& model() { return model_; }
+
+ private:
+  StepResult train_step();
+  void log_step(const StepResult& result, double seconds);
+  nlohmann::json evaluate();
+
+  config::RunConfig config_;
+  run::RunDirectory run_dir_;
+  DistContext dist_;
+  at::Device device_;
+  model::CausalLM model_{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  TrainState state_;
+  std::unique_ptr<MetricsLog> metrics_;
+  std::vector<double> curve_steps_, curve_losses_;
+  double seconds_since_log_ = 0;
+  double seconds_total_ = 0;
+  int64_t tokens_since_log_ = 0;
+};
+
+/// Mean cross-entropy over positions whose label is not −100.
+at::Tensor masked_loss(const at::Tensor& logits_BTV, const at::Tensor& labels_BT);
+
+}  // namespace dla::train

@@ -1,0 +1,36 @@
+// `dla train`: one training run from a config.
+#include "dla/cli/command.h"
+#include "dla/config/run_config.h"
+#include "dla/run/run_directory.h"
+#include "dla/train/trainer.h"
+#include "dla/util/log.h"
+
+namespace dla::cli {
+namespace {
+
+struct TrainArgs {
+  ConfigArgs config;
+  std::optional<std::string> run_dir;
+};
+
+int train(const TrainArgs& args) {
+  auto resolved = config::resolve_run_config(args.config.file, args.config.overrides);
+  log::apply_config_level(config::enum_name(resolved.config.log.level));
+  const auto run_dir = run::RunDirectory::open(resolved, args.run_dir);
+  spdlog::info("dla train: run '{}' in {}", resolved.config.run.name, run_dir.root.string());
+  train::Trainer trainer(resolved, run_dir);
+  trainer.run();
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& root, CommandList& commands) {
+  auto* app = root.add_subcommand("train", "Train a model from a run config");
+  auto args = std::make_shared<TrainArgs>();
+  add_config_args(*app, args->config);
+  app->add_option("--run-dir", args->run_dir, "Run directory (default: <run.dir>/<run.name>)");
+  commands.push_back({app, [args] { return train(*args); }});
+}
+
+}  // namespace dla::cli

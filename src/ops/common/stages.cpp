@@ -1,0 +1,82 @@
+// Stages of the chunkwise-parallel form shared by the gated delta rule and SSD: chunking, gate cumsum, the
+// intra-chunk decay matrix, the state pass over chunks and the chunk output. Derivations: docs/ops/gdn.md.
+// Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
+#include <limits>
+#include <vector>
+
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/stack.h>
+
+#include "dla/ops/common.h"
+
+namespace dla::ops::common {
+
+at::Tensor to_chunks(const at::Tensor& x_BTH_, int64_t chunk_size, at::ScalarType dtype) {
+  const int64_t num_tokens = x_BTH_.size(1);
+  const int64_t num_chunks = (num_tokens + chunk_size - 1) / chunk_size;
+  const at::Tensor x_BHT_ = x_BTH_.to(dtype).movedim(1, 2);
+  // constant_pad_nd lists (before, after) pairs from the last dim backwards; only T, at dim 2, grows.
+  std::vector<int64_t> padding(2 * (x_BHT_.dim() - 2), 0);
+  padding.back() = num_chunks * chunk_size - num_tokens;
+  std::vector<int64_t> chunked_shape = {x_BHT_.size(0), x_BHT_.size(1), num_chunks, chunk_size};
+  for (int64_t d = 3; d < x_BHT_.dim(); ++d)
+    chunked_shape.push_back(x_BHT_.size(d));
+  return at::constant_pad_nd(x_BHT_, padding, 0).reshape(chunked_shape);
+}
+
+at::Tensor from_chunks(const at::Tensor& x_BHMC_, int64_t num_tokens) {
+  std::vector<int64_t> shape = {x_BHMC_.size(0), x_BHMC_.size(1), x_BHMC_.size(2) * x_BHMC_.size(3)};
+  for (int64_t d = 4; d < x_BHMC_.dim(); ++d)
+    shape.push_back(x_BHMC_.size(d));
+  return x_BHMC_.reshape(shape).narrow(2, 0, num_tokens).movedim(2, 1);
+}
+
+at::Tensor cumsum_gates(const at::Tensor& g_BHMC) {
+  return g_BHMC.cumsum(-1);
+}
+
+at::Tensor decay_matrix(const at::Tensor& gamma_BHMC) {
+  const int64_t chunk_size = gamma_BHMC.size(-1);
+  const at::Tensor causal_CC =
+      at::ones({chunk_size, chunk_size}, gamma_BHMC.options().dtype(at::kBool)).tril();
+  const at::Tensor log_decay_BHMCC = gamma_BHMC.unsqueeze(-1) - gamma_BHMC.unsqueeze(-2);
+  // Mask before exp: above the diagonal gamma_i - gamma_j > 0 can overflow, and inf * 0 would be NaN.
+  return log_decay_BHMCC.masked_fill(causal_CC.logical_not(), -std::numeric_limits<double>::infinity()).exp();
+}
+
+StatePass state_pass(const at::Tensor& k_BHMCK, const at::Tensor& u_BHMCV, const at::Tensor& w_BHMCK,
+                     const at::Tensor& gamma_BHMC, const at::Tensor& initial_state_BHKV) {
+  const at::Tensor gamma_last_BHM = gamma_BHMC.select(-1, -1);
+  const at::Tensor chunk_decay_BHM = gamma_last_BHM.exp();
+  // Each key enters the chunk-end state decayed from its own position to the chunk's end.
+  const at::Tensor k_to_end_BHMCK = k_BHMCK * (gamma_last_BHM.unsqueeze(-1) - gamma_BHMC).exp().unsqueeze(-1);
+  const bool delta_rule = w_BHMCK.defined();
+
+  const std::vector<at::Tensor> k_to_end_BHCK = k_to_end_BHMCK.unbind(2);
+  const std::vector<at::Tensor> u_BHCV = u_BHMCV.unbind(2);
+  const std::vector<at::Tensor> w_BHCK = delta_rule ? w_BHMCK.unbind(2) : std::vector<at::Tensor>{};
+  const std::vector<at::Tensor> chunk_decay_BH = chunk_decay_BHM.unbind(2);
+  std::vector<at::Tensor> states_BHKV;
+  std::vector<at::Tensor> v_new_BHCV;
+  at::Tensor state_BHKV = initial_state_BHKV;
+  for (std::size_t m = 0; m < u_BHCV.size(); ++m) {
+    states_BHKV.push_back(state_BHKV);
+    v_new_BHCV.push_back(delta_rule ? u_BHCV[m] - w_BHCK[m].matmul(state_BHKV) : u_BHCV[m]);
+    state_BHKV = chunk_decay_BH[m].unsqueeze(-1).unsqueeze(-1) * state_BHKV +
+                 k_to_end_BHCK[m].transpose(-1, -2).matmul(v_new_BHCV.back());
+  }
+  return {at::stack(states_BHKV, 2), delta_rule ? at::stack(v_new_BHCV, 2) : u_BHMCV, state_BHKV};
+}
+
+at::Tensor chunk_output(const at::Tensor& q_BHMCK, const at::Tensor& k_BHMCK, const at::Tensor& v_new_BHMCV,
+                        const at::Tensor& gamma_BHMC, const at::Tensor& decay_BHMCC,
+                        const at::Tensor& states_BHMKV, double scale) {
+  // What the chunk reads from earlier chunks: the chunk-start state, decayed up to each query.
+  const at::Tensor inter_BHMCV = (q_BHMCK * gamma_BHMC.exp().unsqueeze(-1)).matmul(states_BHMKV);
+  // What it reads from its own tokens: causal, decayed attention over the values written in this chunk.
+  const at::Tensor scores_BHMCC = q_BHMCK.matmul(k_BHMCK.transpose(-1, -2)) * decay_BHMCC;
+  return (inter_BHMCV + scores_BHMCC.matmul(v_new_BHMCV)) * scale;
+}
+
+}  // namespace dla::ops::common

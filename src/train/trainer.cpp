@@ -1,0 +1,206 @@
+// The training loop.
+// Shapes: B batch, T tokens, V vocabulary.
+#include "dla/train/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/cuda.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/utils.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "dla/data/mqar.h"
+#include "dla/io/atomic_file.h"
+#include "dla/train/lr_schedule.h"
+#include "dla/util/error.h"
+
+namespace dla::train {
+namespace {
+
+at::Device choose_device(DeviceKind kind) {
+  const bool cuda = torch::cuda::is_available();
+  if (kind == DeviceKind::cuda && !cuda) {
+    throw UserError("train.device = cuda, but no CUDA device is available (see `dla version`)");
+  }
+  return (kind == DeviceKind::cuda || (kind == DeviceKind::auto_select && cuda)) ? at::Device(at::kCUDA)
+                                                                                 : at::Device(at::kCPU);
+}
+
+// Weight decay applies to matrices; vectors (norm weights, biases, A_log, dt_bias, D) are exempt.
+std::vector<torch::optim::OptimizerParamGroup> param_groups(torch::nn::Module& model,
+                                                            const OptimOptions& optim) {
+  std::vector<at::Tensor> decay, no_decay;
+  for (const auto& p : model.parameters())
+    (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  auto options = [&](double weight_decay) {
+    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(optim.lr)
+                                                            .betas({optim.beta1, optim.beta2})
+                                                            .eps(optim.eps)
+                                                            .weight_decay(weight_decay));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, options(optim.weight_decay));
+  groups.emplace_back(no_decay, options(0.0));
+  return groups;
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
+  if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
+}
+
+// Seeds for generated data: distinct streams for training micro-batches and for evaluation.
+uint64_t data_seed(int64_t run_seed, int64_t step, int64_t micro, int rank) {
+  return static_cast<uint64_t>(run_seed) * 0x9E3779B97F4A7C15ULL ^ (static_cast<uint64_t>(step) << 20) ^
+         (static_cast<uint64_t>(micro) << 8) ^ static_cast<uint64_t>(rank);
+}
+
+}  // namespace
+
+at::Tensor masked_loss(const at::Tensor& logits_BTV, const at::Tensor& labels_BT) {
+  return at::cross_entropy_loss(logits_BTV.reshape({-1, logits_BTV.size(-1)}).to(at::kFloat),
+                                labels_BT.reshape({-1}), /*weight=*/{}, at::Reduction::Mean,
+                                /*ignore_index=*/-100);
+}
+
+Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir, DistContext dist)
+    : config_(resolved.config),
+      run_dir_(std::move(run_dir)),
+      dist_(dist),
+      device_(choose_device(config_.train.device)) {
+  if (config_.train.precision == Precision::bfloat16 && !device_.is_cuda()) {
+    throw UserError("train.precision = bfloat16 needs a CUDA device; use float32 on the CPU");
+  }
+  torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
+  model_ = model::CausalLM(config_.model);
+  model_->to(device_);
+  optimizer_ = std::make_unique<torch::optim::AdamW>(param_groups(*model_, config_.optim));
+  if (dist_.is_main()) metrics_ = std::make_unique<MetricsLog>(run_dir_.root / "metrics.jsonl");
+  spdlog::info("model: {} ({} layers, hidden {}), {:.3f}M parameters, device {}, {}",
+               config::enum_name(config_.model.mixer), config_.model.num_layers, config_.model.hidden_size,
+               static_cast<double>(model_->num_parameters()) / 1e6, device_.str(),
+               config::enum_name(config_.train.precision));
+}
+
+nlohmann::json Trainer::run() {
+  const auto& train = config_.train;
+  spdlog::info("training {} steps of {} sequences × {} tokens; run directory {}", train.steps,
+               train.batch_size, train.seq_len, run_dir_.root.string());
+  model_->train();
+  while (state_.step < train.steps) {
+    const auto start = std::chrono::steady_clock::now();
+    const StepResult result = train_step();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    log_step(result, seconds);
+  }
+  const nlohmann::json eval = evaluate();
+  if (dist_.is_main()) {
+    write_curve_svg(run_dir_.root / "loss.svg", curve_steps_, curve_losses_,
+                    fmt::format("{} — training loss", config_.run.name), "loss");
+    spdlog::info("wrote {} and {}", (run_dir_.root / "metrics.jsonl").string(),
+                 (run_dir_.root / "loss.svg").string());
+  }
+  return eval;
+}
+
+StepResult Trainer::train_step() {
+  const auto& train = config_.train;
+  const int64_t micro_batch = train.batch_size / train.grad_accum_steps / dist_.world_size;
+  StepResult result;
+  result.lr = lr_at(config_.optim, state_.step + 1, train.steps);
+  for (auto& group : optimizer_->param_groups())
+    group.options().set_lr(result.lr);
+  optimizer_->zero_grad();
+
+  const bool autocast = train.precision == Precision::bfloat16;
+  at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(device_));
+  for (int64_t micro = 0; micro < train.grad_accum_steps; ++micro) {
+    const auto batch =
+        data::generate_mqar(config_.data.mqar, micro_batch, train.seq_len, config_.model.vocab_size,
+                            data_seed(config_.run.seed, state_.step, micro, dist_.rank));
+    const at::Tensor ids = batch.ids_BL.to(device_, /*non_blocking=*/true);
+    const at::Tensor labels = batch.labels_BL.to(device_, /*non_blocking=*/true);
+    at::autocast::set_autocast_enabled(at::kCUDA, autocast);
+    if (autocast) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    const at::Tensor logits = model_->forward(ids);
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+    const at::Tensor loss = masked_loss(logits, labels) / static_cast<double>(train.grad_accum_steps);
+    loss.backward();
+    loss_sum += loss.detach();
+  }
+  result.grad_norm = torch::nn::utils::clip_grad_norm_(
+      model_->parameters(), config_.optim.grad_clip > 0 ? config_.optim.grad_clip : INFINITY);
+  result.loss = loss_sum.item<double>();
+  if (!std::isfinite(result.loss)) {
+    throw UserError(
+        fmt::format("the loss is {} at step {}: training diverged. Lower optim.lr (now {}), raise "
+                    "optim.warmup_steps, or check the data",
+                    result.loss, state_.step + 1, config_.optim.lr));
+  }
+  optimizer_->step();
+  state_.step += 1;
+  state_.tokens_seen += train.batch_size * train.seq_len;
+  tokens_since_log_ += train.batch_size * train.seq_len;
+  return result;
+}
+
+void Trainer::log_step(const StepResult& result, double seconds) {
+  seconds_since_log_ += seconds;
+  seconds_total_ += seconds;
+  const auto& train = config_.train;
+  if (!dist_.is_main() || (state_.step % train.log_every != 0 && state_.step != train.steps)) return;
+  const double tokens_per_s = static_cast<double>(tokens_since_log_) / std::max(seconds_since_log_, 1e-9);
+  const double eta =
+      seconds_total_ / static_cast<double>(state_.step) * static_cast<double>(train.steps - state_.step);
+  spdlog::info("step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.2e} | tok/s {:.0f} | eta {}", state_.step,
+               train.steps, result.loss, result.grad_norm, result.lr, tokens_per_s, format_duration(eta));
+  metrics_->append({{"step", state_.step},
+                    {"loss", result.loss},
+                    {"lr", result.lr},
+                    {"grad_norm", result.grad_norm},
+                    {"tokens", state_.tokens_seen},
+                    {"tokens_per_s", tokens_per_s},
+                    {"elapsed_s", seconds_total_}});
+  curve_steps_.push_back(static_cast<double>(state_.step));
+  curve_losses_.push_back(result.loss);
+  seconds_since_log_ = 0;
+  tokens_since_log_ = 0;
+}
+
+nlohmann::json Trainer::evaluate() {
+  at::NoGradGuard no_grad;
+  model_->eval();
+  const auto& mqar = config_.data.mqar;
+  const auto batch =
+      data::generate_mqar(mqar, mqar.eval_examples, config_.train.seq_len, config_.model.vocab_size,
+                          data_seed(config_.run.seed, /*step=*/-1, /*micro=*/0, /*rank=*/0));
+  int64_t correct = 0, total = 0;
+  const int64_t eval_batch = std::max<int64_t>(1, config_.train.batch_size / config_.train.grad_accum_steps);
+  for (int64_t begin = 0; begin < mqar.eval_examples; begin += eval_batch) {
+    const int64_t n = std::min(eval_batch, mqar.eval_examples - begin);
+    const at::Tensor ids = batch.ids_BL.narrow(0, begin, n).to(device_);
+    const at::Tensor labels = batch.labels_BL.narrow(0, begin, n).to(device_);
+    const at::Tensor predicted = model_->forward(ids).argmax(-1);
+    const at::Tensor scored = labels.ne(-100);
+    correct += predicted.eq(labels).logical_and(scored).sum().item<int64_t>();
+    total += scored.sum().item<int64_t>();
+  }
+  model_->train();
+  const double accuracy = static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(total, 1));
+  const double chance = 1.0 / static_cast<double>(config_.model.vocab_size - config_.model.vocab_size / 2);
+  spdlog::info("held-out MQAR accuracy {:.2f}% over {} queries ({} sequences; chance {:.2f}%)",
+               100 * accuracy, total, mqar.eval_examples, 100 * chance);
+  nlohmann::json result = {
+      {"mqar_accuracy", accuracy}, {"queries", total}, {"chance", chance}, {"step", state_.step}};
+  if (dist_.is_main()) {
+    const std::string text = result.dump(2) + "\n";
+    io::write_file_atomic(run_dir_.root / "eval.json", std::as_bytes(std::span(text.data(), text.size())));
+  }
+  return result;
+}
+
+}  // namespace dla::train

@@ -1,0 +1,62 @@
+// Helpers for the op tests: tensor comparison that reports its errors, random op inputs, gradients of a
+// scalar loss, the path of a reference fixture, and the message of an expected c10::Error.
+// Shapes: B batch, T tokens, H heads, K key dim, V value dim.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "dla/ops/common.h"
+
+namespace dla::test {
+
+/// How far `got` is from `ref`, computed in float64.
+struct CloseStats {
+  double max_abs_diff = 0;   ///< max |ref - got|
+  double rel_rms_error = 0;  ///< ||ref - got|| / ||ref|| (the plain norm of the difference when ref is 0)
+};
+
+CloseStats compare(const at::Tensor& ref, const at::Tensor& got);
+
+/// CHECKs that `got` has ref's shape and a relative RMS error of at most `tol`; the name, both errors and
+/// the shape are reported with the check. Returns the errors for further checks.
+CloseStats expect_close(const std::string& name, const at::Tensor& ref, const at::Tensor& got, double tol);
+
+struct OpSizes {
+  int64_t batch = 2;
+  int64_t tokens = 8;
+  int64_t heads = 2;
+  int64_t key_dim = 16;
+  int64_t value_dim = 24;
+};
+
+/// Inputs of the linear-attention ops in `dtype`: q_BTHK and k_BTHK L2-normalised per head, v_BTHV, a mild
+/// log decay g_BTH < 0 (so states carry over several chunks), beta_BTH in (0, 1), and initial_state_BHKV
+/// when `with_initial_state` (else undefined). Seeded, so a case draws the same numbers every run.
+struct OpInputs {
+  at::Tensor q, k, v, g, beta, initial_state;
+};
+OpInputs random_inputs(const OpSizes& sizes, bool with_initial_state, at::ScalarType dtype, uint64_t seed);
+
+/// Standard normal numbers of `shape` in float64, seeded: fixed weights for a scalar loss.
+at::Tensor random_weight(at::IntArrayRef shape, uint64_t seed);
+
+/// The gradient of sum(out * out_weight) + sum(final_state * state_weight) with respect to each of
+/// `inputs`, for `op` run on detached copies of them (undefined inputs get undefined gradients). The
+/// weights are fixed random tensors, so every output entry matters.
+using OpFunction = std::function<ops::OpResult(const std::vector<at::Tensor>&)>;
+std::vector<at::Tensor> op_gradients(const OpFunction& op, const std::vector<at::Tensor>& inputs,
+                                     const at::Tensor& out_weight, const at::Tensor& state_weight);
+
+/// `relative` under $DLA_FIXTURES, else under DLA_SOURCE_DIR/../shared/fixtures. REQUIREs that the file
+/// exists, so a missing fixture fails with its path and the DLA_FIXTURES hint.
+std::filesystem::path fixture_file(const std::string& relative);
+
+/// The message of the c10::Error that `fn` throws, or a text saying that it threw none.
+std::string c10_error_message(const std::function<void()>& fn);
+
+}  // namespace dla::test
