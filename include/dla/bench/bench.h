@@ -1,0 +1,41 @@
+// Benchmarks behind `dla bench`: the chunkwise mixer ops at given sizes, and whole training steps of a
+// model config. Timings synchronise the device; numbers go to docs/benchmarks.md, never into tests.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "dla/config/run_config.h"
+
+namespace dla::bench {
+
+struct LayerBenchOptions {
+  std::string mixer = "gdn";  ///< gdn or mamba2
+  int64_t batch = 8;
+  int64_t tokens = 2048;
+  int64_t heads = 16;
+  int64_t head_dim = 128;
+  std::string dtype = "bfloat16";  ///< float32 or bfloat16
+  std::string device = "auto";     ///< auto, cpu or cuda
+  int64_t chunk_size = 64;
+  int64_t warmup = 3;
+  int64_t iters = 10;
+};
+
+/// Times the mixer's chunkwise op (GDN: gated delta rule; Mamba-2: SSD) forward and forward+backward on
+/// random inputs of [B,T,H,D]. Returns {"fwd_ms", "fwd_bwd_ms", ...sizes}.
+nlohmann::json bench_layer(const LayerBenchOptions& options);
+
+struct ModelBenchOptions {
+  int64_t warmup = 2;
+  int64_t steps = 5;
+};
+
+/// Times full training steps (forward, backward, AdamW) of the model in `config` at train.batch_size ×
+/// train.seq_len with random tokens. Returns tokens/s, step time, parameters, an MFU estimate (6·N·tokens
+/// against `peak_tflops`) and the peak device memory.
+nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOptions& options,
+                           double peak_tflops);
+
+}  // namespace dla::bench

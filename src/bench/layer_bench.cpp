@@ -1,0 +1,87 @@
+// `dla bench layer`: the chunkwise ops of the mixers.
+// Shapes: B batch, T tokens, H heads, D head dim.
+#include <ATen/ATen.h>
+#include <torch/cuda.h>
+
+#include <chrono>
+
+#include "dla/bench/bench.h"
+#include "dla/ops/gdn.h"
+#include "dla/ops/ssd.h"
+#include "dla/util/error.h"
+
+namespace dla::bench {
+namespace {
+
+at::Device pick_device(const std::string& device) {
+  if (device == "cuda" || (device == "auto" && torch::cuda::is_available())) {
+    if (!torch::cuda::is_available()) throw UserError("--device cuda, but no CUDA device is available");
+    return at::Device(at::kCUDA);
+  }
+  return at::Device(at::kCPU);
+}
+
+void synchronize(const at::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+// Mean milliseconds of `fn` over `iters` runs after `warmup` runs.
+template <class Fn>
+double time_ms(const at::Device& device, int64_t warmup, int64_t iters, Fn&& fn) {
+  for (int64_t i = 0; i < warmup; ++i)
+    fn();
+  synchronize(device);
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < iters; ++i)
+    fn();
+  synchronize(device);
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() /
+         static_cast<double>(iters);
+}
+
+}  // namespace
+
+nlohmann::json bench_layer(const LayerBenchOptions& o) {
+  if (o.mixer != "gdn" && o.mixer != "mamba2")
+    throw UserError("--mixer must be gdn or mamba2, got " + o.mixer);
+  if (o.dtype != "float32" && o.dtype != "bfloat16") {
+    throw UserError("--dtype must be float32 or bfloat16, got " + o.dtype);
+  }
+  const at::Device device = pick_device(o.device);
+  const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  const auto opts = at::TensorOptions().device(device).dtype(dtype);
+  const int64_t B = o.batch, T = o.tokens, H = o.heads, D = o.head_dim;
+
+  auto l2 = [](const at::Tensor& t) { return t / t.norm(2, -1, true); };
+  const at::Tensor q = l2(at::randn({B, T, H, D}, opts)).requires_grad_();
+  const at::Tensor k = l2(at::randn({B, T, H, D}, opts)).requires_grad_();
+  const at::Tensor v = at::randn({B, T, H, D}, opts).requires_grad_();
+  const at::Tensor g = (-at::rand({B, T, H}, opts.dtype(at::kFloat)) * 0.1).requires_grad_();
+  const at::Tensor beta = at::rand({B, T, H}, opts).sigmoid().requires_grad_();
+  const double scale = o.mixer == "gdn" ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0;
+
+  auto forward = [&] {
+    return o.mixer == "gdn" ? ops::gdn::chunk(q, k, v, g, beta, scale, {}, o.chunk_size).out
+                            : ops::ssd::chunk(q, k, v, g, scale, {}, o.chunk_size).out;
+  };
+  const at::Tensor grad_out = at::randn({B, T, H, D}, opts);
+  double fwd_ms = 0;
+  {
+    at::NoGradGuard no_grad;
+    fwd_ms = time_ms(device, o.warmup, o.iters, forward);
+  }
+  const double fwd_bwd_ms = time_ms(device, o.warmup, o.iters, [&] { forward().backward(grad_out); });
+  return {{"mixer", o.mixer},
+          {"op", o.mixer == "gdn" ? "gated delta rule, chunkwise" : "SSD, chunkwise"},
+          {"B", B},
+          {"T", T},
+          {"H", H},
+          {"D", D},
+          {"dtype", o.dtype},
+          {"device", device.str()},
+          {"chunk", o.chunk_size},
+          {"fwd_ms", fwd_ms},
+          {"fwd_bwd_ms", fwd_bwd_ms}};
+}
+
+}  // namespace dla::bench

@@ -1,0 +1,90 @@
+// `dla bench model`: training steps of a model config.
+// Shapes: B batch, T tokens.
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/cuda.h>
+#include <torch/optim/adamw.h>
+#include <torch/utils.h>
+
+#include <chrono>
+
+#include "dla/bench/bench.h"
+#include "dla/model/causal_lm.h"
+#include "dla/util/error.h"
+
+#ifdef DLA_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace dla::bench {
+
+nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOptions& options,
+                           double peak_tflops) {
+  const auto& train = config.train;
+  const bool cuda = torch::cuda::is_available() && train.device != train::DeviceKind::cpu;
+  if (train.device == train::DeviceKind::cuda && !torch::cuda::is_available()) {
+    throw UserError("train.device = cuda, but no CUDA device is available");
+  }
+  const at::Device device = cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  const bool autocast = train.precision == train::Precision::bfloat16;
+  if (autocast && !cuda) throw UserError("train.precision = bfloat16 needs a CUDA device");
+
+  torch::manual_seed(static_cast<uint64_t>(config.run.seed));
+  model::CausalLM model(config.model);
+  model->to(device);
+  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(config.optim.lr));
+  const int64_t B = train.batch_size, T = train.seq_len;
+  const at::Tensor ids =
+      at::randint(config.model.vocab_size, {B, T}, at::TensorOptions().device(device).dtype(at::kLong));
+
+  auto step = [&] {
+    optimizer.zero_grad();
+    at::autocast::set_autocast_enabled(at::kCUDA, autocast);
+    if (autocast) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    const at::Tensor logits = model->forward(ids);
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+    model::next_token_loss(logits, ids).backward();
+    optimizer.step();
+  };
+  for (int64_t i = 0; i < options.warmup; ++i)
+    step();
+  if (cuda) torch::cuda::synchronize();
+#ifdef DLA_WITH_CUDA
+  if (cuda) c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+#endif
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < options.steps; ++i)
+    step();
+  if (cuda) torch::cuda::synchronize();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() /
+                         static_cast<double>(options.steps);
+
+  const auto num_params = model->num_parameters();
+  const double tokens_per_s = static_cast<double>(B * T) / seconds;
+  // 6·N FLOPs per token for forward and backward of the weights; the mixers' own work is not counted.
+  const double tflops = 6.0 * static_cast<double>(num_params) * tokens_per_s / 1e12;
+  nlohmann::json result = {{"mixer", config::enum_name(config.model.mixer)},
+                           {"parameters", num_params},
+                           {"batch", B},
+                           {"seq_len", T},
+                           {"precision", config::enum_name(train.precision)},
+                           {"device", device.str()},
+                           {"step_ms", seconds * 1e3},
+                           {"tokens_per_s", tokens_per_s},
+                           {"model_tflops", tflops},
+                           {"mfu", tflops / peak_tflops}};
+#ifdef DLA_WITH_CUDA
+  if (cuda) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+    result["peak_memory_gib"] =
+        static_cast<double>(
+            stats.allocated_bytes[static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+                .peak) /
+        (1 << 30);
+  }
+#endif
+  return result;
+}
+
+}  // namespace dla::bench

@@ -1,0 +1,59 @@
+// `dla bench layer|model`: speed measurements. Output: one JSON object per run on stdout.
+#include <iostream>
+
+#include "dla/bench/bench.h"
+#include "dla/cli/command.h"
+
+namespace dla::cli {
+
+void add_bench_command(CLI::App& root, CommandList& commands) {
+  auto* group = root.add_subcommand("bench", "Measure speed: mixer ops (layer) or training steps (model)");
+
+  auto* layer = group->add_subcommand("layer", "Forward and forward+backward time of a mixer's chunkwise op");
+  auto layer_args = std::make_shared<bench::LayerBenchOptions>();
+  layer->add_option("--mixer", layer_args->mixer, "gdn or mamba2")
+      ->check(CLI::IsMember({"gdn", "mamba2"}))
+      ->capture_default_str();
+  layer->add_option("-B,--batch", layer_args->batch, "Batch size")->capture_default_str();
+  layer->add_option("-T,--tokens", layer_args->tokens, "Sequence length")->capture_default_str();
+  layer->add_option("-H,--heads", layer_args->heads, "Heads")->capture_default_str();
+  layer->add_option("-D,--head-dim", layer_args->head_dim, "Head dim (key and value)")->capture_default_str();
+  layer->add_option("--dtype", layer_args->dtype, "float32 or bfloat16")
+      ->check(CLI::IsMember({"float32", "bfloat16"}))
+      ->capture_default_str();
+  layer->add_option("--device", layer_args->device, "auto, cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  layer->add_option("--chunk", layer_args->chunk_size, "Chunk length")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  layer->add_option("--warmup", layer_args->warmup, "Untimed runs first")->capture_default_str();
+  layer->add_option("--iters", layer_args->iters, "Timed runs")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  commands.push_back({layer, [layer_args] {
+                        std::cout << bench::bench_layer(*layer_args).dump() << std::endl;
+                        return kExitOk;
+                      }});
+
+  auto* model = group->add_subcommand("model", "Tokens/s and MFU of training steps of a model config");
+  auto config_args = std::make_shared<ConfigArgs>();
+  auto model_args = std::make_shared<bench::ModelBenchOptions>();
+  auto peak = std::make_shared<double>(989.0);
+  add_config_args(*model, *config_args);
+  model->add_option("--warmup", model_args->warmup, "Untimed steps first")->capture_default_str();
+  model->add_option("--steps", model_args->steps, "Timed steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  model->add_option("--peak-tflops", *peak, "Peak dense TFLOP/s of the device for MFU (H200 bf16: 989)")
+      ->capture_default_str();
+  commands.push_back({model, [config_args, model_args, peak] {
+                        const auto resolved =
+                            config::resolve_run_config(config_args->file, config_args->overrides);
+                        std::cout << bench::bench_model(resolved.config, *model_args, *peak).dump()
+                                  << std::endl;
+                        return kExitOk;
+                      }});
+}
+
+}  // namespace dla::cli
