@@ -62,7 +62,10 @@ int run(int argc, char** argv) {
   add_version_command(app, commands);
   add_config_command(app, commands);
   add_train_command(app, commands);
+  add_bench_command(app, commands);
   add_inspect_command(app, commands);
+  add_import_fla_command(app, commands);
+  add_score_command(app, commands);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,157 @@
+// The training loop on a tiny config: files it leaves, bitwise-repeatable losses, divergence, masked_loss.
+// Shapes: B batch, T tokens, V vocabulary.
+#include "dla/train/trainer.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "catch.h"
+#include "dla/train/lr_schedule.h"
+#include "test_util.h"
+
+namespace dla::train {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// A GDN of one layer, hidden 16, learning MQAR over 16 tokens: a step takes milliseconds.
+config::ResolvedConfig tiny_config(const std::vector<std::string>& overrides = {}) {
+  std::vector<std::string> all = {
+      "model.vocab_size=32",   "model.hidden_size=16",     "model.num_layers=1",
+      "model.gdn.num_heads=1", "model.gdn.head_dim=16",    "model.intermediate_size=32",
+      "model.chunk_size=16",   "data.mqar.num_kv_pairs=2", "data.mqar.eval_examples=8",
+      "train.steps=5",         "train.batch_size=4",       "train.seq_len=16",
+      "train.log_every=2",     "train.device=cpu",         "optim.warmup_steps=2"};
+  all.insert(all.end(), overrides.begin(), overrides.end());
+  return config::resolve_run_config(std::nullopt, all);
+}
+
+// A run directory without RunDirectory::open, which would add a log file to the process's logger.
+run::RunDirectory run_directory(const fs::path& root) {
+  fs::create_directories(root);
+  return {root, root / "config.yaml", root / "log.txt"};
+}
+
+// Keeps the trainer's progress lines out of the test output.
+class QuietLog {
+ public:
+  QuietLog() : saved_(spdlog::get_level()) { spdlog::set_level(spdlog::level::warn); }
+  ~QuietLog() { spdlog::set_level(saved_); }
+
+ private:
+  spdlog::level::level_enum saved_;
+};
+
+std::vector<json> read_jsonl(const fs::path& file) {
+  std::ifstream in(file);
+  std::vector<json> rows;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) rows.push_back(json::parse(line));
+  }
+  return rows;
+}
+
+std::vector<double> column(const std::vector<json>& rows, const std::string& key) {
+  std::vector<double> out;
+  for (const auto& row : rows)
+    out.push_back(row.at(key).get<double>());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("masked_loss is the mean cross-entropy over positions whose label is not -100", "[train]") {
+  // B=2, T=2, V=3; two of the four positions are ignored.
+  const at::Tensor logits_BTV =
+      at::tensor({0.0, 0.0, 0.0, /**/ 5.0, -1.0, 2.0, /**/ 9.0, 9.0, 9.0, /**/ 1.0, 2.0, 3.0}, at::kDouble)
+          .reshape({2, 2, 3});
+  const at::Tensor labels_BT = at::tensor({1, -100, -100, 2}, at::kLong).reshape({2, 2});
+  // Position (0,0): uniform over 3, loss log 3. Position (1,1): logsumexp(1,2,3) − 3.
+  const double expected =
+      (std::log(3.0) + (std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0)) - 3.0)) / 2;
+  const double loss = masked_loss(logits_BTV, labels_BT).item<double>();
+  CAPTURE(loss, expected);
+  CHECK(std::abs(loss - expected) <= 1e-6);
+  // No ignored positions: the plain mean over all four.
+  const at::Tensor all_BT = at::tensor({1, 0, 2, 2}, at::kLong).reshape({2, 2});
+  const double plain = (std::log(3.0) + (std::log(std::exp(5.0) + std::exp(-1.0) + std::exp(2.0)) - 5.0) +
+                        std::log(3.0) + (std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0)) - 3.0)) /
+                       4;
+  CHECK(std::abs(masked_loss(logits_BTV, all_BT).item<double>() - plain) <= 1e-6);
+}
+
+TEST_CASE("Trainer writes metrics.jsonl, loss.svg and eval.json", "[train]") {
+  QuietLog quiet;
+  test::TempDir dir;
+  const auto config = tiny_config();
+  Trainer trainer(config, run_directory(dir / "run"));
+  const json eval = trainer.run();
+
+  // Rows at every log_every steps and at the last step: 2, 4, 5.
+  const auto rows = read_jsonl(dir / "run" / "metrics.jsonl");
+  REQUIRE(rows.size() == 3);
+  CHECK(column(rows, "step") == std::vector<double>{2, 4, 5});
+  for (const auto& row : rows) {
+    CAPTURE(row.dump());
+    for (const char* key : {"step", "loss", "lr", "tokens", "tokens_per_s", "grad_norm"})
+      CHECK(row.contains(key));
+    const int64_t step = row.at("step");
+    CHECK(row.at("tokens").get<int64_t>() == step * 4 * 16);
+    CHECK(row.at("lr").get<double>() == lr_at(config.config.optim, step, 5));
+    CHECK(std::isfinite(row.at("loss").get<double>()));
+    CHECK(row.at("loss").get<double>() > 0);
+    CHECK(row.at("grad_norm").get<double>() > 0);
+    CHECK(row.at("tokens_per_s").get<double>() > 0);
+  }
+  CHECK_THAT(test::read_text(dir / "run" / "loss.svg"), test::has_substr("<svg"));
+  const json saved = json::parse(test::read_text(dir / "run" / "eval.json"));
+  CHECK(saved == eval);
+  CHECK(saved.at("step") == 5);
+  CHECK(saved.at("mqar_accuracy").get<double>() >= 0);
+  CHECK(saved.at("mqar_accuracy").get<double>() <= 1);
+  CHECK(saved.at("queries") == 8 * 2);  // eval_examples × num_kv_pairs
+}
+
+TEST_CASE("Trainer runs with the same seed give identical losses and weights", "[train]") {
+  QuietLog quiet;
+  test::TempDir dir;
+  const auto config = tiny_config({"train.steps=4", "train.log_every=1", "train.grad_accum_steps=2"});
+  Trainer first(config, run_directory(dir / "a"));
+  first.run();
+  Trainer second(config, run_directory(dir / "b"));
+  second.run();
+  const auto a = read_jsonl(dir / "a" / "metrics.jsonl");
+  const auto b = read_jsonl(dir / "b" / "metrics.jsonl");
+  REQUIRE(a.size() == 4);
+  CHECK(column(a, "loss") == column(b, "loss"));
+  CHECK(column(a, "grad_norm") == column(b, "grad_norm"));
+  const auto b_params = second.model()->named_parameters();
+  for (const auto& item : first.model()->named_parameters()) {
+    CAPTURE(item.key());
+    CHECK(at::equal(item.value(), b_params[item.key()]));
+  }
+
+  // Another seed draws other weights and data.
+  Trainer other(
+      tiny_config({"train.steps=4", "train.log_every=1", "train.grad_accum_steps=2", "run.seed=99"}),
+      run_directory(dir / "c"));
+  other.run();
+  CHECK(column(read_jsonl(dir / "c" / "metrics.jsonl"), "loss") != column(a, "loss"));
+}
+
+TEST_CASE("Trainer stops with a UserError when the loss is not finite", "[train]") {
+  QuietLog quiet;
+  test::TempDir dir;
+  // One step at lr 1e30 without clipping sends the weights to ±1e30; the next loss is inf or NaN.
+  Trainer trainer(tiny_config({"optim.lr=1e30", "optim.grad_clip=0", "optim.warmup_steps=0"}),
+                  run_directory(dir / "run"));
+  CHECK_THROWS_AS(trainer.run(), UserError);
+  Trainer again(tiny_config({"optim.lr=1e30", "optim.grad_clip=0", "optim.warmup_steps=0"}),
+                run_directory(dir / "again"));
+  CHECK_THROWS_WITH(again.run(), test::has_substr("training diverged") && test::has_substr("optim.lr"));
+}
+
+}  // namespace dla::train
