@@ -39,8 +39,11 @@ std::string read_text(const std::filesystem::path& file) {
   return buffer.str();
 }
 
-CommandResult run_dla(const std::string& args, const std::filesystem::path& cwd) {
-  std::string command = std::string("'") + DLA_BINARY + "' " + args + " 2>&1";
+namespace {
+
+CommandResult run_shell(const std::string& args, const std::filesystem::path& cwd,
+                        const char* stderr_redirect) {
+  std::string command = std::string("'") + DLA_BINARY + "' " + args + " " + stderr_redirect;
   if (!cwd.empty()) command = "cd '" + cwd.string() + "' && " + command;
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
@@ -51,6 +54,16 @@ CommandResult run_dla(const std::string& args, const std::filesystem::path& cwd)
   const int raw = pclose(pipe);
   result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
   return result;
+}
+
+}  // namespace
+
+CommandResult run_dla(const std::string& args, const std::filesystem::path& cwd) {
+  return run_shell(args, cwd, "2>&1");
+}
+
+CommandResult run_dla_stdout(const std::string& args, const std::filesystem::path& cwd) {
+  return run_shell(args, cwd, "2>/dev/null");
 }
 
 }  // namespace dla::test

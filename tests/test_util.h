@@ -31,5 +31,7 @@ struct CommandResult {
 
 /// Runs the built `dla` binary with `args` (a shell-quoted argument string) in `cwd` (default: current).
 CommandResult run_dla(const std::string& args, const std::filesystem::path& cwd = {});
+/// Like run_dla, but `output` holds standard output alone (for commands that print JSON there).
+CommandResult run_dla_stdout(const std::string& args, const std::filesystem::path& cwd = {});
 
 }  // namespace dla::test

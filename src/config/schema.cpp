@@ -170,7 +170,8 @@ Source Source::of(const std::string& file, const YAML::Node& node) {
 }
 
 ConfigError::ConfigError(const std::string& key, const std::string& message)
-    : UserError(key.empty() ? message : key + ": " + message), key_(key) {}
+    : UserError(key.empty() || message.find(key) != std::string::npos ? message : key + ": " + message),
+      key_(key) {}
 
 ConfigError::ConfigError(const Source& source, const std::string& key, const std::string& message)
     : UserError(source.describe() + ": " +

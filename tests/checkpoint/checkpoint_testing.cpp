@@ -1,10 +1,6 @@
 // Helpers for the checkpoint, import and score tests.
 #include "checkpoint/checkpoint_testing.h"
 
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <stdexcept>
 
 #include <ATen/ATen.h>
@@ -89,20 +85,6 @@ void write_fla_dir(const std::filesystem::path& dir, const std::string& config_t
   std::filesystem::create_directories(dir);
   write_text(dir / "config.json", config_text);
   io::save_safetensors(dir / "model.safetensors", tensors);
-}
-
-CommandResult run_dla_stdout(const std::string& args, const std::filesystem::path& cwd) {
-  std::string command = std::string("'") + DLA_BINARY + "' " + args + " 2>/dev/null";
-  if (!cwd.empty()) command = "cd '" + cwd.string() + "' && " + command;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) throw std::runtime_error("cannot run " + command);
-  CommandResult result;
-  std::array<char, 4096> buffer{};
-  while (const std::size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe))
-    result.output.append(buffer.data(), n);
-  const int raw = pclose(pipe);
-  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return result;
 }
 
 double score_in_process(model::CausalLMImpl& model, const at::Tensor& ids_BT) {

@@ -34,9 +34,6 @@ nlohmann::json fla_config_json(const model::ModelOptions& options);
 void write_fla_dir(const std::filesystem::path& dir, const std::string& config_text,
                    const io::NamedTensors& tensors);
 
-/// Runs the built `dla` like run_dla, but `output` holds standard output alone.
-CommandResult run_dla_stdout(const std::string& args, const std::filesystem::path& cwd = {});
-
 /// Mean next-token loss of `ids_BT` (rows scored separately, averaged) under `model`, in eval mode.
 double score_in_process(model::CausalLMImpl& model, const at::Tensor& ids_BT);
 
