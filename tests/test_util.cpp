@@ -1,6 +1,8 @@
 // Helpers shared by tests.
 #include "test_util.h"
 
+#include <cstdlib>
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +12,8 @@
 #include <random>
 #include <sstream>
 #include <stdexcept>
+
+#include "catch.h"
 
 namespace dla::test {
 
@@ -23,6 +27,19 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ignored;
   std::filesystem::remove_all(path_, ignored);
+}
+
+std::filesystem::path fixtures_root() {
+  const char* env = std::getenv("DLA_FIXTURES");
+  return env != nullptr && *env != '\0' ? std::filesystem::path(env)
+                                        : std::filesystem::path(DLA_SOURCE_DIR "/../shared/fixtures");
+}
+
+std::filesystem::path fixture_file(const std::string& relative) {
+  const std::filesystem::path path = fixtures_root() / relative;
+  INFO("fixture '" << path.string() << "' must exist; set DLA_FIXTURES to the folder holding fla/ and dla/");
+  REQUIRE(std::filesystem::is_regular_file(path));
+  return path;
 }
 
 void write_text(const std::filesystem::path& file, const std::string& text) {

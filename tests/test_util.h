@@ -21,6 +21,12 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+/// The reference fixtures folder: $DLA_FIXTURES when set, else ../shared/fixtures beside the repository.
+std::filesystem::path fixtures_root();
+/// `relative` under fixtures_root(). REQUIREs that the file exists, so a missing fixture fails with its path
+/// and the DLA_FIXTURES hint rather than skipping.
+std::filesystem::path fixture_file(const std::string& relative);
+
 void write_text(const std::filesystem::path& file, const std::string& text);
 std::string read_text(const std::filesystem::path& file);
 

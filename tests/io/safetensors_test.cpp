@@ -93,11 +93,6 @@ std::string fixture_dir_problem(const fs::path& dir) {
       dir.string());
 }
 
-fs::path fixtures_root() {
-  if (const char* env = std::getenv("DLA_FIXTURES")) return env;
-  return fs::path(DLA_SOURCE_DIR "/../shared/fixtures");
-}
-
 }  // namespace
 
 TEST_CASE("safetensors round-trips every dtype bit-exactly", "[safetensors][io]") {
@@ -218,7 +213,7 @@ TEST_CASE("save_safetensors rejects duplicate, reserved and unsupported tensors"
 }
 
 TEST_CASE("safetensors reads every reference fixture exactly", "[safetensors][io][fixtures]") {
-  const fs::path root = fixtures_root();
+  const fs::path root = dla::test::fixtures_root();
   for (const std::string subfolder : {"fla", "dla"}) {
     const fs::path folder = root / subfolder;
     REQUIRE(fixture_dir_problem(folder) == "");

@@ -74,21 +74,6 @@ std::vector<at::Tensor> op_gradients(const OpFunction& op, const std::vector<at:
   return grads;
 }
 
-std::filesystem::path fixture_file(const std::string& relative) {
-  const char* env = std::getenv("DLA_FIXTURES");
-  const std::filesystem::path root = env != nullptr && *env != '\0'
-                                         ? std::filesystem::path(env)
-                                         : std::filesystem::path(DLA_SOURCE_DIR "/../shared/fixtures");
-  const std::filesystem::path path = root / relative;
-  const std::string problem =
-      std::filesystem::is_regular_file(path)
-          ? ""
-          : fmt::format("fixture '{}' does not exist; set DLA_FIXTURES to the folder holding fla/",
-                        path.string());
-  REQUIRE(problem == "");
-  return path;
-}
-
 std::string c10_error_message(const std::function<void()>& fn) {
   try {
     fn();

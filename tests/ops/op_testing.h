@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "dla/ops/common.h"
+#include "test_util.h"
 
 namespace dla::test {
 
@@ -51,10 +52,6 @@ at::Tensor random_weight(at::IntArrayRef shape, uint64_t seed);
 using OpFunction = std::function<ops::OpResult(const std::vector<at::Tensor>&)>;
 std::vector<at::Tensor> op_gradients(const OpFunction& op, const std::vector<at::Tensor>& inputs,
                                      const at::Tensor& out_weight, const at::Tensor& state_weight);
-
-/// `relative` under $DLA_FIXTURES, else under DLA_SOURCE_DIR/../shared/fixtures. REQUIREs that the file
-/// exists, so a missing fixture fails with its path and the DLA_FIXTURES hint.
-std::filesystem::path fixture_file(const std::string& relative);
 
 /// The message of the c10::Error that `fn` throws, or a text saying that it threw none.
 std::string c10_error_message(const std::function<void()>& fn);
