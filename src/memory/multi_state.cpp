@@ -1,0 +1,249 @@
+// The three forms of multi-state linear attention over a segment table (spec/dla.md §2, §4.1, §4.2).
+// Shapes: B batch, T tokens, H heads, K key dim, V value dim, S slots, L levels, Q queries, N chunks,
+// C chunk length.
+#include "dla/memory/multi_state.h"
+
+#include <string_view>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "dla/memory/mask_form.h"
+#include "dla/ops/common.h"
+
+namespace dla::memory {
+namespace {
+
+at::ScalarType check_and_pick_dtype(std::string_view op, const Recurrence& terms, const LevelWeights& weights,
+                                    const SegmentTable& segments) {
+  ops::common::check_inputs(op, terms.q_BTHK, terms.k_BTHK, terms.v_BTHV, terms.g_BTH, {});
+  if (terms.delta_rule()) ops::common::check_token_gate(op, "beta", terms.beta_BTH, terms.q_BTHK);
+  const at::Tensor& lam = weights.lam_BTHL;
+  TORCH_CHECK(lam.defined() && lam.dim() == 4 && lam.sizes().slice(0, 3) == terms.q_BTHK.sizes().slice(0, 3),
+              op, ": lam must be [B, T, H, L] with B, T, H of q ", terms.q_BTHK.sizes(), ", got ",
+              lam.defined() ? lam.sizes() : at::IntArrayRef{});
+  const at::Tensor& start = segments.start_BHQS;
+  TORCH_CHECK(start.defined() && start.dim() == 4 && start.scalar_type() == at::kLong, op,
+              ": the segment table must be int64 [B|1, H|1, Q, S]");
+  TORCH_CHECK(start.size(3) == lam.size(3) - 1, op, ": the segment table has ", start.size(3),
+              " slots but lam has ", lam.size(3), " levels (need slots = levels - 1)");
+  TORCH_CHECK(start.size(2) >= terms.q_BTHK.size(1) + 1, op, ": the segment table has ", start.size(2),
+              " rows, need T + 1 = ", terms.q_BTHK.size(1) + 1);
+  if (weights.conf_BHQS.defined()) {
+    TORCH_CHECK(weights.conf_BHQS.dim() == 4 && weights.conf_BHQS.size(2) == start.size(2) &&
+                    weights.conf_BHQS.size(3) == start.size(3),
+                op, ": conf must be [B, H, Q, S] like the segment table ", start.sizes(), ", got ",
+                weights.conf_BHQS.sizes());
+  }
+  return ops::common::compute_dtype(
+      {terms.q_BTHK, terms.k_BTHK, terms.v_BTHV, terms.g_BTH, terms.beta_BTH, lam, weights.conf_BHQS});
+}
+
+at::Tensor heads_first(const at::Tensor& x_BTH_, at::ScalarType dtype) {
+  return x_BTH_.to(dtype).movedim(1, 2);
+}
+
+/// The table's rows as [B, H, rows, S]: broadcast over batch and heads, and past its last row (the state
+/// after the last token) repeated, which serves the padded queries of the last chunk.
+at::Tensor table_rows(const at::Tensor& x_BHQS, int64_t batch, int64_t heads, int64_t rows) {
+  at::Tensor x = x_BHQS.expand({batch, heads, x_BHQS.size(2), x_BHQS.size(3)});
+  if (x.size(2) < rows) {
+    const at::Tensor last = x.narrow(2, x.size(2) - 1, 1);
+    x = at::cat({x, last.expand({batch, heads, rows - x.size(2), x.size(3)})}, /*dim=*/2);
+  }
+  return x.narrow(2, 0, rows);
+}
+
+at::Tensor conf_rows(const LevelWeights& weights, const SegmentTable& segments, int64_t batch, int64_t heads,
+                     int64_t rows, at::ScalarType dtype) {
+  if (weights.conf_BHQS.defined()) return table_rows(weights.conf_BHQS.to(dtype), batch, heads, rows);
+  return at::ones({batch, heads, rows, segments.num_slots()}, weights.lam_BTHL.options().dtype(dtype));
+}
+
+/// one_hot_BHXS[..., s, j] = 1 where slot_BHXJ[..., j] == s: the matrix that sums sources into their slots.
+at::Tensor slot_matrix(const at::Tensor& slot_BHXJ, int64_t num_slots, at::ScalarType dtype) {
+  const at::Tensor slots_S1 = at::arange(num_slots, slot_BHXJ.options()).unsqueeze(-1);
+  return (slot_BHXJ.unsqueeze(-2) == slots_S1).to(dtype);
+}
+
+}  // namespace
+
+at::Tensor quadratic(const Recurrence& terms, const LevelWeights& weights, const SegmentTable& segments) {
+  const at::ScalarType dtype = check_and_pick_dtype("memory::quadratic", terms, weights, segments);
+  const int64_t batch = terms.q_BTHK.size(0), tokens = terms.q_BTHK.size(1), heads = terms.q_BTHK.size(2);
+  const at::Tensor rows_BHTS = table_rows(segments.start_BHQS, batch, heads, tokens);
+  const at::Tensor keys_T = at::arange(tokens, rows_BHTS.options());
+  const at::Tensor slot_BHTT = slot_of_keys(rows_BHTS, keys_T);
+  const at::Tensor query_T1 = keys_T.unsqueeze(-1);
+  const at::Tensor past_TT = keys_T < query_T1;
+  const at::Tensor level_BHTT =
+      at::where(past_TT, slot_BHTT + 1, at::where(keys_T == query_T1, at::zeros_like(slot_BHTT), -1));
+  const at::Tensor conf_BHTS = conf_rows(weights, segments, batch, heads, tokens, dtype);
+  const at::Tensor conf_BHTT =
+      at::where(past_TT, conf_BHTS.gather(3, slot_BHTT.clamp_min(0)), at::ones({}, conf_BHTS.options()));
+  const at::Tensor lam_weights_BHTT = level_weights(level_BHTT, weights.lam_BTHL, conf_BHTT);
+  if (terms.delta_rule()) {
+    return gdn_mask_form(terms.q_BTHK, terms.k_BTHK, terms.v_BTHV, terms.g_BTH, terms.beta_BTH,
+                         lam_weights_BHTT, terms.scale);
+  }
+  return ssd_mask_form(terms.q_BTHK, terms.k_BTHK, terms.v_BTHV, terms.g_BTH, lam_weights_BHTT, terms.scale);
+}
+
+MultiStateResult recurrent(const Recurrence& terms, const LevelWeights& weights, const SegmentTable& segments,
+                           const at::Tensor& initial_states_BHSKV, int64_t first_position) {
+  const at::ScalarType dtype = check_and_pick_dtype("memory::recurrent", terms, weights, segments);
+  const int64_t batch = terms.q_BTHK.size(0), tokens = terms.q_BTHK.size(1), heads = terms.q_BTHK.size(2);
+  const int64_t key_dim = terms.q_BTHK.size(3), value_dim = terms.v_BTHV.size(3);
+  const int64_t num_slots = segments.num_slots();
+
+  const at::Tensor q_BHTK = heads_first(terms.q_BTHK, dtype), k_BHTK = heads_first(terms.k_BTHK, dtype);
+  const at::Tensor v_BHTV = heads_first(terms.v_BTHV, dtype);
+  const at::Tensor decay_BHT = heads_first(terms.g_BTH, dtype).exp();
+  const at::Tensor beta_BHT = terms.delta_rule() ? heads_first(terms.beta_BTH, dtype) : at::Tensor();
+  const at::Tensor lam_BHTL = heads_first(weights.lam_BTHL, dtype);
+  const at::Tensor start_BHQS = table_rows(segments.start_BHQS, batch, heads, tokens + 1);
+  const at::Tensor conf_BHQS = conf_rows(weights, segments, batch, heads, tokens + 1, dtype);
+
+  at::Tensor states_BHSKV = initial_states_BHSKV.defined()
+                                ? initial_states_BHSKV.to(dtype)
+                                : at::zeros({batch, heads, num_slots, key_dim, value_dim}, q_BHTK.options());
+  TORCH_CHECK(states_BHSKV.sizes() == at::IntArrayRef({batch, heads, num_slots, key_dim, value_dim}),
+              "memory::recurrent: initial states must be [B, H, S, K, V], got ", states_BHSKV.sizes());
+  std::vector<at::Tensor> out_BHV;
+  for (int64_t i = 0; i < tokens; ++i) {
+    const at::Tensor q_BHK = q_BHTK.select(2, i), k_BHK = k_BHTK.select(2, i);
+    const at::Tensor decay_BH11 = decay_BHT.select(2, i).view({batch, heads, 1, 1});
+    at::Tensor write_BHV = v_BHTV.select(2, i);
+    if (terms.delta_rule()) {
+      // S <- a (S - beta k (kᵀ S)) for every state: the delta rule's transition.
+      const at::Tensor beta_BH11 = beta_BHT.select(2, i).view({batch, heads, 1, 1});
+      const at::Tensor k_BH1K = k_BHK.unsqueeze(2);
+      const at::Tensor kS_BHSV = k_BH1K.unsqueeze(2).matmul(states_BHSKV).squeeze(3);
+      states_BHSKV = decay_BH11.unsqueeze(2) *
+                     (states_BHSKV - beta_BH11.unsqueeze(2) * k_BHK.view({batch, heads, 1, key_dim, 1}) *
+                                         kS_BHSV.unsqueeze(3));
+      write_BHV = beta_BH11.squeeze(-1) * write_BHV;
+    } else {
+      states_BHSKV = decay_BH11.unsqueeze(2) * states_BHSKV;
+    }
+    // The sentinel holds token i's addition alone: qᵀ(k wᵀ) = (q·k) w.
+    const at::Tensor lam_BHL = lam_BHTL.select(2, i);
+    const at::Tensor sentinel_BHV =
+        lam_BHL.select(2, 0).unsqueeze(-1) * (q_BHK * k_BHK).sum(-1, true) * write_BHV;
+    const at::Tensor read_BHSV = q_BHK.view({batch, heads, 1, 1, key_dim}).matmul(states_BHSKV).squeeze(3);
+    const at::Tensor weight_BHS = lam_BHL.narrow(2, 1, num_slots) * conf_BHQS.select(2, i);
+    out_BHV.push_back(terms.scale * (sentinel_BHV + (weight_BHS.unsqueeze(-1) * read_BHSV).sum(2)));
+
+    // Move the states to their slots at the next query; merged segments add up. The token joins the newest.
+    const at::Tensor next_rows_BHS = start_BHQS.select(2, i + 1);
+    const at::Tensor state_slot_BHS = slot_of_keys(next_rows_BHS, start_BHQS.select(2, i));
+    const at::Tensor token_BH1 = at::full({batch, heads, 1}, first_position + i, next_rows_BHS.options());
+    const at::Tensor token_slot_BH1 = slot_of_keys(next_rows_BHS, token_BH1);
+    const at::Tensor moved_BHSX = slot_matrix(state_slot_BHS, num_slots, dtype)
+                                      .matmul(states_BHSKV.reshape({batch, heads, num_slots, -1}));
+    const at::Tensor added_BHS11 =
+        slot_matrix(token_slot_BH1, num_slots, dtype).view({batch, heads, num_slots, 1, 1});
+    states_BHSKV = moved_BHSX.view({batch, heads, num_slots, key_dim, value_dim}) +
+                   added_BHS11 * (k_BHK.unsqueeze(-1) * write_BHV.unsqueeze(-2)).unsqueeze(2);
+  }
+  const at::Tensor out_BTHV = at::stack(out_BHV, /*dim=*/1).to(terms.q_BTHK.scalar_type());
+  return {out_BTHV, states_BHSKV};
+}
+
+MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights, const SegmentTable& segments,
+                           int64_t chunk_size) {
+  const at::ScalarType dtype = check_and_pick_dtype("memory::chunkwise", terms, weights, segments);
+  TORCH_CHECK(chunk_size >= 1, "memory::chunkwise: chunk_size must be at least 1, got ", chunk_size);
+  namespace common = ops::common;
+  const int64_t batch = terms.q_BTHK.size(0), tokens = terms.q_BTHK.size(1), heads = terms.q_BTHK.size(2);
+  const int64_t key_dim = terms.q_BTHK.size(3), value_dim = terms.v_BTHV.size(3);
+  const int64_t num_slots = segments.num_slots();
+  const int64_t num_chunks = (tokens + chunk_size - 1) / chunk_size, padded = num_chunks * chunk_size;
+  const int64_t C = chunk_size, S = num_slots;
+
+  const at::Tensor q_BHNCK = common::to_chunks(terms.q_BTHK, C, dtype);
+  const at::Tensor k_BHNCK = common::to_chunks(terms.k_BTHK, C, dtype);
+  const at::Tensor v_BHNCV = common::to_chunks(terms.v_BTHV, C, dtype);
+  const at::Tensor lam_BHNCL = common::to_chunks(weights.lam_BTHL, C, dtype);
+  const at::Tensor gamma_BHNC = common::cumsum_gates(common::to_chunks(terms.g_BTH, C, dtype));
+  const at::Tensor decay_BHNCC = common::decay_matrix(gamma_BHNC);
+  const at::Tensor gamma_last_BHN = gamma_BHNC.select(-1, -1);
+  const at::Tensor k_to_end_BHNCK = k_BHNCK * (gamma_last_BHN.unsqueeze(-1) - gamma_BHNC).exp().unsqueeze(-1);
+
+  // Levels and confidences: of the chunk's own keys (intra), of the chunk-start states (inter), and the slots
+  // that states and tokens move to at the chunk's end (at most token T: the final state is query T's).
+  const at::Tensor start_BHQS = table_rows(segments.start_BHQS, batch, heads, padded + 1);
+  const at::Tensor conf_BHQS = conf_rows(weights, segments, batch, heads, padded + 1, dtype);
+  const at::Tensor rows_BHNCS = start_BHQS.narrow(2, 0, padded).view({batch, heads, num_chunks, C, S});
+  const at::Tensor conf_BHNCS = conf_BHQS.narrow(2, 0, padded).view({batch, heads, num_chunks, C, S});
+  const at::Tensor keys_NC = at::arange(padded, start_BHQS.options()).view({num_chunks, C});
+  const at::Tensor chunk_start_N = keys_NC.select(1, 0);
+  const at::Tensor chunk_end_N = (chunk_start_N + C).clamp_max(tokens);
+  const at::Tensor state_keys_BHNS = start_BHQS.index_select(2, chunk_start_N);
+  const at::Tensor end_rows_BHNS = start_BHQS.index_select(2, chunk_end_N);
+
+  const at::Tensor slot_in_BHNCC = slot_of_keys(rows_BHNCS, keys_NC.unsqueeze(1));
+  const at::Tensor diagonal_CC = at::eye(C, slot_in_BHNCC.options().dtype(at::kBool));
+  const at::Tensor level_in_BHNCC = (slot_in_BHNCC.clamp_min(0) + 1).masked_fill(diagonal_CC, 0);
+  const at::Tensor conf_in_BHNCC =
+      conf_BHNCS.gather(-1, slot_in_BHNCC.clamp_min(0)).masked_fill(diagonal_CC, 1);
+  // Above the diagonal the decay matrix is 0, which zeroes these (arbitrary) weights and their gradients.
+  const at::Tensor lam_in_BHNCC = lam_BHNCL.gather(-1, level_in_BHNCC) * conf_in_BHNCC;
+
+  const at::Tensor slot_x_BHNCS = slot_of_keys(rows_BHNCS, state_keys_BHNS.unsqueeze(3));
+  const at::Tensor lam_x_BHNCS = lam_BHNCL.gather(-1, slot_x_BHNCS.clamp_min(0) + 1) *
+                                 conf_BHNCS.gather(-1, slot_x_BHNCS.clamp_min(0)) * (slot_x_BHNCS >= 0);
+  const at::Tensor state_move_BHNSS = slot_matrix(slot_of_keys(end_rows_BHNS, state_keys_BHNS), S, dtype);
+  const at::Tensor token_move_BHNSC = slot_matrix(slot_of_keys(end_rows_BHNS, keys_NC), S, dtype);
+
+  // Intra-chunk reads and the transported queries (what each query reads from a chunk-start state).
+  const at::Tensor qk_decay_BHNCC = q_BHNCK.matmul(k_BHNCK.transpose(-1, -2)) * decay_BHNCC;
+  at::Tensor intra_BHNCV, transported_q_BHNCK, t_inverse_BHNCC, w_BHNCK, source_v_BHNCV;
+  if (terms.delta_rule()) {
+    const at::Tensor beta_BHNC1 = common::to_chunks(terms.beta_BTH, C, dtype).unsqueeze(-1);
+    const at::Tensor a_BHNCC =
+        (beta_BHNC1 * k_BHNCK.matmul(k_BHNCK.transpose(-1, -2)) * decay_BHNCC).tril(/*diagonal=*/-1);
+    const at::Tensor identity_CC = at::eye(C, a_BHNCC.options());
+    // T = (I + A)⁻¹ (unitriangular supplies the I); its product with the causal reads gives each source
+    // token's effect on each query, to which Λ applies (reference/loglinear.md §4.2).
+    t_inverse_BHNCC = at::linalg_solve_triangular(a_BHNCC, identity_CC.expand_as(a_BHNCC), /*upper=*/false,
+                                                  /*left=*/true, /*unitriangular=*/true);
+    w_BHNCK = t_inverse_BHNCC.matmul(beta_BHNC1 * gamma_BHNC.exp().unsqueeze(-1) * k_BHNCK);
+    source_v_BHNCV = beta_BHNC1 * v_BHNCV;
+    intra_BHNCV = (qk_decay_BHNCC.matmul(t_inverse_BHNCC) * lam_in_BHNCC).matmul(source_v_BHNCV);
+    transported_q_BHNCK = q_BHNCK * gamma_BHNC.exp().unsqueeze(-1) - qk_decay_BHNCC.matmul(w_BHNCK);
+  } else {
+    source_v_BHNCV = v_BHNCV;
+    intra_BHNCV = (qk_decay_BHNCC * lam_in_BHNCC).matmul(v_BHNCV);
+    transported_q_BHNCK = q_BHNCK * gamma_BHNC.exp().unsqueeze(-1);
+  }
+
+  at::Tensor states_BHSKV = at::zeros({batch, heads, S, key_dim, value_dim}, q_BHNCK.options());
+  std::vector<at::Tensor> inter_BHCV;
+  for (int64_t n = 0; n < num_chunks; ++n) {
+    const at::Tensor reads_BHSCV = transported_q_BHNCK.select(2, n).unsqueeze(2).matmul(states_BHSKV);
+    const at::Tensor weight_BHSC1 = lam_x_BHNCS.select(2, n).transpose(-1, -2).unsqueeze(-1);
+    inter_BHCV.push_back((weight_BHSC1 * reads_BHSCV).sum(2));
+
+    const at::Tensor k_to_end_t_BH1KC = k_to_end_BHNCK.select(2, n).transpose(-1, -2).unsqueeze(2);
+    const at::Tensor chunk_decay_BH111 = gamma_last_BHN.select(2, n).exp().view({batch, heads, 1, 1, 1});
+    at::Tensor carried_BHSKV = chunk_decay_BH111 * states_BHSKV;
+    const at::Tensor token_move_BHSC1 = token_move_BHNSC.select(2, n).unsqueeze(-1);
+    at::Tensor written_BHSCV = token_move_BHSC1 * source_v_BHNCV.select(2, n).unsqueeze(2);
+    if (terms.delta_rule()) {
+      // Every state follows the same transition: exp(γ_last) S − K̃ᵀ (W S). A segment's share of the chunk is
+      // K̃ᵀ T (β ⊙ 1_segment ⊙ V): its source tokens are masked before the UT transform.
+      carried_BHSKV =
+          carried_BHSKV - k_to_end_t_BH1KC.matmul(w_BHNCK.select(2, n).unsqueeze(2).matmul(states_BHSKV));
+      written_BHSCV = t_inverse_BHNCC.select(2, n).unsqueeze(2).matmul(written_BHSCV);
+    }
+    const at::Tensor moved_BHSX =
+        state_move_BHNSS.select(2, n).matmul(carried_BHSKV.reshape({batch, heads, S, -1}));
+    states_BHSKV =
+        moved_BHSX.view({batch, heads, S, key_dim, value_dim}) + k_to_end_t_BH1KC.matmul(written_BHSCV);
+  }
+  const at::Tensor out_BHNCV = (intra_BHNCV + at::stack(inter_BHCV, /*dim=*/2)) * terms.scale;
+  return {common::from_chunks(out_BHNCV, tokens).to(terms.q_BTHK.scalar_type()), states_BHSKV};
+}
+
+}  // namespace dla::memory

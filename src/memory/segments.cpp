@@ -1,0 +1,152 @@
+// Slot tables of the memory policies: the Fenwick buckets in closed form and the DLA boundary cache run
+// token by token (spec/dla.md §3.2–§3.3). Shapes: B batch, T tokens, H heads, Q queries, S slots, N keys.
+#include "dla/memory/segments.h"
+
+#include <algorithm>
+
+#include <ATen/ATen.h>
+
+namespace dla::memory {
+
+at::Tensor slot_of_keys(const at::Tensor& start_rows_S, const at::Tensor& keys_N) {
+  const at::Tensor start_1S = start_rows_S.unsqueeze(-2);
+  const at::Tensor holds_NS = (start_1S >= 0) & (start_1S <= keys_N.unsqueeze(-1));
+  // Slots run from the newest segment to the oldest, so the key's segment is the first one starting at or
+  // before it. argmax returns the first maximum.
+  const at::Tensor first_NS = holds_NS.to(at::kByte).argmax(/*dim=*/-1);
+  return at::where(holds_NS.any(/*dim=*/-1), first_NS, at::full({}, -1, first_NS.options()));
+}
+
+at::Tensor level_table(const SegmentTable& segments, int64_t num_tokens) {
+  const at::Tensor rows_BHTS = segments.start_BHQS.narrow(/*dim=*/2, 0, num_tokens);
+  const at::Tensor keys_T = at::arange(num_tokens, rows_BHTS.options());
+  const at::Tensor level_BHTT = slot_of_keys(rows_BHTS, keys_T) + 1;
+  const at::Tensor query_T1 = keys_T.unsqueeze(-1);
+  return level_BHTT.masked_fill(keys_T == query_T1, 0).masked_fill(keys_T > query_T1, -1);
+}
+
+SegmentTable fenwick_segments(int64_t num_tokens, int64_t num_slots) {
+  TORCH_CHECK(num_tokens >= 0 && num_slots >= 1,
+              "fenwick_segments: need num_tokens >= 0 and num_slots >= 1, got ", num_tokens, " and ",
+              num_slots);
+  TORCH_CHECK(num_tokens <= (int64_t{1} << num_slots), "fenwick_segments: ", num_tokens, " tokens need ",
+              "more than the ", num_slots, " Fenwick levels configured (at most 2^", num_slots, " tokens)");
+  at::Tensor start_QS = at::full({num_tokens + 1, num_slots}, -1, at::kLong);
+  auto start = start_QS.accessor<int64_t, 2>();
+  for (int64_t t = 0; t <= num_tokens; ++t) {
+    for (int64_t level = 1; level < num_slots; ++level) {
+      if ((t >> (level - 1)) & 1) start[t][level - 1] = (t >> level) << level;
+    }
+    // The top slot also takes the buckets above it, which only query 2^num_slots (the state after the last
+    // token of a full-length sequence) has; they all start at token 0.
+    if (t >> (num_slots - 1)) start[t][num_slots - 1] = 0;
+  }
+  return {start_QS.view({1, 1, num_tokens + 1, num_slots}), at::Tensor()};
+}
+
+BoundaryCache::BoundaryCache(int64_t batch, int64_t heads, const BoundaryOptions& options)
+    : options_(options), batch_(batch), heads_(heads), alive_(static_cast<size_t>(batch * heads)) {
+  TORCH_CHECK(options.capacity >= 1, "BoundaryCache: capacity must be >= 1, got ", options.capacity);
+}
+
+void BoundaryCache::advance(const at::Tensor& u_BH, int64_t position) {
+  TORCH_CHECK(position == tokens_seen_, "BoundaryCache: expected token ", tokens_seen_, ", got ", position);
+  TORCH_CHECK(u_BH.dim() == 2 && u_BH.size(0) == batch_ && u_BH.size(1) == heads_,
+              "BoundaryCache: u must be [", batch_, ", ", heads_, "], got ", u_BH.sizes());
+  ++tokens_seen_;
+  if (position == 0) return;  // token 0 opens the oldest segment and is never a candidate
+  const at::Tensor u_cpu = u_BH.to(at::kCPU, at::kFloat).contiguous();
+  const auto u = u_cpu.accessor<float, 2>();
+  const auto threshold = static_cast<float>(options_.threshold);
+  const auto max_alive = static_cast<size_t>(options_.capacity - 1);
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t h = 0; h < heads_; ++h) {
+      if (!(u[b][h] >= threshold)) continue;
+      std::vector<Boundary>& alive = alive_[static_cast<size_t>(b * heads_ + h)];
+      alive.push_back({u[b][h], position});
+      if (alive.size() <= max_alive) continue;
+      // Lowest: the smallest score; among equal scores the first in time order, i.e. the older boundary.
+      auto evicted = alive.begin();
+      if (options_.merge == MergeRule::lowest) {
+        evicted = std::min_element(alive.begin(), alive.end(),
+                                   [](const Boundary& a, const Boundary& b) { return a.score < b.score; });
+      }
+      alive.erase(evicted);
+    }
+  }
+}
+
+namespace {
+
+/// Writes the slot rows of one (b, h) for the next query: alive boundaries newest first, then token 0's
+/// segment, then empty slots.
+template <class Alive, class Row>
+void write_slot_row(const Alive& alive, bool any_token, Row start, Row opener) {
+  const auto num_alive = static_cast<int64_t>(alive.size());
+  for (int64_t slot = 0; slot < start.size(0); ++slot) {
+    start[slot] = -1;
+    opener[slot] = -1;
+  }
+  for (int64_t slot = 0; slot < num_alive; ++slot) {
+    start[slot] = alive[static_cast<size_t>(num_alive - 1 - slot)].position;
+    opener[slot] = start[slot];
+  }
+  if (any_token && num_alive < start.size(0)) start[num_alive] = 0;
+}
+
+}  // namespace
+
+void BoundaryCache::write_slot_rows(const at::Tensor& start_BHS, const at::Tensor& opener_BHS) const {
+  TORCH_CHECK(start_BHS.sizes() == opener_BHS.sizes() && start_BHS.dim() == 3 &&
+                  start_BHS.size(0) == batch_ && start_BHS.size(1) == heads_ &&
+                  start_BHS.size(2) == options_.capacity,
+              "BoundaryCache: slot rows must be [", batch_, ", ", heads_, ", ", options_.capacity, "]");
+  auto start = start_BHS.accessor<int64_t, 3>();
+  auto opener = opener_BHS.accessor<int64_t, 3>();
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t h = 0; h < heads_; ++h)
+      write_slot_row(alive_[static_cast<size_t>(b * heads_ + h)], tokens_seen_ > 0, start[b][h],
+                     opener[b][h]);
+  }
+}
+
+int64_t BoundaryCache::size_bytes() const {
+  return batch_ * heads_ * (options_.capacity - 1) * static_cast<int64_t>(sizeof(Boundary));
+}
+
+SegmentTable dla_segments(const at::Tensor& u_BTH, const BoundaryOptions& options) {
+  BoundaryCache cache(u_BTH.size(0), u_BTH.size(2), options);
+  return dla_segments(u_BTH, cache);
+}
+
+SegmentTable dla_segments(const at::Tensor& u_BTH, BoundaryCache& cache) {
+  TORCH_CHECK(u_BTH.dim() == 3 && u_BTH.scalar_type() == at::kFloat,
+              "dla_segments: u must be float32 [B, T, H], got ", u_BTH.scalar_type(), " ", u_BTH.sizes());
+  const int64_t batch = u_BTH.size(0), tokens = u_BTH.size(1), heads = u_BTH.size(2);
+  const at::Tensor u_TBH = u_BTH.to(at::kCPU).transpose(0, 1).contiguous();
+  const int64_t first = cache.tokens_seen();
+  at::Tensor start_BHQS = at::full({batch, heads, tokens + 1, cache.capacity()}, -1, at::kLong);
+  at::Tensor opener_BHQS = at::full_like(start_BHQS, -1);
+  cache.write_slot_rows(start_BHQS.select(2, 0), opener_BHQS.select(2, 0));
+  for (int64_t t = 0; t < tokens; ++t) {
+    cache.advance(u_TBH[t], first + t);
+    cache.write_slot_rows(start_BHQS.select(2, t + 1), opener_BHQS.select(2, t + 1));
+  }
+  const at::Device device = u_BTH.device();
+  return {start_BHQS.to(device), opener_BHQS.to(device)};
+}
+
+at::Tensor straight_through_confidence(const SegmentTable& segments, const at::Tensor& u_BTH) {
+  const at::Tensor& opener_BHQS = segments.opener_BHQS;
+  TORCH_CHECK(
+      opener_BHQS.defined() && opener_BHQS.size(0) == u_BTH.size(0) && opener_BHQS.size(1) == u_BTH.size(2),
+      "straight_through_confidence: need openers [B, H, Q, S] for u ", u_BTH.sizes());
+  const int64_t batch = opener_BHQS.size(0), heads = opener_BHQS.size(1);
+  const at::Tensor index_BHX = opener_BHQS.clamp_min(0).reshape({batch, heads, -1});
+  const at::Tensor u_BHX = u_BTH.transpose(1, 2).gather(2, index_BHX).view(opener_BHQS.sizes());
+  // u − detach(u) is 0 in value but passes the gradient 1 to u.
+  const at::Tensor through_BHQS = (u_BHX - u_BHX.detach()).masked_fill(opener_BHQS < 0, 0);
+  return through_BHQS + 1;
+}
+
+}  // namespace dla::memory
