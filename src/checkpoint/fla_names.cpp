@@ -17,6 +17,11 @@ struct NamePair {
 constexpr std::array kGdnNames{
     NamePair{"model.embeddings.weight", "embeddings.weight"},
     NamePair{"model.layers.{}.attn_norm.weight", "layers.{}.mixer_norm.weight"},
+    // The memory's parameters sit in the layer, as log-linear attention's l_proj and L do.
+    NamePair{"model.layers.{}.attn.l_proj.weight", "layers.{}.mixer.memory.l_proj.weight"},
+    NamePair{"model.layers.{}.attn.L", "layers.{}.mixer.memory.L"},
+    NamePair{"model.layers.{}.attn.score_a_proj.weight", "layers.{}.mixer.memory.score_a_proj.weight"},
+    NamePair{"model.layers.{}.attn.score_b_proj.weight", "layers.{}.mixer.memory.score_b_proj.weight"},
     NamePair{"model.layers.{}.attn.{}", "layers.{}.mixer.{}"},
     NamePair{"model.layers.{}.mlp_norm.weight", "layers.{}.mlp_norm.weight"},
     NamePair{"model.layers.{}.mlp.{}", "layers.{}.mlp.{}"},
@@ -27,6 +32,10 @@ constexpr std::array kGdnNames{
 constexpr std::array kMamba2Names{
     NamePair{"backbone.embeddings.weight", "embeddings.weight"},
     NamePair{"backbone.layers.{}.norm.weight", "layers.{}.mixer_norm.weight"},
+    NamePair{"backbone.layers.{}.mixer.l_proj.weight", "layers.{}.mixer.memory.l_proj.weight"},
+    NamePair{"backbone.layers.{}.mixer.L", "layers.{}.mixer.memory.L"},
+    NamePair{"backbone.layers.{}.mixer.score_a_proj.weight", "layers.{}.mixer.memory.score_a_proj.weight"},
+    NamePair{"backbone.layers.{}.mixer.score_b_proj.weight", "layers.{}.mixer.memory.score_b_proj.weight"},
     NamePair{"backbone.layers.{}.mixer.{}", "layers.{}.mixer.{}"},
     NamePair{"backbone.norm_f.weight", "norm.weight"},
     NamePair{"lm_head.weight", "lm_head.weight"},

@@ -25,23 +25,25 @@ at::Tensor level_table(const SegmentTable& segments, int64_t num_tokens) {
   return level_BHTT.masked_fill(keys_T == query_T1, 0).masked_fill(keys_T > query_T1, -1);
 }
 
-SegmentTable fenwick_segments(int64_t num_tokens, int64_t num_slots) {
-  TORCH_CHECK(num_tokens >= 0 && num_slots >= 1,
+SegmentTable fenwick_segments(int64_t num_tokens, int64_t num_slots, int64_t first_query) {
+  TORCH_CHECK(num_tokens >= 0 && num_slots >= 1 && first_query >= 0 && first_query <= num_tokens,
               "fenwick_segments: need num_tokens >= 0 and num_slots >= 1, got ", num_tokens, " and ",
               num_slots);
   TORCH_CHECK(num_tokens <= (int64_t{1} << num_slots), "fenwick_segments: ", num_tokens, " tokens need ",
               "more than the ", num_slots, " Fenwick levels configured (at most 2^", num_slots, " tokens)");
-  at::Tensor start_QS = at::full({num_tokens + 1, num_slots}, -1, at::kLong);
+  const int64_t rows = num_tokens - first_query + 1;
+  at::Tensor start_QS = at::full({rows, num_slots}, -1, at::kLong);
   auto start = start_QS.accessor<int64_t, 2>();
-  for (int64_t t = 0; t <= num_tokens; ++t) {
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t t = first_query + row;
     for (int64_t level = 1; level < num_slots; ++level) {
-      if ((t >> (level - 1)) & 1) start[t][level - 1] = (t >> level) << level;
+      if ((t >> (level - 1)) & 1) start[row][level - 1] = (t >> level) << level;
     }
     // The top slot also takes the buckets above it, which only query 2^num_slots (the state after the last
     // token of a full-length sequence) has; they all start at token 0.
-    if (t >> (num_slots - 1)) start[t][num_slots - 1] = 0;
+    if (t >> (num_slots - 1)) start[row][num_slots - 1] = 0;
   }
-  return {start_QS.view({1, 1, num_tokens + 1, num_slots}), at::Tensor()};
+  return {start_QS.view({1, 1, rows, num_slots}), at::Tensor()};
 }
 
 BoundaryCache::BoundaryCache(int64_t batch, int64_t heads, const BoundaryOptions& options)

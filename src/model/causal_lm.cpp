@@ -10,12 +10,13 @@ namespace dla::model {
 BlockImpl::BlockImpl(const ModelOptions& options) {
   mixer_norm = register_module("mixer_norm", RMSNorm(options.hidden_size, options.norm_eps));
   if (options.mixer == MixerKind::gdn) {
-    mixer =
-        register_module("mixer", std::make_shared<GatedDeltaNetImpl>(options.hidden_size, options.gdn,
-                                                                     options.norm_eps, options.chunk_size));
+    mixer = register_module(
+        "mixer", std::make_shared<GatedDeltaNetImpl>(options.hidden_size, options.gdn, options.norm_eps,
+                                                     options.chunk_size, options.memory));
   } else {
-    mixer = register_module("mixer", std::make_shared<Mamba2Impl>(options.hidden_size, options.mamba2,
-                                                                  options.norm_eps, options.chunk_size));
+    mixer = register_module(
+        "mixer", std::make_shared<Mamba2Impl>(options.hidden_size, options.mamba2, options.norm_eps,
+                                              options.chunk_size, options.memory));
   }
   if (options.use_mlp) {
     mlp_norm = register_module("mlp_norm", RMSNorm(options.hidden_size, options.norm_eps));
@@ -23,8 +24,8 @@ BlockImpl::BlockImpl(const ModelOptions& options) {
   }
 }
 
-at::Tensor BlockImpl::forward(const at::Tensor& h_BTD) {
-  at::Tensor h = h_BTD + mixer->forward(mixer_norm->forward(h_BTD));
+at::Tensor BlockImpl::forward(const at::Tensor& h_BTD, MixerCache* cache) {
+  at::Tensor h = h_BTD + mixer->forward(mixer_norm->forward(h_BTD), cache);
   if (mlp) h = h + mlp->forward(mlp_norm->forward(h));
   return h;
 }
@@ -80,12 +81,30 @@ int64_t CausalLMImpl::num_parameters() const {
   return total;
 }
 
-at::Tensor CausalLMImpl::forward(const at::Tensor& ids_BT) {
+at::Tensor CausalLMImpl::forward(const at::Tensor& ids_BT, GenerationCache* cache) {
+  if (cache != nullptr) cache->layers.resize(layers->size());
   at::Tensor h_BTD = embeddings->forward(ids_BT);
-  for (const auto& layer : *layers)
-    h_BTD = layer->as<Block>()->forward(h_BTD);
+  for (std::size_t i = 0; i < layers->size(); ++i)
+    h_BTD = layers[i]->as<Block>()->forward(h_BTD, cache != nullptr ? &cache->layers[i] : nullptr);
+  if (cache != nullptr) cache->position += ids_BT.size(1);
   h_BTD = norm->forward(h_BTD);
   return lm_head ? lm_head->forward(h_BTD) : at::linear(h_BTD, embeddings->weight);
+}
+
+at::Tensor CausalLMImpl::auxiliary_loss() const {
+  at::Tensor total;
+  for (const auto& layer : *layers) {
+    const at::Tensor loss = layer->as<Block>()->mixer->memory->auxiliary_loss();
+    if (loss.defined()) total = total.defined() ? total + loss : loss;
+  }
+  return total;
+}
+
+int64_t GenerationCache::size_bytes() const {
+  int64_t bytes = 0;
+  for (const MixerCache& layer : layers)
+    bytes += layer.size_bytes();
+  return bytes;
 }
 
 at::Tensor next_token_loss(const at::Tensor& logits_BTV, const at::Tensor& ids_BT) {

@@ -4,16 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include "dla/ops/gdn.h"
-
 namespace dla::model {
-
-at::Tensor causal_conv_silu(const at::Tensor& x_BTC, torch::nn::Conv1d& conv) {
-  const int64_t T = x_BTC.size(1);
-  // The convolution pads W−1 on both sides; keeping the first T outputs makes it causal.
-  const at::Tensor y_BCT = conv->forward(x_BTC.transpose(1, 2)).narrow(/*dim=*/2, /*start=*/0, /*length=*/T);
-  return at::silu(y_BCT.transpose(1, 2));
-}
 
 at::Tensor init_dt_bias(int64_t n, double dt_min, double dt_max, double dt_floor) {
   const at::Tensor dt =
@@ -22,7 +13,7 @@ at::Tensor init_dt_bias(int64_t n, double dt_min, double dt_max, double dt_floor
 }
 
 GatedDeltaNetImpl::GatedDeltaNetImpl(int64_t hidden_size, const GdnOptions& options, double norm_eps,
-                                     int64_t chunk_size)
+                                     int64_t chunk_size, const memory::MemoryOptions& memory_options)
     : options_(options), chunk_size_(chunk_size) {
   const int64_t H = options.num_heads, HV = options.value_heads(), K = options.head_dim;
   const int64_t V = options.value_head_dim();
@@ -54,6 +45,8 @@ GatedDeltaNetImpl::GatedDeltaNetImpl(int64_t hidden_size, const GdnOptions& opti
   if (options.use_gate) g_proj = linear("g_proj", hidden_size, HV * V);
   o_norm = register_module("o_norm", GatedRMSNorm(V, norm_eps, /*gate_before_norm=*/false));
   o_proj = linear("o_proj", HV * V, hidden_size);
+  // The state is kept per value head.
+  memory = register_module("memory", memory::make_memory_policy(memory_options, hidden_size, HV));
   reset_gate_parameters();
 }
 
@@ -63,21 +56,20 @@ void GatedDeltaNetImpl::reset_gate_parameters() {
   dt_bias.copy_(init_dt_bias(dt_bias.size(0)));
 }
 
-at::Tensor GatedDeltaNetImpl::project(const at::Tensor& x_BTD, torch::nn::Linear& proj,
-                                      torch::nn::Conv1d& conv) {
-  return causal_conv_silu(proj->forward(x_BTD), conv);
-}
-
-at::Tensor GatedDeltaNetImpl::forward(const at::Tensor& x_BTD) {
+at::Tensor GatedDeltaNetImpl::forward(const at::Tensor& x_BTD, MixerCache* cache) {
   const int64_t B = x_BTD.size(0), T = x_BTD.size(1);
   const int64_t H = options_.num_heads, HV = options_.value_heads(), K = options_.head_dim;
   const int64_t V = options_.value_head_dim();
 
   // L2 normalisation with eps inside the square root, as fla's l2norm.
   auto l2_normalise = [](const at::Tensor& t) { return t * at::rsqrt(t.pow(2).sum(-1, true) + 1e-6); };
-  at::Tensor q_BTHK = l2_normalise(project(x_BTD, q_proj, q_conv1d).view({B, T, H, K}));
-  at::Tensor k_BTHK = l2_normalise(project(x_BTD, k_proj, k_conv1d).view({B, T, H, K}));
-  const at::Tensor v_BTHV = project(x_BTD, v_proj, v_conv1d).view({B, T, HV, V});
+  if (cache != nullptr) cache->conv_tails.resize(3);
+  auto tail = [&](std::size_t i) { return cache != nullptr ? &cache->conv_tails[i] : nullptr; };
+  at::Tensor q_BTHK =
+      l2_normalise(causal_conv_silu(q_proj->forward(x_BTD), q_conv1d, tail(0)).view({B, T, H, K}));
+  at::Tensor k_BTHK =
+      l2_normalise(causal_conv_silu(k_proj->forward(x_BTD), k_conv1d, tail(1)).view({B, T, H, K}));
+  const at::Tensor v_BTHV = causal_conv_silu(v_proj->forward(x_BTD), v_conv1d, tail(2)).view({B, T, HV, V});
   if (HV != H) {
     // Grouped value heads: value head i reads q/k head i / (HV/H).
     q_BTHK = q_BTHK.repeat_interleave(HV / H, /*dim=*/2);
@@ -90,8 +82,9 @@ at::Tensor GatedDeltaNetImpl::forward(const at::Tensor& x_BTD) {
                            at::softplus(a_proj->forward(x_BTD).to(at::kFloat) + dt_bias.to(at::kFloat));
 
   const double scale = 1.0 / std::sqrt(static_cast<double>(K));
+  const memory::Recurrence terms{q_BTHK, k_BTHK, v_BTHV, g_BTH, beta_BTH, scale};
   const at::Tensor o_BTHV =
-      ops::gdn::chunk(q_BTHK, k_BTHK, v_BTHV, g_BTH, beta_BTH, scale, /*initial_state=*/{}, chunk_size_).out;
+      memory->forward(x_BTD, terms, chunk_size_, cache != nullptr ? &cache->memory : nullptr);
 
   const at::Tensor z_BTHV = options_.use_gate ? g_proj->forward(x_BTD).view({B, T, HV, V}) : at::Tensor();
   const at::Tensor y_BTHV = o_norm->forward(o_BTHV, z_BTHV);

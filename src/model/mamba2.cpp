@@ -5,11 +5,11 @@
 #include <ATen/ATen.h>
 
 #include "dla/model/gdn.h"
-#include "dla/ops/ssd.h"
 
 namespace dla::model {
 
-Mamba2Impl::Mamba2Impl(int64_t hidden_size, const Mamba2Options& options, double norm_eps, int64_t chunk_size)
+Mamba2Impl::Mamba2Impl(int64_t hidden_size, const Mamba2Options& options, double norm_eps, int64_t chunk_size,
+                       const memory::MemoryOptions& memory_options)
     : options_(options), inner_dim_(options.expand * hidden_size), chunk_size_(chunk_size) {
   TORCH_CHECK(inner_dim_ % options.head_dim == 0, "Mamba-2: inner dim ", inner_dim_,
               " is not a multiple of head_dim ", options.head_dim);
@@ -34,6 +34,7 @@ Mamba2Impl::Mamba2Impl(int64_t hidden_size, const Mamba2Options& options, double
                                               /*group_size=*/inner_dim_ / options.num_groups));
   out_proj = register_module(
       "out_proj", torch::nn::Linear(torch::nn::LinearOptions(inner_dim_, hidden_size).bias(false)));
+  memory = register_module("memory", memory::make_memory_policy(memory_options, hidden_size, num_heads_));
   reset_gate_parameters();
 }
 
@@ -44,7 +45,7 @@ void Mamba2Impl::reset_gate_parameters() {
   D.fill_(1.0);
 }
 
-at::Tensor Mamba2Impl::forward(const at::Tensor& x_BTD) {
+at::Tensor Mamba2Impl::forward(const at::Tensor& x_BTD, MixerCache* cache) {
   const int64_t B = x_BTD.size(0), T = x_BTD.size(1);
   const int64_t H = num_heads_, P = options_.head_dim, G = options_.num_groups, N = options_.state_size;
   const int64_t I = inner_dim_, GN = G * N;
@@ -52,7 +53,9 @@ at::Tensor Mamba2Impl::forward(const at::Tensor& x_BTD) {
   const at::Tensor zxbcdt = in_proj->forward(x_BTD);
   const auto parts = zxbcdt.split_with_sizes({I, I + 2 * GN, H}, /*dim=*/-1);
   const at::Tensor& z_BTI = parts[0];
-  const at::Tensor xbc = causal_conv_silu(parts[1], conv1d);
+  if (cache != nullptr) cache->conv_tails.resize(1);
+  const at::Tensor xbc =
+      causal_conv_silu(parts[1], conv1d, cache != nullptr ? &cache->conv_tails[0] : nullptr);
   const auto xbc_parts = xbc.split_with_sizes({I, GN, GN}, /*dim=*/-1);
   const at::Tensor x_BTHP = xbc_parts[0].reshape({B, T, H, P});
   // Head h reads group h / (H/G), as mamba_ssm's kernels map them.
@@ -63,8 +66,8 @@ at::Tensor Mamba2Impl::forward(const at::Tensor& x_BTD) {
   const at::Tensor g_BTH = -at::exp(A_log.to(at::kFloat)) * dt_BTH;
   const at::Tensor v_BTHP = x_BTHP * dt_BTH.unsqueeze(-1).to(x_BTHP.scalar_type());
 
-  at::Tensor y_BTHP =
-      ops::ssd::chunk(c_BTHN, b_BTHN, v_BTHP, g_BTH, /*scale=*/1.0, /*initial_state=*/{}, chunk_size_).out;
+  const memory::Recurrence terms{c_BTHN, b_BTHN, v_BTHP, g_BTH, at::Tensor(), /*scale=*/1.0};
+  at::Tensor y_BTHP = memory->forward(x_BTD, terms, chunk_size_, cache != nullptr ? &cache->memory : nullptr);
   y_BTHP = y_BTHP + x_BTHP * D.view({1, 1, H, 1}).to(x_BTHP.scalar_type());
   const at::Tensor y_BTI = norm->forward(y_BTHP.reshape({B, T, I}), z_BTI);
   return out_proj->forward(y_BTI);

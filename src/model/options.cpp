@@ -13,6 +13,7 @@ int64_t ModelOptions::mlp_intermediate_size() const {
 
 void ModelOptions::validate() const {
   using config::ConfigError;
+  memory.boundary_stride();
   if (mixer == MixerKind::gdn) {
     const double v = static_cast<double>(gdn.head_dim) * gdn.expand_v;
     if (v != static_cast<double>(static_cast<int64_t>(v))) {

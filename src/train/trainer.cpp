@@ -27,12 +27,15 @@ at::Device choose_device(DeviceKind kind) {
                                                                                  : at::Device(at::kCPU);
 }
 
-// Weight decay applies to matrices; vectors (norm weights, biases, A_log, dt_bias, D) are exempt.
+// Weight decay applies to matrices; vectors (norm weights, biases, A_log, dt_bias, D) and the level scales
+// L of the multi-state memories (spec/dla.md §1) are exempt.
 std::vector<torch::optim::OptimizerParamGroup> param_groups(torch::nn::Module& model,
                                                             const OptimOptions& optim) {
   std::vector<at::Tensor> decay, no_decay;
-  for (const auto& p : model.parameters())
-    (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  for (const auto& item : model.named_parameters()) {
+    const bool level_scales = item.key().ends_with(".memory.L");
+    (item.value().dim() >= 2 && !level_scales ? decay : no_decay).push_back(item.value());
+  }
   auto options = [&](double weight_decay) {
     return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(optim.lr)
                                                             .betas({optim.beta1, optim.beta2})
@@ -128,9 +131,13 @@ StepResult Trainer::train_step() {
     const at::Tensor logits = model_->forward(ids);
     at::autocast::set_autocast_enabled(at::kCUDA, false);
     at::autocast::clear_cache();
-    const at::Tensor loss = masked_loss(logits, labels) / static_cast<double>(train.grad_accum_steps);
-    loss.backward();
-    loss_sum += loss.detach();
+    at::Tensor loss = masked_loss(logits, labels);
+    // The memory's auxiliary loss (dla's ratio loss) trains with the LM loss but is not logged as part of it.
+    const at::Tensor auxiliary = model_->auxiliary_loss();
+    const double accumulation = static_cast<double>(train.grad_accum_steps);
+    (auxiliary.defined() ? (loss + auxiliary) / accumulation : loss / accumulation).backward();
+    loss = loss.detach() / accumulation;
+    loss_sum += loss;
   }
   result.grad_norm = torch::nn::utils::clip_grad_norm_(
       model_->parameters(), config_.optim.grad_clip > 0 ? config_.optim.grad_clip : INFINITY);

@@ -8,13 +8,9 @@
 
 #include <ATen/core/Tensor.h>
 
-namespace dla::memory {
+#include "dla/memory/options.h"
 
-/// Which alive boundary goes when a new candidate overflows the cache (`dla.merge`).
-enum class MergeRule {
-  lowest,  ///< the one with the smallest (u, position): ties evict the older (the method)
-  oldest,  ///< the oldest one: a FIFO of the newest M - 1 candidates (ablation)
-};
+namespace dla::memory {
 
 struct BoundaryOptions {
   int64_t capacity = 8;                 ///< M: at most M segments, so at most M - 1 alive boundaries; >= 1

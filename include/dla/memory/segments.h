@@ -35,9 +35,10 @@ at::Tensor slot_of_keys(const at::Tensor& start_rows_S, const at::Tensor& keys_N
 /// table of the quadratic oracle, O(T²·S).
 at::Tensor level_table(const SegmentTable& segments, int64_t num_tokens);
 
-/// Fenwick buckets (log-linear attention) for queries 0..num_tokens with `num_slots` slots: at query t the
-/// bucket of level ℓ starts at (t >> ℓ) << ℓ when bit ℓ − 1 of t is set. Throws when t needs more slots.
-SegmentTable fenwick_segments(int64_t num_tokens, int64_t num_slots);
+/// Fenwick buckets (log-linear attention) for queries first_query..num_tokens with `num_slots` slots: at
+/// query t the bucket of level ℓ starts at (t >> ℓ) << ℓ when bit ℓ − 1 of t is set. Throws when the tokens
+/// need more slots.
+SegmentTable fenwick_segments(int64_t num_tokens, int64_t num_slots, int64_t first_query = 0);
 
 /// The DLA boundary cache (spec §3.2) for a batch of sequences, advanced one token at a time: the same rule
 /// as boundary_death_times, kept as the alive boundaries themselves so that decoding needs constant memory.

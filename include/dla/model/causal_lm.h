@@ -19,7 +19,7 @@ namespace dla::model {
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelOptions& options);
-  at::Tensor forward(const at::Tensor& h_BTD);
+  at::Tensor forward(const at::Tensor& h_BTD, MixerCache* cache = nullptr);
 
   RMSNorm mixer_norm{nullptr};
   std::shared_ptr<MixerImpl> mixer;
@@ -28,11 +28,22 @@ class BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Block);
 
+/// Everything a model keeps between decoding steps: one mixer cache per layer.
+struct GenerationCache {
+  std::vector<MixerCache> layers;
+  int64_t position = 0;  ///< tokens seen
+  int64_t size_bytes() const;
+};
+
 class CausalLMImpl : public torch::nn::Module {
  public:
   explicit CausalLMImpl(const ModelOptions& options);
-  /// ids [B,T] int64 -> logits [B,T,V].
-  at::Tensor forward(const at::Tensor& ids_BT);
+  /// ids [B,T] int64 -> logits [B,T,V]. With a cache: an empty one is filled (chunkwise prefill), a
+  /// filled one is continued token by token (recurrent decoding) and updated.
+  at::Tensor forward(const at::Tensor& ids_BT, GenerationCache* cache = nullptr);
+  /// The sum of the layers' auxiliary losses of the last training forward (dla's ratio loss); undefined
+  /// when there is none.
+  at::Tensor auxiliary_loss() const;
   /// Draws every parameter as fla's `_init_weights` does, from the current torch seed.
   void reset_parameters();
   int64_t num_parameters() const;

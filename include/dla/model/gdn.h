@@ -14,8 +14,9 @@ namespace dla::model {
 
 class GatedDeltaNetImpl : public MixerImpl {
  public:
-  GatedDeltaNetImpl(int64_t hidden_size, const GdnOptions& options, double norm_eps, int64_t chunk_size);
-  at::Tensor forward(const at::Tensor& x_BTD) override;
+  GatedDeltaNetImpl(int64_t hidden_size, const GdnOptions& options, double norm_eps, int64_t chunk_size,
+                    const memory::MemoryOptions& memory_options = {});
+  at::Tensor forward(const at::Tensor& x_BTD, MixerCache* cache = nullptr) override;
   void reset_gate_parameters() override;
 
   at::Tensor A_log;    ///< [HV] float32; decay rate = exp(A_log)
@@ -28,15 +29,10 @@ class GatedDeltaNetImpl : public MixerImpl {
   torch::nn::Linear o_proj{nullptr};                                          ///< [D, HV·V]
 
  private:
-  at::Tensor project(const at::Tensor& x_BTD, torch::nn::Linear& proj, torch::nn::Conv1d& conv);
-
   GdnOptions options_;
   int64_t chunk_size_;
 };
 TORCH_MODULE(GatedDeltaNet);
-
-/// The short causal depthwise convolution of GDN and Mamba-2, followed by SiLU: x [B,T,C] -> [B,T,C].
-at::Tensor causal_conv_silu(const at::Tensor& x_BTC, torch::nn::Conv1d& conv);
 
 /// Inverse softplus of dt drawn log-uniformly in [dt_min, dt_max] and floored, as fla initialises dt_bias.
 at::Tensor init_dt_bias(int64_t n, double dt_min = 1e-3, double dt_max = 0.1, double dt_floor = 1e-4);

@@ -14,8 +14,9 @@ namespace dla::model {
 
 class Mamba2Impl : public MixerImpl {
  public:
-  Mamba2Impl(int64_t hidden_size, const Mamba2Options& options, double norm_eps, int64_t chunk_size);
-  at::Tensor forward(const at::Tensor& x_BTD) override;
+  Mamba2Impl(int64_t hidden_size, const Mamba2Options& options, double norm_eps, int64_t chunk_size,
+             const memory::MemoryOptions& memory_options = {});
+  at::Tensor forward(const at::Tensor& x_BTD, MixerCache* cache = nullptr) override;
   void reset_gate_parameters() override;
 
   at::Tensor dt_bias;                   ///< [H]

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "dla/config/schema.h"
+#include "dla/memory/options.h"
 
 namespace dla::model {
 
@@ -91,6 +92,7 @@ struct ModelOptions {
   int64_t chunk_size = 64;
   GdnOptions gdn;
   Mamba2Options mamba2;
+  memory::MemoryOptions memory;
 
   template <class V>
   void visit(V& v) {
@@ -114,6 +116,9 @@ struct ModelOptions {
             Bounds::at_least(1));
     v.section("gdn", gdn, "Gated DeltaNet mixer (used when model.mixer = gdn).");
     v.section("mamba2", mamba2, "Mamba-2 mixer (used when model.mixer = mamba2).");
+    v.section("memory", memory,
+              "Memory policy of every mixer: which states it keeps and how the output reads them "
+              "(docs/memory/dla.md).");
   }
 
   /// The MLP's inner dim.
