@@ -66,6 +66,7 @@ int run(int argc, char** argv) {
   add_inspect_command(app, commands);
   add_import_fla_command(app, commands);
   add_score_command(app, commands);
+  add_generate_command(app, commands);
 
   try {
     app.parse(argc, argv);

@@ -38,6 +38,7 @@ void add_inspect_command(CLI::App& root, CommandList& commands);
 void add_train_command(CLI::App& root, CommandList& commands);
 void add_import_fla_command(CLI::App& root, CommandList& commands);
 void add_score_command(CLI::App& root, CommandList& commands);
+void add_generate_command(CLI::App& root, CommandList& commands);
 void add_bench_command(CLI::App& root, CommandList& commands);
 
 /// Parses the command line, runs the chosen command and returns the process exit status.
