@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "dla/bench/bench.h"
+#include "dla/memory/multi_state.h"
 #include "dla/ops/gdn.h"
 #include "dla/ops/ssd.h"
 #include "dla/util/error.h"
@@ -47,6 +48,8 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
   if (o.dtype != "float32" && o.dtype != "bfloat16") {
     throw UserError("--dtype must be float32 or bfloat16, got " + o.dtype);
   }
+  if (o.memory != "single" && o.memory != "fenwick" && o.memory != "dla")
+    throw UserError("--memory must be single, fenwick or dla, got " + o.memory);
   const at::Device device = pick_device(o.device);
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   const auto opts = at::TensorOptions().device(device).dtype(dtype);
@@ -60,9 +63,32 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
   const at::Tensor beta = at::rand({B, T, H}, opts).sigmoid().requires_grad_();
   const double scale = o.mixer == "gdn" ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0;
 
+  memory::MemoryOptions memory_options;
+  memory_options.policy = o.memory == "dla"       ? memory::PolicyKind::dla
+                          : o.memory == "fenwick" ? memory::PolicyKind::fenwick
+                                                  : memory::PolicyKind::single;
+  memory_options.capacity = o.capacity;
+  memory_options.max_length = std::max(o.max_length, T);
+  const int64_t levels = memory_options.num_levels();
+  const at::Tensor lam = (at::rand({B, T, H, levels}, opts.dtype(at::kFloat)) + 0.5).requires_grad_();
+  const at::Tensor u = at::rand({B, T, H}, opts.dtype(at::kFloat)).requires_grad_();
+  const memory::SegmentTable fenwick_table =
+      o.memory == "fenwick"
+          ? memory::SegmentTable{memory::fenwick_segments(T, levels - 1).start_BHQS.to(device), {}}
+          : memory::SegmentTable{};
+  const memory::Recurrence terms{q, k, v, g, o.mixer == "gdn" ? beta : at::Tensor(), scale};
+
   auto forward = [&] {
-    return o.mixer == "gdn" ? ops::gdn::chunk(q, k, v, g, beta, scale, {}, o.chunk_size).out
-                            : ops::ssd::chunk(q, k, v, g, scale, {}, o.chunk_size).out;
+    if (o.memory == "single") {
+      return o.mixer == "gdn" ? ops::gdn::chunk(q, k, v, g, beta, scale, {}, o.chunk_size).out
+                              : ops::ssd::chunk(q, k, v, g, scale, {}, o.chunk_size).out;
+    }
+    if (o.memory == "fenwick")
+      return memory::chunkwise(terms, {lam, at::Tensor()}, fenwick_table, o.chunk_size).out_BTHV;
+    const memory::SegmentTable table =
+        memory::dla_segments(u.detach(), {.capacity = o.capacity, .threshold = 0.5});
+    return memory::chunkwise(terms, {lam, memory::straight_through_confidence(table, u)}, table, o.chunk_size)
+        .out_BTHV;
   };
   const at::Tensor grad_out = at::randn({B, T, H, D}, opts);
   double fwd_ms = 0;
@@ -72,6 +98,8 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
   }
   const double fwd_bwd_ms = time_ms(device, o.warmup, o.iters, [&] { forward().backward(grad_out); });
   return {{"mixer", o.mixer},
+          {"memory", o.memory},
+          {"levels", levels},
           {"op", o.mixer == "gdn" ? "gated delta rule, chunkwise" : "SSD, chunkwise"},
           {"B", B},
           {"T", T},

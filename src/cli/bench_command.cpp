@@ -14,6 +14,15 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
   layer->add_option("--mixer", layer_args->mixer, "gdn or mamba2")
       ->check(CLI::IsMember({"gdn", "mamba2"}))
       ->capture_default_str();
+  layer->add_option("--memory", layer_args->memory, "Memory policy: single, fenwick or dla")
+      ->check(CLI::IsMember({"single", "fenwick", "dla"}))
+      ->capture_default_str();
+  layer->add_option("--capacity", layer_args->capacity, "dla: segments M")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  layer->add_option("--max-length", layer_args->max_length, "fenwick: longest sequence (sets the λ levels)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   layer->add_option("-B,--batch", layer_args->batch, "Batch size")->capture_default_str();
   layer->add_option("-T,--tokens", layer_args->tokens, "Sequence length")->capture_default_str();
   layer->add_option("-H,--heads", layer_args->heads, "Heads")->capture_default_str();

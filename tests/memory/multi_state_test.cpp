@@ -297,3 +297,36 @@ TEST_CASE("recurrent decoding from a chunkwise prefill continues the parallel fo
   expect_close("prefill", head(full), prefilled.out_BTHV, 1e-12);
   expect_close("decode", tail(full), decoded, 1e-12);
 }
+
+TEST_CASE("on the GPU every form agrees with the float64 CPU oracle", "[memory][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the GPU forms are not exercised on this machine");
+    return;
+  }
+  const bool delta_rule = GENERATE(false, true);
+  const PolicyCase policy = GENERATE(PolicyCase{"fenwick"}, PolicyCase{"dla", 4});
+  const int64_t tokens = GENERATE(65, 257);
+  const std::string policy_name = policy.name();
+  CAPTURE(delta_rule, policy_name, tokens);
+  const Problem p = random_problem(delta_rule, policy, tokens, 300 + static_cast<uint64_t>(tokens));
+  const at::Tensor ref = dla::memory::quadratic(p.terms, p.weights(), p.segments);
+
+  const auto cuda = [](const at::Tensor& x) { return x.defined() ? x.to(at::kCUDA, at::kFloat) : x; };
+  const Recurrence terms{cuda(p.terms.q_BTHK), cuda(p.terms.k_BTHK),   cuda(p.terms.v_BTHV),
+                         cuda(p.terms.g_BTH),  cuda(p.terms.beta_BTH), p.terms.scale};
+  const at::Tensor u_BTH = cuda(p.u_BTH);
+  SegmentTable segments;
+  if (policy.policy == "dla") {
+    segments = dla::memory::dla_segments(u_BTH, {.capacity = policy.capacity, .threshold = 0.5});
+    REQUIRE(segments.start_BHQS.is_cuda());
+    CHECK(at::equal(segments.start_BHQS.cpu(), p.segments.start_BHQS));
+  } else {
+    segments = {p.segments.start_BHQS.to(at::kCUDA), at::Tensor()};
+  }
+  const LevelWeights weights{cuda(p.lam_BTHL), policy.policy == "dla"
+                                                   ? dla::memory::straight_through_confidence(segments, u_BTH)
+                                                   : at::Tensor()};
+  expect_close("quadratic", ref, dla::memory::quadratic(terms, weights, segments).cpu(), 1e-5);
+  expect_close("recurrent", ref, dla::memory::recurrent(terms, weights, segments).out_BTHV.cpu(), 1e-5);
+  expect_close("chunkwise", ref, dla::memory::chunkwise(terms, weights, segments, 64).out_BTHV.cpu(), 1e-5);
+}

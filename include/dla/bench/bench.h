@@ -11,7 +11,10 @@
 namespace dla::bench {
 
 struct LayerBenchOptions {
-  std::string mixer = "gdn";  ///< gdn or mamba2
+  std::string mixer = "gdn";      ///< gdn or mamba2
+  std::string memory = "single";  ///< single, fenwick or dla
+  int64_t capacity = 8;           ///< dla: segments M
+  int64_t max_length = 16384;     ///< fenwick: λ levels = ceil(log2 max_length) + 1, as fla's 15
   int64_t batch = 8;
   int64_t tokens = 2048;
   int64_t heads = 16;
@@ -23,8 +26,9 @@ struct LayerBenchOptions {
   int64_t iters = 10;
 };
 
-/// Times the mixer's chunkwise op (GDN: gated delta rule; Mamba-2: SSD) forward and forward+backward on
-/// random inputs of [B,T,H,D]. Returns {"fwd_ms", "fwd_bwd_ms", ...sizes}.
+/// Times the mixer's chunkwise op (GDN: gated delta rule; Mamba-2: SSD) under a memory policy, forward and
+/// forward+backward on random inputs of [B,T,H,D] (dla: random scores, threshold 0.5; the boundary scan is
+/// inside the timing). Returns {"fwd_ms", "fwd_bwd_ms", ...sizes}.
 nlohmann::json bench_layer(const LayerBenchOptions& options);
 
 struct ModelBenchOptions {
