@@ -55,7 +55,7 @@ at::Tensor random_ids(int64_t tokens, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("prefill then decode gives the logits of the parallel forward", "[infer]") {
-  const ModelCase c = GENERATE(from_range(std::begin(kModelCases), std::end(kModelCases)));
+  const ModelCase c = kModelCases[GENERATE(0, 1, 2, 3, 4, 5)];
   const std::string name = c.name();
   CAPTURE(name);
   model::CausalLM lm = case_model(c, 5);
@@ -75,7 +75,7 @@ TEST_CASE("prefill then decode gives the logits of the parallel forward", "[infe
 }
 
 TEST_CASE("greedy generation is the argmax of the parallel forward, with constant caches", "[infer]") {
-  const ModelCase c = GENERATE(from_range(std::begin(kModelCases), std::end(kModelCases)));
+  const ModelCase c = kModelCases[GENERATE(0, 1, 2, 3, 4, 5)];
   const std::string name = c.name();
   CAPTURE(name);
   model::CausalLM lm = case_model(c, 8);
