@@ -52,13 +52,18 @@ BoundaryCache::BoundaryCache(int64_t batch, int64_t heads, const BoundaryOptions
 }
 
 void BoundaryCache::advance(const at::Tensor& u_BH, int64_t position) {
-  TORCH_CHECK(position == tokens_seen_, "BoundaryCache: expected token ", tokens_seen_, ", got ", position);
   TORCH_CHECK(u_BH.dim() == 2 && u_BH.size(0) == batch_ && u_BH.size(1) == heads_,
               "BoundaryCache: u must be [", batch_, ", ", heads_, "], got ", u_BH.sizes());
+  const at::Tensor u_cpu = u_BH.to(at::kCPU, at::kFloat).contiguous();
+  advance(u_cpu.accessor<float, 2>(), position);
+}
+
+void BoundaryCache::advance(const at::TensorAccessor<float, 2>& u, int64_t position) {
+  TORCH_CHECK(position == tokens_seen_, "BoundaryCache: expected token ", tokens_seen_, ", got ", position);
+  TORCH_CHECK(u.size(0) == batch_ && u.size(1) == heads_, "BoundaryCache: u must be [", batch_, ", ", heads_,
+              "], got [", u.size(0), ", ", u.size(1), "]");
   ++tokens_seen_;
   if (position == 0) return;  // token 0 opens the oldest segment and is never a candidate
-  const at::Tensor u_cpu = u_BH.to(at::kCPU, at::kFloat).contiguous();
-  const auto u = u_cpu.accessor<float, 2>();
   const auto threshold = static_cast<float>(options_.threshold);
   const auto max_alive = static_cast<size_t>(options_.capacity - 1);
   for (int64_t b = 0; b < batch_; ++b) {
@@ -112,6 +117,16 @@ void BoundaryCache::write_slot_rows(const at::Tensor& start_BHS, const at::Tenso
   }
 }
 
+void BoundaryCache::write_slot_rows(at::TensorAccessor<int64_t, 4> start_BHQS,
+                                    at::TensorAccessor<int64_t, 4> opener_BHQS, int64_t query) const {
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t h = 0; h < heads_; ++h) {
+      write_slot_row(alive_[static_cast<size_t>(b * heads_ + h)], tokens_seen_ > 0, start_BHQS[b][h][query],
+                     opener_BHQS[b][h][query]);
+    }
+  }
+}
+
 int64_t BoundaryCache::size_bytes() const {
   return batch_ * heads_ * (options_.capacity - 1) * static_cast<int64_t>(sizeof(Boundary));
 }
@@ -125,14 +140,17 @@ SegmentTable dla_segments(const at::Tensor& u_BTH, BoundaryCache& cache) {
   TORCH_CHECK(u_BTH.dim() == 3 && u_BTH.scalar_type() == at::kFloat,
               "dla_segments: u must be float32 [B, T, H], got ", u_BTH.scalar_type(), " ", u_BTH.sizes());
   const int64_t batch = u_BTH.size(0), tokens = u_BTH.size(1), heads = u_BTH.size(2);
-  const at::Tensor u_TBH = u_BTH.to(at::kCPU).transpose(0, 1).contiguous();
+  const at::Tensor u_cpu_TBH = u_BTH.to(at::kCPU).transpose(0, 1).contiguous();
+  const auto u_TBH = u_cpu_TBH.accessor<float, 3>();
   const int64_t first = cache.tokens_seen();
   at::Tensor start_BHQS = at::full({batch, heads, tokens + 1, cache.capacity()}, -1, at::kLong);
   at::Tensor opener_BHQS = at::full_like(start_BHQS, -1);
-  cache.write_slot_rows(start_BHQS.select(2, 0), opener_BHQS.select(2, 0));
+  auto start = start_BHQS.accessor<int64_t, 4>();
+  auto opener = opener_BHQS.accessor<int64_t, 4>();
+  cache.write_slot_rows(start, opener, 0);
   for (int64_t t = 0; t < tokens; ++t) {
     cache.advance(u_TBH[t], first + t);
-    cache.write_slot_rows(start_BHQS.select(2, t + 1), opener_BHQS.select(2, t + 1));
+    cache.write_slot_rows(start, opener, t + 1);
   }
   const at::Device device = u_BTH.device();
   return {start_BHQS.to(device), opener_BHQS.to(device)};

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "dla/checkpoint/model_checkpoint.h"
 #include "dla/data/mqar.h"
 #include "dla/io/atomic_file.h"
 #include "dla/train/lr_schedule.h"
@@ -70,7 +71,8 @@ at::Tensor masked_loss(const at::Tensor& logits_BTV, const at::Tensor& labels_BT
 }
 
 Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir, DistContext dist)
-    : config_(resolved.config),
+    : resolved_(resolved),
+      config_(resolved.config),
       run_dir_(std::move(run_dir)),
       dist_(dist),
       device_(choose_device(config_.train.device)) {
@@ -103,8 +105,10 @@ nlohmann::json Trainer::run() {
   if (dist_.is_main()) {
     write_curve_svg(run_dir_.root / "loss.svg", curve_steps_, curve_losses_,
                     fmt::format("{} — training loss", config_.run.name), "loss");
-    spdlog::info("wrote {} and {}", (run_dir_.root / "metrics.jsonl").string(),
-                 (run_dir_.root / "loss.svg").string());
+    // The final weights, loadable by `dla score` and `dla generate`.
+    checkpoint::save_model_checkpoint(run_dir_.root / "model", resolved_, *model_);
+    spdlog::info("wrote {}, {} and the model {}", (run_dir_.root / "metrics.jsonl").string(),
+                 (run_dir_.root / "loss.svg").string(), (run_dir_.root / "model").string());
   }
   return eval;
 }

@@ -34,4 +34,22 @@ TEST_CASE("dla train runs a few quickstart steps and leaves the run's files", "[
   CHECK_THAT(read_text(run_dir / "log.txt"), has_substr("step 3/3"));
 }
 
+TEST_CASE("a trained DLA model generates from its run's model checkpoint", "[train][cli][infer]") {
+  TempDir dir;
+  const auto run_dir = dir / "run";
+  const auto trained = run_dla(
+      "train --config configs/mqar/mamba2-dla.yaml --set train.steps=2 "
+      "--set train.batch_size=4 --set data.mqar.eval_examples=4 --set train.device=cpu "
+      "--run-dir '" +
+          run_dir.string() + "'",
+      DLA_SOURCE_DIR);
+  INFO(trained.output);
+  REQUIRE(trained.status == 0);
+  const auto generated = run_dla_stdout("generate --checkpoint '" + (run_dir / "model").string() +
+                                        "' --ids '1 2 3' --max-new 5");
+  INFO(generated.output);
+  REQUIRE(generated.status == 0);
+  CHECK_THAT(generated.output, has_substr("\"memory_policy\":\"dla\""));
+}
+
 }  // namespace dla::test

@@ -1,6 +1,7 @@
 // The training loop on a tiny config: files it leaves, bitwise-repeatable losses, divergence, masked_loss.
 // Shapes: B batch, T tokens, V vocabulary.
 #include "dla/train/trainer.h"
+#include "dla/checkpoint/model_checkpoint.h"
 
 #include <ATen/ATen.h>
 
@@ -113,6 +114,14 @@ TEST_CASE("Trainer writes metrics.jsonl, loss.svg and eval.json", "[train]") {
   CHECK(saved.at("mqar_accuracy").get<double>() >= 0);
   CHECK(saved.at("mqar_accuracy").get<double>() <= 1);
   CHECK(saved.at("queries") == 8 * 2);  // eval_examples × num_kv_pairs
+
+  // The final weights are a model checkpoint, equal to the trainer's model.
+  const auto loaded = checkpoint::load_model_checkpoint(dir / "run" / "model");
+  const auto trained = trainer.model()->named_parameters();
+  for (const auto& item : loaded.model->named_parameters()) {
+    CAPTURE(item.key());
+    CHECK(at::equal(item.value(), trained[item.key()].detach().cpu()));
+  }
 }
 
 TEST_CASE("Trainer runs with the same seed give identical losses and weights", "[train]") {

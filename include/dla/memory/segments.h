@@ -48,9 +48,14 @@ class BoundaryCache {
   /// Processes token `position` (all sequences at the same position) with scores u_BH (float32): candidates
   /// join, an overflow evicts. Token 0 is never a candidate.
   void advance(const at::Tensor& u_BH, int64_t position);
+  /// The same from a float32 CPU accessor of [B, H] scores.
+  void advance(const at::TensorAccessor<float, 2>& u_BH, int64_t position);
   /// Writes the slots as the next query sees them into start_BHS and opener_BHS: int64 CPU tensors (views
   /// allowed) of [B, H, capacity].
   void write_slot_rows(const at::Tensor& start_BHS, const at::Tensor& opener_BHS) const;
+  /// The same into row `query` of [B, H, Q, capacity] tables.
+  void write_slot_rows(at::TensorAccessor<int64_t, 4> start_BHQS, at::TensorAccessor<int64_t, 4> opener_BHQS,
+                       int64_t query) const;
   int64_t tokens_seen() const { return tokens_seen_; }
   int64_t capacity() const { return options_.capacity; }
   /// Bytes held: positions and scores of at most capacity − 1 boundaries per sequence and head.

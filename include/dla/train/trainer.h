@@ -46,6 +46,7 @@ class Trainer {
   void log_step(const StepResult& result, double seconds);
   nlohmann::json evaluate();
 
+  config::ResolvedConfig resolved_;  ///< written with the final model
   config::RunConfig config_;
   run::RunDirectory run_dir_;
   DistContext dist_;
