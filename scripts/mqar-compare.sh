@@ -11,9 +11,13 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 for mixer in gdn mamba2; do
   for policy in single fenwick dla; do
     name=$mixer-$policy
-    ("$dla" train --config "configs/mqar/$name.yaml" --run-dir "$out/$name" "$@" > "$out/$name.log" 2>&1;
-     echo "{\"run\": \"$name\", \"status\": $?, \"eval\": $(cat "$out/$name/eval.json" 2>/dev/null || echo null)}" \
-       > "$out/$name.result") &
+    (
+      set +e
+      "$dla" train --config "configs/mqar/$name.yaml" --run-dir "$out/$name" "$@" > "$out/$name.log" 2>&1
+      status=$?
+      echo "{\"run\": \"$name\", \"status\": $status, \"eval\": $(cat "$out/$name/eval.json" 2>/dev/null || echo null)}" \
+        > "$out/$name.result"
+    ) &
   done
 done
 wait
