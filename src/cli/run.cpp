@@ -67,6 +67,8 @@ int run(int argc, char** argv) {
   add_import_fla_command(app, commands);
   add_score_command(app, commands);
   add_generate_command(app, commands);
+  add_tokenizer_command(app, commands);
+  add_data_command(app, commands);
 
   try {
     app.parse(argc, argv);

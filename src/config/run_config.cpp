@@ -16,6 +16,9 @@ void RunConfig::validate() const {
                       fmt::format("train.batch_size ({}) must be a multiple of train.grad_accum_steps ({})",
                                   train.batch_size, train.grad_accum_steps));
   }
+  if (data.source == data::DataSource::tokens && data.path.empty()) {
+    throw ConfigError("data.path", "data.source = tokens needs data.path: a directory written by `dla data prepare`");
+  }
   if (data.source == data::DataSource::mqar && 4 * data.mqar.num_kv_pairs > train.seq_len) {
     throw ConfigError("data.mqar.num_kv_pairs",
                       fmt::format("data.mqar.num_kv_pairs ({}) needs train.seq_len >= {}, got {}",

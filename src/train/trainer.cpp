@@ -12,6 +12,7 @@
 
 #include "dla/checkpoint/model_checkpoint.h"
 #include "dla/data/mqar.h"
+#include "dla/data/tokenizer.h"
 #include "dla/io/atomic_file.h"
 #include "dla/train/lr_schedule.h"
 #include "dla/util/error.h"
@@ -84,6 +85,22 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
   model_->to(device_);
   optimizer_ = std::make_unique<torch::optim::AdamW>(param_groups(*model_, config_.optim));
   if (dist_.is_main()) metrics_ = std::make_unique<MetricsLog>(run_dir_.root / "metrics.jsonl");
+  if (config_.data.source == data::DataSource::tokens) {
+    const auto& d = config_.data;
+    std::optional<uint64_t> fingerprint;
+    if (!d.tokenizer.empty()) fingerprint = data::load_tokenizer(d.tokenizer)->fingerprint();
+    auto train_set = std::make_shared<data::TokenDataset>(d.path, "train", config_.train.seq_len,
+                                                          config_.model.vocab_size, fingerprint);
+    train_loader_ = std::make_unique<data::BatchLoader>(train_set, static_cast<uint64_t>(config_.run.seed));
+    spdlog::info("data: {} training tokens in {} windows of {} + 1 from {}", train_set->num_tokens(),
+                 train_set->num_windows(), config_.train.seq_len, d.path);
+    if (train_set->manifest().tokens_val > 0) {
+      val_loader_ = std::make_unique<data::BatchLoader>(
+          std::make_shared<data::TokenDataset>(d.path, "val", config_.train.seq_len, config_.model.vocab_size,
+                                               fingerprint),
+          0, /*shuffle=*/false);
+    }
+  }
   spdlog::info("model: {} ({} layers, hidden {}), {:.3f}M parameters, device {}, {}",
                config::enum_name(config_.model.mixer), config_.model.num_layers, config_.model.hidden_size,
                static_cast<double>(model_->num_parameters()) / 1e6, device_.str(),
@@ -100,8 +117,13 @@ nlohmann::json Trainer::run() {
     const StepResult result = train_step();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     log_step(result, seconds);
+    if (train.eval_every > 0 && state_.step % train.eval_every == 0 && state_.step < train.steps) {
+      const nlohmann::json eval = evaluate();
+      if (metrics_) metrics_->append(eval);
+    }
   }
   const nlohmann::json eval = evaluate();
+  if (metrics_ && train_loader_) metrics_->append(eval);
   if (dist_.is_main()) {
     write_curve_svg(run_dir_.root / "loss.svg", curve_steps_, curve_losses_,
                     fmt::format("{} — training loss", config_.run.name), "loss");
@@ -115,7 +137,6 @@ nlohmann::json Trainer::run() {
 
 StepResult Trainer::train_step() {
   const auto& train = config_.train;
-  const int64_t micro_batch = train.batch_size / train.grad_accum_steps / dist_.world_size;
   StepResult result;
   result.lr = lr_at(config_.optim, state_.step + 1, train.steps);
   for (auto& group : optimizer_->param_groups())
@@ -125,11 +146,9 @@ StepResult Trainer::train_step() {
   const bool autocast = train.precision == Precision::bfloat16;
   at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(device_));
   for (int64_t micro = 0; micro < train.grad_accum_steps; ++micro) {
-    const auto batch =
-        data::generate_mqar(config_.data.mqar, micro_batch, train.seq_len, config_.model.vocab_size,
-                            data_seed(config_.run.seed, state_.step, micro, dist_.rank));
-    const at::Tensor ids = batch.ids_BL.to(device_, /*non_blocking=*/true);
-    const at::Tensor labels = batch.labels_BL.to(device_, /*non_blocking=*/true);
+    const auto [ids_cpu, labels_cpu] = this->micro_batch(state_.step, micro);
+    const at::Tensor ids = ids_cpu.to(device_, /*non_blocking=*/true);
+    const at::Tensor labels = labels_cpu.to(device_, /*non_blocking=*/true);
     at::autocast::set_autocast_enabled(at::kCUDA, autocast);
     if (autocast) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
     const at::Tensor logits = model_->forward(ids);
@@ -182,7 +201,60 @@ void Trainer::log_step(const StepResult& result, double seconds) {
   tokens_since_log_ = 0;
 }
 
+std::pair<at::Tensor, at::Tensor> Trainer::micro_batch(int64_t step, int64_t micro) {
+  const auto& train = config_.train;
+  const int64_t size = train.batch_size / train.grad_accum_steps / dist_.world_size;
+  if (!train_loader_) {
+    auto batch = data::generate_mqar(config_.data.mqar, size, train.seq_len, config_.model.vocab_size,
+                                     data_seed(config_.run.seed, step, micro, dist_.rank));
+    return {batch.ids_BL, batch.labels_BL};
+  }
+  // Global sample indices: step-major, then micro-batch, then rank. The cursor of a run is step · batch_size,
+  // so a run continues at the same sample on any world size.
+  const auto first = [&](int64_t s, int64_t m) {
+    return s * train.batch_size + m * (train.batch_size / train.grad_accum_steps) + dist_.rank * size;
+  };
+  data::TokenBatch batch = train_loader_->batch(first(step, micro), size);
+  const bool last_micro = micro + 1 == train.grad_accum_steps;
+  train_loader_->prefetch(first(last_micro ? step + 1 : step, last_micro ? 0 : micro + 1), size);
+  return {batch.ids_BT, batch.labels_BT};
+}
+
 nlohmann::json Trainer::evaluate() {
+  return train_loader_ ? evaluate_validation_loss() : evaluate_mqar();
+}
+
+nlohmann::json Trainer::evaluate_validation_loss() {
+  nlohmann::json result = {{"step", state_.step}};
+  if (!val_loader_) {
+    spdlog::warn("the dataset has no validation split (data prepare --val-fraction): no validation loss");
+    return result;
+  }
+  at::NoGradGuard no_grad;
+  model_->eval();
+  const int64_t size = std::max<int64_t>(1, config_.train.batch_size / config_.train.grad_accum_steps);
+  double loss_sum = 0;
+  int64_t tokens = 0;
+  for (int64_t b = 0; b < config_.data.val_batches; ++b) {
+    const data::TokenBatch batch = val_loader_->batch(b * size, size);
+    const at::Tensor logits = model_->forward(batch.ids_BT.to(device_));
+    const int64_t n = batch.labels_BT.numel();
+    loss_sum += masked_loss(logits, batch.labels_BT.to(device_)).item<double>() * static_cast<double>(n);
+    tokens += n;
+  }
+  model_->train();
+  const double loss = loss_sum / static_cast<double>(tokens);
+  spdlog::info("step {}: validation loss {:.4f} over {} tokens", state_.step, loss, tokens);
+  result["val_loss"] = loss;
+  result["val_tokens"] = tokens;
+  if (dist_.is_main()) {
+    const std::string text = result.dump(2) + "\n";
+    io::write_file_atomic(run_dir_.root / "eval.json", std::as_bytes(std::span(text.data(), text.size())));
+  }
+  return result;
+}
+
+nlohmann::json Trainer::evaluate_mqar() {
   at::NoGradGuard no_grad;
   model_->eval();
   const auto& mqar = config_.data.mqar;

@@ -39,6 +39,8 @@ void add_train_command(CLI::App& root, CommandList& commands);
 void add_import_fla_command(CLI::App& root, CommandList& commands);
 void add_score_command(CLI::App& root, CommandList& commands);
 void add_generate_command(CLI::App& root, CommandList& commands);
+void add_tokenizer_command(CLI::App& root, CommandList& commands);
+void add_data_command(CLI::App& root, CommandList& commands);
 void add_bench_command(CLI::App& root, CommandList& commands);
 
 /// Parses the command line, runs the chosen command and returns the process exit status.

@@ -62,6 +62,7 @@ struct TrainOptions {
   int64_t steps = 1000;          ///< optimiser steps
   int64_t batch_size = 32;       ///< sequences per optimiser step (global, over all ranks and micro-batches)
   int64_t grad_accum_steps = 1;  ///< micro-batches per step
+  int64_t eval_every = 0;        ///< steps between evaluations; 0: only at the end
   int64_t seq_len = 64;          ///< tokens per sequence
   int64_t log_every = 10;        ///< steps between progress lines and metrics rows
   DeviceKind device = DeviceKind::auto_select;
@@ -76,6 +77,10 @@ struct TrainOptions {
     v.field("grad_accum_steps", grad_accum_steps, "Micro-batches per step; must divide batch_size.",
             Bounds::at_least(1));
     v.field("seq_len", seq_len, "Tokens per training sequence.", Bounds::at_least(2));
+    v.field(
+        "eval_every", eval_every,
+        "Steps between held-out evaluations (validation loss for data.source = tokens); 0: only at the end.",
+        Bounds::at_least(0));
     v.field("log_every", log_every, "Steps between progress lines and rows of metrics.jsonl.",
             Bounds::at_least(1));
     v.field("device", device, "auto (CUDA when available), cpu or cuda.");

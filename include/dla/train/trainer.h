@@ -8,6 +8,7 @@
 #include <torch/optim/adamw.h>
 
 #include "dla/config/run_config.h"
+#include "dla/data/token_dataset.h"
 #include "dla/model/causal_lm.h"
 #include "dla/run/run_directory.h"
 #include "dla/train/metrics.h"
@@ -45,6 +46,10 @@ class Trainer {
   StepResult train_step();
   void log_step(const StepResult& result, double seconds);
   nlohmann::json evaluate();
+  nlohmann::json evaluate_mqar();
+  nlohmann::json evaluate_validation_loss();
+  /// The micro-batch `micro` of this rank at `step`: ids and labels on the CPU.
+  std::pair<at::Tensor, at::Tensor> micro_batch(int64_t step, int64_t micro);
 
   config::ResolvedConfig resolved_;  ///< written with the final model
   config::RunConfig config_;
@@ -52,6 +57,8 @@ class Trainer {
   DistContext dist_;
   at::Device device_;
   model::CausalLM model_{nullptr};
+  std::unique_ptr<data::BatchLoader> train_loader_;  ///< data.source = tokens
+  std::unique_ptr<data::BatchLoader> val_loader_;    ///< data.source = tokens, when the data has a val split
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   TrainState state_;
   std::unique_ptr<MetricsLog> metrics_;
