@@ -7,7 +7,8 @@
 namespace dla::cli {
 
 void add_bench_command(CLI::App& root, CommandList& commands) {
-  auto* group = root.add_subcommand("bench", "Measure speed: mixer ops (layer) or training steps (model)");
+  auto* group = root.add_subcommand(
+      "bench", "Measure speed: mixer ops (layer), training steps (model) or the data loader (data)");
 
   auto* layer = group->add_subcommand("layer", "Forward and forward+backward time of a mixer's chunkwise op");
   auto layer_args = std::make_shared<bench::LayerBenchOptions>();
@@ -61,6 +62,23 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
                             config::resolve_run_config(config_args->file, config_args->overrides);
                         std::cout << bench::bench_model(resolved.config, *model_args, *peak).dump()
                                   << std::endl;
+                        return kExitOk;
+                      }});
+
+  auto* data = group->add_subcommand("data", "Tokens/s of the training loader on a prepared dataset");
+  auto data_args = std::make_shared<bench::DataBenchOptions>();
+  data->add_option("--data", data_args->data, "Dataset directory (dla data prepare --out)")->required();
+  data->add_option("-T,--seq-len", data_args->seq_len, "Tokens per sequence")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  data->add_option("-B,--batch", data_args->batch, "Sequences per batch")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  data->add_option("--batches", data_args->batches, "Batches to time")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  commands.push_back({data, [data_args] {
+                        std::cout << bench::bench_data(*data_args).dump() << std::endl;
                         return kExitOk;
                       }});
 }

@@ -1,14 +1,16 @@
 // The training loop on a tiny config: files it leaves, bitwise-repeatable losses, divergence, masked_loss.
 // Shapes: B batch, T tokens, V vocabulary.
 #include "dla/train/trainer.h"
-#include "dla/checkpoint/model_checkpoint.h"
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include <cmath>
 #include <fstream>
 
 #include "catch.h"
+#include "dla/checkpoint/model_checkpoint.h"
+#include "dla/data/prepare.h"
 #include "dla/train/lr_schedule.h"
 #include "test_util.h"
 
@@ -161,6 +163,47 @@ TEST_CASE("Trainer stops with a UserError when the loss is not finite", "[train]
   Trainer again(tiny_config({"optim.lr=1e30", "optim.grad_clip=0", "optim.warmup_steps=0"}),
                 run_directory(dir / "again"));
   CHECK_THROWS_WITH(again.run(), test::has_substr("training diverged") && test::has_substr("optim.lr"));
+}
+
+}  // namespace dla::train
+
+namespace dla::train {
+
+TEST_CASE("Trainer trains on prepared token data and reports the validation loss", "[train][data]") {
+  QuietLog quiet;
+  test::TempDir dir;
+  std::string text;
+  for (int i = 0; i < 40; ++i)
+    text += "the cat sat on the mat and the dog sat on the log. ";
+  fs::create_directories(dir / "docs");
+  for (int i = 0; i < 10; ++i)
+    test::write_text(dir / "docs" / fmt::format("d{}.txt", i), text);
+  data::PrepareOptions prepare;
+  prepare.inputs = {(dir / "docs").string()};
+  prepare.out = (dir / "data").string();
+  prepare.val_fraction = 0.2;
+  data::prepare_dataset(prepare);
+
+  const auto config = tiny_config({"model.vocab_size=258", "data.source=tokens", "data.path=" + prepare.out,
+                                   "data.tokenizer=byte", "data.val_batches=2", "train.steps=30",
+                                   "train.eval_every=10", "optim.lr=3e-3"});
+  Trainer trainer(config, run_directory(dir / "run"));
+  const json eval = trainer.run();
+  const auto rows = read_jsonl(dir / "run" / "metrics.jsonl");
+  std::vector<double> val_losses;
+  for (const auto& row : rows) {
+    if (row.contains("val_loss")) val_losses.push_back(row.at("val_loss"));
+  }
+  // Evaluations at steps 10, 20 and the end; on this repetitive text the validation loss falls.
+  REQUIRE(val_losses.size() == 3);
+  CHECK(val_losses.back() < val_losses.front());
+  CHECK(eval.at("val_loss") == val_losses.back());
+  CHECK(eval.at("val_tokens") == 2 * 4 * 16);
+
+  // A tokenizer other than the shards' is refused before training.
+  const auto wrong = tiny_config({"model.vocab_size=258", "data.source=tokens", "data.path=" + prepare.out,
+                                  "data.tokenizer=" + (dir / "missing.model").string()});
+  CHECK_THROWS_WITH(Trainer(wrong, run_directory(dir / "run2")), test::has_substr("missing.model"));
 }
 
 }  // namespace dla::train

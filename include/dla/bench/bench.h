@@ -42,4 +42,16 @@ struct ModelBenchOptions {
 nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOptions& options,
                            double peak_tflops);
 
+struct DataBenchOptions {
+  std::string data;  ///< a dataset directory written by `dla data prepare`
+  int64_t seq_len = 2048;
+  int64_t batch = 8;
+  int64_t batches = 50;
+};
+
+/// Times the training loader on a prepared dataset: batches of batch × (seq_len + 1) tokens from the shuffled
+/// order, each prefetched while the previous one is taken, as the trainer does. Returns tokens/s and ms per
+/// batch, to compare with a GPU step's time.
+nlohmann::json bench_data(const DataBenchOptions& options);
+
 }  // namespace dla::bench
