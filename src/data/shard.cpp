@@ -1,6 +1,7 @@
 // Writing and checking token shards.
 #include "dla/data/shard.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -90,6 +91,12 @@ Shard::Shard(const std::filesystem::path& path) : file_(path) {
   tokens_ = bytes.data() + kShardHeaderBytes;
   if (fnv1a64(tokens_, bytes.size() - kShardHeaderBytes) != info_.checksum)
     throw UserError(fmt::format("{}: checksum mismatch: the token shard is damaged", name));
+  for (uint64_t i = 0; i < info_.num_tokens; ++i)
+    max_token_ = std::max(max_token_, token(i));
+  if (info_.num_tokens > 0 && max_token_ >= info_.vocab_size) {
+    throw UserError(fmt::format("{}: token id {} is outside the shard's vocabulary of {}", name, max_token_,
+                                info_.vocab_size));
+  }
 }
 
 uint32_t Shard::token(uint64_t i) const {

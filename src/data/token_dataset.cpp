@@ -37,6 +37,10 @@ TokenDataset::TokenDataset(const std::filesystem::path& dir, const std::string& 
       throw UserError(fmt::format("{}: the shard does not match {} (tokens, checksum or tokenizer differ)",
                                   shard.path().string(), manifest_path));
     }
+    if (info.num_tokens > 0 && shard.max_token() >= model_vocab) {
+      throw UserError(fmt::format("{}: token id {} is outside the model's vocabulary [0, {})",
+                                  shard.path().string(), shard.max_token(), model_vocab));
+    }
     shard_starts_.push_back(num_tokens_);
     num_tokens_ += info.num_tokens;
     shards_.push_back(std::move(shard));

@@ -57,6 +57,10 @@ TEST_CASE("damaged shards are errors naming the file", "[data]") {
   overwrite_byte(fresh(), 64 + 11, 3);
   CHECK_THROWS_WITH(data::Shard(dir / "s.bin"), has_substr("s.bin: checksum mismatch"));
   CHECK_THROWS_WITH(data::Shard(dir / "absent.bin"), has_substr("absent.bin"));
+  // A writer that broke its vocabulary: the id is found even though the checksum is right.
+  data::write_shard(dir / "s.bin", std::vector<uint32_t>{1, 2, 300}, 258, 1);
+  CHECK_THROWS_WITH(data::Shard(dir / "s.bin"),
+                    has_substr("s.bin: token id 300 is outside the shard's vocabulary of 258"));
 }
 
 }  // namespace dla::test

@@ -41,6 +41,8 @@ class Shard {
   explicit Shard(const std::filesystem::path& path);
   const ShardInfo& info() const { return info_; }
   uint64_t size() const { return info_.num_tokens; }
+  /// The largest token id in the shard (0 when empty), found while checking it.
+  uint32_t max_token() const { return max_token_; }
   uint32_t token(uint64_t i) const;
   /// Copies tokens [first, first + out.size()) into out.
   void copy(uint64_t first, std::span<int64_t> out) const;
@@ -50,6 +52,7 @@ class Shard {
   io::MappedFile file_;
   ShardInfo info_;
   const std::byte* tokens_ = nullptr;
+  uint32_t max_token_ = 0;
 };
 
 }  // namespace dla::data
