@@ -65,7 +65,10 @@ void check_replaceable(const fs::path& dir) {
   }
 }
 
-void write_files(const fs::path& dir, const config::ResolvedConfig& config, model::CausalLMImpl& model) {
+}  // namespace
+
+void write_model_files(const fs::path& dir, const config::ResolvedConfig& config,
+                       model::CausalLMImpl& model) {
   const std::string yaml = config.to_yaml();
   io::write_file_atomic(dir / kModelConfigFile, std::as_bytes(std::span(yaml.data(), yaml.size())));
   io::NamedTensors tensors;
@@ -76,6 +79,8 @@ void write_files(const fs::path& dir, const config::ResolvedConfig& config, mode
                         {"format_version", std::to_string(kModelFormatVersion)},
                         {"dla_version", DLA_VERSION}});
 }
+
+namespace {
 
 void check_format(const io::SafetensorsReader& reader) {
   const auto& metadata = reader.metadata();
@@ -116,7 +121,7 @@ void save_model_checkpoint(const fs::path& dir, const config::ResolvedConfig& co
                                 temp.string(), ec.message()));
   }
   try {
-    write_files(temp, config, model);
+    write_model_files(temp, config, model);
     if (fs::exists(target, ec)) {
       // A directory cannot be renamed over a non-empty one: move the old checkpoint aside first.
       const fs::path old = sibling(target, "old");

@@ -69,6 +69,7 @@ int run(int argc, char** argv) {
   add_generate_command(app, commands);
   add_tokenizer_command(app, commands);
   add_data_command(app, commands);
+  add_checkpoint_command(app, commands);
 
   try {
     app.parse(argc, argv);

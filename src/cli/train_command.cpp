@@ -11,6 +11,8 @@ namespace {
 struct TrainArgs {
   ConfigArgs config;
   std::optional<std::string> run_dir;
+  std::optional<std::string> resume;
+  std::optional<int64_t> stop_at;
 };
 
 int train(const TrainArgs& args) {
@@ -19,7 +21,8 @@ int train(const TrainArgs& args) {
   const auto run_dir = run::RunDirectory::open(resolved, args.run_dir);
   spdlog::info("dla train: run '{}' in {}", resolved.config.run.name, run_dir.root.string());
   train::Trainer trainer(resolved, run_dir);
-  trainer.run();
+  if (args.resume) trainer.resume(*args.resume);
+  trainer.run(args.stop_at);
   return kExitOk;
 }
 
@@ -30,6 +33,14 @@ void add_train_command(CLI::App& root, CommandList& commands) {
   auto args = std::make_shared<TrainArgs>();
   add_config_args(*app, args->config);
   app->add_option("--run-dir", args->run_dir, "Run directory (default: <run.dir>/<run.name>)");
+  app->add_option("--resume", args->resume,
+                  "auto: continue from the newest intact checkpoint of the run directory (if any); or a "
+                  "checkpoint directory");
+  app->add_option(
+         "--stop-at", args->stop_at,
+         "Stop after this step, save a checkpoint and exit 0 (for time-limited jobs); the schedule still "
+         "runs to train.steps, so --resume continues exactly")
+      ->check(CLI::PositiveNumber);
   commands.push_back({app, [args] { return train(*args); }});
 }
 

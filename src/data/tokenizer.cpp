@@ -13,15 +13,6 @@
 
 namespace dla::data {
 
-uint64_t fnv1a64(const void* data, std::size_t size, uint64_t hash) {
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  for (std::size_t i = 0; i < size; ++i) {
-    hash ^= bytes[i];
-    hash *= 0x100000001b3ULL;
-  }
-  return hash;
-}
-
 std::vector<int64_t> ByteTokenizer::encode(std::string_view text) const {
   std::vector<int64_t> ids(text.size());
   for (std::size_t i = 0; i < text.size(); ++i)

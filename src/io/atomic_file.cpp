@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -56,8 +57,21 @@ AtomicFileWriter::~AtomicFileWriter() {
   discard();
 }
 
+namespace {
+
+/// Fault injection for tests of full disks (docs/checkpoints.md): with DLA_FAULT_WRITE_LIMIT=N in the
+/// environment, a file fails with ENOSPC once more than N bytes have been written to it.
+bool over_write_limit(std::size_t bytes_in_file) {
+  const char* limit = std::getenv("DLA_FAULT_WRITE_LIMIT");
+  return limit != nullptr && bytes_in_file > std::strtoull(limit, nullptr, 10);
+}
+
+}  // namespace
+
 void AtomicFileWriter::write(std::span<const std::byte> bytes) {
   if (fd_ < 0) throw std::logic_error("AtomicFileWriter::write after commit or failure: " + path_.string());
+  bytes_written_ += bytes.size();
+  if (over_write_limit(bytes_written_)) fail("write", temp_path_, ENOSPC);
   while (!bytes.empty()) {
     const ssize_t written = ::write(fd_, bytes.data(), bytes.size());
     if (written < 0) {

@@ -11,11 +11,14 @@
 #include <cmath>
 
 #include "dla/checkpoint/model_checkpoint.h"
+#include "dla/checkpoint/train_checkpoint.h"
+#include "dla/data/manifest.h"
 #include "dla/data/mqar.h"
 #include "dla/data/tokenizer.h"
 #include "dla/io/atomic_file.h"
 #include "dla/train/lr_schedule.h"
 #include "dla/util/error.h"
+#include "dla/util/stop_signals.h"
 
 namespace dla::train {
 namespace {
@@ -107,11 +110,14 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
                config::enum_name(config_.train.precision));
 }
 
-nlohmann::json Trainer::run() {
+nlohmann::json Trainer::run(std::optional<int64_t> stop_at) {
   const auto& train = config_.train;
   spdlog::info("training {} steps of {} sequences × {} tokens; run directory {}", train.steps,
                train.batch_size, train.seq_len, run_dir_.root.string());
   model_->train();
+  const StopSignals stop_signals;
+  const auto& every = config_.checkpoint.every;
+  int64_t saved_step = -1;
   while (state_.step < train.steps) {
     const auto start = std::chrono::steady_clock::now();
     const StepResult result = train_step();
@@ -121,7 +127,20 @@ nlohmann::json Trainer::run() {
       const nlohmann::json eval = evaluate();
       if (metrics_) metrics_->append(eval);
     }
+    if (stop_signals.requested()) {
+      spdlog::warn("stop requested (signal {}): saving step {} and exiting", stop_signals.signal(),
+                   state_.step);
+    }
+    if (stop_signals.requested() || (stop_at && state_.step >= *stop_at && state_.step < train.steps)) {
+      save_checkpoint();
+      return {{"stopped_at_step", state_.step}};
+    }
+    if (every > 0 && state_.step % every == 0) {
+      save_checkpoint();
+      saved_step = state_.step;
+    }
   }
+  if (saved_step != state_.step) save_checkpoint();
   const nlohmann::json eval = evaluate();
   if (metrics_ && train_loader_) metrics_->append(eval);
   if (dist_.is_main()) {
@@ -174,6 +193,7 @@ StepResult Trainer::train_step() {
   optimizer_->step();
   state_.step += 1;
   state_.tokens_seen += train.batch_size * train.seq_len;
+  state_.samples_seen += train.batch_size;
   tokens_since_log_ += train.batch_size * train.seq_len;
   return result;
 }
@@ -201,6 +221,54 @@ void Trainer::log_step(const StepResult& result, double seconds) {
   tokens_since_log_ = 0;
 }
 
+bool Trainer::resume(const std::string& spec) {
+  std::filesystem::path dir = spec;
+  if (spec == "auto") {
+    std::optional<std::filesystem::path> newest;
+    for (const auto& status : checkpoint::list_checkpoints(run_dir_.root)) {
+      if (status.ok()) {
+        newest = status.dir;
+      } else {
+        spdlog::warn("skipping damaged checkpoint {}: {}", status.dir.string(), status.problem);
+      }
+    }
+    if (!newest) {
+      spdlog::info("--resume auto: no checkpoint in {}; starting from step 0", run_dir_.root.string());
+      return false;
+    }
+    dir = *newest;
+  }
+  std::vector<std::string> changed;
+  const checkpoint::TrainingProgress progress =
+      checkpoint::load_train_checkpoint(dir, resolved_, *model_, *optimizer_, changed);
+  for (const auto& key : changed)
+    spdlog::info("resume: {} differs from the checkpoint's config (allowed: not part of the model)", key);
+  if (!progress.tokenizer_fingerprint.empty() && progress.tokenizer_fingerprint != tokenizer_fingerprint()) {
+    throw UserError(
+        fmt::format("{}: the checkpoint trained on data of tokenizer {}, the configured data has {}",
+                    dir.string(), progress.tokenizer_fingerprint, tokenizer_fingerprint()));
+  }
+  state_ = {progress.step, progress.tokens_seen, progress.samples_seen};
+  spdlog::info("resumed from {}: step {}, {} tokens, data cursor {} (saved with {} rank{}, now {})",
+               dir.string(), progress.step, progress.tokens_seen, progress.samples_seen, progress.world_size,
+               progress.world_size == 1 ? "" : "s", dist_.world_size);
+  return true;
+}
+
+std::string Trainer::tokenizer_fingerprint() const {
+  return train_loader_ ? data::fingerprint_hex(train_loader_->dataset().manifest().tokenizer_fingerprint)
+                       : "";
+}
+
+void Trainer::save_checkpoint() {
+  if (!dist_.is_main()) return;
+  const auto path = checkpoint::save_train_checkpoint(
+      run_dir_.root, resolved_, *model_, *optimizer_,
+      {state_.step, state_.tokens_seen, state_.samples_seen, dist_.world_size, tokenizer_fingerprint()});
+  checkpoint::apply_retention(run_dir_.root, config_.checkpoint.keep_last, config_.checkpoint.keep_every);
+  spdlog::info("saved checkpoint {}", path.string());
+}
+
 std::pair<at::Tensor, at::Tensor> Trainer::micro_batch(int64_t step, int64_t micro) {
   const auto& train = config_.train;
   const int64_t size = train.batch_size / train.grad_accum_steps / dist_.world_size;
@@ -209,10 +277,11 @@ std::pair<at::Tensor, at::Tensor> Trainer::micro_batch(int64_t step, int64_t mic
                                      data_seed(config_.run.seed, step, micro, dist_.rank));
     return {batch.ids_BL, batch.labels_BL};
   }
-  // Global sample indices: step-major, then micro-batch, then rank. The cursor of a run is step · batch_size,
-  // so a run continues at the same sample on any world size.
+  // Global sample indices: step-major, then micro-batch, then rank, from the run's data cursor (samples
+  // consumed before this step), so a run continues at the same sample on any world size.
   const auto first = [&](int64_t s, int64_t m) {
-    return s * train.batch_size + m * (train.batch_size / train.grad_accum_steps) + dist_.rank * size;
+    return state_.samples_seen + (s - step) * train.batch_size +
+           m * (train.batch_size / train.grad_accum_steps) + dist_.rank * size;
   };
   data::TokenBatch batch = train_loader_->batch(first(step, micro), size);
   const bool last_micro = micro + 1 == train.grad_accum_steps;

@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 
+#include "dla/checkpoint/fla_export.h"
 #include "dla/checkpoint/fla_import.h"
 #include "dla/checkpoint/fla_names.h"
 
@@ -42,42 +43,7 @@ io::NamedTensors fla_named_parameters(model::CausalLMImpl& model) {
 }
 
 nlohmann::json fla_config_json(const model::ModelOptions& options) {
-  nlohmann::json config = {{"vocab_size", options.vocab_size},
-                           {"hidden_size", options.hidden_size},
-                           {"num_hidden_layers", options.num_layers},
-                           {"norm_eps", options.norm_eps},
-                           {"tie_word_embeddings", options.tie_embeddings},
-                           {"initializer_range", options.initializer_range}};
-  if (options.mixer == model::MixerKind::gdn) {
-    const auto& gdn = options.gdn;
-    config.update({{"model_type", "gated_deltanet"},
-                   {"hidden_ratio", options.mlp_ratio},
-                   {"intermediate_size", nullptr},
-                   {"hidden_act", "swish"},
-                   {"attn", nullptr},
-                   {"num_heads", gdn.num_heads},
-                   {"head_dim", gdn.head_dim},
-                   {"expand_v", gdn.expand_v},
-                   {"num_v_heads", nullptr},
-                   {"conv_size", gdn.conv_size},
-                   {"use_gate", gdn.use_gate},
-                   {"use_short_conv", gdn.use_short_conv},
-                   {"allow_neg_eigval", gdn.allow_neg_eigval}});
-  } else {
-    const auto& m = options.mamba2;
-    config.update({{"model_type", "mamba2"},
-                   {"head_dim", m.head_dim},
-                   {"state_size", m.state_size},
-                   {"expand", m.expand},
-                   {"n_groups", m.num_groups},
-                   {"conv_kernel", m.conv_kernel},
-                   {"use_conv_bias", m.use_conv_bias},
-                   {"use_bias", false},
-                   {"norm_before_gate", false},
-                   {"rmsnorm", true},
-                   {"hidden_act", "silu"}});
-  }
-  return config;
+  return checkpoint::fla_config_json(options);
 }
 
 void write_fla_dir(const std::filesystem::path& dir, const std::string& config_text,

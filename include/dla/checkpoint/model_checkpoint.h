@@ -29,6 +29,11 @@ struct LoadedModel {
 void save_model_checkpoint(const std::filesystem::path& dir, const config::ResolvedConfig& config,
                            model::CausalLMImpl& model);
 
+/// Writes config.yaml and model.safetensors into the existing directory `dir` (each file atomically); the
+/// building block of save_model_checkpoint and of training checkpoints.
+void write_model_files(const std::filesystem::path& dir, const config::ResolvedConfig& config,
+                       model::CausalLMImpl& model);
+
 /// Reads the checkpoint directory `dir`. A missing directory or file, a bad config, a malformed
 /// safetensors file or tensors that do not fit the config's model throw dla::UserError naming the file.
 LoadedModel load_model_checkpoint(const std::filesystem::path& dir);

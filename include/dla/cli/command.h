@@ -41,6 +41,7 @@ void add_score_command(CLI::App& root, CommandList& commands);
 void add_generate_command(CLI::App& root, CommandList& commands);
 void add_tokenizer_command(CLI::App& root, CommandList& commands);
 void add_data_command(CLI::App& root, CommandList& commands);
+void add_checkpoint_command(CLI::App& root, CommandList& commands);
 void add_bench_command(CLI::App& root, CommandList& commands);
 
 /// Parses the command line, runs the chosen command and returns the process exit status.

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "dla/checkpoint/options.h"
 #include "dla/config/schema.h"
 #include "dla/data/options.h"
 #include "dla/model/options.h"
@@ -50,6 +51,7 @@ struct RunConfig {
   data::DataOptions data;
   train::TrainOptions train;
   train::OptimOptions optim;
+  checkpoint::CheckpointOptions checkpoint;
 
   template <class V>
   void visit(V& v) {
@@ -59,6 +61,7 @@ struct RunConfig {
     v.section("data", data, "Training data.");
     v.section("train", train, "The training loop.");
     v.section("optim", optim, "AdamW and the learning-rate schedule.");
+    v.section("checkpoint", checkpoint, "Training checkpoints in the run directory (docs/checkpoints.md).");
   }
 
   /// Checks that span several keys or that the bounds cannot express; throws ConfigError naming the key.

@@ -74,6 +74,7 @@ class BatchLoader {
   /// Starts building batch(first, count) on a background thread; a following batch() with the same range
   /// takes it.
   void prefetch(int64_t first, int64_t count);
+  const TokenDataset& dataset() const { return *dataset_; }
 
  private:
   TokenBatch build(int64_t first, int64_t count);

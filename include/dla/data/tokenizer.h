@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "dla/util/hash.h"
+
 namespace dla::data {
 
 class Tokenizer {
@@ -54,8 +56,5 @@ struct SentencePieceTraining {
 /// Trains a SentencePiece model with <unk> = 0, <bos> = 1, <eos> = 2, <pad> = 3 and byte fallback. Throws
 /// dla::UserError with SentencePiece's message on failure.
 void train_sentencepiece(const SentencePieceTraining& options);
-
-/// FNV-1a, 64 bits, continuing from `hash`.
-uint64_t fnv1a64(const void* data, std::size_t size, uint64_t hash = 0xcbf29ce484222325ULL);
 
 }  // namespace dla::data

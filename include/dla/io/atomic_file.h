@@ -34,6 +34,7 @@ class AtomicFileWriter {
   std::filesystem::path path_;
   std::filesystem::path temp_path_;
   int fd_ = -1;
+  std::size_t bytes_written_ = 0;
 };
 
 /// Writes `bytes` to `path` through an AtomicFileWriter.

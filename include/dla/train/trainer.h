@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <torch/optim/adamw.h>
@@ -24,8 +25,9 @@ struct DistContext {
 
 /// Progress of a run: what resuming needs besides the weights and the optimiser.
 struct TrainState {
-  int64_t step = 0;         ///< optimiser steps done
-  int64_t tokens_seen = 0;  ///< over all ranks
+  int64_t step = 0;          ///< optimiser steps done
+  int64_t tokens_seen = 0;   ///< over all ranks
+  int64_t samples_seen = 0;  ///< the data cursor: global samples consumed
 };
 
 struct StepResult {
@@ -37,13 +39,24 @@ struct StepResult {
 class Trainer {
  public:
   Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir, DistContext dist = {});
-  /// Trains for train.steps steps; returns the final held-out metrics (e.g. {"mqar_accuracy": 0.98}).
-  nlohmann::json run();
+  /// Continues from a training checkpoint: "auto" takes the newest intact one in the run directory (reporting
+  /// damaged ones; none means a fresh start), anything else is a checkpoint directory that must be intact.
+  /// Returns whether a checkpoint was loaded.
+  bool resume(const std::string& spec);
+  /// Trains until train.steps, writing checkpoints as `checkpoint` says, and returns the final held-out
+  /// metrics (e.g. {"mqar_accuracy": ...}). A SIGTERM/SIGINT, or reaching `stop_at` (a step before
+  /// train.steps), ends it early: the step is finished, a checkpoint saved, and {"stopped_at_step": N} returned.
+  /// The learning-rate schedule always runs to train.steps, so a stopped run resumes exactly.
+  nlohmann::json run(std::optional<int64_t> stop_at = std::nullopt);
+  const TrainState& state() const { return state_; }
 
   model::CausalLM& model() { return model_; }
 
  private:
   StepResult train_step();
+  void save_checkpoint();
+  /// The training data's tokenizer fingerprint (hex); empty for generated data.
+  std::string tokenizer_fingerprint() const;
   void log_step(const StepResult& result, double seconds);
   nlohmann::json evaluate();
   nlohmann::json evaluate_mqar();
