@@ -13,6 +13,7 @@
 #include "dla/data/prepare.h"
 #include "dla/train/lr_schedule.h"
 #include "test_util.h"
+#include "train/train_testing.h"
 
 namespace dla::train {
 namespace {
@@ -20,33 +21,15 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// A GDN of one layer, hidden 16, learning MQAR over 16 tokens: a step takes milliseconds.
+using test::QuietLog;
+
 config::ResolvedConfig tiny_config(const std::vector<std::string>& overrides = {}) {
-  std::vector<std::string> all = {
-      "model.vocab_size=32",   "model.hidden_size=16",     "model.num_layers=1",
-      "model.gdn.num_heads=1", "model.gdn.head_dim=16",    "model.intermediate_size=32",
-      "model.chunk_size=16",   "data.mqar.num_kv_pairs=2", "data.mqar.eval_examples=8",
-      "train.steps=5",         "train.batch_size=4",       "train.seq_len=16",
-      "train.log_every=2",     "train.device=cpu",         "optim.warmup_steps=2"};
-  all.insert(all.end(), overrides.begin(), overrides.end());
-  return config::resolve_run_config(std::nullopt, all);
+  return test::tiny_train_config(overrides);
 }
 
-// A run directory without RunDirectory::open, which would add a log file to the process's logger.
 run::RunDirectory run_directory(const fs::path& root) {
-  fs::create_directories(root);
-  return {root, root / "config.yaml", root / "log.txt"};
+  return test::test_run_directory(root);
 }
-
-// Keeps the trainer's progress lines out of the test output.
-class QuietLog {
- public:
-  QuietLog() : saved_(spdlog::get_level()) { spdlog::set_level(spdlog::level::warn); }
-  ~QuietLog() { spdlog::set_level(saved_); }
-
- private:
-  spdlog::level::level_enum saved_;
-};
 
 std::vector<json> read_jsonl(const fs::path& file) {
   std::ifstream in(file);
