@@ -6,11 +6,15 @@
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 namespace dla::test {
-inline auto has_substr(const std::string& text) { return Catch::Matchers::ContainsSubstring(text); }
+inline auto has_substr(const std::string& text) {
+  return Catch::Matchers::ContainsSubstring(text);
+}
 }  // namespace dla::test
 #else
 #include <catch2/catch.hpp>
 namespace dla::test {
-inline auto has_substr(const std::string& text) { return Catch::Matchers::Contains(text); }
+inline auto has_substr(const std::string& text) {
+  return Catch::Matchers::Contains(text);
+}
 }  // namespace dla::test
 #endif

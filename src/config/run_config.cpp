@@ -17,7 +17,8 @@ void RunConfig::validate() const {
                                   train.batch_size, train.grad_accum_steps));
   }
   if (data.source == data::DataSource::tokens && data.path.empty()) {
-    throw ConfigError("data.path", "data.source = tokens needs data.path: a directory written by `dla data prepare`");
+    throw ConfigError("data.path",
+                      "data.source = tokens needs data.path: a directory written by `dla data prepare`");
   }
   if (data.source == data::DataSource::mqar && 4 * data.mqar.num_kv_pairs > train.seq_len) {
     throw ConfigError("data.mqar.num_kv_pairs",

@@ -55,12 +55,11 @@ TEST_CASE("dla score rejects bad token ids, naming the token and its position", 
     const char* ids;
     const char* message;
   };
-  for (const Case& c :
-       {Case{"1 2 x3 4", "token 'x3' at position 2 is not an integer"},
-        Case{"1 2.5", "token '2.5' at position 1 is not an integer"},
-        Case{"1 2 3 -4", "token -4 at position 3 is negative"},
-        Case{"1 64 3", "token 64 at position 1 is outside the model's vocabulary [0, 64)"},
-        Case{"7", "1 token; at least 2 needed"}, Case{"  ", "0 tokens; at least 2 needed"}}) {
+  for (const Case& c : {Case{"1 2 x3 4", "token 'x3' at position 2 is not an integer"},
+                        Case{"1 2.5", "token '2.5' at position 1 is not an integer"},
+                        Case{"1 2 3 -4", "token -4 at position 3 is negative"},
+                        Case{"1 64 3", "token 64 at position 1 is outside the model's vocabulary [0, 64)"},
+                        Case{"7", "1 token; at least 2 needed"}, Case{"  ", "0 tokens; at least 2 needed"}}) {
     CAPTURE(c.ids);
     const auto result = run_dla(std::string("score --checkpoint ckpt --ids '") + c.ids + "'", dir.path());
     CHECK(result.status == 1);

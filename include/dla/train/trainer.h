@@ -45,8 +45,8 @@ class Trainer {
   bool resume(const std::string& spec);
   /// Trains until train.steps, writing checkpoints as `checkpoint` says, and returns the final held-out
   /// metrics (e.g. {"mqar_accuracy": ...}). A SIGTERM/SIGINT, or reaching `stop_at` (a step before
-  /// train.steps), ends it early: the step is finished, a checkpoint saved, and {"stopped_at_step": N} returned.
-  /// The learning-rate schedule always runs to train.steps, so a stopped run resumes exactly.
+  /// train.steps), ends it early: the step is finished, a checkpoint saved, and {"stopped_at_step": N}
+  /// returned. The learning-rate schedule always runs to train.steps, so a stopped run resumes exactly.
   nlohmann::json run(std::optional<int64_t> stop_at = std::nullopt);
   const TrainState& state() const { return state_; }
 
