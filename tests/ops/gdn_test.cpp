@@ -86,22 +86,9 @@ TEST_CASE("gdn chunk gradients match naive_recurrent gradients in float64", "[op
   const OpSizes sizes = {.batch = 2, .tokens = tokens, .heads = 2, .key_dim = 4, .value_dim = 6};
   CAPTURE(tokens, chunk_size);
   const OpInputs in = dla::test::random_inputs(sizes, /*with_initial_state=*/true, at::kDouble, /*seed=*/7);
-  const at::Tensor out_weight = dla::test::random_weight(in.v.sizes(), /*seed=*/1);
-  const at::Tensor state_weight = dla::test::random_weight(in.initial_state.sizes(), /*seed=*/2);
-
-  const auto gradients = [&](int64_t chunk) {
-    return dla::test::op_gradients(
-        [&](const std::vector<at::Tensor>& x) { return run_gdn(with_tensors(x), 0.7, chunk); },
-        tensors_of(in), out_weight, state_weight);
-  };
-  const std::vector<at::Tensor> ref = gradients(/*chunk=*/0);
-  const std::vector<at::Tensor> got = gradients(chunk_size);
-  for (std::size_t i = 0; i < kInputNames.size(); ++i) {
-    INFO("d" << kInputNames[i]);
-    REQUIRE(ref[i].defined());
-    REQUIRE(got[i].defined());
-    expect_close("d" + kInputNames[i], ref[i], got[i], 1e-8);
-  }
+  dla::test::expect_chunk_gradients_match(
+      [](const std::vector<at::Tensor>& x, int64_t chunk) { return run_gdn(with_tensors(x), 0.7, chunk); },
+      tensors_of(in), kInputNames, chunk_size, 1e-8);
 }
 
 TEST_CASE("gdn naive_recurrent gradients match finite differences", "[ops][gdn][grad]") {

@@ -74,6 +74,24 @@ std::vector<at::Tensor> op_gradients(const OpFunction& op, const std::vector<at:
   return grads;
 }
 
+void expect_chunk_gradients_match(const ChunkedOpFunction& op, const std::vector<at::Tensor>& inputs,
+                                  const std::vector<std::string>& names, int64_t chunk_size, double tol) {
+  const at::Tensor out_weight = random_weight(op(inputs, 0).out.sizes(), /*seed=*/1);
+  const at::Tensor state_weight = random_weight(op(inputs, 0).final_state.sizes(), /*seed=*/2);
+  const auto gradients = [&](int64_t chunk) {
+    return op_gradients([&](const std::vector<at::Tensor>& x) { return op(x, chunk); }, inputs, out_weight,
+                        state_weight);
+  };
+  const std::vector<at::Tensor> ref = gradients(0);
+  const std::vector<at::Tensor> got = gradients(chunk_size);
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    INFO("d" << names[i]);
+    REQUIRE(ref[i].defined());
+    REQUIRE(got[i].defined());
+    expect_close("d" + names[i], ref[i], got[i], tol);
+  }
+}
+
 std::string c10_error_message(const std::function<void()>& fn) {
   try {
     fn();

@@ -53,6 +53,14 @@ using OpFunction = std::function<ops::OpResult(const std::vector<at::Tensor>&)>;
 std::vector<at::Tensor> op_gradients(const OpFunction& op, const std::vector<at::Tensor>& inputs,
                                      const at::Tensor& out_weight, const at::Tensor& state_weight);
 
+/// An op run with a chunk size (0: its naive recurrence) on inputs listed as for op_gradients.
+using ChunkedOpFunction = std::function<ops::OpResult(const std::vector<at::Tensor>&, int64_t chunk_size)>;
+
+/// CHECKs that the gradients of `op` at chunk_size equal those of its naive recurrence (chunk 0) for every
+/// input, to relative RMS `tol`; `names` label the inputs. Fixed random output and state weights.
+void expect_chunk_gradients_match(const ChunkedOpFunction& op, const std::vector<at::Tensor>& inputs,
+                                  const std::vector<std::string>& names, int64_t chunk_size, double tol);
+
 /// The message of the c10::Error that `fn` throws, or a text saying that it threw none.
 std::string c10_error_message(const std::function<void()>& fn);
 
