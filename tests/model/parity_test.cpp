@@ -110,10 +110,10 @@ TEST_CASE("GDN causal LM matches fla GatedDeltaNetForCausalLM: logits and loss",
                               path.string());
   const at::Tensor ids = reader.tensor("input_ids").to(at::kLong);
   const at::Tensor logits = model.forward(ids);
-  // Known gap: the layers match fla to 1e-5 but the whole model reaches only 1.2e-3 relative RMS
-  // (3e-3 max abs) on these logits, already at position 0. The cause is not found yet (norm epsilons, the
-  // l2norm form and chunk sizes were ruled out); see docs/model.md. The bounds below hold the gap where it
-  // is so that any regression shows.
+  // fla computed these logits in training mode, through Triton chunk kernels whose float32 dot products
+  // run in TF32 (operands truncated to 10 mantissa bits), so they carry ~1e-3 relative rounding that an
+  // exact float32 model cannot reproduce (docs/model.md, experiments/fla-tf32). The logits are held to
+  // that bound and the loss, where the rounding averages out, to 1e-4.
   const auto stats = test::expect_close("logits", reader.tensor("logits"), logits, 2e-3);
   CHECK(stats.max_abs_diff <= 5e-3);
   const double loss = next_token_loss(logits, ids).item<double>();
