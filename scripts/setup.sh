@@ -32,6 +32,7 @@ declare -A probes=(
   [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
   [libsentencepiece-dev]=/usr/include/sentencepiece_processor.h
   [libzstd-dev]=/usr/include/zstd.h
+  [libgloo-dev]=/usr/include/gloo/context.h
   [clang-format]=clang-format
 )
 missing=()

@@ -1,6 +1,7 @@
 // `dla train`: one training run from a config.
 #include "dla/cli/command.h"
 #include "dla/config/run_config.h"
+#include "dla/dist/environment.h"
 #include "dla/run/run_directory.h"
 #include "dla/train/trainer.h"
 #include "dla/util/log.h"
@@ -18,9 +19,12 @@ struct TrainArgs {
 int train(const TrainArgs& args) {
   auto resolved = config::resolve_run_config(args.config.file, args.config.overrides);
   log::apply_config_level(config::enum_name(resolved.config.log.level));
-  const auto run_dir = run::RunDirectory::open(resolved, args.run_dir);
+  // Started by `dla launch`, torchrun or srun: this process is one rank of a data-parallel job.
+  const dist::DistEnvironment env = dist::read_environment();
+  log::set_rank(env.rank, env.world_size);
+  const auto run_dir = run::RunDirectory::open(resolved, args.run_dir, /*writer=*/env.rank == 0);
   spdlog::info("dla train: run '{}' in {}", resolved.config.run.name, run_dir.root.string());
-  train::Trainer trainer(resolved, run_dir);
+  train::Trainer trainer(resolved, run_dir, env);
   if (args.resume) trainer.resume(*args.resume);
   trainer.run(args.stop_at);
   return kExitOk;

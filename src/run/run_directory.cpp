@@ -10,11 +10,12 @@
 namespace dla::run {
 
 RunDirectory RunDirectory::open(const config::ResolvedConfig& resolved,
-                                const std::optional<std::filesystem::path>& root) {
+                                const std::optional<std::filesystem::path>& root, bool writer) {
   RunDirectory dir;
   dir.root = root ? *root : std::filesystem::path(resolved.config.run.dir) / resolved.config.run.name;
   dir.config_file = dir.root / "config.yaml";
   dir.log_file = dir.root / "log.txt";
+  if (!writer) return dir;
   std::error_code ec;
   std::filesystem::create_directories(dir.root, ec);
   if (ec) throw UserError("cannot create the run directory '" + dir.root.string() + "': " + ec.message());

@@ -7,14 +7,19 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/utils.h>
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <thread>
 
 #include "dla/checkpoint/model_checkpoint.h"
 #include "dla/checkpoint/train_checkpoint.h"
 #include "dla/data/manifest.h"
 #include "dla/data/mqar.h"
 #include "dla/data/tokenizer.h"
+#include "dla/dist/replicas.h"
 #include "dla/io/atomic_file.h"
 #include "dla/train/lr_schedule.h"
 #include "dla/util/error.h"
@@ -23,13 +28,40 @@
 namespace dla::train {
 namespace {
 
-at::Device choose_device(DeviceKind kind) {
+// On CUDA, each rank of a node owns the GPU of its local rank.
+at::Device choose_device(DeviceKind kind, const dist::DistEnvironment& env) {
   const bool cuda = torch::cuda::is_available();
   if (kind == DeviceKind::cuda && !cuda) {
     throw UserError("train.device = cuda, but no CUDA device is available (see `dla version`)");
   }
-  return (kind == DeviceKind::cuda || (kind == DeviceKind::auto_select && cuda)) ? at::Device(at::kCUDA)
-                                                                                 : at::Device(at::kCPU);
+  if (!(kind == DeviceKind::cuda || (kind == DeviceKind::auto_select && cuda))) return at::Device(at::kCPU);
+  const auto gpus = static_cast<int>(torch::cuda::device_count());
+  if (env.local_rank >= gpus) {
+    throw UserError(fmt::format("rank {}: local rank {} has no GPU of its own ({} visible); start at most {} "
+                                "workers per node",
+                                env.rank, env.local_rank, gpus, gpus));
+  }
+  const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+  c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
+  return device;
+}
+
+// Test hooks for failure handling: DLA_FAULT_RANK=kill:R:S makes rank R kill itself (SIGKILL) when step S
+// starts; hang:R:S makes it stop responding there.
+void inject_rank_fault(int rank, int64_t step) {
+  const char* spec = std::getenv("DLA_FAULT_RANK");
+  if (spec == nullptr) return;
+  char action[8] = {};
+  int fault_rank = -1;
+  long long fault_step = -1;
+  if (std::sscanf(spec, "%7[a-z]:%d:%lld", action, &fault_rank, &fault_step) != 3) return;
+  if (fault_rank != rank || fault_step != step) return;
+  spdlog::warn("DLA_FAULT_RANK: rank {} {} at step {}", rank, action, step);
+  if (std::string_view(action) == "kill") std::raise(SIGKILL);
+  if (std::string_view(action) == "hang") {
+    while (true)
+      std::this_thread::sleep_for(std::chrono::hours(1));
+  }
 }
 
 // Weight decay applies to matrices; vectors (norm weights, biases, A_log, dt_bias, D) and the level scales
@@ -74,20 +106,38 @@ at::Tensor masked_loss(const at::Tensor& logits_BTV, const at::Tensor& labels_BT
                                 /*ignore_index=*/-100);
 }
 
-Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir, DistContext dist)
+Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir, dist::DistEnvironment dist)
     : resolved_(resolved),
       config_(resolved.config),
       run_dir_(std::move(run_dir)),
-      dist_(dist),
-      device_(choose_device(config_.train.device)) {
+      dist_(std::move(dist)),
+      device_(choose_device(config_.train.device, dist_)) {
   if (config_.train.precision == Precision::bfloat16 && !device_.is_cuda()) {
     throw UserError("train.precision = bfloat16 needs a CUDA device; use float32 on the CPU");
+  }
+  const auto& train = config_.train;
+  if (train.batch_size % (train.grad_accum_steps * dist_.world_size) != 0) {
+    throw UserError(fmt::format(
+        "train.batch_size = {} must be a multiple of train.grad_accum_steps × ranks = {} × {}: the global batch "
+        "is split evenly over micro-batches and ranks",
+        train.batch_size, train.grad_accum_steps, dist_.world_size));
   }
   torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
   model_ = model::CausalLM(config_.model);
   model_->to(device_);
+  if (dist_.distributed()) {
+    communicator_ = std::make_unique<dist::Communicator>(dist_, config_.dist, device_);
+    dist::broadcast_module(*communicator_, *model_);
+    dist::verify_replicas(*communicator_, *model_, "after the initial broadcast");
+    reducer_ = std::make_unique<dist::GradientReducer>(
+        *communicator_, model_->parameters(), static_cast<int64_t>(config_.dist.bucket_mb * 1e6));
+    spdlog::info("data parallel: {} ranks over {} ({} gradient buckets of ≤ {} MB), {} sequences per rank and "
+                 "micro-batch",
+                 dist_.world_size, communicator_->backend_name(), reducer_->num_buckets(), config_.dist.bucket_mb,
+                 train.batch_size / train.grad_accum_steps / dist_.world_size);
+  }
   optimizer_ = std::make_unique<torch::optim::AdamW>(param_groups(*model_, config_.optim));
-  if (dist_.is_main()) metrics_ = std::make_unique<MetricsLog>(run_dir_.root / "metrics.jsonl");
+  if (is_main()) metrics_ = std::make_unique<MetricsLog>(run_dir_.root / "metrics.jsonl");
   if (config_.data.source == data::DataSource::tokens) {
     const auto& d = config_.data;
     std::optional<uint64_t> fingerprint;
@@ -110,6 +160,16 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
                config::enum_name(config_.train.precision));
 }
 
+Trainer::~Trainer() = default;
+
+std::vector<double> Trainer::sum_over_ranks(std::vector<double> values) {
+  if (!communicator_) return values;
+  at::Tensor t = at::tensor(values, at::TensorOptions().dtype(at::kDouble)).to(device_);
+  communicator_->all_reduce(t);
+  t = t.cpu();
+  return {t.const_data_ptr<double>(), t.const_data_ptr<double>() + t.numel()};
+}
+
 nlohmann::json Trainer::run(std::optional<int64_t> stop_at) {
   const auto& train = config_.train;
   spdlog::info("training {} steps of {} sequences × {} tokens; run directory {}", train.steps,
@@ -119,19 +179,20 @@ nlohmann::json Trainer::run(std::optional<int64_t> stop_at) {
   const auto& every = config_.checkpoint.every;
   int64_t saved_step = -1;
   while (state_.step < train.steps) {
+    inject_rank_fault(dist_.rank, state_.step + 1);
     const auto start = std::chrono::steady_clock::now();
-    const StepResult result = train_step();
+    const StepResult result = train_step(stop_signals.requested());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     log_step(result, seconds);
     if (train.eval_every > 0 && state_.step % train.eval_every == 0 && state_.step < train.steps) {
       const nlohmann::json eval = evaluate();
       if (metrics_) metrics_->append(eval);
     }
-    if (stop_signals.requested()) {
+    if (result.stop) {
       spdlog::warn("stop requested (signal {}): saving step {} and exiting", stop_signals.signal(),
                    state_.step);
     }
-    if (stop_signals.requested() || (stop_at && state_.step >= *stop_at && state_.step < train.steps)) {
+    if (result.stop || (stop_at && state_.step >= *stop_at && state_.step < train.steps)) {
       save_checkpoint();
       return {{"stopped_at_step", state_.step}};
     }
@@ -141,9 +202,10 @@ nlohmann::json Trainer::run(std::optional<int64_t> stop_at) {
     }
   }
   if (saved_step != state_.step) save_checkpoint();
+  if (communicator_) dist::verify_replicas(*communicator_, *model_, fmt::format("at step {}", state_.step));
   const nlohmann::json eval = evaluate();
   if (metrics_ && train_loader_) metrics_->append(eval);
-  if (dist_.is_main()) {
+  if (is_main()) {
     write_curve_svg(run_dir_.root / "loss.svg", curve_steps_, curve_losses_,
                     fmt::format("{} — training loss", config_.run.name), "loss");
     // The final weights, loadable by `dla score` and `dla generate`.
@@ -154,7 +216,7 @@ nlohmann::json Trainer::run(std::optional<int64_t> stop_at) {
   return eval;
 }
 
-StepResult Trainer::train_step() {
+StepResult Trainer::train_step(bool stop_requested) {
   const auto& train = config_.train;
   StepResult result;
   result.lr = lr_at(config_.optim, state_.step + 1, train.steps);
@@ -165,6 +227,8 @@ StepResult Trainer::train_step() {
   const bool autocast = train.precision == Precision::bfloat16;
   at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(device_));
   for (int64_t micro = 0; micro < train.grad_accum_steps; ++micro) {
+    // Ranks exchange gradients once per step, after the last micro-batch's backward pass.
+    if (reducer_) reducer_->set_sync(micro + 1 == train.grad_accum_steps);
     const auto [ids_cpu, labels_cpu] = this->micro_batch(state_.step, micro);
     const at::Tensor ids = ids_cpu.to(device_, /*non_blocking=*/true);
     const at::Tensor labels = labels_cpu.to(device_, /*non_blocking=*/true);
@@ -181,9 +245,13 @@ StepResult Trainer::train_step() {
     loss = loss.detach() / accumulation;
     loss_sum += loss;
   }
+  if (reducer_) reducer_->finish();
   result.grad_norm = torch::nn::utils::clip_grad_norm_(
       model_->parameters(), config_.optim.grad_clip > 0 ? config_.optim.grad_clip : INFINITY);
-  result.loss = loss_sum.item<double>();
+  // The loss over the global batch and the stop decision travel together: every rank stops at the same step.
+  const auto totals = sum_over_ranks({loss_sum.item<double>(), stop_requested ? 1.0 : 0.0});
+  result.loss = totals[0] / dist_.world_size;
+  result.stop = totals[1] > 0;
   if (!std::isfinite(result.loss)) {
     throw UserError(
         fmt::format("the loss is {} at step {}: training diverged. Lower optim.lr (now {}), raise "
@@ -202,18 +270,22 @@ void Trainer::log_step(const StepResult& result, double seconds) {
   seconds_since_log_ += seconds;
   seconds_total_ += seconds;
   const auto& train = config_.train;
-  if (!dist_.is_main() || (state_.step % train.log_every != 0 && state_.step != train.steps)) return;
+  if (!is_main() || (state_.step % train.log_every != 0 && state_.step != train.steps)) return;
   const double tokens_per_s = static_cast<double>(tokens_since_log_) / std::max(seconds_since_log_, 1e-9);
   const double eta =
       seconds_total_ / static_cast<double>(state_.step) * static_cast<double>(train.steps - state_.step);
-  spdlog::info("step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.2e} | tok/s {:.0f} | eta {}", state_.step,
-               train.steps, result.loss, result.grad_norm, result.lr, tokens_per_s, format_duration(eta));
+  const std::string per_rank =
+      dist_.distributed() ? fmt::format(" ({:.0f} per rank)", tokens_per_s / dist_.world_size) : "";
+  spdlog::info("step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.2e} | tok/s {:.0f}{} | eta {}", state_.step,
+               train.steps, result.loss, result.grad_norm, result.lr, tokens_per_s, per_rank,
+               format_duration(eta));
   metrics_->append({{"step", state_.step},
                     {"loss", result.loss},
                     {"lr", result.lr},
                     {"grad_norm", result.grad_norm},
                     {"tokens", state_.tokens_seen},
                     {"tokens_per_s", tokens_per_s},
+                    {"world_size", dist_.world_size},
                     {"elapsed_s", seconds_total_}});
   curve_steps_.push_back(static_cast<double>(state_.step));
   curve_losses_.push_back(result.loss);
@@ -249,6 +321,7 @@ bool Trainer::resume(const std::string& spec) {
                     dir.string(), progress.tokenizer_fingerprint, tokenizer_fingerprint()));
   }
   state_ = {progress.step, progress.tokens_seen, progress.samples_seen};
+  if (communicator_) dist::verify_replicas(*communicator_, *model_, "after resuming from " + dir.string());
   spdlog::info("resumed from {}: step {}, {} tokens, data cursor {} (saved with {} rank{}, now {})",
                dir.string(), progress.step, progress.tokens_seen, progress.samples_seen, progress.world_size,
                progress.world_size == 1 ? "" : "s", dist_.world_size);
@@ -261,21 +334,27 @@ std::string Trainer::tokenizer_fingerprint() const {
 }
 
 void Trainer::save_checkpoint() {
-  if (!dist_.is_main()) return;
-  const auto path = checkpoint::save_train_checkpoint(
-      run_dir_.root, resolved_, *model_, *optimizer_,
-      {state_.step, state_.tokens_seen, state_.samples_seen, dist_.world_size, tokenizer_fingerprint()});
-  checkpoint::apply_retention(run_dir_.root, config_.checkpoint.keep_last, config_.checkpoint.keep_every);
-  spdlog::info("saved checkpoint {}", path.string());
+  // Replicas are identical, so rank 0 writes; the others wait, so that no rank runs ahead of (or exits
+  // before) a checkpoint the job may need.
+  if (is_main()) {
+    const auto path = checkpoint::save_train_checkpoint(
+        run_dir_.root, resolved_, *model_, *optimizer_,
+        {state_.step, state_.tokens_seen, state_.samples_seen, dist_.world_size, tokenizer_fingerprint()});
+    checkpoint::apply_retention(run_dir_.root, config_.checkpoint.keep_last, config_.checkpoint.keep_every);
+    spdlog::info("saved checkpoint {}", path.string());
+  }
+  if (communicator_) communicator_->barrier();
 }
 
 std::pair<at::Tensor, at::Tensor> Trainer::micro_batch(int64_t step, int64_t micro) {
   const auto& train = config_.train;
   const int64_t size = train.batch_size / train.grad_accum_steps / dist_.world_size;
   if (!train_loader_) {
-    auto batch = data::generate_mqar(config_.data.mqar, size, train.seq_len, config_.model.vocab_size,
-                                     data_seed(config_.run.seed, step, micro, dist_.rank));
-    return {batch.ids_BL, batch.labels_BL};
+    // The whole micro-batch of all ranks comes from one seed, and each rank takes its slice, so the global
+    // batch does not depend on the number of ranks.
+    auto batch = data::generate_mqar(config_.data.mqar, size * dist_.world_size, train.seq_len,
+                                     config_.model.vocab_size, data_seed(config_.run.seed, step, micro, 0));
+    return {batch.ids_BL.narrow(0, dist_.rank * size, size), batch.labels_BL.narrow(0, dist_.rank * size, size)};
   }
   // Global sample indices: step-major, then micro-batch, then rank, from the run's data cursor (samples
   // consumed before this step), so a run continues at the same sample on any world size.
@@ -303,20 +382,23 @@ nlohmann::json Trainer::evaluate_validation_loss() {
   model_->eval();
   const int64_t size = std::max<int64_t>(1, config_.train.batch_size / config_.train.grad_accum_steps);
   double loss_sum = 0;
-  int64_t tokens = 0;
-  for (int64_t b = 0; b < config_.data.val_batches; ++b) {
+  double token_count = 0;
+  // Batches are dealt round-robin over the ranks; the sums over ranks are the single-process ones.
+  for (int64_t b = dist_.rank; b < config_.data.val_batches; b += dist_.world_size) {
     const data::TokenBatch batch = val_loader_->batch(b * size, size);
     const at::Tensor logits = model_->forward(batch.ids_BT.to(device_));
-    const int64_t n = batch.labels_BT.numel();
-    loss_sum += masked_loss(logits, batch.labels_BT.to(device_)).item<double>() * static_cast<double>(n);
-    tokens += n;
+    const auto n = static_cast<double>(batch.labels_BT.numel());
+    loss_sum += masked_loss(logits, batch.labels_BT.to(device_)).item<double>() * n;
+    token_count += n;
   }
   model_->train();
-  const double loss = loss_sum / static_cast<double>(tokens);
+  const auto totals = sum_over_ranks({loss_sum, token_count});
+  const double loss = totals[0] / totals[1];
+  const auto tokens = static_cast<int64_t>(totals[1]);
   spdlog::info("step {}: validation loss {:.4f} over {} tokens", state_.step, loss, tokens);
   result["val_loss"] = loss;
   result["val_tokens"] = tokens;
-  if (dist_.is_main()) {
+  if (is_main()) {
     const std::string text = result.dump(2) + "\n";
     io::write_file_atomic(run_dir_.root / "eval.json", std::as_bytes(std::span(text.data(), text.size())));
   }
@@ -330,25 +412,29 @@ nlohmann::json Trainer::evaluate_mqar() {
   const auto batch =
       data::generate_mqar(mqar, mqar.eval_examples, config_.train.seq_len, config_.model.vocab_size,
                           data_seed(config_.run.seed, /*step=*/-1, /*micro=*/0, /*rank=*/0));
-  int64_t correct = 0, total = 0;
+  double correct = 0, total = 0;
   const int64_t eval_batch = std::max<int64_t>(1, config_.train.batch_size / config_.train.grad_accum_steps);
-  for (int64_t begin = 0; begin < mqar.eval_examples; begin += eval_batch) {
+  // Chunks are dealt round-robin over the ranks; the counts summed over ranks are the single-process ones.
+  for (int64_t begin = dist_.rank * eval_batch; begin < mqar.eval_examples; begin += eval_batch * dist_.world_size) {
     const int64_t n = std::min(eval_batch, mqar.eval_examples - begin);
     const at::Tensor ids = batch.ids_BL.narrow(0, begin, n).to(device_);
     const at::Tensor labels = batch.labels_BL.narrow(0, begin, n).to(device_);
     const at::Tensor predicted = model_->forward(ids).argmax(-1);
     const at::Tensor scored = labels.ne(-100);
-    correct += predicted.eq(labels).logical_and(scored).sum().item<int64_t>();
-    total += scored.sum().item<int64_t>();
+    correct += static_cast<double>(predicted.eq(labels).logical_and(scored).sum().item<int64_t>());
+    total += static_cast<double>(scored.sum().item<int64_t>());
   }
   model_->train();
-  const double accuracy = static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(total, 1));
+  const auto totals = sum_over_ranks({correct, total});
+  correct = totals[0];
+  total = totals[1];
+  const double accuracy = correct / std::max(total, 1.0);
   const double chance = 1.0 / static_cast<double>(config_.model.vocab_size - config_.model.vocab_size / 2);
   spdlog::info("held-out MQAR accuracy {:.2f}% over {} queries ({} sequences; chance {:.2f}%)",
                100 * accuracy, total, mqar.eval_examples, 100 * chance);
   nlohmann::json result = {
-      {"mqar_accuracy", accuracy}, {"queries", total}, {"chance", chance}, {"step", state_.step}};
-  if (dist_.is_main()) {
+      {"mqar_accuracy", accuracy}, {"queries", static_cast<int64_t>(total)}, {"chance", chance}, {"step", state_.step}};
+  if (is_main()) {
     const std::string text = result.dump(2) + "\n";
     io::write_file_atomic(run_dir_.root / "eval.json", std::as_bytes(std::span(text.data(), text.size())));
   }

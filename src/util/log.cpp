@@ -9,7 +9,7 @@
 
 namespace dla::log {
 namespace {
-constexpr const char* kPattern = "[%Y-%m-%d %H:%M:%S] [%^%l%$] %v";
+std::string pattern = "[%Y-%m-%d %H:%M:%S] [%^%l%$] %v";
 bool level_forced = false;
 
 void set_level(std::string_view level) {
@@ -20,7 +20,7 @@ void set_level(std::string_view level) {
 void init(std::string_view level, bool forced) {
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   auto logger = std::make_shared<spdlog::logger>("dla", console);
-  logger->set_pattern(kPattern);
+  logger->set_pattern(pattern);
   logger->flush_on(spdlog::level::warn);
   spdlog::set_default_logger(logger);
   set_level(level);
@@ -31,10 +31,17 @@ void apply_config_level(std::string_view level) {
   if (!level_forced) set_level(level);
 }
 
+void set_rank(int rank, int world_size) {
+  if (world_size <= 1) return;
+  pattern = fmt::format("[%Y-%m-%d %H:%M:%S] [rank {}] [%^%l%$] %v", rank);
+  spdlog::default_logger()->set_pattern(pattern);
+  if (rank != 0 && !level_forced) spdlog::set_level(spdlog::level::warn);
+}
+
 void add_file(const std::filesystem::path& file) {
   try {
     auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(file.string(), /*truncate=*/false);
-    sink->set_pattern(kPattern);
+    sink->set_pattern(pattern);
     spdlog::default_logger()->sinks().push_back(sink);
   } catch (const spdlog::spdlog_ex& e) {
     throw UserError("cannot open the log file '" + file.string() + "': " + e.what());

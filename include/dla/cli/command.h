@@ -36,6 +36,7 @@ void add_version_command(CLI::App& root, CommandList& commands);
 void add_config_command(CLI::App& root, CommandList& commands);
 void add_inspect_command(CLI::App& root, CommandList& commands);
 void add_train_command(CLI::App& root, CommandList& commands);
+void add_launch_command(CLI::App& root, CommandList& commands);
 void add_import_fla_command(CLI::App& root, CommandList& commands);
 void add_score_command(CLI::App& root, CommandList& commands);
 void add_generate_command(CLI::App& root, CommandList& commands);

@@ -9,6 +9,7 @@
 #include "dla/checkpoint/options.h"
 #include "dla/config/schema.h"
 #include "dla/data/options.h"
+#include "dla/dist/options.h"
 #include "dla/model/options.h"
 #include "dla/train/options.h"
 
@@ -52,6 +53,7 @@ struct RunConfig {
   train::TrainOptions train;
   train::OptimOptions optim;
   checkpoint::CheckpointOptions checkpoint;
+  dist::DistOptions dist;
 
   template <class V>
   void visit(V& v) {
@@ -62,6 +64,7 @@ struct RunConfig {
     v.section("train", train, "The training loop.");
     v.section("optim", optim, "AdamW and the learning-rate schedule.");
     v.section("checkpoint", checkpoint, "Training checkpoints in the run directory (docs/checkpoints.md).");
+    v.section("dist", dist, "Data-parallel training over several processes (docs/distributed.md).");
   }
 
   /// Checks that span several keys or that the bounds cannot express; throws ConfigError naming the key.

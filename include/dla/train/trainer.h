@@ -10,18 +10,14 @@
 
 #include "dla/config/run_config.h"
 #include "dla/data/token_dataset.h"
+#include "dla/dist/communicator.h"
+#include "dla/dist/environment.h"
+#include "dla/dist/gradient_reducer.h"
 #include "dla/model/causal_lm.h"
 #include "dla/run/run_directory.h"
 #include "dla/train/metrics.h"
 
 namespace dla::train {
-
-/// The process's place in a data-parallel job; one process is rank 0 of 1.
-struct DistContext {
-  int rank = 0;
-  int world_size = 1;
-  bool is_main() const { return rank == 0; }
-};
 
 /// Progress of a run: what resuming needs besides the weights and the optimiser.
 struct TrainState {
@@ -34,11 +30,15 @@ struct StepResult {
   double loss = 0;
   double grad_norm = 0;
   double lr = 0;
+  bool stop = false;  ///< some rank was asked to stop (SIGTERM/SIGINT)
 };
 
 class Trainer {
  public:
-  Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir, DistContext dist = {});
+  /// `dist` places this process in a data-parallel job (dist::read_environment); the default is a single
+  /// process. With several ranks the constructor joins the job and copies rank 0's initial weights to all.
+  Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir, dist::DistEnvironment dist = {});
+  ~Trainer();
   /// Continues from a training checkpoint: "auto" takes the newest intact one in the run directory (reporting
   /// damaged ones; none means a fresh start), anything else is a checkpoint directory that must be intact.
   /// Returns whether a checkpoint was loaded.
@@ -53,7 +53,11 @@ class Trainer {
   model::CausalLM& model() { return model_; }
 
  private:
-  StepResult train_step();
+  /// One optimiser step; `stop_requested` is this rank's stop signal, combined over ranks into the result.
+  StepResult train_step(bool stop_requested);
+  bool is_main() const { return dist_.rank == 0; }
+  /// Sums `values` (float64) over ranks; identity on one process.
+  std::vector<double> sum_over_ranks(std::vector<double> values);
   void save_checkpoint();
   /// The training data's tokenizer fingerprint (hex); empty for generated data.
   std::string tokenizer_fingerprint() const;
@@ -67,9 +71,11 @@ class Trainer {
   config::ResolvedConfig resolved_;  ///< written with the final model
   config::RunConfig config_;
   run::RunDirectory run_dir_;
-  DistContext dist_;
+  dist::DistEnvironment dist_;
   at::Device device_;
   model::CausalLM model_{nullptr};
+  std::unique_ptr<dist::Communicator> communicator_;  ///< with several ranks
+  std::unique_ptr<dist::GradientReducer> reducer_;    ///< with several ranks
   std::unique_ptr<data::BatchLoader> train_loader_;  ///< data.source = tokens
   std::unique_ptr<data::BatchLoader> val_loader_;    ///< data.source = tokens, when the data has a val split
   std::unique_ptr<torch::optim::AdamW> optimizer_;
