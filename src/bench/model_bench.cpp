@@ -6,9 +6,13 @@
 #include <torch/optim/adamw.h>
 #include <torch/utils.h>
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
 #include <chrono>
 
 #include "dla/bench/bench.h"
+#include "dla/dist/gradient_reducer.h"
+#include "dla/dist/replicas.h"
 #include "dla/model/causal_lm.h"
 #include "dla/util/error.h"
 
@@ -25,17 +29,32 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
   if (train.device == train::DeviceKind::cuda && !torch::cuda::is_available()) {
     throw UserError("train.device = cuda, but no CUDA device is available");
   }
-  const at::Device device = cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  // Under `dla launch` each rank takes its share of the batch and gradients are all-reduced as in training.
+  const dist::DistEnvironment env = dist::read_environment();
+  const at::Device device =
+      cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank)) : at::Device(at::kCPU);
+  if (cuda) c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
   const bool autocast = train.precision == train::Precision::bfloat16;
   if (autocast && !cuda) throw UserError("train.precision = bfloat16 needs a CUDA device");
+  const int64_t B = train.batch_size, T = train.seq_len;
+  if (B % env.world_size != 0) {
+    throw UserError(fmt::format("train.batch_size = {} must be a multiple of the {} ranks", B, env.world_size));
+  }
 
   torch::manual_seed(static_cast<uint64_t>(config.run.seed));
   model::CausalLM model(config.model);
   model->to(device);
+  std::unique_ptr<dist::Communicator> communicator;
+  std::unique_ptr<dist::GradientReducer> reducer;
+  if (env.distributed()) {
+    communicator = std::make_unique<dist::Communicator>(env, config.dist, device);
+    dist::broadcast_module(*communicator, *model);
+    reducer = std::make_unique<dist::GradientReducer>(*communicator, model->parameters(),
+                                                      static_cast<int64_t>(config.dist.bucket_mb * 1e6));
+  }
   torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(config.optim.lr));
-  const int64_t B = train.batch_size, T = train.seq_len;
-  const at::Tensor ids =
-      at::randint(config.model.vocab_size, {B, T}, at::TensorOptions().device(device).dtype(at::kLong));
+  const at::Tensor ids = at::randint(config.model.vocab_size, {B / env.world_size, T},
+                                     at::TensorOptions().device(device).dtype(at::kLong));
 
   auto step = [&] {
     optimizer.zero_grad();
@@ -45,18 +64,21 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
     at::autocast::set_autocast_enabled(at::kCUDA, false);
     at::autocast::clear_cache();
     model::next_token_loss(logits, ids).backward();
+    if (reducer) reducer->finish();
     optimizer.step();
   };
   for (int64_t i = 0; i < options.warmup; ++i)
     step();
   if (cuda) torch::cuda::synchronize();
+  if (communicator) communicator->barrier();
 #ifdef DLA_WITH_CUDA
-  if (cuda) c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+  if (cuda) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
 #endif
   const auto start = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < options.steps; ++i)
     step();
   if (cuda) torch::cuda::synchronize();
+  if (communicator) communicator->barrier();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() /
                          static_cast<double>(options.steps);
 
@@ -70,13 +92,16 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
                            {"seq_len", T},
                            {"precision", config::enum_name(train.precision)},
                            {"device", device.str()},
+                           {"ranks", env.world_size},
+                           {"backend", communicator ? communicator->backend_name() : "none"},
                            {"step_ms", seconds * 1e3},
                            {"tokens_per_s", tokens_per_s},
+                           {"tokens_per_s_per_rank", tokens_per_s / env.world_size},
                            {"model_tflops", tflops},
                            {"mfu", tflops / peak_tflops}};
 #ifdef DLA_WITH_CUDA
   if (cuda) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
     result["peak_memory_gib"] =
         static_cast<double>(
             stats.allocated_bytes[static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE)]

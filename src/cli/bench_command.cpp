@@ -3,6 +3,8 @@
 
 #include "dla/bench/bench.h"
 #include "dla/cli/command.h"
+#include "dla/dist/environment.h"
+#include "dla/util/log.h"
 
 namespace dla::cli {
 
@@ -60,8 +62,10 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
   commands.push_back({model, [config_args, model_args, peak] {
                         const auto resolved =
                             config::resolve_run_config(config_args->file, config_args->overrides);
-                        std::cout << bench::bench_model(resolved.config, *model_args, *peak).dump()
-                                  << std::endl;
+                        const auto env = dist::read_environment();
+                        log::set_rank(env.rank, env.world_size);
+                        const auto result = bench::bench_model(resolved.config, *model_args, *peak);
+                        if (env.rank == 0) std::cout << result.dump() << std::endl;
                         return kExitOk;
                       }});
 

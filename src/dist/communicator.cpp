@@ -7,6 +7,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <fmt/ranges.h>
+
 #include <chrono>
 
 namespace dla::dist {
@@ -15,6 +17,7 @@ struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
+  int64_t progress = -1;  ///< the last step this rank announced
 };
 
 namespace {
@@ -32,22 +35,49 @@ c10d::ReduceOp to_c10d(ReduceOp op) {
 }
 
 std::string reason(const std::exception& e) {
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
-  return e.what();
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  std::string text = c10_error ? c10_error->what_without_backtrace() : e.what();
+  while (!text.empty() && (text.back() == '.' || text.back() == '!' || std::isspace(static_cast<unsigned char>(text.back()))))
+    text.pop_back();
+  return text;
 }
 
-// Runs a collective, turning LibTorch's errors into a message that names the rank and what it was doing.
+std::string progress_key(int rank) {
+  return fmt::format("dla/progress/{}", rank);
+}
+
+// The ranks that announced an earlier step than this one: after a timeout, the ones that hang.
+std::string lagging_ranks(c10d::Store* store, int world_size, int64_t step) {
+  if (store == nullptr || step < 0) return "";
+  std::vector<std::string> behind;
+  try {
+    for (int r = 0; r < world_size; ++r) {
+      int64_t theirs = -1;
+      if (store->check({progress_key(r)})) {
+        const auto bytes = store->get(progress_key(r));
+        theirs = std::stoll(std::string(bytes.begin(), bytes.end()));
+      }
+      if (theirs < step) behind.push_back(theirs < 0 ? fmt::format("{} (no step)", r) : fmt::format("{} (step {})", r, theirs));
+    }
+  } catch (const std::exception&) {
+    return "";  // the store went with rank 0
+  }
+  return behind.empty() ? "" : fmt::format(" Ranks behind step {}: {}.", step, fmt::join(behind, ", "));
+}
+
+// Runs a collective, turning LibTorch's errors into a message that names the rank, what it was doing and,
+// when known, which ranks did not get there.
 template <class F>
-auto guarded(int rank, const char* what, F&& f) {
+auto guarded(int rank, const char* what, F&& f, const std::function<std::string()>& context = {}) {
   try {
     return f();
   } catch (const CommunicationError&) {
     throw;
   } catch (const std::exception& e) {
     throw CommunicationError(fmt::format(
-        "rank {}: {} failed: {}. Another rank probably died or hung (see its log); dist.timeout_s bounds the "
+        "rank {}: {} failed: {}.{} Another rank probably died or hung (see its log); dist.timeout_s bounds the "
         "wait",
-        rank, what, reason(e)));
+        rank, what, reason(e), context ? context() : ""));
   }
 }
 
@@ -121,6 +151,21 @@ Communicator::~Communicator() {
   }
 }
 
+void Communicator::announce_step(int64_t step) {
+  impl_->progress = step;
+  guarded(rank_, "announcing progress to the store", [&] {
+    const std::string value = std::to_string(step);
+    impl_->store->set(progress_key(rank_), std::vector<uint8_t>(value.begin(), value.end()));
+    return 0;
+  });
+}
+
+std::function<std::string()> Communicator::failure_context() const {
+  return [store = impl_->store, world = world_size_, step = impl_->progress] {
+    return lagging_ranks(store.get(), world, step);
+  };
+}
+
 void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   guarded(rank_, "all_reduce", [&] {
     std::vector<at::Tensor> tensors{tensor};
@@ -129,7 +174,7 @@ void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
     options.timeout = impl_->timeout;
     impl_->backend->allreduce(tensors, options)->wait(impl_->timeout);
     return 0;
-  });
+  }, failure_context());
 }
 
 PendingCollective Communicator::all_reduce_async(at::Tensor tensor) {
@@ -139,8 +184,8 @@ PendingCollective Communicator::all_reduce_async(at::Tensor tensor) {
     options.timeout = impl_->timeout;
     return impl_->backend->allreduce(tensors, options);
   });
-  return PendingCollective([work, rank = rank_, timeout = impl_->timeout] {
-    guarded(rank, "all_reduce", [&] { return work->wait(timeout); });
+  return PendingCollective([work, rank = rank_, timeout = impl_->timeout, context = failure_context()] {
+    guarded(rank, "all_reduce", [&] { return work->wait(timeout); }, context);
   });
 }
 
@@ -152,7 +197,7 @@ void Communicator::broadcast(at::Tensor& tensor, int root) {
     options.timeout = impl_->timeout;
     impl_->backend->broadcast(tensors, options)->wait(impl_->timeout);
     return 0;
-  });
+  }, failure_context());
 }
 
 void Communicator::barrier() {
@@ -161,7 +206,7 @@ void Communicator::barrier() {
     options.timeout = impl_->timeout;
     impl_->backend->barrier(options)->wait(impl_->timeout);
     return 0;
-  });
+  }, failure_context());
 }
 
 }  // namespace dla::dist

@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <fmt/ranges.h>
+
 #include <chrono>
 #include <csignal>
 #include <cstring>
@@ -191,7 +193,11 @@ int launch(const LaunchOptions& options) {
       }
     }
     if (kill_pending && Clock::now() >= kill_at) {
-      spdlog::warn("dla launch: ranks still running {} s after the failure: killing them", options.grace_period_s);
+      std::vector<int> stuck;
+      for (const auto& worker : workers)
+        if (worker.running) stuck.push_back(worker.rank);
+      spdlog::warn("dla launch: rank {} still running {} s after the failure: killing {}", fmt::join(stuck, ", "),
+                   options.grace_period_s, stuck.size() == 1 ? "it" : "them");
       signal_running(workers, SIGKILL);
       kill_pending = false;
     }

@@ -180,6 +180,7 @@ nlohmann::json Trainer::run(std::optional<int64_t> stop_at) {
   int64_t saved_step = -1;
   while (state_.step < train.steps) {
     inject_rank_fault(dist_.rank, state_.step + 1);
+    if (communicator_) communicator_->announce_step(state_.step + 1);
     const auto start = std::chrono::steady_clock::now();
     const StepResult result = train_step(stop_signals.requested());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -38,7 +38,8 @@ struct ModelBenchOptions {
 
 /// Times full training steps (forward, backward, AdamW) of the model in `config` at train.batch_size ×
 /// train.seq_len with random tokens. Returns tokens/s, step time, parameters, an MFU estimate (6·N·tokens
-/// against `peak_tflops`) and the peak device memory.
+/// against `peak_tflops`) and the peak device memory. Started by `dla launch`, the ranks split the batch and
+/// all-reduce gradients as training does; tokens/s then counts all ranks.
 nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOptions& options,
                            double peak_tflops);
 

@@ -58,7 +58,13 @@ class Communicator {
   void broadcast(at::Tensor& tensor, int root = 0);
   void barrier();
 
+  /// Records in the store that this rank has started `step`. When a collective later times out, its error
+  /// lists the ranks that never got to the step: the ones that hang.
+  void announce_step(int64_t step);
+
  private:
+  std::function<std::string()> failure_context() const;
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int rank_ = 0;
