@@ -1,6 +1,8 @@
 // Helpers for the tests that run the trainer.
 #include "train/train_testing.h"
 
+#include <fstream>
+
 namespace dla::test {
 
 config::ResolvedConfig tiny_train_config(const std::vector<std::string>& overrides) {
@@ -17,6 +19,22 @@ config::ResolvedConfig tiny_train_config(const std::vector<std::string>& overrid
 run::RunDirectory test_run_directory(const std::filesystem::path& root) {
   std::filesystem::create_directories(root);
   return {root, root / "config.yaml", root / "log.txt"};
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
+  }
+  return rows;
+}
+
+std::vector<double> column(const std::vector<nlohmann::json>& rows, const std::string& key) {
+  std::vector<double> out;
+  for (const auto& row : rows)
+    out.push_back(row.at(key).get<double>());
+  return out;
 }
 
 }  // namespace dla::test

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "dla/config/run_config.h"
@@ -19,6 +20,11 @@ config::ResolvedConfig tiny_train_config(const std::vector<std::string>& overrid
 
 /// A run directory without RunDirectory::open, which would add a log file to the process's logger.
 run::RunDirectory test_run_directory(const std::filesystem::path& root);
+
+/// The rows of a JSON-lines file such as metrics.jsonl.
+std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& file);
+/// `key` of every row (each must have it).
+std::vector<double> column(const std::vector<nlohmann::json>& rows, const std::string& key);
 
 /// Keeps the trainer's progress lines out of the test output.
 class QuietLog {

@@ -21,7 +21,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+using test::column;
 using test::QuietLog;
+using test::read_jsonl;
 
 config::ResolvedConfig tiny_config(const std::vector<std::string>& overrides = {}) {
   return test::tiny_train_config(overrides);
@@ -31,21 +33,6 @@ run::RunDirectory run_directory(const fs::path& root) {
   return test::test_run_directory(root);
 }
 
-std::vector<json> read_jsonl(const fs::path& file) {
-  std::ifstream in(file);
-  std::vector<json> rows;
-  for (std::string line; std::getline(in, line);) {
-    if (!line.empty()) rows.push_back(json::parse(line));
-  }
-  return rows;
-}
-
-std::vector<double> column(const std::vector<json>& rows, const std::string& key) {
-  std::vector<double> out;
-  for (const auto& row : rows)
-    out.push_back(row.at(key).get<double>());
-  return out;
-}
 
 }  // namespace
 
