@@ -38,7 +38,8 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
   if (autocast && !cuda) throw UserError("train.precision = bfloat16 needs a CUDA device");
   const int64_t B = train.batch_size, T = train.seq_len;
   if (B % env.world_size != 0) {
-    throw UserError(fmt::format("train.batch_size = {} must be a multiple of the {} ranks", B, env.world_size));
+    throw UserError(
+        fmt::format("train.batch_size = {} must be a multiple of the {} ranks", B, env.world_size));
   }
 
   torch::manual_seed(static_cast<uint64_t>(config.run.seed));

@@ -6,12 +6,14 @@ namespace dla::cli {
 
 void add_launch_command(CLI::App& root, CommandList& commands) {
   auto* app = root.add_subcommand(
-      "launch", "Start the workers of a data-parallel job on this node: dla launch --nproc-per-node N -- train ...");
+      "launch",
+      "Start the workers of a data-parallel job on this node: dla launch --nproc-per-node N -- train ...");
   auto options = std::make_shared<dist::LaunchOptions>();
   app->add_option("--nproc-per-node", options->nproc_per_node, "Workers on this node (one per GPU on CUDA)")
       ->capture_default_str();
   app->add_option("--nnodes", options->nnodes, "Nodes in the job")->capture_default_str();
-  app->add_option("--node-rank", options->node_rank, "This node's index, 0 .. nnodes-1")->capture_default_str();
+  app->add_option("--node-rank", options->node_rank, "This node's index, 0 .. nnodes-1")
+      ->capture_default_str();
   app->add_option("--master-addr", options->master_addr, "Host of node 0, which serves the rendezvous store")
       ->capture_default_str();
   app->add_option("--master-port", options->master_port,

@@ -37,7 +37,8 @@ c10d::ReduceOp to_c10d(ReduceOp op) {
 std::string reason(const std::exception& e) {
   const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
   std::string text = c10_error ? c10_error->what_without_backtrace() : e.what();
-  while (!text.empty() && (text.back() == '.' || text.back() == '!' || std::isspace(static_cast<unsigned char>(text.back()))))
+  while (!text.empty() &&
+         (text.back() == '.' || text.back() == '!' || std::isspace(static_cast<unsigned char>(text.back()))))
     text.pop_back();
   return text;
 }
@@ -57,7 +58,9 @@ std::string lagging_ranks(c10d::Store* store, int world_size, int64_t step) {
         const auto bytes = store->get(progress_key(r));
         theirs = std::stoll(std::string(bytes.begin(), bytes.end()));
       }
-      if (theirs < step) behind.push_back(theirs < 0 ? fmt::format("{} (no step)", r) : fmt::format("{} (step {})", r, theirs));
+      if (theirs < step)
+        behind.push_back(theirs < 0 ? fmt::format("{} (no step)", r)
+                                    : fmt::format("{} (step {})", r, theirs));
     }
   } catch (const std::exception&) {
     return "";  // the store went with rank 0
@@ -74,10 +77,11 @@ auto guarded(int rank, const char* what, F&& f, const std::function<std::string(
   } catch (const CommunicationError&) {
     throw;
   } catch (const std::exception& e) {
-    throw CommunicationError(fmt::format(
-        "rank {}: {} failed: {}.{} Another rank probably died or hung (see its log); dist.timeout_s bounds the "
-        "wait",
-        rank, what, reason(e), context ? context() : ""));
+    throw CommunicationError(
+        fmt::format("rank {}: {} failed: {}.{} Another rank probably died or hung (see its log); "
+                    "dist.timeout_s bounds the "
+                    "wait",
+                    rank, what, reason(e), context ? context() : ""));
   }
 }
 
@@ -120,8 +124,8 @@ Communicator::Communicator(const DistEnvironment& env, const DistOptions& option
     : impl_(std::make_unique<Impl>()), rank_(env.rank), world_size_(env.world_size) {
   impl_->timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000));
   const Backend backend = options.backend != Backend::auto_select ? options.backend
-                          : device.is_cuda()                     ? Backend::nccl
-                                                                 : Backend::gloo;
+                          : device.is_cuda()                      ? Backend::nccl
+                                                                  : Backend::gloo;
   if (backend == Backend::nccl && !device.is_cuda()) {
     throw UserError("dist.backend = nccl needs train.device = cuda; use gloo on the CPU");
   }
@@ -167,14 +171,17 @@ std::function<std::string()> Communicator::failure_context() const {
 }
 
 void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
-  guarded(rank_, "all_reduce", [&] {
-    std::vector<at::Tensor> tensors{tensor};
-    c10d::AllreduceOptions options;
-    options.reduceOp = to_c10d(op);
-    options.timeout = impl_->timeout;
-    impl_->backend->allreduce(tensors, options)->wait(impl_->timeout);
-    return 0;
-  }, failure_context());
+  guarded(
+      rank_, "all_reduce",
+      [&] {
+        std::vector<at::Tensor> tensors{tensor};
+        c10d::AllreduceOptions options;
+        options.reduceOp = to_c10d(op);
+        options.timeout = impl_->timeout;
+        impl_->backend->allreduce(tensors, options)->wait(impl_->timeout);
+        return 0;
+      },
+      failure_context());
 }
 
 PendingCollective Communicator::all_reduce_async(at::Tensor tensor) {
@@ -185,28 +192,35 @@ PendingCollective Communicator::all_reduce_async(at::Tensor tensor) {
     return impl_->backend->allreduce(tensors, options);
   });
   return PendingCollective([work, rank = rank_, timeout = impl_->timeout, context = failure_context()] {
-    guarded(rank, "all_reduce", [&] { return work->wait(timeout); }, context);
+    guarded(
+        rank, "all_reduce", [&] { return work->wait(timeout); }, context);
   });
 }
 
 void Communicator::broadcast(at::Tensor& tensor, int root) {
-  guarded(rank_, "broadcast", [&] {
-    std::vector<at::Tensor> tensors{tensor};
-    c10d::BroadcastOptions options;
-    options.rootRank = root;
-    options.timeout = impl_->timeout;
-    impl_->backend->broadcast(tensors, options)->wait(impl_->timeout);
-    return 0;
-  }, failure_context());
+  guarded(
+      rank_, "broadcast",
+      [&] {
+        std::vector<at::Tensor> tensors{tensor};
+        c10d::BroadcastOptions options;
+        options.rootRank = root;
+        options.timeout = impl_->timeout;
+        impl_->backend->broadcast(tensors, options)->wait(impl_->timeout);
+        return 0;
+      },
+      failure_context());
 }
 
 void Communicator::barrier() {
-  guarded(rank_, "barrier", [&] {
-    c10d::BarrierOptions options;
-    options.timeout = impl_->timeout;
-    impl_->backend->barrier(options)->wait(impl_->timeout);
-    return 0;
-  }, failure_context());
+  guarded(
+      rank_, "barrier",
+      [&] {
+        c10d::BarrierOptions options;
+        options.timeout = impl_->timeout;
+        impl_->backend->barrier(options)->wait(impl_->timeout);
+        return 0;
+      },
+      failure_context());
 }
 
 }  // namespace dla::dist

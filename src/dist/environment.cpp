@@ -43,7 +43,8 @@ void check_layout(const DistEnvironment& env, const std::string& rank_var, const
                                 env.local_rank, env.local_world_size));
   }
   if (env.master_port < 1 || env.master_port > 65535) {
-    throw UserError(fmt::format("environment variable MASTER_PORT={} must be a port in 1..65535", env.master_port));
+    throw UserError(
+        fmt::format("environment variable MASTER_PORT={} must be a port in 1..65535", env.master_port));
   }
 }
 
@@ -62,7 +63,8 @@ std::string first_slurm_host(std::string_view nodelist) {
     return std::string(nodelist.substr(0, comma));
   }
   const auto close = nodelist.find(']', bracket);
-  if (close == std::string_view::npos) throw UserError(fmt::format("malformed SLURM node list '{}'", nodelist));
+  if (close == std::string_view::npos)
+    throw UserError(fmt::format("malformed SLURM node list '{}'", nodelist));
   const std::string_view ranges = nodelist.substr(bracket + 1, close - bracket - 1);
   const std::string_view first = ranges.substr(0, ranges.find_first_of(",-"));
   std::string_view suffix = nodelist.substr(close + 1);
@@ -74,13 +76,15 @@ DistEnvironment read_environment(const GetEnv& getenv) {
   DistEnvironment env;
   if (getenv("RANK") || getenv("WORLD_SIZE")) {
     if (!getenv("RANK") || !getenv("WORLD_SIZE")) {
-      throw UserError("environment variables RANK and WORLD_SIZE must be set together (a launcher sets both)");
+      throw UserError(
+          "environment variables RANK and WORLD_SIZE must be set together (a launcher sets both)");
     }
     env.launcher = "env";
     env.rank = parse_int(getenv, "RANK", 0);
     env.world_size = parse_int(getenv, "WORLD_SIZE", 1);
     env.local_rank = parse_int(getenv, "LOCAL_RANK", env.rank);
-    env.local_world_size = parse_int(getenv, "LOCAL_WORLD_SIZE", std::max(env.world_size, env.local_rank + 1));
+    env.local_world_size =
+        parse_int(getenv, "LOCAL_WORLD_SIZE", std::max(env.world_size, env.local_rank + 1));
     env.master_addr = getenv("MASTER_ADDR").value_or(env.master_addr);
     env.master_port = parse_int(getenv, "MASTER_PORT", env.master_port);
     check_layout(env, "RANK", "WORLD_SIZE");
@@ -97,7 +101,7 @@ DistEnvironment read_environment(const GetEnv& getenv) {
     if (const auto addr = getenv("MASTER_ADDR")) {
       env.master_addr = *addr;
     } else if (const auto nodes = getenv("SLURM_STEP_NODELIST") ? getenv("SLURM_STEP_NODELIST")
-                                                                 : getenv("SLURM_JOB_NODELIST")) {
+                                                                : getenv("SLURM_JOB_NODELIST")) {
       env.master_addr = first_slurm_host(*nodes);
     } else if (env.world_size > 1) {
       throw UserError("under srun, set MASTER_ADDR (or SLURM_STEP_NODELIST) to the host of rank 0");

@@ -9,10 +9,11 @@ GradientReducer::GradientReducer(Communicator& communicator, const std::vector<a
   for (auto it = parameters.rbegin(); it != parameters.rend(); ++it) {
     if (!it->requires_grad()) continue;
     const at::Tensor& p = *it;
-    const bool new_bucket = buckets_.empty() ||
-                            buckets_.back().buffer.numel() * buckets_.back().buffer.element_size() >= bucket_bytes ||
-                            buckets_.back().buffer.scalar_type() != p.scalar_type() ||
-                            buckets_.back().buffer.device() != p.device();
+    const bool new_bucket =
+        buckets_.empty() ||
+        buckets_.back().buffer.numel() * buckets_.back().buffer.element_size() >= bucket_bytes ||
+        buckets_.back().buffer.scalar_type() != p.scalar_type() ||
+        buckets_.back().buffer.device() != p.device();
     if (new_bucket) buckets_.push_back({at::empty({0}, p.options().requires_grad(false)), {}, 0, {}, false});
     Bucket& bucket = buckets_.back();
     slots_.push_back({p, static_cast<int64_t>(buckets_.size()) - 1, bucket.buffer.numel(), false});

@@ -8,8 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <fmt/ranges.h>
+#include <cerrno>
 
 #include <chrono>
 #include <csignal>
@@ -81,16 +81,19 @@ void validate(const LaunchOptions& o) {
   if (o.nproc_per_node < 1) throw UserError("dla launch: --nproc-per-node must be at least 1");
   if (o.nnodes < 1) throw UserError("dla launch: --nnodes must be at least 1");
   if (o.node_rank < 0 || o.node_rank >= o.nnodes) {
-    throw UserError(fmt::format("dla launch: --node-rank {} must be in [0, {}) (--nnodes)", o.node_rank, o.nnodes));
+    throw UserError(
+        fmt::format("dla launch: --node-rank {} must be in [0, {}) (--nnodes)", o.node_rank, o.nnodes));
   }
   if (o.master_port && (*o.master_port < 1 || *o.master_port > 65535)) {
     throw UserError(fmt::format("dla launch: --master-port {} must be in 1..65535", *o.master_port));
   }
   if (o.command.empty()) {
-    throw UserError("dla launch: name the worker command after `--`, e.g. dla launch --nproc-per-node 2 -- train "
-                    "--config run.yaml");
+    throw UserError(
+        "dla launch: name the worker command after `--`, e.g. dla launch --nproc-per-node 2 -- train "
+        "--config run.yaml");
   }
-  if (o.command.front() == "launch") throw UserError("dla launch: the worker command cannot be `launch` itself");
+  if (o.command.front() == "launch")
+    throw UserError("dla launch: the worker command cannot be `launch` itself");
 }
 
 }  // namespace
@@ -126,9 +129,9 @@ int launch(const LaunchOptions& options) {
     sigaddset(&forwarded, s);
   ::sigprocmask(SIG_BLOCK, &forwarded, &original);
 
-  spdlog::info("dla launch: {} worker{} on node {} of {} ({} ranks), rendezvous at {}:{}", options.nproc_per_node,
-               options.nproc_per_node == 1 ? "" : "s", options.node_rank, options.nnodes, world_size,
-               options.master_addr, port);
+  spdlog::info("dla launch: {} worker{} on node {} of {} ({} ranks), rendezvous at {}:{}",
+               options.nproc_per_node, options.nproc_per_node == 1 ? "" : "s", options.node_rank,
+               options.nnodes, world_size, options.master_addr, port);
   std::vector<Worker> workers;
   for (int local = 0; local < options.nproc_per_node; ++local) {
     const int rank = options.node_rank * options.nproc_per_node + local;
@@ -186,7 +189,8 @@ int launch(const LaunchOptions& options) {
                         describe_status(status));
           signal_running(workers, SIGTERM);
           kill_pending = true;
-          kill_at = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(options.grace_period_s * 1000));
+          kill_at =
+              Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(options.grace_period_s * 1000));
         } else {
           spdlog::debug("dla launch: rank {} {}", worker.rank, describe_status(status));
         }
@@ -196,8 +200,8 @@ int launch(const LaunchOptions& options) {
       std::vector<int> stuck;
       for (const auto& worker : workers)
         if (worker.running) stuck.push_back(worker.rank);
-      spdlog::warn("dla launch: rank {} still running {} s after the failure: killing {}", fmt::join(stuck, ", "),
-                   options.grace_period_s, stuck.size() == 1 ? "it" : "them");
+      spdlog::warn("dla launch: rank {} still running {} s after the failure: killing {}",
+                   fmt::join(stuck, ", "), options.grace_period_s, stuck.size() == 1 ? "it" : "them");
       signal_running(workers, SIGKILL);
       kill_pending = false;
     }

@@ -35,17 +35,20 @@ uint64_t module_digest(torch::nn::Module& module) {
 
 void verify_replicas(Communicator& communicator, torch::nn::Module& module, std::string_view when) {
   const uint64_t digest = module_digest(module);
-  const auto device = module.parameters().empty() ? at::Device(at::kCPU) : module.parameters().front().device();
+  const auto device =
+      module.parameters().empty() ? at::Device(at::kCPU) : module.parameters().front().device();
   // Min and max of the digest over ranks are equal exactly when all ranks agree.
-  at::Tensor low = at::full({1}, static_cast<int64_t>(digest), at::TensorOptions().dtype(at::kLong).device(device));
+  at::Tensor low =
+      at::full({1}, static_cast<int64_t>(digest), at::TensorOptions().dtype(at::kLong).device(device));
   at::Tensor high = low.clone();
   communicator.all_reduce(low, ReduceOp::min);
   communicator.all_reduce(high, ReduceOp::max);
   if (low.item<int64_t>() != high.item<int64_t>()) {
-    throw CommunicationError(fmt::format(
-        "rank {}: the model replicas differ across ranks {} (this rank's weight digest {:016x}); data-parallel "
-        "training needs identical weights on every rank",
-        communicator.rank(), when, digest));
+    throw CommunicationError(
+        fmt::format("rank {}: the model replicas differ across ranks {} (this rank's weight digest {:016x}); "
+                    "data-parallel "
+                    "training needs identical weights on every rank",
+                    communicator.rank(), when, digest));
   }
   spdlog::debug("rank {}: weights identical on all ranks {} (digest {:016x})", communicator.rank(), when,
                 digest);

@@ -37,9 +37,10 @@ at::Device choose_device(DeviceKind kind, const dist::DistEnvironment& env) {
   if (!(kind == DeviceKind::cuda || (kind == DeviceKind::auto_select && cuda))) return at::Device(at::kCPU);
   const auto gpus = static_cast<int>(torch::cuda::device_count());
   if (env.local_rank >= gpus) {
-    throw UserError(fmt::format("rank {}: local rank {} has no GPU of its own ({} visible); start at most {} "
-                                "workers per node",
-                                env.rank, env.local_rank, gpus, gpus));
+    throw UserError(
+        fmt::format("rank {}: local rank {} has no GPU of its own ({} visible); start at most {} "
+                    "workers per node",
+                    env.rank, env.local_rank, gpus, gpus));
   }
   const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
   c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
@@ -106,7 +107,8 @@ at::Tensor masked_loss(const at::Tensor& logits_BTV, const at::Tensor& labels_BT
                                 /*ignore_index=*/-100);
 }
 
-Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir, dist::DistEnvironment dist)
+Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir,
+                 dist::DistEnvironment dist)
     : resolved_(resolved),
       config_(resolved.config),
       run_dir_(std::move(run_dir)),
@@ -117,10 +119,11 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
   }
   const auto& train = config_.train;
   if (train.batch_size % (train.grad_accum_steps * dist_.world_size) != 0) {
-    throw UserError(fmt::format(
-        "train.batch_size = {} must be a multiple of train.grad_accum_steps × ranks = {} × {}: the global batch "
-        "is split evenly over micro-batches and ranks",
-        train.batch_size, train.grad_accum_steps, dist_.world_size));
+    throw UserError(
+        fmt::format("train.batch_size = {} must be a multiple of train.grad_accum_steps × ranks = {} × {}: "
+                    "the global batch "
+                    "is split evenly over micro-batches and ranks",
+                    train.batch_size, train.grad_accum_steps, dist_.world_size));
   }
   torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
   model_ = model::CausalLM(config_.model);
@@ -129,12 +132,13 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
     communicator_ = std::make_unique<dist::Communicator>(dist_, config_.dist, device_);
     dist::broadcast_module(*communicator_, *model_);
     dist::verify_replicas(*communicator_, *model_, "after the initial broadcast");
-    reducer_ = std::make_unique<dist::GradientReducer>(
-        *communicator_, model_->parameters(), static_cast<int64_t>(config_.dist.bucket_mb * 1e6));
-    spdlog::info("data parallel: {} ranks over {} ({} gradient buckets of ≤ {} MB), {} sequences per rank and "
-                 "micro-batch",
-                 dist_.world_size, communicator_->backend_name(), reducer_->num_buckets(), config_.dist.bucket_mb,
-                 train.batch_size / train.grad_accum_steps / dist_.world_size);
+    reducer_ = std::make_unique<dist::GradientReducer>(*communicator_, model_->parameters(),
+                                                       static_cast<int64_t>(config_.dist.bucket_mb * 1e6));
+    spdlog::info(
+        "data parallel: {} ranks over {} ({} gradient buckets of ≤ {} MB), {} sequences per rank and "
+        "micro-batch",
+        dist_.world_size, communicator_->backend_name(), reducer_->num_buckets(), config_.dist.bucket_mb,
+        train.batch_size / train.grad_accum_steps / dist_.world_size);
   }
   optimizer_ = std::make_unique<torch::optim::AdamW>(param_groups(*model_, config_.optim));
   if (is_main()) metrics_ = std::make_unique<MetricsLog>(run_dir_.root / "metrics.jsonl");
@@ -277,8 +281,8 @@ void Trainer::log_step(const StepResult& result, double seconds) {
       seconds_total_ / static_cast<double>(state_.step) * static_cast<double>(train.steps - state_.step);
   const std::string per_rank =
       dist_.distributed() ? fmt::format(" ({:.0f} per rank)", tokens_per_s / dist_.world_size) : "";
-  spdlog::info("step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.2e} | tok/s {:.0f}{} | eta {}", state_.step,
-               train.steps, result.loss, result.grad_norm, result.lr, tokens_per_s, per_rank,
+  spdlog::info("step {}/{} | loss {:.4f} | grad_norm {:.3f} | lr {:.2e} | tok/s {:.0f}{} | eta {}",
+               state_.step, train.steps, result.loss, result.grad_norm, result.lr, tokens_per_s, per_rank,
                format_duration(eta));
   metrics_->append({{"step", state_.step},
                     {"loss", result.loss},
@@ -355,7 +359,8 @@ std::pair<at::Tensor, at::Tensor> Trainer::micro_batch(int64_t step, int64_t mic
     // batch does not depend on the number of ranks.
     auto batch = data::generate_mqar(config_.data.mqar, size * dist_.world_size, train.seq_len,
                                      config_.model.vocab_size, data_seed(config_.run.seed, step, micro, 0));
-    return {batch.ids_BL.narrow(0, dist_.rank * size, size), batch.labels_BL.narrow(0, dist_.rank * size, size)};
+    return {batch.ids_BL.narrow(0, dist_.rank * size, size),
+            batch.labels_BL.narrow(0, dist_.rank * size, size)};
   }
   // Global sample indices: step-major, then micro-batch, then rank, from the run's data cursor (samples
   // consumed before this step), so a run continues at the same sample on any world size.
@@ -416,7 +421,8 @@ nlohmann::json Trainer::evaluate_mqar() {
   double correct = 0, total = 0;
   const int64_t eval_batch = std::max<int64_t>(1, config_.train.batch_size / config_.train.grad_accum_steps);
   // Chunks are dealt round-robin over the ranks; the counts summed over ranks are the single-process ones.
-  for (int64_t begin = dist_.rank * eval_batch; begin < mqar.eval_examples; begin += eval_batch * dist_.world_size) {
+  for (int64_t begin = dist_.rank * eval_batch; begin < mqar.eval_examples;
+       begin += eval_batch * dist_.world_size) {
     const int64_t n = std::min(eval_batch, mqar.eval_examples - begin);
     const at::Tensor ids = batch.ids_BL.narrow(0, begin, n).to(device_);
     const at::Tensor labels = batch.labels_BL.narrow(0, begin, n).to(device_);
@@ -433,8 +439,10 @@ nlohmann::json Trainer::evaluate_mqar() {
   const double chance = 1.0 / static_cast<double>(config_.model.vocab_size - config_.model.vocab_size / 2);
   spdlog::info("held-out MQAR accuracy {:.2f}% over {} queries ({} sequences; chance {:.2f}%)",
                100 * accuracy, total, mqar.eval_examples, 100 * chance);
-  nlohmann::json result = {
-      {"mqar_accuracy", accuracy}, {"queries", static_cast<int64_t>(total)}, {"chance", chance}, {"step", state_.step}};
+  nlohmann::json result = {{"mqar_accuracy", accuracy},
+                           {"queries", static_cast<int64_t>(total)},
+                           {"chance", chance},
+                           {"step", state_.step}};
   if (is_main()) {
     const std::string text = result.dump(2) + "\n";
     io::write_file_atomic(run_dir_.root / "eval.json", std::as_bytes(std::span(text.data(), text.size())));

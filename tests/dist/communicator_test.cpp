@@ -74,7 +74,8 @@ TEST_CASE("all_reduce, broadcast and barrier over Gloo", "[dist]") {
   std::vector<std::vector<float>> sums(world), mins(world), maxs(world), broadcasts(world), asyncs(world);
   run_ranks(world, [&](Communicator& c) {
     const int r = c.rank();
-    at::Tensor sum = at::tensor({1.0f * r, 2.0f}), low = at::tensor({1.0f * r}), high = at::tensor({1.0f * r});
+    at::Tensor sum = at::tensor({1.0f * r, 2.0f}), low = at::tensor({1.0f * r}),
+               high = at::tensor({1.0f * r});
     c.all_reduce(sum);
     c.all_reduce(low, ReduceOp::min);
     c.all_reduce(high, ReduceOp::max);
@@ -84,7 +85,9 @@ TEST_CASE("all_reduce, broadcast and barrier over Gloo", "[dist]") {
     auto work = c.all_reduce_async(pending);
     c.barrier();
     work.wait();
-    auto vec = [](const at::Tensor& t) { return std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel()); };
+    auto vec = [](const at::Tensor& t) {
+      return std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+    };
     sums[r] = vec(sum);
     mins[r] = vec(low);
     maxs[r] = vec(high);

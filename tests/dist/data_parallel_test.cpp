@@ -28,7 +28,8 @@ fs::path write_config(const fs::path& dir, const std::vector<std::string>& overr
   return file;
 }
 
-std::string launch_train(int ranks, const fs::path& config, const fs::path& run, const std::string& extra = "") {
+std::string launch_train(int ranks, const fs::path& config, const fs::path& run,
+                         const std::string& extra = "") {
   return fmt::format("launch --nproc-per-node {} -- train --config '{}' --run-dir '{}' {}", ranks,
                      config.string(), run.string(), extra);
 }
@@ -60,7 +61,8 @@ void check_same_weights(const fs::path& expected_run, const fs::path& actual_run
 
 // The weight digests the ranks logged (at debug level) when they compared their replicas at `step`.
 std::vector<std::string> final_digests(const std::string& output, int64_t step) {
-  const std::regex line(fmt::format("weights identical on all ranks at step {} \\(digest ([0-9a-f]+)\\)", step));
+  const std::regex line(
+      fmt::format("weights identical on all ranks at step {} \\(digest ([0-9a-f]+)\\)", step));
   std::vector<std::string> digests;
   for (std::sregex_iterator it(output.begin(), output.end(), line), end; it != end; ++it)
     digests.push_back((*it)[1]);
@@ -85,11 +87,11 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-TEST_CASE("2 and 3 ranks, and 2 nodes of 1, train like one process on the same global batch",
-          "[dist][cli]") {
+TEST_CASE("2 and 3 ranks, and 2 nodes of 1, train like one process on the same global batch", "[dist][cli]") {
   test::TempDir dir;
   const fs::path config = write_config(dir.path(), {});
-  const auto single = run_dla(fmt::format("train --config '{}' --run-dir '{}'", config.string(), (dir / "one").string()));
+  const auto single =
+      run_dla(fmt::format("train --config '{}' --run-dir '{}'", config.string(), (dir / "one").string()));
   INFO(single.output);
   REQUIRE(single.status == 0);
   const auto expected = losses(dir / "one");
@@ -118,9 +120,10 @@ TEST_CASE("2 and 3 ranks, and 2 nodes of 1, train like one process on the same g
   const fs::path run = dir / "nodes";
   const int port = free_port();
   const auto node = [&](int node_rank) {
-    return fmt::format("'{}' launch --nnodes 2 --node-rank {} --nproc-per-node 1 --master-addr 127.0.0.1 "
-                       "--master-port {} -- train --config '{}' --run-dir '{}'",
-                       DLA_BINARY, node_rank, port, config.string(), run.string());
+    return fmt::format(
+        "'{}' launch --nnodes 2 --node-rank {} --nproc-per-node 1 --master-addr 127.0.0.1 "
+        "--master-port {} -- train --config '{}' --run-dir '{}'",
+        DLA_BINARY, node_rank, port, config.string(), run.string());
   };
   const std::string script =
       fmt::format("{} > '{}' 2>&1 & {} > '{}' 2>&1; a=$?; wait $!; b=$?; test $a -eq 0 -a $b -eq 0", node(1),
@@ -150,9 +153,9 @@ TEST_CASE("a hung worker makes the others time out; the error names the rank tha
   const fs::path config = write_config(dir.path(), {"train.steps=1000", "dist.timeout_s=3"});
   const ScopedEnv fault("DLA_FAULT_RANK", "hang:1:3");
   const auto start = std::chrono::steady_clock::now();
-  const auto result =
-      run_dla(fmt::format("launch --nproc-per-node 2 --grace-period-s 1 -- train --config '{}' --run-dir '{}'",
-                          config.string(), (dir / "run").string()));
+  const auto result = run_dla(
+      fmt::format("launch --nproc-per-node 2 --grace-period-s 1 -- train --config '{}' --run-dir '{}'",
+                  config.string(), (dir / "run").string()));
   INFO(result.output);
   // 3 s of collective timeout, then 1 s of grace before the hung rank is killed.
   CHECK(seconds_since(start) < 30);
@@ -161,7 +164,8 @@ TEST_CASE("a hung worker makes the others time out; the error names the rank tha
   CHECK_THAT(result.output, has_substr("rank 1 still running"));
 }
 
-TEST_CASE("a run of 2 ranks resumes as 1 and as 3 ranks and continues the data exactly", "[dist][cli][checkpoint]") {
+TEST_CASE("a run of 2 ranks resumes as 1 and as 3 ranks and continues the data exactly",
+          "[dist][cli][checkpoint]") {
   test::TempDir dir;
   std::string text;
   for (int i = 0; i < 30; ++i)
@@ -174,9 +178,9 @@ TEST_CASE("a run of 2 ranks resumes as 1 and as 3 ranks and continues the data e
   prepare.out = (dir / "data").string();
   prepare.val_fraction = 0.1;
   data::prepare_dataset(prepare);
-  const fs::path config = write_config(dir.path(), {"model.vocab_size=258", "data.source=tokens",
-                                                    "data.path=" + prepare.out, "data.tokenizer=byte",
-                                                    "data.val_batches=1", "checkpoint.every=3"});
+  const fs::path config =
+      write_config(dir.path(), {"model.vocab_size=258", "data.source=tokens", "data.path=" + prepare.out,
+                                "data.tokenizer=byte", "data.val_batches=1", "checkpoint.every=3"});
 
   const auto reference = run_dla(launch_train(2, config, dir / "reference"));
   INFO(reference.output);
@@ -219,7 +223,8 @@ TEST_CASE("launch refuses bad arguments and layouts with a clear message", "[dis
   const fs::path config = write_config(dir.path(), {});
   const auto uneven = run_dla(launch_train(4, config, dir / "run"));
   CHECK(uneven.status == 1);
-  CHECK_THAT(uneven.output, has_substr("train.batch_size = 6 must be a multiple of train.grad_accum_steps × ranks = 1 × 4"));
+  CHECK_THAT(uneven.output,
+             has_substr("train.batch_size = 6 must be a multiple of train.grad_accum_steps × ranks = 1 × 4"));
   // A worker whose command fails makes launch fail with its status.
   const auto failing = run_dla("launch --nproc-per-node 2 -- train --config /nonexistent.yaml");
   CHECK(failing.status != 0);

@@ -76,7 +76,8 @@ TEST_CASE("malformed launcher variables are errors naming the variable", "[dist]
   CHECK_THROWS_WITH(read_environment(fake({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "70000"}})),
                     has_substr("MASTER_PORT=70000"));
   CHECK_THROWS_WITH(
-      read_environment(fake({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "3"}, {"LOCAL_WORLD_SIZE", "2"}})),
+      read_environment(
+          fake({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "3"}, {"LOCAL_WORLD_SIZE", "2"}})),
       has_substr("local rank 3"));
 }
 

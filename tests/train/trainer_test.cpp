@@ -33,7 +33,6 @@ run::RunDirectory run_directory(const fs::path& root) {
   return test::test_run_directory(root);
 }
 
-
 }  // namespace
 
 TEST_CASE("masked_loss is the mean cross-entropy over positions whose label is not -100", "[train]") {

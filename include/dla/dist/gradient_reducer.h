@@ -15,7 +15,8 @@ namespace dla::dist {
 class GradientReducer {
  public:
   /// Hooks every parameter that requires a gradient. `parameters` must be the same list on every rank.
-  GradientReducer(Communicator& communicator, const std::vector<at::Tensor>& parameters, int64_t bucket_bytes);
+  GradientReducer(Communicator& communicator, const std::vector<at::Tensor>& parameters,
+                  int64_t bucket_bytes);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;

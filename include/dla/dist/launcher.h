@@ -15,9 +15,9 @@ struct LaunchOptions {
   int nnodes = 1;
   int node_rank = 0;
   std::string master_addr = "127.0.0.1";
-  std::optional<int> master_port;  ///< default: a free port on one node, 29500 on several
-  double grace_period_s = 30;      ///< after a failure, SIGTERM to the others, then SIGKILL after this long
-  std::string program;             ///< the worker binary; empty: this one
+  std::optional<int> master_port;    ///< default: a free port on one node, 29500 on several
+  double grace_period_s = 30;        ///< after a failure, SIGTERM to the others, then SIGKILL after this long
+  std::string program;               ///< the worker binary; empty: this one
   std::vector<std::string> command;  ///< the worker's arguments (a dla subcommand and its options)
 };
 

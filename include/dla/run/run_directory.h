@@ -18,7 +18,8 @@ struct RunDirectory {
   /// The directory is `root` when given, else `<run.dir>/<run.name>`. Only the `writer` (rank 0 of a
   /// data-parallel job) writes; the other ranks just name the same directory.
   static RunDirectory open(const config::ResolvedConfig& resolved,
-                           const std::optional<std::filesystem::path>& root = std::nullopt, bool writer = true);
+                           const std::optional<std::filesystem::path>& root = std::nullopt,
+                           bool writer = true);
 };
 
 }  // namespace dla::run

@@ -76,8 +76,8 @@ class Trainer {
   model::CausalLM model_{nullptr};
   std::unique_ptr<dist::Communicator> communicator_;  ///< with several ranks
   std::unique_ptr<dist::GradientReducer> reducer_;    ///< with several ranks
-  std::unique_ptr<data::BatchLoader> train_loader_;  ///< data.source = tokens
-  std::unique_ptr<data::BatchLoader> val_loader_;    ///< data.source = tokens, when the data has a val split
+  std::unique_ptr<data::BatchLoader> train_loader_;   ///< data.source = tokens
+  std::unique_ptr<data::BatchLoader> val_loader_;     ///< data.source = tokens, when the data has a val split
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   TrainState state_;
   std::unique_ptr<MetricsLog> metrics_;
