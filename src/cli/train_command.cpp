@@ -17,11 +17,12 @@ struct TrainArgs {
 };
 
 int train(const TrainArgs& args) {
-  auto resolved = config::resolve_run_config(args.config.file, args.config.overrides);
-  log::apply_config_level(config::enum_name(resolved.config.log.level));
-  // Started by `dla launch`, torchrun or srun: this process is one rank of a data-parallel job.
+  // Started by `dla launch`, torchrun or srun: this process is one rank of a data-parallel job, and every
+  // line it logs (config errors included) names the rank.
   const dist::DistEnvironment env = dist::read_environment();
   log::set_rank(env.rank, env.world_size);
+  auto resolved = config::resolve_run_config(args.config.file, args.config.overrides);
+  log::apply_config_level(config::enum_name(resolved.config.log.level));
   const auto run_dir = run::RunDirectory::open(resolved, args.run_dir, /*writer=*/env.rank == 0);
   spdlog::info("dla train: run '{}' in {}", resolved.config.run.name, run_dir.root.string());
   train::Trainer trainer(resolved, run_dir, env);

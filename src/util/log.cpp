@@ -11,9 +11,15 @@ namespace dla::log {
 namespace {
 std::string pattern = "[%Y-%m-%d %H:%M:%S] [%^%l%$] %v";
 bool level_forced = false;
+bool secondary_rank = false;  ///< a rank other than 0 of a job: warnings and errors only, unless forced
+
+void set_level(spdlog::level::level_enum level) {
+  if (secondary_rank && !level_forced) level = std::max(level, spdlog::level::warn);
+  spdlog::set_level(level);
+}
 
 void set_level(std::string_view level) {
-  spdlog::set_level(spdlog::level::from_str(std::string(level)));
+  set_level(spdlog::level::from_str(std::string(level)));
 }
 }  // namespace
 
@@ -35,7 +41,8 @@ void set_rank(int rank, int world_size) {
   if (world_size <= 1) return;
   pattern = fmt::format("[%Y-%m-%d %H:%M:%S] [rank {}] [%^%l%$] %v", rank);
   spdlog::default_logger()->set_pattern(pattern);
-  if (rank != 0 && !level_forced) spdlog::set_level(spdlog::level::warn);
+  secondary_rank = rank != 0;
+  set_level(spdlog::get_level());
 }
 
 void add_file(const std::filesystem::path& file) {
