@@ -63,6 +63,7 @@ int run(int argc, char** argv) {
   add_config_command(app, commands);
   add_train_command(app, commands);
   add_launch_command(app, commands);
+  add_eval_command(app, commands);
   add_bench_command(app, commands);
   add_inspect_command(app, commands);
   add_import_fla_command(app, commands);

@@ -23,7 +23,7 @@ void MetricsLog::append(const nlohmann::json& row) {
 
 void write_curve_svg(const std::filesystem::path& file, const std::vector<double>& steps,
                      const std::vector<double>& values, const std::string& title,
-                     const std::string& y_label) {
+                     const std::string& y_label, const std::string& x_label) {
   constexpr double kWidth = 720, kHeight = 420, kLeft = 70, kRight = 20, kTop = 40, kBottom = 50;
   const bool log_y = !values.empty() && *std::min_element(values.begin(), values.end()) > 0;
   auto transform = [&](double v) { return log_y ? std::log10(v) : v; };
@@ -59,8 +59,8 @@ void write_curve_svg(const std::filesystem::path& file, const std::vector<double
     svg +=
         fmt::format("<path d=\"M{:.1f} {:.1f} H{:.1f}\" stroke=\"#ddd\"/>\n", kLeft, py(y), kWidth - kRight);
   }
-  svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">step</text>\n",
-                     (kLeft + kWidth - kRight) / 2, kHeight - 12);
+  svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>\n",
+                     (kLeft + kWidth - kRight) / 2, kHeight - 12, x_label);
   svg += fmt::format(
       "<text x=\"16\" y=\"{:.1f}\" transform=\"rotate(-90 16 {:.1f})\" text-anchor=\"middle\">{}{}</text>\n",
       (kTop + kHeight - kBottom) / 2, (kTop + kHeight - kBottom) / 2, y_label, log_y ? " (log scale)" : "");

@@ -37,6 +37,7 @@ void add_config_command(CLI::App& root, CommandList& commands);
 void add_inspect_command(CLI::App& root, CommandList& commands);
 void add_train_command(CLI::App& root, CommandList& commands);
 void add_launch_command(CLI::App& root, CommandList& commands);
+void add_eval_command(CLI::App& root, CommandList& commands);
 void add_import_fla_command(CLI::App& root, CommandList& commands);
 void add_score_command(CLI::App& root, CommandList& commands);
 void add_generate_command(CLI::App& root, CommandList& commands);

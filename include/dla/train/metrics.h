@@ -23,6 +23,7 @@ class MetricsLog {
 
 /// Writes an SVG line plot of `values` against `steps` (log-scale y when all values are positive).
 void write_curve_svg(const std::filesystem::path& file, const std::vector<double>& steps,
-                     const std::vector<double>& values, const std::string& title, const std::string& y_label);
+                     const std::vector<double>& values, const std::string& title, const std::string& y_label,
+                     const std::string& x_label = "step");
 
 }  // namespace dla::train
