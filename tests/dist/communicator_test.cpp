@@ -3,49 +3,17 @@
 
 #include <torch/nn/modules/linear.h>
 
-#include <thread>
-
 #include "catch.h"
 #include "dla/dist/gradient_reducer.h"
 #include "dla/dist/launcher.h"
 #include "dla/dist/replicas.h"
+#include "dist/dist_testing.h"
 
 namespace dla::dist {
 namespace {
 
-DistEnvironment thread_rank(int rank, int world_size, int port) {
-  DistEnvironment env;
-  env.rank = rank;
-  env.world_size = world_size;
-  env.local_rank = rank;
-  env.local_world_size = world_size;
-  env.master_port = port;
-  return env;
-}
-
-// Runs body(communicator) on `world_size` threads, one rank each; rethrows the first rank's exception.
-template <class Body>
-void run_ranks(int world_size, Body body, double timeout_s = 30) {
-  const int port = free_port();
-  DistOptions options;
-  options.timeout_s = timeout_s;
-  std::vector<std::exception_ptr> errors(world_size);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world_size; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        Communicator communicator(thread_rank(r, world_size, port), options, at::Device(at::kCPU));
-        body(communicator);
-      } catch (...) {
-        errors[r] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads)
-    t.join();
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
+using test::run_ranks;
+using test::thread_rank;
 
 // Two layers and a parameter the loss never reaches.
 struct SmallNet : torch::nn::Module {

@@ -1,0 +1,48 @@
+// Ranks as threads of the test process: each gets a Gloo communicator, so collective code can be tested
+// without starting processes.
+#pragma once
+
+#include <exception>
+#include <thread>
+#include <vector>
+
+#include "dla/dist/communicator.h"
+#include "dla/dist/launcher.h"
+
+namespace dla::test {
+
+inline dist::DistEnvironment thread_rank(int rank, int world_size, int port) {
+  dist::DistEnvironment env;
+  env.rank = rank;
+  env.world_size = world_size;
+  env.local_rank = rank;
+  env.local_world_size = world_size;
+  env.master_port = port;
+  return env;
+}
+
+/// Runs body(communicator) on `world_size` threads, one rank each; rethrows the first rank's exception.
+template <class Body>
+void run_ranks(int world_size, Body body, double timeout_s = 30) {
+  const int port = dist::free_port();
+  dist::DistOptions options;
+  options.timeout_s = timeout_s;
+  std::vector<std::exception_ptr> errors(world_size);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world_size; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        dist::Communicator communicator(thread_rank(r, world_size, port), options, at::Device(at::kCPU));
+        body(communicator);
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace dla::test
