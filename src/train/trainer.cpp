@@ -20,6 +20,7 @@
 #include "dla/data/mqar.h"
 #include "dla/data/tokenizer.h"
 #include "dla/dist/replicas.h"
+#include "dla/eval/runner.h"
 #include "dla/io/atomic_file.h"
 #include "dla/train/lr_schedule.h"
 #include "dla/util/error.h"
@@ -141,6 +142,15 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
         train.batch_size / train.grad_accum_steps / dist_.world_size);
   }
   optimizer_ = std::make_unique<torch::optim::AdamW>(param_groups(*model_, config_.optim));
+  if (!config_.eval.suite.empty()) {
+    eval_suite_ = eval::load_suite(config_.eval.suite);
+    eval_tokenizer_ = data::load_tokenizer(config_.data.tokenizer.empty() ? "byte" : config_.data.tokenizer);
+    if (eval_tokenizer_->vocab_size() > config_.model.vocab_size) {
+      throw UserError(fmt::format("eval.suite: the tokenizer ({} tokens) does not fit model.vocab_size = {}; set "
+                                  "data.tokenizer to the model's tokenizer",
+                                  eval_tokenizer_->vocab_size(), config_.model.vocab_size));
+    }
+  }
   if (is_main()) metrics_ = std::make_unique<MetricsLog>(run_dir_.root / "metrics.jsonl");
   if (config_.data.source == data::DataSource::tokens) {
     const auto& d = config_.data;
@@ -193,6 +203,10 @@ nlohmann::json Trainer::run(std::optional<int64_t> stop_at) {
       const nlohmann::json eval = evaluate();
       if (metrics_) metrics_->append(eval);
     }
+    if (eval_suite_ && config_.eval.every > 0 && state_.step % config_.eval.every == 0 &&
+        state_.step < train.steps) {
+      run_eval_suite();
+    }
     if (result.stop) {
       spdlog::warn("stop requested (signal {}): saving step {} and exiting", stop_signals.signal(),
                    state_.step);
@@ -210,6 +224,7 @@ nlohmann::json Trainer::run(std::optional<int64_t> stop_at) {
   if (communicator_) dist::verify_replicas(*communicator_, *model_, fmt::format("at step {}", state_.step));
   const nlohmann::json eval = evaluate();
   if (metrics_ && train_loader_) metrics_->append(eval);
+  if (eval_suite_) run_eval_suite();
   if (is_main()) {
     write_curve_svg(run_dir_.root / "loss.svg", curve_steps_, curve_losses_,
                     fmt::format("{} — training loss", config_.run.name), "loss");
@@ -372,6 +387,21 @@ std::pair<at::Tensor, at::Tensor> Trainer::micro_batch(int64_t step, int64_t mic
   const bool last_micro = micro + 1 == train.grad_accum_steps;
   train_loader_->prefetch(first(last_micro ? step + 1 : step, last_micro ? 0 : micro + 1), size);
   return {batch.ids_BT, batch.labels_BT};
+}
+
+void Trainer::run_eval_suite() {
+  eval::EvalOptions options;
+  options.data_root = config_.eval.data_root;
+  options.limit = config_.eval.limit;
+  options.batch_size = std::max<int64_t>(1, config_.train.batch_size / config_.train.grad_accum_steps);
+  spdlog::info("step {}: evaluation suite '{}'", state_.step, eval_suite_->name);
+  const auto results = eval::run_suite(*eval_suite_, *model_, *eval_tokenizer_, config_.model.vocab_size, device_,
+                                       options, {dist_.rank, dist_.world_size, communicator_.get()});
+  model_->train();
+  nlohmann::json tasks = nlohmann::json::object();
+  for (const auto& task : results)
+    if (task.skipped.empty()) tasks[task.name] = task.metrics;
+  if (metrics_) metrics_->append({{"step", state_.step}, {"eval", tasks}});
 }
 
 nlohmann::json Trainer::evaluate() {

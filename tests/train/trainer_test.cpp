@@ -176,3 +176,30 @@ TEST_CASE("Trainer trains on prepared token data and reports the validation loss
 }
 
 }  // namespace dla::train
+
+namespace dla::train {
+
+TEST_CASE("eval.suite runs during training every eval.every steps and at the end", "[train][eval]") {
+  QuietLog quiet;
+  test::TempDir dir;
+  test::write_text(dir / "suite.yaml",
+                   "suite: during\ntasks:\n  - {name: keys, type: mqar, generator: {examples: 4, seq_len: 16, "
+                   "num_kv_pairs: 2}}\n");
+  const auto config = tiny_config({"train.steps=5", "eval.every=2", "eval.suite=" + (dir / "suite.yaml").string()});
+  Trainer trainer(config, run_directory(dir / "run"));
+  trainer.run();
+  std::vector<int64_t> steps;
+  for (const auto& row : read_jsonl(dir / "run" / "metrics.jsonl")) {
+    if (!row.contains("eval")) continue;
+    steps.push_back(row.at("step"));
+    const double accuracy = row.at("eval").at("keys").at("accuracy");
+    CHECK(accuracy >= 0.0);
+    CHECK(accuracy <= 1.0);
+  }
+  CHECK(steps == std::vector<int64_t>{2, 4, 5});
+  // A suite file that is not there is refused before training starts.
+  CHECK_THROWS_WITH(Trainer(tiny_config({"eval.suite=" + (dir / "none.yaml").string()}), run_directory(dir / "r2")),
+                    test::has_substr("none.yaml' does not exist"));
+}
+
+}  // namespace dla::train

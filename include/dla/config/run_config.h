@@ -10,6 +10,7 @@
 #include "dla/config/schema.h"
 #include "dla/data/options.h"
 #include "dla/dist/options.h"
+#include "dla/eval/options.h"
 #include "dla/model/options.h"
 #include "dla/train/options.h"
 
@@ -54,6 +55,7 @@ struct RunConfig {
   train::OptimOptions optim;
   checkpoint::CheckpointOptions checkpoint;
   dist::DistOptions dist;
+  eval::TrainingEvalOptions eval;
 
   template <class V>
   void visit(V& v) {
@@ -65,6 +67,7 @@ struct RunConfig {
     v.section("optim", optim, "AdamW and the learning-rate schedule.");
     v.section("checkpoint", checkpoint, "Training checkpoints in the run directory (docs/checkpoints.md).");
     v.section("dist", dist, "Data-parallel training over several processes (docs/distributed.md).");
+    v.section("eval", eval, "An evaluation suite run during training (docs/eval.md).");
   }
 
   /// Checks that span several keys or that the bounds cannot express; throws ConfigError naming the key.

@@ -10,9 +10,11 @@
 
 #include "dla/config/run_config.h"
 #include "dla/data/token_dataset.h"
+#include "dla/data/tokenizer.h"
 #include "dla/dist/communicator.h"
 #include "dla/dist/environment.h"
 #include "dla/dist/gradient_reducer.h"
+#include "dla/eval/suite.h"
 #include "dla/model/causal_lm.h"
 #include "dla/run/run_directory.h"
 #include "dla/train/metrics.h"
@@ -63,6 +65,8 @@ class Trainer {
   std::string tokenizer_fingerprint() const;
   void log_step(const StepResult& result, double seconds);
   nlohmann::json evaluate();
+  /// Runs the `eval` section's suite on the current weights (sharded over the ranks) and logs it.
+  void run_eval_suite();
   nlohmann::json evaluate_mqar();
   nlohmann::json evaluate_validation_loss();
   /// The micro-batch `micro` of this rank at `step`: ids and labels on the CPU.
@@ -79,6 +83,8 @@ class Trainer {
   std::unique_ptr<data::BatchLoader> train_loader_;   ///< data.source = tokens
   std::unique_ptr<data::BatchLoader> val_loader_;     ///< data.source = tokens, when the data has a val split
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::optional<eval::SuiteSpec> eval_suite_;          ///< eval.suite, read at the start
+  std::unique_ptr<data::Tokenizer> eval_tokenizer_;    ///< data.tokenizer, else byte
   TrainState state_;
   std::unique_ptr<MetricsLog> metrics_;
   std::vector<double> curve_steps_, curve_losses_;
