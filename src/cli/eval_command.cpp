@@ -62,7 +62,7 @@ int evaluate(const EvalArgs& args) {
                                                                                     : "byte";
     const auto tokenizer = data::load_tokenizer(spec);
     const int64_t vocab = loaded.config.config.model.vocab_size;
-    if (tokenizer->vocab_size() > vocab) {
+    if (eval::needs_tokenizer(suite) && tokenizer->vocab_size() > vocab) {
       throw UserError(fmt::format("{}: the tokenizer '{}' has {} tokens but the model only {}; pass the tokenizer the "
                                   "model was trained with (--tokenizer)",
                                   path, spec, tokenizer->vocab_size(), vocab));

@@ -156,6 +156,10 @@ TaskSpec read_task(const nlohmann::json& node, const std::string& where) {
 
 }  // namespace
 
+bool needs_tokenizer(const SuiteSpec& suite) {
+  return std::any_of(suite.tasks.begin(), suite.tasks.end(), [](const TaskSpec& t) { return t.type != "mqar"; });
+}
+
 std::vector<std::string> default_metrics(const std::string& type) {
   if (type == "perplexity") return {"word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity"};
   if (type == "cloze") return {"acc", "perplexity"};

@@ -145,7 +145,7 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
   if (!config_.eval.suite.empty()) {
     eval_suite_ = eval::load_suite(config_.eval.suite);
     eval_tokenizer_ = data::load_tokenizer(config_.data.tokenizer.empty() ? "byte" : config_.data.tokenizer);
-    if (eval_tokenizer_->vocab_size() > config_.model.vocab_size) {
+    if (eval::needs_tokenizer(*eval_suite_) && eval_tokenizer_->vocab_size() > config_.model.vocab_size) {
       throw UserError(fmt::format("eval.suite: the tokenizer ({} tokens) does not fit model.vocab_size = {}; set "
                                   "data.tokenizer to the model's tokenizer",
                                   eval_tokenizer_->vocab_size(), config_.model.vocab_size));

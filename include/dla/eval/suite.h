@@ -55,6 +55,9 @@ struct SuiteSpec {
 /// task and the key.
 SuiteSpec load_suite(const std::filesystem::path& file);
 
+/// Whether some task of the suite works on text (every type but mqar, which works on token ids).
+bool needs_tokenizer(const SuiteSpec& suite);
+
 /// The metrics a task of `type` reports when its suite lists none.
 std::vector<std::string> default_metrics(const std::string& type);
 
