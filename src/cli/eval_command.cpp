@@ -50,26 +50,30 @@ int evaluate(const EvalArgs& args) {
   options.limit = args.limit;
   options.batch_size = args.batch_size;
   std::unique_ptr<dist::Communicator> communicator;
-  if (env.distributed()) communicator = std::make_unique<dist::Communicator>(env, dist::DistOptions{}, device);
+  if (env.distributed())
+    communicator = std::make_unique<dist::Communicator>(env, dist::DistOptions{}, device);
   const eval::Shard shard{env.rank, env.world_size, communicator.get()};
 
   std::vector<eval::CheckpointResults> results;
   for (const auto& path : checkpoints) {
     auto loaded = checkpoint::load_model_checkpoint(path);
     loaded.model->to(device);
-    const std::string spec = !args.tokenizer.empty()                                ? args.tokenizer
-                             : !loaded.config.config.data.tokenizer.empty() ? loaded.config.config.data.tokenizer
-                                                                                    : "byte";
+    const std::string spec = !args.tokenizer.empty() ? args.tokenizer
+                             : !loaded.config.config.data.tokenizer.empty()
+                                 ? loaded.config.config.data.tokenizer
+                                 : "byte";
     const auto tokenizer = data::load_tokenizer(spec);
     const int64_t vocab = loaded.config.config.model.vocab_size;
     if (eval::needs_tokenizer(suite) && tokenizer->vocab_size() > vocab) {
-      throw UserError(fmt::format("{}: the tokenizer '{}' has {} tokens but the model only {}; pass the tokenizer the "
-                                  "model was trained with (--tokenizer)",
-                                  path, spec, tokenizer->vocab_size(), vocab));
+      throw UserError(
+          fmt::format("{}: the tokenizer '{}' has {} tokens but the model only {}; pass the tokenizer the "
+                      "model was trained with (--tokenizer)",
+                      path, spec, tokenizer->vocab_size(), vocab));
     }
     spdlog::info("eval: suite '{}' ({} tasks) on {} with tokenizer {}", suite.name, suite.tasks.size(), path,
                  tokenizer->describe());
-    results.push_back({path, eval::run_suite(suite, *loaded.model, *tokenizer, vocab, device, options, shard)});
+    results.push_back(
+        {path, eval::run_suite(suite, *loaded.model, *tokenizer, vocab, device, options, shard)});
   }
   if (env.rank == 0) {
     const std::filesystem::path out =
@@ -84,8 +88,9 @@ int evaluate(const EvalArgs& args) {
 }  // namespace
 
 void add_eval_command(CLI::App& root, CommandList& commands) {
-  auto* app = root.add_subcommand("eval", "Run an evaluation suite (YAML) on checkpoints: dla eval --config "
-                                          "configs/eval/commonsense.yaml --checkpoint runs/x/model");
+  auto* app = root.add_subcommand("eval",
+                                  "Run an evaluation suite (YAML) on checkpoints: dla eval --config "
+                                  "configs/eval/commonsense.yaml --checkpoint runs/x/model");
   auto args = std::make_shared<EvalArgs>();
   app->add_option("-c,--config", args->suite, "Evaluation suite (YAML), e.g. configs/eval/synthetic.yaml")
       ->required()
@@ -93,14 +98,16 @@ void add_eval_command(CLI::App& root, CommandList& commands) {
   app->add_option("--checkpoint", args->checkpoints, "Checkpoint directory, or several separated by commas")
       ->required();
   app->add_option("--out", args->out, "Output folder (default: runs/eval/<suite>)");
-  app->add_option("--data-root", args->data_root, "Folder of the tasks' data files (overrides the suite's data_root)");
+  app->add_option("--data-root", args->data_root,
+                  "Folder of the tasks' data files (overrides the suite's data_root)");
   app->add_option("--tokenizer", args->tokenizer,
                   "byte or a SentencePiece model (default: the checkpoint's data.tokenizer, else byte)");
   app->add_option("--limit", args->limit, "At most N documents, examples or samples per task (quick checks)")
       ->check(CLI::NonNegativeNumber);
   app->add_option("--batch-size", args->batch_size, "Sequences per forward pass (default: the suite's)")
       ->check(CLI::NonNegativeNumber);
-  app->add_option("--device", args->device, "auto, cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app->add_option("--device", args->device, "auto, cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   commands.push_back({app, [args] { return evaluate(*args); }});
 }
 

@@ -15,8 +15,9 @@ namespace fs = std::filesystem;
 fs::path resolve(const std::string& file, const fs::path& data_root) {
   const fs::path path = fs::path(file).is_absolute() || data_root.empty() ? fs::path(file) : data_root / file;
   if (!fs::is_regular_file(path)) {
-    throw MissingDataFile(fmt::format("evaluation data file '{}' does not exist{}", path.string(),
-                                      data_root.empty() ? " (no data root given: --data-root or data_root:)" : ""));
+    throw MissingDataFile(
+        fmt::format("evaluation data file '{}' does not exist{}", path.string(),
+                    data_root.empty() ? " (no data root given: --data-root or data_root:)" : ""));
   }
   return path;
 }
@@ -53,8 +54,8 @@ nlohmann::json parse_json(const std::string& text, const fs::path& path, size_t 
 // "answer": "answer2" becomes {question: Q, choices: [a, b], label: 1}.
 nlohmann::json from_llm_adapters(const nlohmann::json& record, const fs::path& path, size_t index) {
   const auto bad = [&](const char* what) {
-    return UserError(fmt::format("{}: record {}: {} (LLM-Adapters multiple-choice format expected)", path.string(),
-                                 index, what));
+    return UserError(fmt::format("{}: record {}: {} (LLM-Adapters multiple-choice format expected)",
+                                 path.string(), index, what));
   };
   if (!record.is_object() || !record.contains("instruction") || !record.contains("answer")) {
     throw bad("no 'instruction' and 'answer'");
@@ -63,7 +64,8 @@ nlohmann::json from_llm_adapters(const nlohmann::json& record, const fs::path& p
   const std::string answer = record.at("answer").get<std::string>();
   const auto first = instruction.find("\n\nAnswer1:");
   const auto format = instruction.find("\n\nAnswer format:");
-  if (first == std::string::npos || format == std::string::npos || format < first) throw bad("no Answer1: … list");
+  if (first == std::string::npos || format == std::string::npos || format < first)
+    throw bad("no Answer1: … list");
   std::string question = instruction.substr(0, first);
   const std::string prefix = "Please choose the correct answer to the question: ";
   if (question.starts_with(prefix)) question.erase(0, prefix.size());
@@ -74,12 +76,13 @@ nlohmann::json from_llm_adapters(const nlohmann::json& record, const fs::path& p
     const auto begin = list.find(tag);
     if (begin == std::string::npos) break;
     const auto next = list.find(fmt::format(" Answer{}: ", k + 1), begin);
-    choices.push_back(list.substr(begin + tag.size(), next == std::string::npos ? std::string::npos
-                                                                                : next - begin - tag.size()));
+    choices.push_back(list.substr(begin + tag.size(),
+                                  next == std::string::npos ? std::string::npos : next - begin - tag.size()));
   }
   if (!answer.starts_with("answer")) throw bad("'answer' is not answerN");
   const int label = std::stoi(answer.substr(6)) - 1;
-  if (choices.size() < 2 || label < 0 || label >= static_cast<int>(choices.size())) throw bad("bad choices or answer");
+  if (choices.size() < 2 || label < 0 || label >= static_cast<int>(choices.size()))
+    throw bad("bad choices or answer");
   return {{"question", question}, {"choices", choices}, {"label", label}};
 }
 
@@ -88,20 +91,22 @@ void read_file(const DocumentSource& source, const fs::path& path, std::vector<n
   if (source.format == "jsonl") {
     const auto lines = split_lines(text);
     for (size_t i = 0; i < lines.size(); ++i)
-      if (lines[i].find_first_not_of(" \t") != std::string::npos) docs.push_back(parse_json(lines[i], path, i + 1));
+      if (lines[i].find_first_not_of(" \t") != std::string::npos)
+        docs.push_back(parse_json(lines[i], path, i + 1));
   } else if (source.format == "json" || source.format == "llm_adapters") {
     const nlohmann::json all = parse_json(text, path, 1);
     if (!all.is_array()) throw UserError(fmt::format("{}: a JSON array of records expected", path.string()));
     for (size_t i = 0; i < all.size(); ++i)
       docs.push_back(source.format == "json" ? all[i] : from_llm_adapters(all[i], path, i));
   } else if (source.format == "lines") {
-    if (source.fields.empty()) throw UserError("format 'lines' needs 'fields': the name of each line of a record");
+    if (source.fields.empty())
+      throw UserError("format 'lines' needs 'fields': the name of each line of a record");
     auto lines = split_lines(text);
     while (!lines.empty() && lines.back().empty())
       lines.pop_back();
     if (lines.size() % source.fields.size() != 0) {
-      throw UserError(fmt::format("{}:{}: the file ends inside a record of {} lines", path.string(), lines.size(),
-                                  source.fields.size()));
+      throw UserError(fmt::format("{}:{}: the file ends inside a record of {} lines", path.string(),
+                                  lines.size(), source.fields.size()));
     }
     for (size_t i = 0; i < lines.size(); i += source.fields.size()) {
       nlohmann::json doc = nlohmann::json::object();
@@ -149,7 +154,8 @@ std::vector<nlohmann::json> load_documents(const DocumentSource& source, const f
     while (!lines.empty() && lines.back().empty())
       lines.pop_back();
     if (lines.size() != docs.size()) {
-      throw UserError(fmt::format("{}: {} labels for {} documents", path.string(), lines.size(), docs.size()));
+      throw UserError(
+          fmt::format("{}: {} labels for {} documents", path.string(), lines.size(), docs.size()));
     }
     for (size_t i = 0; i < lines.size(); ++i) {
       int64_t number = 0;
@@ -166,9 +172,9 @@ std::vector<nlohmann::json> load_documents(const DocumentSource& source, const f
 
 std::string wikitext_detokenize(std::string text) {
   const std::pair<const char*, const char*> replacements[] = {
-      {"s '", "s'"}, {" @-@ ", "-"}, {" @,@ ", ","}, {" @.@ ", "."}, {" : ", ": "}, {" ; ", "; "},
-      {" . ", ". "}, {" ! ", "! "}, {" ? ", "? "}, {" , ", ", "},    {"= = = =", "===="},
-      {"= = =", "==="}, {"= =", "=="}, {" \n", "\n"}, {"\n ", "\n"}, {" N ", " 1 "}, {" 's", "'s"}};
+      {"s '", "s'"}, {" @-@ ", "-"}, {" @,@ ", ","}, {" @.@ ", "."}, {" : ", ": "},       {" ; ", "; "},
+      {" . ", ". "}, {" ! ", "! "},  {" ? ", "? "},  {" , ", ", "},  {"= = = =", "===="}, {"= = =", "==="},
+      {"= =", "=="}, {" \n", "\n"},  {"\n ", "\n"},  {" N ", " 1 "}, {" 's", "'s"}};
   for (const auto& [from, to] : replacements) {
     const std::string_view f(from);
     for (size_t at = text.find(f); at != std::string::npos; at = text.find(f, at + std::strlen(to)))

@@ -21,7 +21,8 @@ std::string format_value(double value) {
 }
 
 // Accuracy by (length, depth) as coloured cells, red (0) to green (1), with the values written in.
-void write_heatmap_svg(const std::filesystem::path& file, const nlohmann::json& grid, const std::string& title) {
+void write_heatmap_svg(const std::filesystem::path& file, const nlohmann::json& grid,
+                       const std::string& title) {
   const auto& lengths = grid.at("lengths");
   const auto& depths = grid.at("depths");
   const double cell_w = 64, cell_h = 30, left = 90, top = 50;
@@ -34,8 +35,8 @@ void write_heatmap_svg(const std::filesystem::path& file, const nlohmann::json& 
       width, height, title);
   for (size_t l = 0; l < lengths.size(); ++l) {
     const double y = top + cell_h * static_cast<double>(l);
-    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{} tok</text>\n", left - 6, y + cell_h / 2 + 4,
-                       lengths[l].get<int64_t>());
+    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{} tok</text>\n", left - 6,
+                       y + cell_h / 2 + 4, lengths[l].get<int64_t>());
     for (size_t d = 0; d < depths.size(); ++d) {
       const double value = grid.at("accuracy")[l][d].get<double>();
       const double x = left + cell_w * static_cast<double>(d);
@@ -49,7 +50,8 @@ void write_heatmap_svg(const std::filesystem::path& file, const nlohmann::json& 
   const double bottom = top + cell_h * static_cast<double>(lengths.size());
   for (size_t d = 0; d < depths.size(); ++d) {
     svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{:.0f}%</text>\n",
-                       left + cell_w * (static_cast<double>(d) + 0.5), bottom + 18, 100 * depths[d].get<double>());
+                       left + cell_w * (static_cast<double>(d) + 0.5), bottom + 18,
+                       100 * depths[d].get<double>());
   }
   svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">needle depth</text>\n</svg>\n",
                      left + cell_w * static_cast<double>(depths.size()) / 2, bottom + 38);
@@ -57,8 +59,8 @@ void write_heatmap_svg(const std::filesystem::path& file, const nlohmann::json& 
 }
 
 nlohmann::json task_json(const TaskResult& t) {
-  nlohmann::json j = {{"name", t.name}, {"type", t.type}, {"version", t.version}, {"n", t.n},
-                      {"metrics", t.metrics}, {"settings", t.settings}};
+  nlohmann::json j = {{"name", t.name}, {"type", t.type},       {"version", t.version},
+                      {"n", t.n},       {"metrics", t.metrics}, {"settings", t.settings}};
   if (!t.skipped.empty()) j["skipped"] = t.skipped;
   if (!t.grid.is_null()) j["grid"] = t.grid;
   return j;
@@ -81,12 +83,14 @@ std::string file_label(const std::string& path) {
   return label.empty() ? std::string("model") : label;
 }
 
-std::vector<TaskResult> run_suite(const SuiteSpec& suite, model::CausalLMImpl& model, const data::Tokenizer& tokenizer,
-                                  int64_t vocab_size, at::Device device, const EvalOptions& options, Shard shard) {
+std::vector<TaskResult> run_suite(const SuiteSpec& suite, model::CausalLMImpl& model,
+                                  const data::Tokenizer& tokenizer, int64_t vocab_size, at::Device device,
+                                  const EvalOptions& options, Shard shard) {
   Scorer scorer(model, device, options.batch_size > 0 ? options.batch_size : suite.batch_size, shard);
-  TaskContext context{scorer, tokenizer, vocab_size,
-                      options.data_root.empty() ? std::filesystem::path(suite.data_root) : options.data_root,
-                      suite.seed, options.limit};
+  TaskContext context{
+      scorer,     tokenizer,
+      vocab_size, options.data_root.empty() ? std::filesystem::path(suite.data_root) : options.data_root,
+      suite.seed, options.limit};
   std::vector<TaskResult> results;
   for (const auto& task : suite.tasks) {
     const auto start = std::chrono::steady_clock::now();
@@ -108,12 +112,13 @@ std::vector<TaskResult> run_suite(const SuiteSpec& suite, model::CausalLMImpl& m
 void write_report(const std::filesystem::path& out, const SuiteSpec& suite, const EvalOptions& options,
                   const std::vector<CheckpointResults>& results) {
   std::filesystem::create_directories(out);
-  nlohmann::json all = {{"suite", suite.name},
-                        {"suite_file", suite.file.string()},
-                        {"seed", suite.seed},
-                        {"limit", options.limit},
-                        {"versions", {{"dla", DLA_VERSION}, {"commit", DLA_GIT_COMMIT}, {"libtorch", TORCH_VERSION}}},
-                        {"checkpoints", nlohmann::json::array()}};
+  nlohmann::json all = {
+      {"suite", suite.name},
+      {"suite_file", suite.file.string()},
+      {"seed", suite.seed},
+      {"limit", options.limit},
+      {"versions", {{"dla", DLA_VERSION}, {"commit", DLA_GIT_COMMIT}, {"libtorch", TORCH_VERSION}}},
+      {"checkpoints", nlohmann::json::array()}};
   for (const auto& c : results) {
     nlohmann::json tasks = nlohmann::json::array();
     for (const auto& t : c.tasks)
@@ -155,7 +160,8 @@ void write_report(const std::filesystem::path& out, const SuiteSpec& suite, cons
   write_text(out / "results.csv", csv);
 
   for (const auto& c : results) {
-    const std::string label = results.size() > 1 ? fmt::format("-{}", file_label(c.checkpoint)) : std::string();
+    const std::string label =
+        results.size() > 1 ? fmt::format("-{}", file_label(c.checkpoint)) : std::string();
     for (const auto& t : c.tasks) {
       if (!t.positions.sum.empty()) {
         std::vector<double> x, y;
@@ -165,8 +171,8 @@ void write_report(const std::filesystem::path& out, const SuiteSpec& suite, cons
           y.push_back(t.positions.sum[p] / t.positions.count[p]);
         }
         train::write_curve_svg(out / fmt::format("{}{}-loss-by-position.svg", t.name, label), x, y,
-                               fmt::format("{}: loss by context position ({})", t.name, c.checkpoint), "mean loss",
-                               "context position (tokens)");
+                               fmt::format("{}: loss by context position ({})", t.name, c.checkpoint),
+                               "mean loss", "context position (tokens)");
       }
       if (!t.grid.is_null()) {
         write_heatmap_svg(out / fmt::format("{}{}-heatmap.svg", t.name, label), t.grid,

@@ -10,7 +10,8 @@
 
 namespace dla::eval {
 
-LoglikelihoodRequest encode_pair(const data::Tokenizer& tokenizer, std::string context, std::string continuation) {
+LoglikelihoodRequest encode_pair(const data::Tokenizer& tokenizer, std::string context,
+                                 std::string continuation) {
   const size_t kept = context.find_last_not_of(' ');
   const size_t spaces = kept == std::string::npos ? context.size() : context.size() - kept - 1;
   if (spaces > 0) {
@@ -86,8 +87,8 @@ std::vector<Loglikelihood> Scorer::loglikelihood(const std::vector<Loglikelihood
     const auto& r = requests[i];
     if (r.continuation.empty()) throw UserError("an evaluation request has an empty continuation");
     if (static_cast<int64_t>(r.continuation.size()) > max_length) {
-      throw UserError(fmt::format("a continuation of {} tokens does not fit max_length {}", r.continuation.size(),
-                                  max_length));
+      throw UserError(fmt::format("a continuation of {} tokens does not fit max_length {}",
+                                  r.continuation.size(), max_length));
     }
     std::vector<int64_t> all = r.context;
     all.insert(all.end(), r.continuation.begin(), r.continuation.end());
@@ -106,7 +107,8 @@ std::vector<Loglikelihood> Scorer::loglikelihood(const std::vector<Loglikelihood
     at::Tensor ids_BT = at::zeros({static_cast<int64_t>(end - begin), T}, at::kLong);
     for (size_t b = begin; b < end; ++b) {
       const auto& tokens = inputs[b].tokens;
-      ids_BT[static_cast<int64_t>(b - begin)].narrow(0, 0, static_cast<int64_t>(tokens.size()))
+      ids_BT[static_cast<int64_t>(b - begin)]
+          .narrow(0, 0, static_cast<int64_t>(tokens.size()))
           .copy_(at::tensor(tokens, at::kLong));
     }
     const at::Tensor logits_BTV = model_.forward(ids_BT.to(device_));
@@ -116,8 +118,9 @@ std::vector<Loglikelihood> Scorer::loglikelihood(const std::vector<Loglikelihood
       const auto length = static_cast<int64_t>(input.tokens.size());
       const int64_t first = length - input.continuation;
       const at::Tensor log_probs =
-          at::log_softmax(logits_BTV[static_cast<int64_t>(b - begin)].narrow(0, first, input.continuation).to(at::kFloat),
-                          -1)
+          at::log_softmax(
+              logits_BTV[static_cast<int64_t>(b - begin)].narrow(0, first, input.continuation).to(at::kFloat),
+              -1)
               .cpu();
       const at::Tensor targets = at::tensor(request.continuation, at::kLong);
       const at::Tensor picked = log_probs.gather(1, targets.unsqueeze(1)).squeeze(1).to(at::kDouble);

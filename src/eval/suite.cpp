@@ -81,8 +81,8 @@ class Reader {
   void finish() const {
     for (const auto& item : map_.items()) {
       if (seen_.count(item.key()) == 0) {
-        throw UserError(fmt::format("{}: unknown key '{}'; known keys: {}", where_, item.key(),
-                                    fmt::join(seen_, ", ")));
+        throw UserError(
+            fmt::format("{}: unknown key '{}'; known keys: {}", where_, item.key(), fmt::join(seen_, ", ")));
       }
     }
   }
@@ -126,10 +126,12 @@ TaskSpec read_task(const nlohmann::json& node, const std::string& where) {
   const std::string at = task.name.empty() ? where : fmt::format("{} ('{}')", where, task.name);
   if (task.name.empty()) throw UserError(fmt::format("{}: the task needs a 'name'", where));
   if (kTaskTypes.count(task.type) == 0) {
-    throw UserError(fmt::format("{}: type '{}' is not one of {}", at, task.type, fmt::join(kTaskTypes, ", ")));
+    throw UserError(
+        fmt::format("{}: type '{}' is not one of {}", at, task.type, fmt::join(kTaskTypes, ", ")));
   }
   if (task.max_length < 2 || task.num_fewshot < 0 || task.max_new_tokens < 1) {
-    throw UserError(fmt::format("{}: max_length ≥ 2, num_fewshot ≥ 0 and max_new_tokens ≥ 1 are expected", at));
+    throw UserError(
+        fmt::format("{}: max_length ≥ 2, num_fewshot ≥ 0 and max_new_tokens ≥ 1 are expected", at));
   }
   if (!data.empty()) {
     Reader d(data, at + ": data");
@@ -148,7 +150,8 @@ TaskSpec read_task(const nlohmann::json& node, const std::string& where) {
   if (!generated && task.data.files.empty()) throw UserError(fmt::format("{}: 'data.file' is required", at));
   if (task.type == "multiple_choice" && task.choices.empty() && task.choices_from.empty() &&
       task.contexts_from.empty()) {
-    throw UserError(fmt::format("{}: a multiple_choice task needs 'choices', 'choices_from' or 'contexts_from'", at));
+    throw UserError(
+        fmt::format("{}: a multiple_choice task needs 'choices', 'choices_from' or 'contexts_from'", at));
   }
   if (task.metrics.empty()) task.metrics = default_metrics(task.type);
   return task;
@@ -157,11 +160,13 @@ TaskSpec read_task(const nlohmann::json& node, const std::string& where) {
 }  // namespace
 
 bool needs_tokenizer(const SuiteSpec& suite) {
-  return std::any_of(suite.tasks.begin(), suite.tasks.end(), [](const TaskSpec& t) { return t.type != "mqar"; });
+  return std::any_of(suite.tasks.begin(), suite.tasks.end(),
+                     [](const TaskSpec& t) { return t.type != "mqar"; });
 }
 
 std::vector<std::string> default_metrics(const std::string& type) {
-  if (type == "perplexity") return {"word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity"};
+  if (type == "perplexity")
+    return {"word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity"};
   if (type == "cloze") return {"acc", "perplexity"};
   if (type == "multiple_choice") return {"acc", "acc_norm"};
   if (type == "generate") return {"exact_match", "contains"};
@@ -190,7 +195,8 @@ SuiteSpec load_suite(const std::filesystem::path& file) {
   r.read("tasks", tasks);
   r.finish();
   if (suite.name.empty()) suite.name = file.stem().string();
-  if (!tasks.is_array() || tasks.empty()) throw UserError(fmt::format("{}: 'tasks' must list at least one task", file.string()));
+  if (!tasks.is_array() || tasks.empty())
+    throw UserError(fmt::format("{}: 'tasks' must list at least one task", file.string()));
   std::set<std::string> names;
   for (size_t i = 0; i < tasks.size(); ++i) {
     suite.tasks.push_back(read_task(tasks[i], fmt::format("{}: tasks[{}]", file.string(), i)));

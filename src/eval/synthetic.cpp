@@ -12,12 +12,14 @@ namespace {
 constexpr const char* kFiller =
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
 
-constexpr const char* kAdjectives[] = {"amber", "brisk",  "calm",  "dusty", "eager", "faint", "gentle", "hollow",
-                                       "icy",   "jolly",  "keen",  "lucid", "mellow", "noble", "odd",   "proud",
-                                       "quiet", "rustic", "silent", "tidy",  "vivid", "wild",  "young", "zesty"};
-constexpr const char* kNouns[] = {"anchor", "badger", "candle", "dune",   "ember",  "falcon", "garden", "harbor",
-                                  "island", "jacket", "kettle", "lantern", "meadow", "needle", "orchid", "pebble",
-                                  "quarry", "river",  "saddle", "tunnel", "valley", "walnut", "yarrow", "zephyr"};
+constexpr const char* kAdjectives[] = {"amber",  "brisk",  "calm",  "dusty", "eager", "faint",
+                                       "gentle", "hollow", "icy",   "jolly", "keen",  "lucid",
+                                       "mellow", "noble",  "odd",   "proud", "quiet", "rustic",
+                                       "silent", "tidy",   "vivid", "wild",  "young", "zesty"};
+constexpr const char* kNouns[] = {"anchor", "badger", "candle", "dune",   "ember",  "falcon",
+                                  "garden", "harbor", "island", "jacket", "kettle", "lantern",
+                                  "meadow", "needle", "orchid", "pebble", "quarry", "river",
+                                  "saddle", "tunnel", "valley", "walnut", "yarrow", "zephyr"};
 
 uint64_t pick(std::mt19937_64& rng, uint64_t n) {
   return rng() % n;
@@ -41,11 +43,13 @@ std::vector<size_t> sentence_starts(const std::string& haystack) {
 std::string build(const std::string& prefix, const std::string& unit, const std::string& needle,
                   const std::string& suffix, int64_t length, double depth, const data::Tokenizer& tokenizer) {
   if (unit.empty()) throw UserError("the haystack text is empty");
-  const auto tokens = [&](const std::string& text) { return static_cast<int64_t>(tokenizer.encode(text).size()); };
+  const auto tokens = [&](const std::string& text) {
+    return static_cast<int64_t>(tokenizer.encode(text).size());
+  };
   const int64_t fixed = tokens(prefix + needle + suffix);
   if (fixed >= length) {
-    throw UserError(fmt::format("a probe of {} tokens cannot hold its instructions and needle ({} tokens)", length,
-                                fixed));
+    throw UserError(fmt::format("a probe of {} tokens cannot hold its instructions and needle ({} tokens)",
+                                length, fixed));
   }
   // Estimate the haystack from the unit's tokens per character, then shrink until it fits.
   const double tokens_per_char = static_cast<double>(tokens(unit)) / static_cast<double>(unit.size());
@@ -86,13 +90,14 @@ ProbePrompt niah_prompt(int variant, const std::string& essay, int64_t length, d
       hex += "0123456789abcdef"[pick(rng, 16)];
     hex[12] = '4';
     hex[16] = "89ab"[pick(rng, 4)];
-    value = fmt::format("{}-{}-{}-{}-{}", hex.substr(0, 8), hex.substr(8, 4), hex.substr(12, 4), hex.substr(16, 4),
-                        hex.substr(20));
+    value = fmt::format("{}-{}-{}-{}-{}", hex.substr(0, 8), hex.substr(8, 4), hex.substr(12, 4),
+                        hex.substr(16, 4), hex.substr(20));
   } else {
     value = std::to_string(1000000 + pick(rng, 9000000));
   }
   const std::string prefix = fmt::format(
-      "Some special magic {0}s are hidden within the following text. Make sure to memorize it. I will quiz you "
+      "Some special magic {0}s are hidden within the following text. Make sure to memorize it. I will quiz "
+      "you "
       "about the {0}s afterwards.\n",
       kind);
   const std::string needle = fmt::format("One of the special magic {}s for {} is: {}. ", kind, key, value);
@@ -108,7 +113,8 @@ ProbePrompt passkey_prompt(int64_t length, double depth, uint64_t seed, const da
   std::mt19937_64 rng(seed);
   const std::string key = std::to_string(1 + pick(rng, 50000));
   const std::string prefix =
-      "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz "
+      "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will "
+      "quiz "
       "you about the important information there.\n";
   const std::string needle = fmt::format("The pass key is {0}. Remember it. {0} is the pass key. ", key);
   const std::string suffix = "\nWhat is the pass key? The pass key is";

@@ -46,8 +46,8 @@ void keep_requested(TaskResult& result, const TaskSpec& task, const std::map<std
       std::string known;
       for (const auto& [name, value] : computed)
         known += (known.empty() ? "" : ", ") + name;
-      throw UserError(fmt::format("task '{}': metric '{}' is not one a {} task computes ({})", task.name, metric,
-                                  task.type, known));
+      throw UserError(fmt::format("task '{}': metric '{}' is not one a {} task computes ({})", task.name,
+                                  metric, task.type, known));
     }
     result.metrics[metric] = it->second;
   }
@@ -103,9 +103,13 @@ std::string example_text(const TaskSpec& task, const Json& doc) {
     const std::string& context = c.contexts.size() == 1 ? c.contexts[0] : c.contexts[c.gold];
     return context + task.target_delimiter + c.continuations[c.gold];
   }
-  if (task.type == "cloze") return render(task.context, doc) + task.target_delimiter + render(task.target, doc);
-  const auto answers = !task.answers_from.empty() ? values_at(doc, task.answers_from) : std::vector<std::string>{};
-  const std::string answer = !answers.empty() ? answers[0] : task.answers.empty() ? "" : render(task.answers[0], doc);
+  if (task.type == "cloze")
+    return render(task.context, doc) + task.target_delimiter + render(task.target, doc);
+  const auto answers =
+      !task.answers_from.empty() ? values_at(doc, task.answers_from) : std::vector<std::string>{};
+  const std::string answer = !answers.empty()       ? answers[0]
+                             : task.answers.empty() ? ""
+                                                    : render(task.answers[0], doc);
   return render(task.context, doc) + task.target_delimiter + answer;
 }
 
@@ -127,7 +131,8 @@ auto per_document(const TaskSpec& task, size_t index, F&& f) {
   }
 }
 
-TaskResult perplexity(const TaskSpec& task, const std::vector<Json>& docs, TaskContext& ctx, TaskResult result) {
+TaskResult perplexity(const TaskSpec& task, const std::vector<Json>& docs, TaskContext& ctx,
+                      TaskResult result) {
   std::vector<LoglikelihoodRequest> requests;
   std::vector<size_t> owner;  // document of each window
   double words = 0, bytes = 0, tokens = 0;
@@ -175,13 +180,15 @@ TaskResult cloze(const TaskSpec& task, const std::vector<Json>& docs, TaskContex
   return result;
 }
 
-TaskResult choice_task(const TaskSpec& task, const std::vector<Json>& docs, TaskContext& ctx, TaskResult result) {
+TaskResult choice_task(const TaskSpec& task, const std::vector<Json>& docs, TaskContext& ctx,
+                       TaskResult result) {
   std::vector<LoglikelihoodRequest> requests;
   std::vector<Choices> all;
   for (size_t d = 0; d < docs.size(); ++d) {
     all.push_back(per_document(task, d, [&] { return multiple_choice(task, docs[d]); }));
     for (size_t k = 0; k < all.back().continuations.size(); ++k) {
-      const std::string& context = all.back().contexts.size() == 1 ? all.back().contexts[0] : all.back().contexts[k];
+      const std::string& context =
+          all.back().contexts.size() == 1 ? all.back().contexts[0] : all.back().contexts[k];
       requests.push_back(encode_pair(ctx.tokenizer, with_fewshot(task, docs, d, ctx.seed, context),
                                      task.target_delimiter + all.back().continuations[k]));
     }
@@ -202,7 +209,8 @@ TaskResult choice_task(const TaskSpec& task, const std::vector<Json>& docs, Task
     acc_bytes.push_back(argmax(by_bytes) == c.gold ? 1.0 : 0.0);
   }
   result.n = static_cast<int64_t>(docs.size());
-  keep_requested(result, task, {{"acc", mean(acc)}, {"acc_norm", mean(acc_norm)}, {"acc_bytes", mean(acc_bytes)}});
+  keep_requested(result, task,
+                 {{"acc", mean(acc)}, {"acc_norm", mean(acc_norm)}, {"acc_bytes", mean(acc_bytes)}});
   return result;
 }
 
@@ -220,7 +228,8 @@ std::string answer_of(TaskContext& ctx, const TaskSpec& task, const std::string&
   return text;
 }
 
-TaskResult generate_task(const TaskSpec& task, const std::vector<Json>& docs, TaskContext& ctx, TaskResult result) {
+TaskResult generate_task(const TaskSpec& task, const std::vector<Json>& docs, TaskContext& ctx,
+                         TaskResult result) {
   std::vector<double> exact(docs.size(), 0.0), contains(docs.size(), 0.0);
   for (size_t d = 0; d < docs.size(); ++d) {
     if (!ctx.scorer.shard().mine(d)) continue;
@@ -229,8 +238,8 @@ TaskResult generate_task(const TaskSpec& task, const std::vector<Json>& docs, Ta
           task.answers_from.empty() ? std::vector<std::string>{} : values_at(docs[d], task.answers_from);
       for (const auto& a : task.answers)
         answers.push_back(render(a, docs[d]));
-      const std::string output = normalize_answer(
-          answer_of(ctx, task, with_fewshot(task, docs, d, ctx.seed, render(task.context, docs[d])), task.until));
+      const std::string output = normalize_answer(answer_of(
+          ctx, task, with_fewshot(task, docs, d, ctx.seed, render(task.context, docs[d])), task.until));
       for (const auto& answer : answers) {
         const std::string expected = normalize_answer(answer);
         if (output == expected) exact[d] = 1.0;
@@ -274,7 +283,9 @@ TaskResult mqar_task(const TaskSpec& task, TaskContext& ctx, TaskResult result) 
   }
   ctx.scorer.shard().sum(per_example, ctx.scorer.device());
   result.n = examples;
-  result.settings["generator"] = {{"examples", examples}, {"seq_len", seq_len}, {"num_kv_pairs", options.num_kv_pairs},
+  result.settings["generator"] = {{"examples", examples},
+                                  {"seq_len", seq_len},
+                                  {"num_kv_pairs", options.num_kv_pairs},
                                   {"power_a", options.power_a}};
   keep_requested(result, task, {{"accuracy", mean(per_example)}});
   return result;
@@ -294,7 +305,8 @@ TaskResult probe_task(const TaskSpec& task, TaskContext& ctx, TaskResult result)
   const auto& g = task.generator;
   const std::vector<int64_t> lengths = g.value("lengths", std::vector<int64_t>{1024, 2048});
   const std::vector<double> depths = g.value("depths", std::vector<double>{0.0, 0.25, 0.5, 0.75, 1.0});
-  const int64_t samples = ctx.limit > 0 ? std::min(ctx.limit, setting(g, "samples", 10)) : setting(g, "samples", 10);
+  const int64_t samples =
+      ctx.limit > 0 ? std::min(ctx.limit, setting(g, "samples", 10)) : setting(g, "samples", 10);
   const int variant = static_cast<int>(setting(g, "variant", 1));
   std::string essay;
   if (task.type == "niah" && variant != 1) {
@@ -318,8 +330,9 @@ TaskResult probe_task(const TaskSpec& task, TaskContext& ctx, TaskResult result)
     const int64_t length = lengths[cell / depths.size()];
     const double depth = depths[cell % depths.size()];
     const uint64_t seed = static_cast<uint64_t>(setting(g, "seed", ctx.seed)) * 1000003ULL + i;
-    const ProbePrompt probe = task.type == "niah" ? niah_prompt(variant, essay, length, depth, seed, ctx.tokenizer)
-                                                  : passkey_prompt(length, depth, seed, ctx.tokenizer);
+    const ProbePrompt probe = task.type == "niah"
+                                  ? niah_prompt(variant, essay, length, depth, seed, ctx.tokenizer)
+                                  : passkey_prompt(length, depth, seed, ctx.tokenizer);
     TaskSpec generous = task;
     generous.max_length = length + task.max_new_tokens;
     scores[i] = string_match_all(answer_of(ctx, generous, probe.prompt, {}), probe.answers);
@@ -338,11 +351,13 @@ TaskResult probe_task(const TaskSpec& task, TaskContext& ctx, TaskResult result)
       length_sum += sum;
     }
     grid.push_back(row);
-    computed[fmt::format("accuracy@{}", lengths[l])] = length_sum / static_cast<double>(samples * depths.size());
+    computed[fmt::format("accuracy@{}", lengths[l])] =
+        length_sum / static_cast<double>(samples * depths.size());
   }
   result.grid = {{"lengths", lengths}, {"depths", depths}, {"accuracy", grid}};
   result.n = static_cast<int64_t>(scores.size());
-  result.settings["generator"] = {{"lengths", lengths}, {"depths", depths}, {"samples", samples}, {"variant", variant}};
+  result.settings["generator"] = {
+      {"lengths", lengths}, {"depths", depths}, {"samples", samples}, {"variant", variant}};
   TaskSpec all = task;
   if (std::find(all.metrics.begin(), all.metrics.end(), "accuracy") != all.metrics.end()) {
     for (const auto length : lengths)
@@ -404,7 +419,8 @@ TaskResult run_task(const TaskSpec& task, TaskContext& ctx) {
     if (task.type == "mqar") return mqar_task(task, ctx, result);
     if (task.type == "niah" || task.type == "passkey") return probe_task(task, ctx, result);
     std::vector<Json> docs = load_documents(task.data, ctx.data_root);
-    if (ctx.limit > 0 && static_cast<int64_t>(docs.size()) > ctx.limit) docs.resize(static_cast<size_t>(ctx.limit));
+    if (ctx.limit > 0 && static_cast<int64_t>(docs.size()) > ctx.limit)
+      docs.resize(static_cast<size_t>(ctx.limit));
     if (docs.empty()) throw UserError(fmt::format("task '{}': the data has no documents", task.name));
     if (task.type == "perplexity") return perplexity(task, docs, ctx, result);
     if (task.type == "cloze") return cloze(task, docs, ctx, result);

@@ -25,7 +25,8 @@ std::vector<Step> parse_path(std::string_view path) {
     }
     if (path[i] == '[') {
       const auto close = path.find(']', i);
-      if (close == std::string_view::npos) throw UserError(fmt::format("field path '{}': '[' without ']'", path));
+      if (close == std::string_view::npos)
+        throw UserError(fmt::format("field path '{}': '[' without ']'", path));
       const std::string_view inside = path.substr(i + 1, close - i - 1);
       Step step;
       if (inside.empty()) {
@@ -47,13 +48,15 @@ std::vector<Step> parse_path(std::string_view path) {
   return steps;
 }
 
-const nlohmann::json* walk(const nlohmann::json* node, const std::vector<Step>& steps, size_t from, size_t to) {
+const nlohmann::json* walk(const nlohmann::json* node, const std::vector<Step>& steps, size_t from,
+                           size_t to) {
   for (size_t s = from; s < to && node != nullptr; ++s) {
     const Step& step = steps[s];
     if (!step.key.empty()) {
       node = node->is_object() && node->contains(step.key) ? &node->at(step.key) : nullptr;
     } else if (step.index >= 0) {
-      node = node->is_array() && step.index < static_cast<int64_t>(node->size()) ? &node->at(step.index) : nullptr;
+      node = node->is_array() && step.index < static_cast<int64_t>(node->size()) ? &node->at(step.index)
+                                                                                 : nullptr;
     }
   }
   return node;
@@ -68,7 +71,8 @@ std::string as_text(const nlohmann::json& value) {
 const nlohmann::json* find_path(const nlohmann::json& doc, std::string_view path) {
   const auto steps = parse_path(path);
   for (const auto& step : steps)
-    if (step.every) throw UserError(fmt::format("field path '{}': '[]' is only allowed in list fields", path));
+    if (step.every)
+      throw UserError(fmt::format("field path '{}': '[]' is only allowed in list fields", path));
   return walk(&doc, steps, 0, steps.size());
 }
 
@@ -92,7 +96,8 @@ std::vector<std::string> values_at(const nlohmann::json& doc, std::string_view p
   }
   for (const auto& item : *node) {
     const nlohmann::json* leaf = walk(&item, steps, split + 1, steps.size());
-    if (leaf == nullptr) throw UserError(fmt::format("field '{}' is missing from an element of the list", path));
+    if (leaf == nullptr)
+      throw UserError(fmt::format("field '{}' is missing from an element of the list", path));
     out.push_back(as_text(*leaf));
   }
   return out;
@@ -114,10 +119,12 @@ std::string render(std::string_view text, const nlohmann::json& doc) {
       continue;
     }
     const auto close = text.find('}', i);
-    if (close == std::string_view::npos) throw UserError(fmt::format("template '{}': '{{' without '}}'", text));
+    if (close == std::string_view::npos)
+      throw UserError(fmt::format("template '{}': '{{' without '}}'", text));
     const std::string_view path = text.substr(i + 1, close - i - 1);
     const nlohmann::json* value = find_path(doc, path);
-    if (value == nullptr) throw UserError(fmt::format("the document has no field '{}' (template '{}')", path, text));
+    if (value == nullptr)
+      throw UserError(fmt::format("the document has no field '{}' (template '{}')", path, text));
     out += as_text(*value);
     i = close + 1;
   }

@@ -22,8 +22,8 @@ void MetricsLog::append(const nlohmann::json& row) {
 }
 
 void write_curve_svg(const std::filesystem::path& file, const std::vector<double>& steps,
-                     const std::vector<double>& values, const std::string& title,
-                     const std::string& y_label, const std::string& x_label) {
+                     const std::vector<double>& values, const std::string& title, const std::string& y_label,
+                     const std::string& x_label) {
   constexpr double kWidth = 720, kHeight = 420, kLeft = 70, kRight = 20, kTop = 40, kBottom = 50;
   const bool log_y = !values.empty() && *std::min_element(values.begin(), values.end()) > 0;
   auto transform = [&](double v) { return log_y ? std::log10(v) : v; };

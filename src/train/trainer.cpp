@@ -146,9 +146,10 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
     eval_suite_ = eval::load_suite(config_.eval.suite);
     eval_tokenizer_ = data::load_tokenizer(config_.data.tokenizer.empty() ? "byte" : config_.data.tokenizer);
     if (eval::needs_tokenizer(*eval_suite_) && eval_tokenizer_->vocab_size() > config_.model.vocab_size) {
-      throw UserError(fmt::format("eval.suite: the tokenizer ({} tokens) does not fit model.vocab_size = {}; set "
-                                  "data.tokenizer to the model's tokenizer",
-                                  eval_tokenizer_->vocab_size(), config_.model.vocab_size));
+      throw UserError(
+          fmt::format("eval.suite: the tokenizer ({} tokens) does not fit model.vocab_size = {}; set "
+                      "data.tokenizer to the model's tokenizer",
+                      eval_tokenizer_->vocab_size(), config_.model.vocab_size));
     }
   }
   if (is_main()) metrics_ = std::make_unique<MetricsLog>(run_dir_.root / "metrics.jsonl");
@@ -395,8 +396,8 @@ void Trainer::run_eval_suite() {
   options.limit = config_.eval.limit;
   options.batch_size = std::max<int64_t>(1, config_.train.batch_size / config_.train.grad_accum_steps);
   spdlog::info("step {}: evaluation suite '{}'", state_.step, eval_suite_->name);
-  const auto results = eval::run_suite(*eval_suite_, *model_, *eval_tokenizer_, config_.model.vocab_size, device_,
-                                       options, {dist_.rank, dist_.world_size, communicator_.get()});
+  const auto results = eval::run_suite(*eval_suite_, *model_, *eval_tokenizer_, config_.model.vocab_size,
+                                       device_, options, {dist_.rank, dist_.world_size, communicator_.get()});
   model_->train();
   nlohmann::json tasks = nlohmann::json::object();
   for (const auto& task : results)

@@ -11,24 +11,28 @@ namespace fs = std::filesystem;
 using test::has_substr;
 using test::run_dla;
 
-// A tiny byte-level model trained for two steps: enough for numbers that differ from checkpoint to checkpoint.
+// A tiny byte-level model trained for two steps: enough for numbers that differ from checkpoint to
+// checkpoint.
 fs::path tiny_checkpoint(const fs::path& dir, int seed) {
-  const auto result = run_dla(fmt::format(
-      "train --config configs/quickstart.yaml --set model.vocab_size=258 --set model.num_layers=1 "
-      "--set train.steps=2 --set train.batch_size=2 --set train.seq_len=32 --set data.mqar.eval_examples=2 "
-      "--set run.seed={} --run-dir '{}'",
-      seed, (dir / "run").string()),
-                              DLA_SOURCE_DIR);
+  const auto result = run_dla(
+      fmt::format(
+          "train --config configs/quickstart.yaml --set model.vocab_size=258 --set model.num_layers=1 "
+          "--set train.steps=2 --set train.batch_size=2 --set train.seq_len=32 --set "
+          "data.mqar.eval_examples=2 "
+          "--set run.seed={} --run-dir '{}'",
+          seed, (dir / "run").string()),
+      DLA_SOURCE_DIR);
   INFO(result.output);
   REQUIRE(result.status == 0);
   return dir / "run" / "model";
 }
 
 void write_suite(const fs::path& dir) {
-  test::write_text(dir / "docs.jsonl",
-                   "{\"q\": \"Sky?\", \"a\": \"blue\", \"b\": \"green\", \"label\": 0, \"text\": \"The sky is blue.\"}\n"
-                   "{\"q\": \"Grass?\", \"a\": \"blue\", \"b\": \"green\", \"label\": 1, \"text\": \"Grass is green.\"}\n"
-                   "{\"q\": \"Sun?\", \"a\": \"yellow\", \"b\": \"grey\", \"label\": 0, \"text\": \"The sun.\"}\n");
+  test::write_text(
+      dir / "docs.jsonl",
+      "{\"q\": \"Sky?\", \"a\": \"blue\", \"b\": \"green\", \"label\": 0, \"text\": \"The sky is blue.\"}\n"
+      "{\"q\": \"Grass?\", \"a\": \"blue\", \"b\": \"green\", \"label\": 1, \"text\": \"Grass is green.\"}\n"
+      "{\"q\": \"Sun?\", \"a\": \"yellow\", \"b\": \"grey\", \"label\": 0, \"text\": \"The sun.\"}\n");
   test::write_text(dir / "suite.yaml", R"(suite: tiny
 batch_size: 2
 tasks:
@@ -63,9 +67,9 @@ TEST_CASE("dla eval writes JSON, Markdown, CSV and plots with checkpoints side b
   write_suite(dir.path());
   const auto first = tiny_checkpoint(dir / "one", 1);
   const auto second = tiny_checkpoint(dir / "two", 2);
-  const auto result = run_dla(fmt::format("eval --config '{}' --checkpoint '{},{}' --data-root '{}' --out '{}'",
-                                          (dir / "suite.yaml").string(), first.string(), second.string(),
-                                          dir.path().string(), (dir / "out").string()));
+  const auto result = run_dla(fmt::format(
+      "eval --config '{}' --checkpoint '{},{}' --data-root '{}' --out '{}'", (dir / "suite.yaml").string(),
+      first.string(), second.string(), dir.path().string(), (dir / "out").string()));
   INFO(result.output);
   REQUIRE(result.status == 0);
   CHECK_THAT(result.output, has_substr("absent skipped (optional)"));
@@ -113,14 +117,17 @@ TEST_CASE("dla eval names the file and line of broken data, and refuses missing 
   test::TempDir dir;
   write_suite(dir.path());
   const auto checkpoint = tiny_checkpoint(dir.path(), 1);
-  test::write_text(dir / "docs.jsonl", "{\"q\": \"Sky?\", \"a\": \"blue\", \"b\": \"x\", \"label\": 0, \"text\": \"t\"}\n{oops\n");
+  test::write_text(
+      dir / "docs.jsonl",
+      "{\"q\": \"Sky?\", \"a\": \"blue\", \"b\": \"x\", \"label\": 0, \"text\": \"t\"}\n{oops\n");
   const auto broken = run_dla(fmt::format("eval --config '{}' --checkpoint '{}' --data-root '{}' --out '{}'",
-                                          (dir / "suite.yaml").string(), checkpoint.string(), dir.path().string(),
-                                          (dir / "out").string()));
+                                          (dir / "suite.yaml").string(), checkpoint.string(),
+                                          dir.path().string(), (dir / "out").string()));
   CHECK(broken.status == 1);
   CHECK_THAT(broken.output, has_substr("docs.jsonl:2: not valid JSON"));
-  const auto no_root = run_dla(fmt::format("eval --config '{}' --checkpoint '{}' --out '{}'",
-                                           (dir / "suite.yaml").string(), checkpoint.string(), (dir / "out").string()));
+  const auto no_root =
+      run_dla(fmt::format("eval --config '{}' --checkpoint '{}' --out '{}'", (dir / "suite.yaml").string(),
+                          checkpoint.string(), (dir / "out").string()));
   CHECK(no_root.status == 1);
   CHECK_THAT(no_root.output, has_substr("task 'text'"));
   CHECK_THAT(no_root.output, has_substr("does not exist"));

@@ -4,10 +4,10 @@
 #include <torch/nn/modules/linear.h>
 
 #include "catch.h"
+#include "dist/dist_testing.h"
 #include "dla/dist/gradient_reducer.h"
 #include "dla/dist/launcher.h"
 #include "dla/dist/replicas.h"
-#include "dist/dist_testing.h"
 
 namespace dla::dist {
 namespace {

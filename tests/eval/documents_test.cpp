@@ -27,9 +27,11 @@ TEST_CASE("documents come from JSON lines, JSON arrays, line groups, text and la
   test::write_text(dir / "labels.lst", "1\n0\n");
   test::write_text(dir / "b.json", R"([{"y": "p"}, {"y": "q"}, {"y": "r"}])");
   test::write_text(dir / "c.txt", "ctx one\n2\nctx two\n0\n");
-  test::write_text(dir / "wiki.txt", " \n = Alpha = \n text a \n = = Sub = = \n more \n = Beta = \n text b \n");
-  test::write_text(dir / "adapters.json",
-                   R"([{"instruction": "Please choose the correct answer to the question: Why?\n\nAnswer1: red Answer2: the blue one\n\nAnswer format: answer1/answer2", "answer": "answer2"}])");
+  test::write_text(dir / "wiki.txt",
+                   " \n = Alpha = \n text a \n = = Sub = = \n more \n = Beta = \n text b \n");
+  test::write_text(
+      dir / "adapters.json",
+      R"([{"instruction": "Please choose the correct answer to the question: Why?\n\nAnswer1: red Answer2: the blue one\n\nAnswer format: answer1/answer2", "answer": "answer2"}])");
 
   const auto a = load_documents(source("a.jsonl", "jsonl", {}, "none", "labels.lst"), dir.path());
   REQUIRE(a.size() == 2);
@@ -55,7 +57,8 @@ TEST_CASE("missing and malformed data files are errors naming the file and line"
   test::TempDir dir;
   CHECK_THROWS_AS(load_documents(source("nope.jsonl"), dir.path()), MissingDataFile);
   test::write_text(dir / "bad.jsonl", "{\"x\": 1}\n{\"x\": \n");
-  CHECK_THROWS_WITH(load_documents(source("bad.jsonl"), dir.path()), test::has_substr("bad.jsonl:2: not valid JSON"));
+  CHECK_THROWS_WITH(load_documents(source("bad.jsonl"), dir.path()),
+                    test::has_substr("bad.jsonl:2: not valid JSON"));
   test::write_text(dir / "short.txt", "a\nb\nc\n");
   CHECK_THROWS_WITH(load_documents(source("short.txt", "lines", {"p", "q"}), dir.path()),
                     test::has_substr("ends inside a record of 2 lines"));
@@ -63,7 +66,8 @@ TEST_CASE("missing and malformed data files are errors naming the file and line"
   test::write_text(dir / "labels.lst", "0\n");
   CHECK_THROWS_WITH(load_documents(source("a.jsonl", "jsonl", {}, "none", "labels.lst"), dir.path()),
                     test::has_substr("1 labels for 2 documents"));
-  CHECK_THROWS_WITH(load_documents(source("a.jsonl", "yaml"), dir.path()), test::has_substr("data format 'yaml'"));
+  CHECK_THROWS_WITH(load_documents(source("a.jsonl", "yaml"), dir.path()),
+                    test::has_substr("data format 'yaml'"));
 }
 
 }  // namespace dla::eval

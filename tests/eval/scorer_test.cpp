@@ -27,14 +27,16 @@ std::vector<LoglikelihoodRequest> some_requests() {
   const data::ByteTokenizer bytes;
   std::vector<LoglikelihoodRequest> requests;
   for (int i = 0; i < 11; ++i)
-    requests.push_back(encode_pair(bytes, std::string(static_cast<size_t>(3 + 5 * i), 'a' + i % 7) + "?",
-                                   fmt::format(" answer {}", std::string(static_cast<size_t>(i % 4 + 1), 'x'))));
+    requests.push_back(
+        encode_pair(bytes, std::string(static_cast<size_t>(3 + 5 * i), 'a' + i % 7) + "?",
+                    fmt::format(" answer {}", std::string(static_cast<size_t>(i % 4 + 1), 'x'))));
   return requests;
 }
 
 }  // namespace
 
-TEST_CASE("encode_pair moves trailing spaces to the continuation and conditions empty contexts on EOS", "[eval]") {
+TEST_CASE("encode_pair moves trailing spaces to the continuation and conditions empty contexts on EOS",
+          "[eval]") {
   const data::ByteTokenizer bytes;
   const auto r = encode_pair(bytes, "ab  ", "c");
   CHECK(r.context == std::vector<int64_t>{'a', 'b'});

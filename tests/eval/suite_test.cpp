@@ -9,7 +9,8 @@ namespace dla::eval {
 TEST_CASE("the suites in configs/eval parse", "[eval]") {
   for (const char* name : {"synthetic", "commonsense", "recall", "longcontext"}) {
     CAPTURE(name);
-    const auto suite = load_suite(std::filesystem::path(DLA_SOURCE_DIR) / "configs" / "eval" / (std::string(name) + ".yaml"));
+    const auto suite = load_suite(std::filesystem::path(DLA_SOURCE_DIR) / "configs" / "eval" /
+                                  (std::string(name) + ".yaml"));
     CHECK(suite.name == name);
     CHECK_FALSE(suite.tasks.empty());
   }
@@ -30,7 +31,8 @@ TEST_CASE("suite mistakes name the file, task and key", "[eval]") {
                     test::has_substr("unknown key 'contxt'"));
   CHECK_THROWS_WITH(load_suite(suite_with("  - {name: a, type: quiz, data: {file: x}}\n")),
                     test::has_substr("type 'quiz' is not one of"));
-  CHECK_THROWS_WITH(load_suite(suite_with("  - {name: a, type: cloze}\n")), test::has_substr("'data.file' is required"));
+  CHECK_THROWS_WITH(load_suite(suite_with("  - {name: a, type: cloze}\n")),
+                    test::has_substr("'data.file' is required"));
   CHECK_THROWS_WITH(load_suite(suite_with("  - {name: a, type: mqar, num_fewshot: [1]}\n")),
                     test::has_substr("key 'num_fewshot' has the wrong type"));
   CHECK_THROWS_WITH(load_suite(suite_with("  - {name: a, type: mqar}\n  - {name: a, type: mqar}\n")),

@@ -10,7 +10,8 @@ namespace dla::eval {
 
 TEST_CASE("probe prompts are deterministic, fit their length and put the needle at the depth", "[eval]") {
   const data::ByteTokenizer bytes;
-  const std::string essay = "It is a truth universally acknowledged. A single man must be in want of a wife. ";
+  const std::string essay =
+      "It is a truth universally acknowledged. A single man must be in want of a wife. ";
   for (const int variant : {1, 2, 3}) {
     CAPTURE(variant);
     const auto a = niah_prompt(variant, essay, 2000, 0.5, 9, bytes);
@@ -26,7 +27,8 @@ TEST_CASE("probe prompts are deterministic, fit their length and put the needle 
     CHECK(where > 0.4);
     CHECK(where < 0.6);
     if (variant == 3) {
-      CHECK(std::regex_match(a.answers[0], std::regex("[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")));
+      CHECK(std::regex_match(
+          a.answers[0], std::regex("[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")));
     } else {
       CHECK(std::regex_match(a.answers[0], std::regex("[0-9]{7}")));
     }

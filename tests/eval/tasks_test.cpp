@@ -69,8 +69,9 @@ TEST_CASE("multiple_choice: acc takes the largest log-likelihood, acc_norm divid
   CHECK(r.metrics.at("acc_norm") == 0.5);
   CHECK(r.metrics.at("acc_bytes") == 0.5);
   // Labels instead of indices, and one context per choice (WinoGrande's layout).
-  test::write_text(f.dir / "labels.jsonl", "{\"opts\": [\"x\", \"yy\"], \"ctx\": [\"long context\", \"c\"], "
-                                           "\"tail\": \"end\", \"keys\": [\"A\", \"B\"], \"answer\": \"B\"}\n");
+  test::write_text(f.dir / "labels.jsonl",
+                   "{\"opts\": [\"x\", \"yy\"], \"ctx\": [\"long context\", \"c\"], "
+                   "\"tail\": \"end\", \"keys\": [\"A\", \"B\"], \"answer\": \"B\"}\n");
   TaskSpec by_label = task("multiple_choice", "labels.jsonl");
   by_label.contexts_from = "ctx";
   by_label.continuation = "{tail}";
@@ -83,7 +84,8 @@ TEST_CASE("multiple_choice: acc takes the largest log-likelihood, acc_norm divid
 TEST_CASE("cloze: accuracy is the greedy check, perplexity is per document", "[eval]") {
   Fixture f;
   test::write_text(f.dir / "cloze.jsonl",
-                   "{\"context\": \"the cat\", \"continuation\": \"sat\"}\n{\"context\": \"a\", \"continuation\": \"dog\"}\n");
+                   "{\"context\": \"the cat\", \"continuation\": \"sat\"}\n{\"context\": \"a\", "
+                   "\"continuation\": \"dog\"}\n");
   TaskSpec t = task("cloze", "cloze.jsonl");
   t.context = "{context}";
   t.target = "{continuation}";
@@ -100,7 +102,8 @@ TEST_CASE("few-shot prompts, answer normalisation and helpers", "[eval]") {
   CHECK(count_characters("héllo") == 5);
   CHECK(count_words(" a  b\tc\n") == 3);
   Fixture f;
-  test::write_text(f.dir / "qa.jsonl", "{\"q\": \"2+2\", \"a\": [\"four\"]}\n{\"q\": \"3+3\", \"a\": [\"six\"]}\n");
+  test::write_text(f.dir / "qa.jsonl",
+                   "{\"q\": \"2+2\", \"a\": [\"four\"]}\n{\"q\": \"3+3\", \"a\": [\"six\"]}\n");
   TaskSpec t = task("generate", "qa.jsonl");
   t.context = "Q: {q}\nA:";
   t.answers_from = "a";
@@ -126,7 +129,8 @@ TEST_CASE("optional tasks without data are skipped; others fail naming the file"
   TaskSpec broken = task("cloze", "x.jsonl");
   broken.context = "{context}";
   broken.target = "{answer}";
-  CHECK_THROWS_WITH(run_task(broken, f.context), test::has_substr("task 'cloze', document 1: the document has no field 'answer'"));
+  CHECK_THROWS_WITH(run_task(broken, f.context),
+                    test::has_substr("task 'cloze', document 1: the document has no field 'answer'"));
 }
 
 }  // namespace dla::eval

@@ -11,7 +11,8 @@ TEST_CASE("templates substitute fields, nested paths and indices", "[eval]") {
       R"({"goal": "boil water", "n": 3, "question": {"stem": "Why?", "choices": [{"text": "a", "label": "A"},
           {"text": "b", "label": "B"}]}})");
   CHECK(render("Question: {goal}\nAnswer:", doc) == "Question: boil water\nAnswer:");
-  CHECK(render("{question.stem} {question.choices[1].text} n={n} {{literal}}", doc) == "Why? b n=3 {literal}");
+  CHECK(render("{question.stem} {question.choices[1].text} n={n} {{literal}}", doc) ==
+        "Why? b n=3 {literal}");
   CHECK(values_at(doc, "question.choices[].label") == std::vector<std::string>{"A", "B"});
   CHECK(values_at(doc, "goal") == std::vector<std::string>{"boil water"});
   CHECK(find_path(doc, "question.choices[5].text") == nullptr);

@@ -182,10 +182,12 @@ namespace dla::train {
 TEST_CASE("eval.suite runs during training every eval.every steps and at the end", "[train][eval]") {
   QuietLog quiet;
   test::TempDir dir;
-  test::write_text(dir / "suite.yaml",
-                   "suite: during\ntasks:\n  - {name: keys, type: mqar, generator: {examples: 4, seq_len: 16, "
-                   "num_kv_pairs: 2}}\n");
-  const auto config = tiny_config({"train.steps=5", "eval.every=2", "eval.suite=" + (dir / "suite.yaml").string()});
+  test::write_text(
+      dir / "suite.yaml",
+      "suite: during\ntasks:\n  - {name: keys, type: mqar, generator: {examples: 4, seq_len: 16, "
+      "num_kv_pairs: 2}}\n");
+  const auto config =
+      tiny_config({"train.steps=5", "eval.every=2", "eval.suite=" + (dir / "suite.yaml").string()});
   Trainer trainer(config, run_directory(dir / "run"));
   trainer.run();
   std::vector<int64_t> steps;
@@ -198,8 +200,9 @@ TEST_CASE("eval.suite runs during training every eval.every steps and at the end
   }
   CHECK(steps == std::vector<int64_t>{2, 4, 5});
   // A suite file that is not there is refused before training starts.
-  CHECK_THROWS_WITH(Trainer(tiny_config({"eval.suite=" + (dir / "none.yaml").string()}), run_directory(dir / "r2")),
-                    test::has_substr("none.yaml' does not exist"));
+  CHECK_THROWS_WITH(
+      Trainer(tiny_config({"eval.suite=" + (dir / "none.yaml").string()}), run_directory(dir / "r2")),
+      test::has_substr("none.yaml' does not exist"));
 }
 
 }  // namespace dla::train

@@ -31,7 +31,8 @@ class MissingDataFile : public UserError {
 
 /// Reads every document. Missing files throw MissingDataFile; malformed records throw UserError naming the
 /// file and line.
-std::vector<nlohmann::json> load_documents(const DocumentSource& source, const std::filesystem::path& data_root);
+std::vector<nlohmann::json> load_documents(const DocumentSource& source,
+                                           const std::filesystem::path& data_root);
 
 /// WikiText's tokenised spacing undone (" @-@ " → "-", " , " → ", ", …), as lm-evaluation-harness does
 /// before scoring WikiText pages.

@@ -17,8 +17,9 @@ struct TrainingEvalOptions {
   template <class V>
   void visit(V& v) {
     using config::Bounds;
-    v.field("suite", suite,
-            "Evaluation suite (YAML, docs/eval.md) run during training, sharded over the ranks; empty: none.");
+    v.field(
+        "suite", suite,
+        "Evaluation suite (YAML, docs/eval.md) run during training, sharded over the ranks; empty: none.");
     v.field("every", every, "Steps between suite runs; the suite also runs at the end. 0: only at the end.",
             Bounds::at_least(0));
     v.field("limit", limit, "At most this many documents or examples per task; 0: all.", Bounds::at_least(0));

@@ -17,8 +17,9 @@ struct EvalOptions {
 
 /// Every task of `suite` on `model` (left in eval mode; the caller restores training mode). Tasks that are
 /// optional and lack data are reported as skipped.
-std::vector<TaskResult> run_suite(const SuiteSpec& suite, model::CausalLMImpl& model, const data::Tokenizer& tokenizer,
-                                  int64_t vocab_size, at::Device device, const EvalOptions& options, Shard shard = {});
+std::vector<TaskResult> run_suite(const SuiteSpec& suite, model::CausalLMImpl& model,
+                                  const data::Tokenizer& tokenizer, int64_t vocab_size, at::Device device,
+                                  const EvalOptions& options, Shard shard = {});
 
 struct CheckpointResults {
   std::string checkpoint;

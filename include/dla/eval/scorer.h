@@ -27,7 +27,8 @@ struct Loglikelihood {
 /// Tokens of a (context, continuation) pair as lm-evaluation-harness splits them: trailing spaces of the
 /// context move to the continuation, the whole string is encoded and split after the context's tokens; an
 /// empty context is the end-of-text token.
-LoglikelihoodRequest encode_pair(const data::Tokenizer& tokenizer, std::string context, std::string continuation);
+LoglikelihoodRequest encode_pair(const data::Tokenizer& tokenizer, std::string context,
+                                 std::string continuation);
 
 /// lm-evaluation-harness's rolling windows over a document: every token is predicted exactly once, the first
 /// window from `prefix_token`, later ones from up to max_length previous tokens.
@@ -61,8 +62,8 @@ class Scorer {
   /// contexts lose tokens on the left. Requests are batched longest first with right padding, which a causal
   /// model does not see, so results do not depend on the batch size. With a shard, every rank gets all
   /// results.
-  std::vector<Loglikelihood> loglikelihood(const std::vector<LoglikelihoodRequest>& requests, int64_t max_length,
-                                           PositionLoss* positions = nullptr);
+  std::vector<Loglikelihood> loglikelihood(const std::vector<LoglikelihoodRequest>& requests,
+                                           int64_t max_length, PositionLoss* positions = nullptr);
 
   /// Greedy continuation of `prompt` (left-truncated to max_length − max_new tokens): a chunkwise prefill,
   /// then recurrent decoding; stops early at `stop_token` (when ≥ 0).

@@ -20,10 +20,10 @@ struct TaskSpec {
   bool optional = false;  ///< a missing data file skips the task with a note instead of failing the suite
   int version = 1;        ///< reported with the results; bump it when the task's definition changes
   DocumentSource data;
-  std::string text = "{text}";    ///< perplexity: the document text
-  std::string detokenize = "none";  ///< perplexity: none | wikitext
-  std::string context;            ///< cloze, multiple_choice, generate: the prompt
-  std::string target;             ///< cloze: the continuation scored after the context
+  std::string text = "{text}";       ///< perplexity: the document text
+  std::string detokenize = "none";   ///< perplexity: none | wikitext
+  std::string context;               ///< cloze, multiple_choice, generate: the prompt
+  std::string target;                ///< cloze: the continuation scored after the context
   std::vector<std::string> choices;  ///< multiple_choice: one template per choice …
   std::string choices_from;          ///< … or a list field ("choices", "question.choices[].text")
   std::string contexts_from;         ///< multiple_choice with one context per choice (WinoGrande)
@@ -35,10 +35,10 @@ struct TaskSpec {
   std::string target_delimiter = " ";
   std::string fewshot_delimiter = "\n\n";
   int64_t num_fewshot = 0;
-  int64_t max_length = 2048;   ///< tokens the model sees at once
-  int64_t max_new_tokens = 32;  ///< generate, niah, passkey
-  std::vector<std::string> until = {"\n"};  ///< generate: the answer ends at the first of these
-  std::vector<std::string> metrics;         ///< empty: the type's defaults
+  int64_t max_length = 2048;                            ///< tokens the model sees at once
+  int64_t max_new_tokens = 32;                          ///< generate, niah, passkey
+  std::vector<std::string> until = {"\n"};              ///< generate: the answer ends at the first of these
+  std::vector<std::string> metrics;                     ///< empty: the type's defaults
   nlohmann::json generator = nlohmann::json::object();  ///< mqar, niah, passkey settings
 };
 

@@ -22,8 +22,8 @@ struct TaskResult {
   std::map<std::string, double> metrics;  ///< as the suite asked, in name order
   std::string skipped;                    ///< why an optional task did not run; empty when it ran
   PositionLoss positions;                 ///< perplexity, cloze: loss by input position
-  nlohmann::json grid;                    ///< niah, passkey: {"lengths": [...], "depths": [...], "accuracy": [[...]]}
-  nlohmann::json settings;                ///< num_fewshot, max_length, generator settings
+  nlohmann::json grid;      ///< niah, passkey: {"lengths": [...], "depths": [...], "accuracy": [[...]]}
+  nlohmann::json settings;  ///< num_fewshot, max_length, generator settings
 };
 
 struct TaskContext {

@@ -1,6 +1,6 @@
 // Field templates of evaluation tasks: "Question: {goal}\nAnswer:" filled from one document (a JSON object).
-// A field is a path: dotted keys and array indices ("question.choices[2].text"); "[]" in a list path maps over
-// an array ("question.choices[].text"). "{{" and "}}" are literal braces.
+// A field is a path: dotted keys and array indices ("question.choices[2].text"); "[]" in a list path maps
+// over an array ("question.choices[].text"). "{{" and "}}" are literal braces.
 #pragma once
 
 #include <string>

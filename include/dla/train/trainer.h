@@ -83,8 +83,8 @@ class Trainer {
   std::unique_ptr<data::BatchLoader> train_loader_;   ///< data.source = tokens
   std::unique_ptr<data::BatchLoader> val_loader_;     ///< data.source = tokens, when the data has a val split
   std::unique_ptr<torch::optim::AdamW> optimizer_;
-  std::optional<eval::SuiteSpec> eval_suite_;          ///< eval.suite, read at the start
-  std::unique_ptr<data::Tokenizer> eval_tokenizer_;    ///< data.tokenizer, else byte
+  std::optional<eval::SuiteSpec> eval_suite_;        ///< eval.suite, read at the start
+  std::unique_ptr<data::Tokenizer> eval_tokenizer_;  ///< data.tokenizer, else byte
   TrainState state_;
   std::unique_ptr<MetricsLog> metrics_;
   std::vector<double> curve_steps_, curve_losses_;
