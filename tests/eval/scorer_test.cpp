@@ -11,16 +11,8 @@ namespace dla::eval {
 namespace {
 
 model::CausalLM random_model() {
-  model::ModelOptions options;
-  options.vocab_size = 258;
-  options.hidden_size = 16;
-  options.num_layers = 2;
-  options.gdn.num_heads = 2;
-  options.gdn.head_dim = 8;
-  options.intermediate_size = 32;
-  options.chunk_size = 16;
   torch::manual_seed(7);
-  return model::CausalLM(options);
+  return model::CausalLM(test::small_model_options(258, 2));
 }
 
 std::vector<LoglikelihoodRequest> some_requests() {
