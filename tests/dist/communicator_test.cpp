@@ -1,6 +1,7 @@
 // Collectives, gradient buckets and replica checks over Gloo, with the ranks as threads of this process.
 #include "dla/dist/communicator.h"
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/nn/modules/linear.h>
 
 #include "catch.h"
@@ -146,6 +147,73 @@ TEST_CASE("a rank that never joins makes the rendezvous fail within the timeout"
   CHECK_THROWS_WITH(Communicator(thread_rank(0, 2, free_port()), options, at::Device(at::kCPU)),
                     test::has_substr("rank 0: the rendezvous failed"));
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(20));
+}
+
+}  // namespace dla::dist
+
+namespace dla::dist {
+
+TEST_CASE("NCCL on the GPU: collectives and the gradient reducer", "[dist][cuda]") {
+  const int gpus = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;
+  if (gpus == 0) {
+    WARN("no CUDA device: the NCCL path is not exercised on this machine");
+    return;
+  }
+  // One rank per GPU, as threads; on a one-GPU machine a job of one rank still runs NCCL's code path.
+  const int world = std::min(gpus, 2);
+  const int port = free_port();
+  DistOptions options;
+  options.backend = Backend::nccl;
+  options.timeout_s = 60;
+  std::vector<std::vector<float>> sums(world);
+  std::vector<std::vector<at::Tensor>> grads(world);
+  std::vector<std::exception_ptr> errors(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(r));
+        c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
+        Communicator c(test::thread_rank(r, world, port), options, device);
+        at::Tensor t = at::full({3}, 1.0f + r, at::TensorOptions().device(device));
+        c.all_reduce(t);
+        c.barrier();
+        t = t.cpu();
+        sums[r] = std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + 3);
+        SmallNet net;
+        net.to(device);
+        GradientReducer reducer(c, net.parameters(), 16);
+        for (int m = 0; m < 2; ++m) {
+          reducer.set_sync(m == 1);
+          net.forward(rank_input(r, m).to(device)).square().sum().backward();
+        }
+        reducer.finish();
+        for (auto& p : net.parameters())
+          grads[r].push_back(p.grad().cpu());
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  SmallNet reference;
+  for (int r = 0; r < world; ++r)
+    for (int m = 0; m < 2; ++m)
+      reference.forward(rank_input(r, m)).square().sum().backward();
+  const float total = world == 1 ? 1.0f : 3.0f;
+  for (int r = 0; r < world; ++r) {
+    CAPTURE(r);
+    CHECK(sums[r] == std::vector<float>(3, total));
+    const auto params = reference.parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const at::Tensor expected =
+          params[i].grad().defined() ? params[i].grad() / world : at::zeros_like(params[i]);
+      CHECK(at::allclose(grads[r][i], expected, 1e-5, 1e-5));
+    }
+  }
 }
 
 }  // namespace dla::dist
