@@ -6,11 +6,10 @@
 #include <torch/optim/adamw.h>
 #include <torch/utils.h>
 
-#include <c10/core/impl/DeviceGuardImplInterface.h>
-
 #include <chrono>
 
 #include "dla/bench/bench.h"
+#include "dla/dist/device.h"
 #include "dla/dist/gradient_reducer.h"
 #include "dla/dist/replicas.h"
 #include "dla/model/causal_lm.h"
@@ -31,9 +30,7 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
   }
   // Under `dla launch` each rank takes its share of the batch and gradients are all-reduced as in training.
   const dist::DistEnvironment env = dist::read_environment();
-  const at::Device device =
-      cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank)) : at::Device(at::kCPU);
-  if (cuda) c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
+  const at::Device device = dist::rank_device(cuda, env);
   const bool autocast = train.precision == train::Precision::bfloat16;
   if (autocast && !cuda) throw UserError("train.precision = bfloat16 needs a CUDA device");
   const int64_t B = train.batch_size, T = train.seq_len;

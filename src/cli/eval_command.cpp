@@ -1,9 +1,9 @@
 // `dla eval`: an evaluation suite on one or more checkpoints, side by side.
-#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
 
 #include "dla/checkpoint/model_checkpoint.h"
 #include "dla/cli/command.h"
+#include "dla/dist/device.h"
 #include "dla/dist/environment.h"
 #include "dla/eval/runner.h"
 #include "dla/util/error.h"
@@ -42,9 +42,7 @@ int evaluate(const EvalArgs& args) {
   if (checkpoints.empty()) throw UserError("--checkpoint names no checkpoint");
   const bool cuda = args.device == "cuda" || (args.device == "auto" && torch::cuda::is_available());
   if (args.device == "cuda" && !torch::cuda::is_available()) throw UserError("--device cuda: no CUDA device");
-  const at::Device device =
-      cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank)) : at::Device(at::kCPU);
-  if (cuda) c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
+  const at::Device device = dist::rank_device(cuda, env);
   eval::EvalOptions options;
   options.data_root = args.data_root;
   options.limit = args.limit;

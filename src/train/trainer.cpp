@@ -7,8 +7,6 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/utils.h>
 
-#include <c10/core/impl/DeviceGuardImplInterface.h>
-
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -19,6 +17,7 @@
 #include "dla/data/manifest.h"
 #include "dla/data/mqar.h"
 #include "dla/data/tokenizer.h"
+#include "dla/dist/device.h"
 #include "dla/dist/replicas.h"
 #include "dla/eval/runner.h"
 #include "dla/io/atomic_file.h"
@@ -29,23 +28,12 @@
 namespace dla::train {
 namespace {
 
-// On CUDA, each rank of a node owns the GPU of its local rank.
 at::Device choose_device(DeviceKind kind, const dist::DistEnvironment& env) {
   const bool cuda = torch::cuda::is_available();
   if (kind == DeviceKind::cuda && !cuda) {
     throw UserError("train.device = cuda, but no CUDA device is available (see `dla version`)");
   }
-  if (!(kind == DeviceKind::cuda || (kind == DeviceKind::auto_select && cuda))) return at::Device(at::kCPU);
-  const auto gpus = static_cast<int>(torch::cuda::device_count());
-  if (env.local_rank >= gpus) {
-    throw UserError(
-        fmt::format("rank {}: local rank {} has no GPU of its own ({} visible); start at most {} "
-                    "workers per node",
-                    env.rank, env.local_rank, gpus, gpus));
-  }
-  const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
-  c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
-  return device;
+  return dist::rank_device(kind == DeviceKind::cuda || (kind == DeviceKind::auto_select && cuda), env);
 }
 
 // Test hooks for failure handling: DLA_FAULT_RANK=kill:R:S makes rank R kill itself (SIGKILL) when step S

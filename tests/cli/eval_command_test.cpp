@@ -67,9 +67,10 @@ TEST_CASE("dla eval writes JSON, Markdown, CSV and plots with checkpoints side b
   write_suite(dir.path());
   const auto first = tiny_checkpoint(dir / "one", 1);
   const auto second = tiny_checkpoint(dir / "two", 2);
-  const auto result = run_dla(fmt::format(
-      "eval --config '{}' --checkpoint '{},{}' --data-root '{}' --out '{}'", (dir / "suite.yaml").string(),
-      first.string(), second.string(), dir.path().string(), (dir / "out").string()));
+  const auto result =
+      run_dla(fmt::format("eval --config '{}' --checkpoint '{},{}' --data-root '{}' --out '{}' --device cpu",
+                          (dir / "suite.yaml").string(), first.string(), second.string(), dir.path().string(),
+                          (dir / "out").string()));
   INFO(result.output);
   REQUIRE(result.status == 0);
   CHECK_THAT(result.output, has_substr("absent skipped (optional)"));
@@ -98,7 +99,8 @@ TEST_CASE("dla eval writes JSON, Markdown, CSV and plots with checkpoints side b
 
   // The same suite shared out over 2 ranks gives the same numbers.
   const auto sharded = run_dla(fmt::format(
-      "launch --nproc-per-node 2 -- eval --config '{}' --checkpoint '{}' --data-root '{}' --out '{}'",
+      "launch --nproc-per-node 2 -- eval --config '{}' --checkpoint '{}' --data-root '{}' --out '{}' "
+      "--device cpu",
       (dir / "suite.yaml").string(), first.string(), dir.path().string(), (dir / "sharded").string()));
   INFO(sharded.output);
   REQUIRE(sharded.status == 0);
