@@ -4,6 +4,8 @@
 #include <torch/version.h>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 
 #include "dla/build_info.h"
 #include "dla/io/atomic_file.h"
@@ -56,6 +58,14 @@ void write_heatmap_svg(const std::filesystem::path& file, const nlohmann::json& 
   svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">needle depth</text>\n</svg>\n",
                      left + cell_w * static_cast<double>(depths.size()) / 2, bottom + 38);
   write_text(file, svg);
+}
+
+// The suite exactly as run, so a result file says how every task was defined.
+std::string read_suite_text(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
 }
 
 nlohmann::json task_json(const TaskResult& t) {
@@ -115,6 +125,7 @@ void write_report(const std::filesystem::path& out, const SuiteSpec& suite, cons
   nlohmann::json all = {
       {"suite", suite.name},
       {"suite_file", suite.file.string()},
+      {"suite_yaml", read_suite_text(suite.file)},
       {"seed", suite.seed},
       {"limit", options.limit},
       {"versions", {{"dla", DLA_VERSION}, {"commit", DLA_GIT_COMMIT}, {"libtorch", TORCH_VERSION}}},

@@ -84,6 +84,7 @@ TEST_CASE("dla eval writes JSON, Markdown, CSV and plots with checkpoints side b
   CHECK(tasks[3].at("grid").at("accuracy").size() == 2);
   CHECK(tasks[4].contains("skipped"));
   CHECK(json.at("versions").contains("commit"));
+  CHECK_THAT(json.at("suite_yaml").get<std::string>(), has_substr("name: colours"));
   const std::string md = test::read_text(dir / "out" / "results.md");
   CHECK_THAT(md, has_substr(first.string()));
   CHECK_THAT(md, has_substr(second.string()));
