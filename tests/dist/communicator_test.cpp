@@ -2,6 +2,8 @@
 #include "dla/dist/communicator.h"
 
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
 
 #include "catch.h"
@@ -111,6 +113,21 @@ TEST_CASE("GradientReducer averages accumulated gradients over ranks, bucket by 
       }
     }
   }
+}
+
+TEST_CASE("bucket all-reduces start from the hooks, during the backward pass", "[dist]") {
+  std::vector<int64_t> started(2), total(2);
+  run_ranks(2, [&](Communicator& c) {
+    torch::nn::Sequential net(torch::nn::Linear(4, 8), torch::nn::Tanh(), torch::nn::Linear(8, 2));
+    GradientReducer reducer(c, net->parameters(), 4);
+    net->forward(rank_input(c.rank(), 0)).sum().backward();
+    // Every parameter got its gradient, so every bucket is on its way before finish() is called.
+    started[c.rank()] = reducer.started_buckets();
+    total[c.rank()] = reducer.num_buckets();
+    reducer.finish();
+  });
+  CHECK(total[0] == 4);
+  CHECK(started == total);
 }
 
 TEST_CASE("replicas are compared by digest, and broadcast_module makes them equal", "[dist]") {

@@ -135,6 +135,20 @@ TEST_CASE("2 and 3 ranks, and 2 nodes of 1, train like one process on the same g
   check_same_losses(expected, losses(run));
 }
 
+TEST_CASE("with gradient accumulation, 3 ranks train like one process", "[dist][cli]") {
+  test::TempDir dir;
+  const fs::path config = write_config(dir.path(), {"train.batch_size=12", "train.grad_accum_steps=2"});
+  const auto single =
+      run_dla(fmt::format("train --config '{}' --run-dir '{}'", config.string(), (dir / "one").string()));
+  INFO(single.output);
+  REQUIRE(single.status == 0);
+  const auto ranks = run_dla(launch_train(3, config, dir / "three"));
+  INFO(ranks.output);
+  REQUIRE(ranks.status == 0);
+  check_same_losses(losses(dir / "one"), losses(dir / "three"));
+  check_same_weights(dir / "one", dir / "three");
+}
+
 TEST_CASE("a worker killed mid-run ends the job with an error naming its rank", "[dist][cli]") {
   test::TempDir dir;
   const fs::path config = write_config(dir.path(), {"train.steps=1000", "dist.timeout_s=20"});

@@ -29,6 +29,8 @@ class GradientReducer {
   void finish();
 
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  /// Buckets whose all-reduce has started in the current backward pass (all of them after finish()).
+  int64_t started_buckets() const { return next_bucket_; }
 
  private:
   struct Slot {
