@@ -178,44 +178,34 @@ TEST_CASE("NCCL on the GPU: collectives and the gradient reducer", "[dist][cuda]
   }
   // One rank per GPU, as threads; on a one-GPU machine a job of one rank still runs NCCL's code path.
   const int world = std::min(gpus, 2);
-  const int port = free_port();
   DistOptions options;
   options.backend = Backend::nccl;
   options.timeout_s = 60;
+  const auto gpu = [](int r) { return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(r)); };
   std::vector<std::vector<float>> sums(world);
   std::vector<std::vector<at::Tensor>> grads(world);
-  std::vector<std::exception_ptr> errors(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(r));
-        c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
-        Communicator c(test::thread_rank(r, world, port), options, device);
-        at::Tensor t = at::full({3}, 1.0f + r, at::TensorOptions().device(device));
+  run_ranks(
+      world,
+      [&](Communicator& c) {
+        const int r = c.rank();
+        c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(gpu(r));
+        at::Tensor t = at::full({3}, 1.0f + r, at::TensorOptions().device(gpu(r)));
         c.all_reduce(t);
         c.barrier();
         t = t.cpu();
         sums[r] = std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + 3);
         SmallNet net;
-        net.to(device);
+        net.to(gpu(r));
         GradientReducer reducer(c, net.parameters(), 16);
         for (int m = 0; m < 2; ++m) {
           reducer.set_sync(m == 1);
-          net.forward(rank_input(r, m).to(device)).square().sum().backward();
+          net.forward(rank_input(r, m).to(gpu(r))).square().sum().backward();
         }
         reducer.finish();
         for (auto& p : net.parameters())
           grads[r].push_back(p.grad().cpu());
-      } catch (...) {
-        errors[r] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads)
-    t.join();
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
+      },
+      options, gpu);
   SmallNet reference;
   for (int r = 0; r < world; ++r)
     for (int m = 0; m < 2; ++m)

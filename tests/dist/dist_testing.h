@@ -3,6 +3,7 @@
 #pragma once
 
 #include <exception>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -21,18 +22,19 @@ inline dist::DistEnvironment thread_rank(int rank, int world_size, int port) {
   return env;
 }
 
-/// Runs body(communicator) on `world_size` threads, one rank each; rethrows the first rank's exception.
+/// Runs body(communicator) on `world_size` threads, one rank each, rank r on device_of(r); rethrows the first
+/// rank's exception.
 template <class Body>
-void run_ranks(int world_size, Body body, double timeout_s = 30) {
+void run_ranks(
+    int world_size, Body body, dist::DistOptions options = {},
+    const std::function<at::Device(int)>& device_of = [](int) { return at::Device(at::kCPU); }) {
   const int port = dist::free_port();
-  dist::DistOptions options;
-  options.timeout_s = timeout_s;
   std::vector<std::exception_ptr> errors(world_size);
   std::vector<std::thread> threads;
   for (int r = 0; r < world_size; ++r) {
     threads.emplace_back([&, r] {
       try {
-        dist::Communicator communicator(thread_rank(r, world_size, port), options, at::Device(at::kCPU));
+        dist::Communicator communicator(thread_rank(r, world_size, port), options, device_of(r));
         body(communicator);
       } catch (...) {
         errors[r] = std::current_exception();
