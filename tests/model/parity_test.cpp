@@ -112,7 +112,7 @@ TEST_CASE("GDN causal LM matches fla GatedDeltaNetForCausalLM: logits and loss",
   const at::Tensor logits = model.forward(ids);
   // fla computed these logits in training mode, through Triton chunk kernels whose float32 dot products
   // run in TF32 (operands truncated to 10 mantissa bits), so they carry ~1e-3 relative rounding that an
-  // exact float32 model cannot reproduce (docs/model.md, experiments/fla-tf32). The logits are held to
+  // exact float32 model cannot reproduce (docs/model.md). The logits are held to
   // that bound and the loss, where the rounding averages out, to 1e-4.
   const auto stats = test::expect_close("logits", reader.tensor("logits"), logits, 2e-3);
   CHECK(stats.max_abs_diff <= 5e-3);
