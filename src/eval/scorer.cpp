@@ -136,16 +136,9 @@ std::vector<Loglikelihood> Scorer::loglikelihood(const std::vector<Loglikelihood
   }
   shard_.sum(values, device_);
   if (positions != nullptr && shard_.world_size > 1) {
-    // Every rank needs the same length before the sum.
-    std::vector<double> size{static_cast<double>(positions->sum.size())};
-    std::vector<double> longest = size;
-    if (shard_.communicator != nullptr) {
-      at::Tensor t = at::tensor(size, at::TensorOptions().dtype(at::kDouble)).to(device_);
-      shard_.communicator->all_reduce(t, dist::ReduceOp::max);
-      longest[0] = t.cpu().item<double>();
-    }
-    positions->sum.resize(static_cast<size_t>(longest[0]), 0.0);
-    positions->count.resize(static_cast<size_t>(longest[0]), 0.0);
+    // Positions are below max_length on every rank, so that length lines the ranks' sums up.
+    positions->sum.resize(static_cast<size_t>(max_length), 0.0);
+    positions->count.resize(static_cast<size_t>(max_length), 0.0);
     shard_.sum(positions->sum, device_);
     shard_.sum(positions->count, device_);
   }
