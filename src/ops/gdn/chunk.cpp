@@ -5,6 +5,8 @@
 #include <ATen/ops/linalg_solve_triangular.h>
 #include <c10/util/Exception.h>
 
+#include "dla/ops/fused.h"
+#include "dla/ops/kernels.h"
 #include "dla/ops/gdn.h"
 
 namespace dla::ops::gdn {
@@ -26,6 +28,7 @@ WyRepr wy_repr(const at::Tensor& k_BHMCK, const at::Tensor& v_BHMCV, const at::T
 
 OpResult chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                const at::Tensor& beta, double scale, const at::Tensor& initial_state, int64_t chunk_size) {
+  if (use_fused_kernels(q)) return fused::chunk(q, k, v, g, beta, scale, initial_state, chunk_size);
   common::check_inputs("gdn::chunk", q, k, v, g, initial_state);
   common::check_token_gate("gdn::chunk", "beta", beta, q);
   TORCH_CHECK(chunk_size >= 1, "gdn::chunk: chunk_size must be at least 1, got ", chunk_size);

@@ -3,12 +3,15 @@
 // Shapes: B batch, T tokens, H heads, N state dim, P head dim, M chunks, C chunk length.
 #include <c10/util/Exception.h>
 
+#include "dla/ops/fused.h"
+#include "dla/ops/kernels.h"
 #include "dla/ops/ssd.h"
 
 namespace dla::ops::ssd {
 
 OpResult chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                double scale, const at::Tensor& initial_state, int64_t chunk_size) {
+  if (use_fused_kernels(q)) return fused::chunk(q, k, v, g, at::Tensor(), scale, initial_state, chunk_size);
   common::check_inputs("ssd::chunk", q, k, v, g, initial_state);
   TORCH_CHECK(chunk_size >= 1, "ssd::chunk: chunk_size must be at least 1, got ", chunk_size);
   const at::ScalarType dtype = common::compute_dtype({q, k, v, g, initial_state});

@@ -1,0 +1,205 @@
+// The fused chunkwise op as an autograd function: the forward of the LibTorch-op path with the state pass
+// from fused::state_pass_forward, and the backward written out (docs/ops/fused.md) so that autograd keeps
+// no per-chunk intermediates: only the inputs are saved and the chunk terms are recomputed.
+// Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linalg_solve_triangular.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "dla/ops/fused.h"
+#include "dla/ops/gdn.h"
+
+namespace dla::ops::fused {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+/// The inputs cut into chunks in the compute dtype, with the gate terms every stage uses.
+struct ChunkTerms {
+  at::Tensor q_BHMCK, k_BHMCK, v_BHMCV, beta_BHMC;
+  at::Tensor gamma_BHMC;     ///< chunk-local cumsum of the log gates
+  at::Tensor decay_BHMCC;    ///< exp(gamma_i − gamma_j), j <= i
+  at::Tensor to_end_BHMC;    ///< exp(gamma_last − gamma): decay from each token to its chunk's end
+  at::Tensor k_to_end_BHMCK;
+  at::Tensor chunk_decay_BHM;  ///< exp(gamma_last)
+  at::Tensor w_BHMCK, u_BHMCV;  ///< the WY representation (delta rule only); u is v otherwise
+};
+
+ChunkTerms chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                       const at::Tensor& beta, int64_t chunk_size, at::ScalarType dtype) {
+  ChunkTerms t;
+  t.q_BHMCK = common::to_chunks(q, chunk_size, dtype);
+  t.k_BHMCK = common::to_chunks(k, chunk_size, dtype);
+  t.v_BHMCV = common::to_chunks(v, chunk_size, dtype);
+  t.gamma_BHMC = common::cumsum_gates(common::to_chunks(g, chunk_size, dtype));
+  t.decay_BHMCC = common::decay_matrix(t.gamma_BHMC);
+  const at::Tensor gamma_last_BHM = t.gamma_BHMC.select(-1, -1);
+  t.to_end_BHMC = (gamma_last_BHM.unsqueeze(-1) - t.gamma_BHMC).exp();
+  t.k_to_end_BHMCK = t.k_BHMCK * t.to_end_BHMC.unsqueeze(-1);
+  t.chunk_decay_BHM = gamma_last_BHM.exp();
+  if (beta.defined()) {
+    t.beta_BHMC = common::to_chunks(beta, chunk_size, dtype);
+    const gdn::WyRepr wy = gdn::wy_repr(t.k_BHMCK, t.v_BHMCV, t.beta_BHMC, t.gamma_BHMC, t.decay_BHMCC);
+    t.w_BHMCK = wy.w_BHMCK.contiguous();
+    t.u_BHMCV = wy.u_BHMCV.contiguous();
+  } else {
+    t.u_BHMCV = t.v_BHMCV;
+  }
+  return t;
+}
+
+/// sum over the last dim of a * b.
+at::Tensor rowwise_dot(const at::Tensor& a, const at::Tensor& b) {
+  return (a * b).sum(-1);
+}
+
+/// The gradients a log-decay matrix term X ⊙ exp(gamma_i − gamma_j) hands to gamma, from dX ⊙ X.
+at::Tensor pair_gamma_gradient(const at::Tensor& grad_times_value_BHMCC) {
+  return grad_times_value_BHMCC.sum(-1) - grad_times_value_BHMCC.sum(-2);
+}
+
+class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta_or_empty,
+                               const at::Tensor& initial_state_or_empty, double scale, int64_t chunk_size,
+                               bool delta_rule, bool has_initial_state) {
+    // The op computes in its own dtype whatever autocast would pick for the matmuls.
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const at::Tensor beta = delta_rule ? beta_or_empty : at::Tensor();
+    const at::Tensor initial_state = has_initial_state ? initial_state_or_empty : at::Tensor();
+    const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
+    ctx->save_for_backward({q, k, v, g, beta, initial_state});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["chunk_size"] = chunk_size;
+    ctx->saved_data["delta_rule"] = delta_rule;
+    ctx->saved_data["has_initial_state"] = has_initial_state;
+
+    const ChunkTerms t = chunk_terms(q, k, v, g, beta, chunk_size, dtype);
+    const StatePassForward pass =
+        state_pass_forward(t.k_to_end_BHMCK, t.u_BHMCV, t.w_BHMCK, t.chunk_decay_BHM,
+                           common::initial_state_or_zeros(initial_state, k, v, dtype));
+    const at::Tensor out_BHMCV = common::chunk_output(t.q_BHMCK, t.k_BHMCK, pass.v_new_BHMCV, t.gamma_BHMC,
+                                                      t.decay_BHMCC, pass.states_BHMKV, scale);
+    return {common::from_chunks(out_BHMCV, q.size(1)).to(q.scalar_type()), pass.final_state_BHKV};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &g = saved[3];
+    const at::Tensor beta = ctx->saved_data["delta_rule"].toBool() ? saved[4] : at::Tensor();
+    const at::Tensor initial_state = ctx->saved_data["has_initial_state"].toBool() ? saved[5] : at::Tensor();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t chunk_size = ctx->saved_data["chunk_size"].toInt();
+    const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
+    const int64_t num_tokens = q.size(1);
+
+    const ChunkTerms t = chunk_terms(q, k, v, g, beta, chunk_size, dtype);
+    const at::Tensor start_state_BHKV = common::initial_state_or_zeros(initial_state, k, v, dtype);
+    const StatePassForward pass =
+        state_pass_forward(t.k_to_end_BHMCK, t.u_BHMCV, t.w_BHMCK, t.chunk_decay_BHM, start_state_BHKV);
+
+    const at::Tensor d_out_BHMCV = grad_outputs[0].defined()
+                                       ? common::to_chunks(grad_outputs[0], chunk_size, dtype)
+                                       : at::zeros_like(t.u_BHMCV);
+    const at::Tensor d_final_BHKV =
+        grad_outputs[1].defined() ? grad_outputs[1].to(dtype) : at::zeros_like(pass.final_state_BHKV);
+
+    // Output: O = scale · (q_read S + P v_new) with q_read = q ⊙ exp(gamma), P = (q kᵀ) ⊙ decay.
+    const at::Tensor gamma_exp_BHMC = t.gamma_BHMC.exp();
+    const at::Tensor q_read_BHMCK = t.q_BHMCK * (gamma_exp_BHMC * scale).unsqueeze(-1);
+    const at::Tensor p_BHMCC = t.q_BHMCK.matmul(t.k_BHMCK.transpose(-1, -2)) * t.decay_BHMCC;
+    const at::Tensor d_v_new_intra_BHMCV = p_BHMCC.transpose(-1, -2).matmul(d_out_BHMCV) * scale;
+    const StatePassBackward back =
+        state_pass_backward(q_read_BHMCK, d_out_BHMCV, d_v_new_intra_BHMCV, t.k_to_end_BHMCK, t.w_BHMCK,
+                            t.chunk_decay_BHM, d_final_BHKV);
+
+    const at::Tensor d_q_read_BHMCK = d_out_BHMCV.matmul(pass.states_BHMKV.transpose(-1, -2));
+    at::Tensor d_q_BHMCK = d_q_read_BHMCK * (gamma_exp_BHMC * scale).unsqueeze(-1);
+    at::Tensor d_gamma_BHMC = rowwise_dot(d_q_read_BHMCK, q_read_BHMCK);
+    const at::Tensor d_p_BHMCC = d_out_BHMCV.matmul(pass.v_new_BHMCV.transpose(-1, -2)) * scale;
+    const at::Tensor d_qk_BHMCC = d_p_BHMCC * t.decay_BHMCC;
+    d_q_BHMCK = d_q_BHMCK + d_qk_BHMCC.matmul(t.k_BHMCK);
+    at::Tensor d_k_BHMCK = d_qk_BHMCC.transpose(-1, -2).matmul(t.q_BHMCK);
+    d_gamma_BHMC = d_gamma_BHMC + pair_gamma_gradient(d_p_BHMCC * p_BHMCC);
+
+    // State hand-over: S_{m+1} = exp(gamma_last) S_m + (k ⊙ to_end)ᵀ v_new.
+    const at::Tensor d_k_to_end_BHMCK = pass.v_new_BHMCV.matmul(back.d_states_next_BHMKV.transpose(-1, -2));
+    d_k_BHMCK = d_k_BHMCK + d_k_to_end_BHMCK * t.to_end_BHMC.unsqueeze(-1);
+    const at::Tensor d_to_end_BHMC = rowwise_dot(d_k_to_end_BHMCK, t.k_to_end_BHMCK);
+    d_gamma_BHMC = d_gamma_BHMC - d_to_end_BHMC;
+    const at::Tensor d_gamma_last_BHM =
+        d_to_end_BHMC.sum(-1) + t.chunk_decay_BHM * (pass.states_BHMKV * back.d_states_next_BHMKV).sum({-1, -2});
+
+    at::Tensor d_v_BHMCV, d_beta_BHMC;
+    if (beta.defined()) {
+      // v_new = u − w S with [w u] = (I + A)⁻¹ [beta exp(gamma) k, beta v].
+      const at::Tensor d_w_BHMCK = -back.d_v_new_BHMCV.matmul(pass.states_BHMKV.transpose(-1, -2));
+      const at::Tensor beta_BHMC1 = t.beta_BHMC.unsqueeze(-1);
+      const at::Tensor kk_BHMCC = t.k_BHMCK.matmul(t.k_BHMCK.transpose(-1, -2)) * t.decay_BHMCC;
+      const at::Tensor a_BHMCC = (beta_BHMC1 * kk_BHMCC).tril(-1);
+      const at::Tensor d_rhs_BHMCX = at::linalg_solve_triangular(
+          a_BHMCC.transpose(-1, -2), at::cat({d_w_BHMCK, back.d_v_new_BHMCV}, -1), /*upper=*/true,
+          /*left=*/true, /*unitriangular=*/true);
+      const int64_t key_dim = t.k_BHMCK.size(-1);
+      const at::Tensor d_kb_BHMCK = d_rhs_BHMCX.narrow(-1, 0, key_dim);
+      const at::Tensor d_vb_BHMCV = d_rhs_BHMCX.narrow(-1, key_dim, t.v_BHMCV.size(-1));
+      const at::Tensor d_a_BHMCC =
+          -(d_kb_BHMCK.matmul(t.w_BHMCK.transpose(-1, -2)) + d_vb_BHMCV.matmul(t.u_BHMCV.transpose(-1, -2)))
+               .tril(-1);
+      const at::Tensor kb_scale_BHMC = t.beta_BHMC * gamma_exp_BHMC;
+      d_k_BHMCK = d_k_BHMCK + d_kb_BHMCK * kb_scale_BHMC.unsqueeze(-1);
+      const at::Tensor d_kb_k_BHMC = rowwise_dot(d_kb_BHMCK, t.k_BHMCK) * gamma_exp_BHMC;
+      d_gamma_BHMC = d_gamma_BHMC + d_kb_k_BHMC * t.beta_BHMC;
+      d_v_BHMCV = d_vb_BHMCV * beta_BHMC1;
+      d_beta_BHMC = d_kb_k_BHMC + rowwise_dot(d_vb_BHMCV, t.v_BHMCV) + (d_a_BHMCC * kk_BHMCC).sum(-1);
+      const at::Tensor d_kk_BHMCC = beta_BHMC1 * d_a_BHMCC * t.decay_BHMCC;
+      d_k_BHMCK = d_k_BHMCK + d_kk_BHMCC.matmul(t.k_BHMCK) + d_kk_BHMCC.transpose(-1, -2).matmul(t.k_BHMCK);
+      d_gamma_BHMC = d_gamma_BHMC + pair_gamma_gradient(d_a_BHMCC * a_BHMCC);
+    } else {
+      d_v_BHMCV = back.d_v_new_BHMCV;
+    }
+
+    // gamma is the chunk-local cumsum of g, so g gets the reverse cumsum of gamma's gradient.
+    d_gamma_BHMC.select(-1, -1).add_(d_gamma_last_BHM);
+    const at::Tensor d_g_BHMC = d_gamma_BHMC.flip(-1).cumsum(-1).flip(-1);
+
+    const auto unchunk = [&](const at::Tensor& x, const at::Tensor& like) {
+      return common::from_chunks(x, num_tokens).to(like.scalar_type());
+    };
+    return {unchunk(d_q_BHMCK, q),
+            unchunk(d_k_BHMCK, k),
+            unchunk(d_v_BHMCV, v),
+            unchunk(d_g_BHMC, g),
+            beta.defined() ? unchunk(d_beta_BHMC, beta) : at::Tensor(),
+            initial_state.defined() ? back.d_initial_state_BHKV.to(initial_state.scalar_type()) : at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+}  // namespace
+
+OpResult chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+               const at::Tensor& beta, double scale, const at::Tensor& initial_state, int64_t chunk_size) {
+  const char* op = beta.defined() ? "gdn::chunk" : "ssd::chunk";
+  common::check_inputs(op, q, k, v, g, initial_state);
+  if (beta.defined()) common::check_token_gate(op, "beta", beta, q);
+  TORCH_CHECK(chunk_size >= 1, op, ": chunk_size must be at least 1, got ", chunk_size);
+  // Autograd functions take defined tensors only: absent ones travel as empty placeholders.
+  const auto or_empty = [&](const at::Tensor& x) { return x.defined() ? x : at::empty({0}, q.options()); };
+  const variable_list result = ChunkFunction::apply(q, k, v, g, or_empty(beta), or_empty(initial_state), scale,
+                                                    chunk_size, beta.defined(), initial_state.defined());
+  return {result[0], result[1]};
+}
+
+}  // namespace dla::ops::fused

@@ -1,0 +1,146 @@
+// The fused state pass: the CUDA kernels where they apply, else the same recurrences as loops of LibTorch
+// ops (the CPU path, and the reference the kernels are tested against).
+// Shapes: B batch, H heads, M chunks, C chunk length, K key dim, V value dim.
+#include <vector>
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
+#include <c10/util/Exception.h>
+
+#include "dla/ops/fused.h"
+#include "state_pass_kernels.h"
+
+#if defined(DLA_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace dla::ops::fused {
+namespace {
+
+#if defined(DLA_WITH_CUDA)
+kernels::StatePassDims dims_of(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV) {
+  return {k_to_end_BHMCK.size(0) * k_to_end_BHMCK.size(1), k_to_end_BHMCK.size(2), k_to_end_BHMCK.size(3),
+          k_to_end_BHMCK.size(4), u_BHMCV.size(4)};
+}
+
+const float* data_or_null(const at::Tensor& x) {
+  return x.defined() ? x.data_ptr<float>() : nullptr;
+}
+
+void* current_stream(const at::Tensor& on) {
+  return c10::cuda::getCurrentCUDAStream(on.device().index()).stream();
+}
+#endif
+
+StatePassForward forward_loop(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV,
+                              const at::Tensor& w_BHMCK, const at::Tensor& chunk_decay_BHM,
+                              const at::Tensor& initial_state_BHKV) {
+  const bool delta_rule = w_BHMCK.defined();
+  std::vector<at::Tensor> states_BHKV;
+  std::vector<at::Tensor> v_new_BHCV;
+  at::Tensor state_BHKV = initial_state_BHKV;
+  for (int64_t m = 0; m < u_BHMCV.size(2); ++m) {
+    states_BHKV.push_back(state_BHKV);
+    const at::Tensor u_BHCV = u_BHMCV.select(2, m);
+    v_new_BHCV.push_back(delta_rule ? u_BHCV - w_BHMCK.select(2, m).matmul(state_BHKV) : u_BHCV);
+    state_BHKV = chunk_decay_BHM.select(2, m).unsqueeze(-1).unsqueeze(-1) * state_BHKV +
+                 k_to_end_BHMCK.select(2, m).transpose(-1, -2).matmul(v_new_BHCV.back());
+  }
+  return {at::stack(states_BHKV, 2), delta_rule ? at::stack(v_new_BHCV, 2) : u_BHMCV, state_BHKV};
+}
+
+StatePassBackward backward_loop(const at::Tensor& q_read_BHMCK, const at::Tensor& d_out_BHMCV,
+                                const at::Tensor& d_v_new_intra_BHMCV, const at::Tensor& k_to_end_BHMCK,
+                                const at::Tensor& w_BHMCK, const at::Tensor& chunk_decay_BHM,
+                                const at::Tensor& d_final_state_BHKV) {
+  const int64_t num_chunks = d_out_BHMCV.size(2);
+  std::vector<at::Tensor> d_states_next_BHKV(num_chunks);
+  std::vector<at::Tensor> d_v_new_BHCV(num_chunks);
+  at::Tensor d_state_BHKV = d_final_state_BHKV;
+  for (int64_t m = num_chunks - 1; m >= 0; --m) {
+    d_states_next_BHKV[m] = d_state_BHKV;
+    d_v_new_BHCV[m] = d_v_new_intra_BHMCV.select(2, m) + k_to_end_BHMCK.select(2, m).matmul(d_state_BHKV);
+    at::Tensor d_start_BHKV = chunk_decay_BHM.select(2, m).unsqueeze(-1).unsqueeze(-1) * d_state_BHKV +
+                              q_read_BHMCK.select(2, m).transpose(-1, -2).matmul(d_out_BHMCV.select(2, m));
+    if (w_BHMCK.defined())
+      d_start_BHKV = d_start_BHKV - w_BHMCK.select(2, m).transpose(-1, -2).matmul(d_v_new_BHCV[m]);
+    d_state_BHKV = d_start_BHKV;
+  }
+  return {at::stack(d_states_next_BHKV, 2), at::stack(d_v_new_BHCV, 2), d_state_BHKV};
+}
+
+}  // namespace
+
+bool state_pass_uses_cuda_kernel([[maybe_unused]] const at::Tensor& k_to_end_BHMCK,
+                                 [[maybe_unused]] const at::Tensor& u_BHMCV) {
+#if defined(DLA_WITH_CUDA)
+  if (!k_to_end_BHMCK.is_cuda() || k_to_end_BHMCK.scalar_type() != at::kFloat) return false;
+  const c10::cuda::CUDAGuard device_guard(k_to_end_BHMCK.device());
+  return kernels::supports(dims_of(k_to_end_BHMCK, u_BHMCV));
+#else
+  return false;
+#endif
+}
+
+StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV,
+                                    const at::Tensor& w_BHMCK, const at::Tensor& chunk_decay_BHM,
+                                    const at::Tensor& initial_state_BHKV) {
+  if (!state_pass_uses_cuda_kernel(k_to_end_BHMCK, u_BHMCV))
+    return forward_loop(k_to_end_BHMCK, u_BHMCV, w_BHMCK, chunk_decay_BHM, initial_state_BHKV);
+#if defined(DLA_WITH_CUDA)
+  const c10::cuda::CUDAGuard device_guard(k_to_end_BHMCK.device());
+  const at::Tensor k_to_end = k_to_end_BHMCK.contiguous();
+  const at::Tensor u = u_BHMCV.contiguous();
+  const at::Tensor w = w_BHMCK.defined() ? w_BHMCK.contiguous() : at::Tensor();
+  const at::Tensor chunk_decay = chunk_decay_BHM.contiguous();
+  const at::Tensor initial_state = initial_state_BHKV.contiguous();
+  const int64_t B = u.size(0), H = u.size(1), M = u.size(2), K = k_to_end.size(4), V = u.size(4);
+  StatePassForward result{at::empty({B, H, M, K, V}, u.options()), w.defined() ? at::empty_like(u) : u,
+                          at::empty({B, H, K, V}, u.options())};
+  const char* error = kernels::state_pass_forward(
+      k_to_end.data_ptr<float>(), u.data_ptr<float>(), data_or_null(w), chunk_decay.data_ptr<float>(),
+      initial_state.data_ptr<float>(), result.states_BHMKV.data_ptr<float>(),
+      w.defined() ? result.v_new_BHMCV.data_ptr<float>() : nullptr, result.final_state_BHKV.data_ptr<float>(),
+      dims_of(k_to_end, u), current_stream(u));
+  TORCH_CHECK(error == nullptr, "fused state pass forward: CUDA kernel failed: ", error);
+  return result;
+#else
+  TORCH_CHECK(false, "fused state pass: dla was built without CUDA");
+#endif
+}
+
+StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::Tensor& d_out_BHMCV,
+                                      const at::Tensor& d_v_new_intra_BHMCV, const at::Tensor& k_to_end_BHMCK,
+                                      const at::Tensor& w_BHMCK, const at::Tensor& chunk_decay_BHM,
+                                      const at::Tensor& d_final_state_BHKV) {
+  if (!state_pass_uses_cuda_kernel(k_to_end_BHMCK, d_out_BHMCV)) {
+    return backward_loop(q_read_BHMCK, d_out_BHMCV, d_v_new_intra_BHMCV, k_to_end_BHMCK, w_BHMCK,
+                         chunk_decay_BHM, d_final_state_BHKV);
+  }
+#if defined(DLA_WITH_CUDA)
+  const c10::cuda::CUDAGuard device_guard(k_to_end_BHMCK.device());
+  const at::Tensor q_read = q_read_BHMCK.contiguous();
+  const at::Tensor d_out = d_out_BHMCV.contiguous();
+  const at::Tensor d_v_new_intra = d_v_new_intra_BHMCV.contiguous();
+  const at::Tensor k_to_end = k_to_end_BHMCK.contiguous();
+  const at::Tensor w = w_BHMCK.defined() ? w_BHMCK.contiguous() : at::Tensor();
+  const at::Tensor chunk_decay = chunk_decay_BHM.contiguous();
+  const at::Tensor d_final_state = d_final_state_BHKV.contiguous();
+  const int64_t B = d_out.size(0), H = d_out.size(1), M = d_out.size(2), K = k_to_end.size(4),
+                V = d_out.size(4);
+  StatePassBackward result{at::empty({B, H, M, K, V}, d_out.options()), at::empty_like(d_out),
+                           at::empty({B, H, K, V}, d_out.options())};
+  const char* error = kernels::state_pass_backward(
+      q_read.data_ptr<float>(), d_out.data_ptr<float>(), d_v_new_intra.data_ptr<float>(),
+      k_to_end.data_ptr<float>(), data_or_null(w), chunk_decay.data_ptr<float>(), d_final_state.data_ptr<float>(),
+      result.d_states_next_BHMKV.data_ptr<float>(), result.d_v_new_BHMCV.data_ptr<float>(),
+      result.d_initial_state_BHKV.data_ptr<float>(), dims_of(k_to_end, d_out), current_stream(d_out));
+  TORCH_CHECK(error == nullptr, "fused state pass backward: CUDA kernel failed: ", error);
+  return result;
+#else
+  TORCH_CHECK(false, "fused state pass: dla was built without CUDA");
+#endif
+}
+
+}  // namespace dla::ops::fused

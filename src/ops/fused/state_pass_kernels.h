@@ -1,0 +1,33 @@
+// The CUDA kernels of the fused state pass, behind a plain C++ interface so that only state_pass.cu is
+// compiled by nvcc. All pointers are contiguous float32 device buffers in the layouts of
+// dla/ops/fused.h, with B·H flattened into one leading dim; `stream` is a cudaStream_t.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace dla::ops::fused::kernels {
+
+struct StatePassDims {
+  int64_t batch_heads;  ///< B·H
+  int64_t chunks;       ///< M
+  int64_t chunk_size;   ///< C
+  int64_t key_dim;      ///< K
+  int64_t value_dim;    ///< V
+};
+
+/// Whether the kernels can run these dims on the current device.
+bool supports(const StatePassDims& dims);
+
+/// nullptr on success, else the CUDA error's text. w may be null (no delta rule; v_new is not written).
+const char* state_pass_forward(const float* k_to_end, const float* u, const float* w, const float* chunk_decay,
+                               const float* initial_state, float* states, float* v_new, float* final_state,
+                               const StatePassDims& dims, void* stream);
+
+/// nullptr on success, else the CUDA error's text. w may be null (no delta rule).
+const char* state_pass_backward(const float* q_read, const float* d_out, const float* d_v_new_intra,
+                                const float* k_to_end, const float* w, const float* chunk_decay,
+                                const float* d_final_state, float* d_states_next, float* d_v_new,
+                                float* d_initial_state, const StatePassDims& dims, void* stream);
+
+}  // namespace dla::ops::fused::kernels

@@ -1,0 +1,198 @@
+// Tests of the fused chunkwise ops: the hand-written backward against autograd through the LibTorch-op path
+// (float64, every input's gradient), the CUDA state-pass kernels against their LibTorch loops, the fused op
+// on the GPU against the float64 CPU op, and the kernel choice.
+// Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
+#include "dla/ops/fused.h"
+
+#include <string>
+#include <vector>
+
+#include <ATen/Context.h>
+#include <ATen/ops/randn.h>
+
+#include "catch.h"
+#include "dla/ops/gdn.h"
+#include "dla/ops/kernels.h"
+#include "dla/ops/ssd.h"
+#include "dla/util/error.h"
+#include "ops/op_testing.h"
+
+namespace {
+
+using dla::ops::KernelChoice;
+using dla::ops::OpResult;
+using dla::test::expect_close;
+using dla::test::OpInputs;
+using dla::test::OpSizes;
+
+/// Sets the kernel choice for one scope.
+class KernelChoiceScope {
+ public:
+  explicit KernelChoiceScope(KernelChoice choice) : previous_(dla::ops::kernel_choice()) {
+    dla::ops::set_kernel_choice(choice);
+  }
+  ~KernelChoiceScope() { dla::ops::set_kernel_choice(previous_); }
+  KernelChoiceScope(const KernelChoiceScope&) = delete;
+  KernelChoiceScope& operator=(const KernelChoiceScope&) = delete;
+
+ private:
+  KernelChoice previous_;
+};
+
+const std::vector<std::string> kInputNames = {"q", "k", "v", "g", "beta", "initial_state"};
+
+/// gdn::chunk (delta_rule) or ssd::chunk on inputs listed as kInputNames, under `choice`.
+OpResult run_chunk(const std::vector<at::Tensor>& x, bool delta_rule, int64_t chunk_size, KernelChoice choice) {
+  const KernelChoiceScope scope(choice);
+  const double scale = delta_rule ? 0.3 : 1.0;
+  if (delta_rule) return dla::ops::gdn::chunk(x[0], x[1], x[2], x[3], x[4], scale, x[5], chunk_size);
+  return dla::ops::ssd::chunk(x[0], x[1], x[2], x[3], scale, x[5], chunk_size);
+}
+
+std::vector<at::Tensor> tensors_of(const OpInputs& in, bool delta_rule) {
+  return {in.q, in.k, in.v, in.g, delta_rule ? in.beta : at::Tensor(), in.initial_state};
+}
+
+/// CHECKs out, final state and all input gradients of the fused path against the LibTorch-op path on the
+/// same inputs; `to_device` moves the fused path's inputs (the reference stays where `inputs` are).
+void expect_fused_matches_aten(const std::vector<at::Tensor>& inputs, bool delta_rule, int64_t chunk_size,
+                               double tol, const std::function<at::Tensor(const at::Tensor&)>& to_device) {
+  const OpResult ref = run_chunk(inputs, delta_rule, chunk_size, KernelChoice::aten);
+  const at::Tensor out_weight = dla::test::random_weight(ref.out.sizes(), 11);
+  const at::Tensor state_weight = dla::test::random_weight(ref.final_state.sizes(), 12);
+  std::vector<at::Tensor> device_inputs;
+  for (const auto& x : inputs)
+    device_inputs.push_back(x.defined() ? to_device(x) : x);
+  const OpResult got = run_chunk(device_inputs, delta_rule, chunk_size, KernelChoice::fused);
+  expect_close("out", ref.out.to(at::kDouble), got.out.cpu().to(at::kDouble), tol);
+  expect_close("final_state", ref.final_state.to(at::kDouble), got.final_state.cpu().to(at::kDouble), tol);
+
+  const auto run = [&](KernelChoice choice) {
+    return [=](const std::vector<at::Tensor>& x) { return run_chunk(x, delta_rule, chunk_size, choice); };
+  };
+  const auto ref_grads = dla::test::op_gradients(run(KernelChoice::aten), inputs,
+                                                 out_weight.to(ref.out.options()), state_weight.to(ref.final_state.options()));
+  const auto got_grads = dla::test::op_gradients(run(KernelChoice::fused), device_inputs,
+                                                 out_weight.to(got.out.options()), state_weight.to(got.final_state.options()));
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    INFO("d" << kInputNames[i]);
+    REQUIRE(ref_grads[i].defined() == got_grads[i].defined());
+    if (!ref_grads[i].defined()) continue;
+    CHECK(got_grads[i].scalar_type() == device_inputs[i].scalar_type());
+    expect_close("d" + kInputNames[i], ref_grads[i].to(at::kDouble), got_grads[i].cpu().to(at::kDouble), tol);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the fused chunk and its hand-written backward equal autograd through the LibTorch ops",
+          "[ops][fused]") {
+  const bool delta_rule = GENERATE(true, false);
+  const bool with_initial_state = GENERATE(true, false);
+  const auto [tokens, chunk_size] = GENERATE(std::pair<int64_t, int64_t>{8, 4}, std::pair<int64_t, int64_t>{37, 16},
+                                             std::pair<int64_t, int64_t>{5, 8});
+  CAPTURE(delta_rule, with_initial_state, tokens, chunk_size);
+  const OpInputs in = dla::test::random_inputs({.batch = 2, .tokens = tokens, .heads = 2, .key_dim = 8, .value_dim = 12},
+                                               with_initial_state, at::kDouble, 40 + static_cast<uint64_t>(tokens));
+  expect_fused_matches_aten(tensors_of(in, delta_rule), delta_rule, chunk_size, 1e-10,
+                            [](const at::Tensor& x) { return x; });
+}
+
+TEST_CASE("the fused backward handles a loss on only one of the outputs", "[ops][fused]") {
+  const OpInputs in = dla::test::random_inputs({.tokens = 12}, true, at::kDouble, 7);
+  const auto grads_of = [&](KernelChoice choice, bool use_out) {
+    std::vector<at::Tensor> leaves;
+    for (const auto& x : tensors_of(in, true))
+      leaves.push_back(x.detach().clone().requires_grad_(true));
+    const OpResult r = run_chunk(leaves, true, 4, choice);
+    (use_out ? r.out.pow(2).sum() : r.final_state.pow(2).sum()).backward();
+    return leaves;
+  };
+  for (const bool use_out : {true, false}) {
+    const auto ref = grads_of(KernelChoice::aten, use_out);
+    const auto got = grads_of(KernelChoice::fused, use_out);
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      // Autograd leaves the gradient of an input the loss does not reach undefined; the fused backward
+      // returns zeros.
+      const at::Tensor ref_grad = ref[i].grad().defined() ? ref[i].grad() : at::zeros_like(ref[i]);
+      REQUIRE(got[i].grad().defined());
+      expect_close("d" + kInputNames[i], ref_grad, got[i].grad(), 1e-10);
+    }
+  }
+}
+
+TEST_CASE("the kernel choice parses auto, aten and fused and names the source of a bad value", "[ops][fused]") {
+  CHECK(dla::ops::parse_kernel_choice("auto", "x") == KernelChoice::automatic);
+  CHECK(dla::ops::parse_kernel_choice("aten", "x") == KernelChoice::aten);
+  CHECK(dla::ops::parse_kernel_choice("fused", "x") == KernelChoice::fused);
+  CHECK_THROWS_WITH(dla::ops::parse_kernel_choice("triton", "DLA_KERNELS"),
+                    "DLA_KERNELS: expected auto, aten or fused, got 'triton'");
+  const KernelChoiceScope scope(KernelChoice::automatic);
+  CHECK_FALSE(dla::ops::use_fused_kernels(at::zeros({1})));
+}
+
+TEST_CASE("on the GPU the state-pass kernels equal their LibTorch loops", "[ops][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the state-pass kernels are not exercised on this machine");
+    return;
+  }
+  struct Dims {
+    int64_t batch, heads, chunks, chunk_size, key_dim, value_dim;
+  };
+  const Dims d = GENERATE(Dims{2, 3, 5, 64, 128, 128}, Dims{1, 2, 3, 16, 32, 40}, Dims{1, 1, 2, 8, 256, 24});
+  const bool delta_rule = GENERATE(true, false);
+  CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, delta_rule);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const auto random = [&](std::vector<int64_t> shape, double scale) { return at::randn(shape, gen, f32) * scale; };
+  const double key_scale = 1.0 / std::sqrt(static_cast<double>(d.key_dim));
+  const at::Tensor k_to_end = random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale);
+  const at::Tensor u = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
+  const at::Tensor w =
+      delta_rule ? random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale) : at::Tensor();
+  const at::Tensor chunk_decay = at::rand({d.batch, d.heads, d.chunks}, gen, f32) * 0.5 + 0.5;
+  const at::Tensor initial = random({d.batch, d.heads, d.key_dim, d.value_dim}, 1.0);
+  const at::Tensor q_read = random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale);
+  const at::Tensor d_out = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
+  const at::Tensor d_intra = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
+  const at::Tensor d_final = random({d.batch, d.heads, d.key_dim, d.value_dim}, 1.0);
+  const auto cuda = [](const at::Tensor& x) { return x.defined() ? x.cuda() : x; };
+  REQUIRE(dla::ops::fused::state_pass_uses_cuda_kernel(cuda(k_to_end), cuda(u)));
+  REQUIRE_FALSE(dla::ops::fused::state_pass_uses_cuda_kernel(k_to_end, u));
+
+  const auto ref = dla::ops::fused::state_pass_forward(k_to_end, u, w, chunk_decay, initial);
+  const auto got = dla::ops::fused::state_pass_forward(cuda(k_to_end), cuda(u), cuda(w), cuda(chunk_decay),
+                                                       cuda(initial));
+  expect_close("states", ref.states_BHMKV, got.states_BHMKV.cpu(), 1e-5);
+  expect_close("v_new", ref.v_new_BHMCV, got.v_new_BHMCV.cpu(), 1e-5);
+  expect_close("final_state", ref.final_state_BHKV, got.final_state_BHKV.cpu(), 1e-5);
+
+  const auto ref_back =
+      dla::ops::fused::state_pass_backward(q_read, d_out, d_intra, k_to_end, w, chunk_decay, d_final);
+  const auto got_back = dla::ops::fused::state_pass_backward(cuda(q_read), cuda(d_out), cuda(d_intra),
+                                                             cuda(k_to_end), cuda(w), cuda(chunk_decay), cuda(d_final));
+  expect_close("d_states_next", ref_back.d_states_next_BHMKV, got_back.d_states_next_BHMKV.cpu(), 1e-5);
+  expect_close("d_v_new", ref_back.d_v_new_BHMCV, got_back.d_v_new_BHMCV.cpu(), 1e-5);
+  expect_close("d_initial_state", ref_back.d_initial_state_BHKV, got_back.d_initial_state_BHKV.cpu(), 1e-5);
+}
+
+TEST_CASE("on the GPU the fused chunk equals the float64 CPU op, in float32 and from bfloat16 inputs",
+          "[ops][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the fused GPU path is not exercised on this machine");
+    return;
+  }
+  const bool delta_rule = GENERATE(true, false);
+  const auto input_dtype = GENERATE(at::kFloat, at::kBFloat16);
+  CAPTURE(delta_rule, input_dtype);
+  const OpInputs in = dla::test::random_inputs(
+      {.batch = 2, .tokens = 200, .heads = 3, .key_dim = 64, .value_dim = 96}, true, at::kDouble, 3);
+  // bfloat16 inputs are rounded once before both paths see them, so both compute from the same numbers.
+  std::vector<at::Tensor> inputs;
+  for (const auto& x : tensors_of(in, delta_rule))
+    inputs.push_back(x.defined() ? x.to(input_dtype).to(at::kDouble) : x);
+  // float32 compute over 4 chunks of 64 against float64; bfloat16 outputs and gradients carry its rounding.
+  const double tol = input_dtype == at::kFloat ? 1e-5 : 1e-2;
+  expect_fused_matches_aten(inputs, delta_rule, 64, tol,
+                            [&](const at::Tensor& x) { return x.to(at::kCUDA, input_dtype); });
+}
