@@ -6,8 +6,10 @@
 #include <chrono>
 
 #include "dla/bench/bench.h"
+#include "dla/bench/kernel_profile.h"
 #include "dla/memory/multi_state.h"
 #include "dla/ops/gdn.h"
+#include "dla/ops/kernels.h"
 #include "dla/ops/ssd.h"
 #include "dla/util/error.h"
 
@@ -50,6 +52,7 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
   }
   if (o.memory != "single" && o.memory != "fenwick" && o.memory != "dla")
     throw UserError("--memory must be single, fenwick or dla, got " + o.memory);
+  if (!o.kernels.empty()) ops::set_kernel_choice(ops::parse_kernel_choice(o.kernels, "--kernels"));
   const at::Device device = pick_device(o.device);
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   const auto opts = at::TensorOptions().device(device).dtype(dtype);
@@ -97,7 +100,7 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
     fwd_ms = time_ms(device, o.warmup, o.iters, forward);
   }
   const double fwd_bwd_ms = time_ms(device, o.warmup, o.iters, [&] { forward().backward(grad_out); });
-  return {{"mixer", o.mixer},
+  nlohmann::json result = {{"mixer", o.mixer},
           {"memory", o.memory},
           {"levels", levels},
           {"op", o.mixer == "gdn" ? "gated delta rule, chunkwise" : "SSD, chunkwise"},
@@ -108,8 +111,12 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
           {"dtype", o.dtype},
           {"device", device.str()},
           {"chunk", o.chunk_size},
+          {"kernels", ops::use_fused_kernels(q) ? "fused" : "aten"},
           {"fwd_ms", fwd_ms},
           {"fwd_bwd_ms", fwd_bwd_ms}};
+  if (!o.profile.empty())
+    result["profile"] = profile_kernels([&] { forward().backward(grad_out); }, o.profile);
+  return result;
 }
 
 }  // namespace dla::bench

@@ -196,3 +196,21 @@ TEST_CASE("on the GPU the fused chunk equals the float64 CPU op, in float32 and 
   expect_fused_matches_aten(inputs, delta_rule, 64, tol,
                             [&](const at::Tensor& x) { return x.to(at::kCUDA, input_dtype); });
 }
+
+TEST_CASE("unit_lower_inverse inverts I + A from A's strictly lower part, on the CPU and the GPU",
+          "[ops][fused][cuda]") {
+  const int64_t n = GENERATE(1, 16, 64, 80);
+  CAPTURE(n);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(n));
+  // Entries on and above the diagonal are garbage the inverse must ignore.
+  const at::Tensor a = at::randn({3, 2, n, n}, gen, at::TensorOptions().dtype(at::kDouble)) * 0.2;
+  const at::Tensor unit_lower = a.tril(-1) + at::eye(n, a.options());
+  const at::Tensor inverse = dla::ops::fused::unit_lower_inverse(a);
+  expect_close("(I + A)^-1 (I + A)", at::eye(n, a.options()).expand_as(a), inverse.matmul(unit_lower), 1e-12);
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the inverse kernel is not exercised on this machine");
+    return;
+  }
+  const at::Tensor got = dla::ops::fused::unit_lower_inverse(a.to(at::kCUDA, at::kFloat)).cpu().to(at::kDouble);
+  expect_close("CUDA inverse", inverse, got, 1e-5);
+}

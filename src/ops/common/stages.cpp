@@ -4,7 +4,8 @@
 #include <limits>
 #include <vector>
 
-#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/stack.h>
 
@@ -15,14 +16,18 @@ namespace dla::ops::common {
 at::Tensor to_chunks(const at::Tensor& x_BTH_, int64_t chunk_size, at::ScalarType dtype) {
   const int64_t num_tokens = x_BTH_.size(1);
   const int64_t num_chunks = (num_tokens + chunk_size - 1) / chunk_size;
-  const at::Tensor x_BHT_ = x_BTH_.to(dtype).movedim(1, 2);
-  // constant_pad_nd lists (before, after) pairs from the last dim backwards; only T, at dim 2, grows.
-  std::vector<int64_t> padding(2 * (x_BHT_.dim() - 2), 0);
-  padding.back() = num_chunks * chunk_size - num_tokens;
+  const at::Tensor x_BHT_ = x_BTH_.movedim(1, 2);
   std::vector<int64_t> chunked_shape = {x_BHT_.size(0), x_BHT_.size(1), num_chunks, chunk_size};
   for (int64_t d = 3; d < x_BHT_.dim(); ++d)
     chunked_shape.push_back(x_BHT_.size(d));
-  return at::constant_pad_nd(x_BHT_, padding, 0).reshape(chunked_shape);
+  // Zeros first, then one copy that converts, transposes and leaves the padding: a single pass over x.
+  at::Tensor chunked = num_tokens == num_chunks * chunk_size
+                           ? at::empty(chunked_shape, x_BTH_.options().dtype(dtype))
+                           : at::zeros(chunked_shape, x_BTH_.options().dtype(dtype));
+  std::vector<int64_t> padded_shape(x_BHT_.sizes().begin(), x_BHT_.sizes().end());
+  padded_shape[2] = num_chunks * chunk_size;
+  chunked.view(padded_shape).narrow(2, 0, num_tokens).copy_(x_BHT_);
+  return chunked;
 }
 
 at::Tensor from_chunks(const at::Tensor& x_BHMC_, int64_t num_tokens) {

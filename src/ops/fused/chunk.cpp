@@ -2,9 +2,8 @@
 // from fused::state_pass_forward, and the backward written out (docs/ops/fused.md) so that autograd keeps
 // no per-chunk intermediates: only the inputs are saved and the chunk terms are recomputed.
 // Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
-#include <ATen/ops/cat.h>
+#include <ATen/Context.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/linalg_solve_triangular.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -12,7 +11,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "dla/ops/fused.h"
-#include "dla/ops/gdn.h"
 
 namespace dla::ops::fused {
 namespace {
@@ -28,6 +26,9 @@ struct ChunkTerms {
   at::Tensor to_end_BHMC;    ///< exp(gamma_last − gamma): decay from each token to its chunk's end
   at::Tensor k_to_end_BHMCK;
   at::Tensor chunk_decay_BHM;  ///< exp(gamma_last)
+  at::Tensor kk_BHMCC;         ///< (k kᵀ) ⊙ decay (delta rule only)
+  at::Tensor a_BHMCC;          ///< strictly lower beta_i (k kᵀ ⊙ decay)_ij (delta rule only)
+  at::Tensor inverse_BHMCC;    ///< (I + A)⁻¹ (delta rule only)
   at::Tensor w_BHMCK, u_BHMCV;  ///< the WY representation (delta rule only); u is v otherwise
 };
 
@@ -44,15 +45,35 @@ ChunkTerms chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   t.k_to_end_BHMCK = t.k_BHMCK * t.to_end_BHMC.unsqueeze(-1);
   t.chunk_decay_BHM = gamma_last_BHM.exp();
   if (beta.defined()) {
+    // gdn::wy_repr's terms, with (I + A)⁻¹ formed once so that both directions are matmuls.
     t.beta_BHMC = common::to_chunks(beta, chunk_size, dtype);
-    const gdn::WyRepr wy = gdn::wy_repr(t.k_BHMCK, t.v_BHMCV, t.beta_BHMC, t.gamma_BHMC, t.decay_BHMCC);
-    t.w_BHMCK = wy.w_BHMCK.contiguous();
-    t.u_BHMCV = wy.u_BHMCV.contiguous();
+    const at::Tensor beta_BHMC1 = t.beta_BHMC.unsqueeze(-1);
+    t.kk_BHMCC = t.k_BHMCK.matmul(t.k_BHMCK.transpose(-1, -2)) * t.decay_BHMCC;
+    t.a_BHMCC = (beta_BHMC1 * t.kk_BHMCC).tril(-1);
+    t.inverse_BHMCC = unit_lower_inverse(t.a_BHMCC);
+    t.w_BHMCK = t.inverse_BHMCC.matmul(t.k_BHMCK * (beta_BHMC1 * t.gamma_BHMC.exp().unsqueeze(-1)));
+    t.u_BHMCV = t.inverse_BHMCC.matmul(t.v_BHMCV * beta_BHMC1);
   } else {
     t.u_BHMCV = t.v_BHMCV;
   }
   return t;
 }
+
+/// While alive, cuBLAS may run float32 matmuls in TF32 when the op's inputs come in 16 bits: their 8 (bf16) or
+/// 11 (fp16) mantissa bits fit TF32's 10-bit operands nearly whole, and fla's Triton dots round the same way
+/// on Hopper. Float32 inputs keep full float32 products.
+class Tf32Scope {
+ public:
+  explicit Tf32Scope(const at::Tensor& q) : previous_(at::globalContext().allowTF32CuBLAS()) {
+    if (q.is_cuda() && at::elementSize(q.scalar_type()) == 2) at::globalContext().setAllowTF32CuBLAS(true);
+  }
+  ~Tf32Scope() { at::globalContext().setAllowTF32CuBLAS(previous_); }
+  Tf32Scope(const Tf32Scope&) = delete;
+  Tf32Scope& operator=(const Tf32Scope&) = delete;
+
+ private:
+  bool previous_;
+};
 
 /// sum over the last dim of a * b.
 at::Tensor rowwise_dot(const at::Tensor& a, const at::Tensor& b) {
@@ -74,6 +95,7 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const at::Tensor beta = delta_rule ? beta_or_empty : at::Tensor();
     const at::Tensor initial_state = has_initial_state ? initial_state_or_empty : at::Tensor();
+    const Tf32Scope tf32(q);
     const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
     ctx->save_for_backward({q, k, v, g, beta, initial_state});
     ctx->saved_data["scale"] = scale;
@@ -98,6 +120,7 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const at::Tensor initial_state = ctx->saved_data["has_initial_state"].toBool() ? saved[5] : at::Tensor();
     const double scale = ctx->saved_data["scale"].toDouble();
     const int64_t chunk_size = ctx->saved_data["chunk_size"].toInt();
+    const Tf32Scope tf32(q);
     const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
     const int64_t num_tokens = q.size(1);
 
@@ -140,17 +163,13 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
 
     at::Tensor d_v_BHMCV, d_beta_BHMC;
     if (beta.defined()) {
-      // v_new = u − w S with [w u] = (I + A)⁻¹ [beta exp(gamma) k, beta v].
+      // v_new = u − w S with [w u] = (I + A)⁻¹ [beta exp(gamma) k, beta v], so
+      // d[kb vb] = (I + A)⁻ᵀ d[w u] and dA = −(dkb wᵀ + dvb uᵀ) below the diagonal.
       const at::Tensor d_w_BHMCK = -back.d_v_new_BHMCV.matmul(pass.states_BHMKV.transpose(-1, -2));
       const at::Tensor beta_BHMC1 = t.beta_BHMC.unsqueeze(-1);
-      const at::Tensor kk_BHMCC = t.k_BHMCK.matmul(t.k_BHMCK.transpose(-1, -2)) * t.decay_BHMCC;
-      const at::Tensor a_BHMCC = (beta_BHMC1 * kk_BHMCC).tril(-1);
-      const at::Tensor d_rhs_BHMCX = at::linalg_solve_triangular(
-          a_BHMCC.transpose(-1, -2), at::cat({d_w_BHMCK, back.d_v_new_BHMCV}, -1), /*upper=*/true,
-          /*left=*/true, /*unitriangular=*/true);
-      const int64_t key_dim = t.k_BHMCK.size(-1);
-      const at::Tensor d_kb_BHMCK = d_rhs_BHMCX.narrow(-1, 0, key_dim);
-      const at::Tensor d_vb_BHMCV = d_rhs_BHMCX.narrow(-1, key_dim, t.v_BHMCV.size(-1));
+      const at::Tensor inverse_t_BHMCC = t.inverse_BHMCC.transpose(-1, -2);
+      const at::Tensor d_kb_BHMCK = inverse_t_BHMCC.matmul(d_w_BHMCK);
+      const at::Tensor d_vb_BHMCV = inverse_t_BHMCC.matmul(back.d_v_new_BHMCV);
       const at::Tensor d_a_BHMCC =
           -(d_kb_BHMCK.matmul(t.w_BHMCK.transpose(-1, -2)) + d_vb_BHMCV.matmul(t.u_BHMCV.transpose(-1, -2)))
                .tril(-1);
@@ -159,10 +178,10 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
       const at::Tensor d_kb_k_BHMC = rowwise_dot(d_kb_BHMCK, t.k_BHMCK) * gamma_exp_BHMC;
       d_gamma_BHMC = d_gamma_BHMC + d_kb_k_BHMC * t.beta_BHMC;
       d_v_BHMCV = d_vb_BHMCV * beta_BHMC1;
-      d_beta_BHMC = d_kb_k_BHMC + rowwise_dot(d_vb_BHMCV, t.v_BHMCV) + (d_a_BHMCC * kk_BHMCC).sum(-1);
+      d_beta_BHMC = d_kb_k_BHMC + rowwise_dot(d_vb_BHMCV, t.v_BHMCV) + (d_a_BHMCC * t.kk_BHMCC).sum(-1);
       const at::Tensor d_kk_BHMCC = beta_BHMC1 * d_a_BHMCC * t.decay_BHMCC;
       d_k_BHMCK = d_k_BHMCK + d_kk_BHMCC.matmul(t.k_BHMCK) + d_kk_BHMCC.transpose(-1, -2).matmul(t.k_BHMCK);
-      d_gamma_BHMC = d_gamma_BHMC + pair_gamma_gradient(d_a_BHMCC * a_BHMCC);
+      d_gamma_BHMC = d_gamma_BHMC + pair_gamma_gradient(d_a_BHMCC * t.a_BHMCC);
     } else {
       d_v_BHMCV = back.d_v_new_BHMCV;
     }

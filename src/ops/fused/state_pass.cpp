@@ -8,11 +8,11 @@
 #include <c10/util/Exception.h>
 
 #include "dla/ops/fused.h"
-#include "state_pass_kernels.h"
+#include "cuda_stream.h"
+#include "kernels.h"
 
 #if defined(DLA_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #endif
 
 namespace dla::ops::fused {
@@ -28,9 +28,6 @@ const float* data_or_null(const at::Tensor& x) {
   return x.defined() ? x.data_ptr<float>() : nullptr;
 }
 
-void* current_stream(const at::Tensor& on) {
-  return c10::cuda::getCurrentCUDAStream(on.device().index()).stream();
-}
 #endif
 
 StatePassForward forward_loop(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV,
@@ -102,7 +99,7 @@ StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::
       k_to_end.data_ptr<float>(), u.data_ptr<float>(), data_or_null(w), chunk_decay.data_ptr<float>(),
       initial_state.data_ptr<float>(), result.states_BHMKV.data_ptr<float>(),
       w.defined() ? result.v_new_BHMCV.data_ptr<float>() : nullptr, result.final_state_BHKV.data_ptr<float>(),
-      dims_of(k_to_end, u), current_stream(u));
+      dims_of(k_to_end, u), current_cuda_stream(u));
   TORCH_CHECK(error == nullptr, "fused state pass forward: CUDA kernel failed: ", error);
   return result;
 #else
@@ -135,7 +132,7 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
       q_read.data_ptr<float>(), d_out.data_ptr<float>(), d_v_new_intra.data_ptr<float>(),
       k_to_end.data_ptr<float>(), data_or_null(w), chunk_decay.data_ptr<float>(), d_final_state.data_ptr<float>(),
       result.d_states_next_BHMKV.data_ptr<float>(), result.d_v_new_BHMCV.data_ptr<float>(),
-      result.d_initial_state_BHKV.data_ptr<float>(), dims_of(k_to_end, d_out), current_stream(d_out));
+      result.d_initial_state_BHKV.data_ptr<float>(), dims_of(k_to_end, d_out), current_cuda_stream(d_out));
   TORCH_CHECK(error == nullptr, "fused state pass backward: CUDA kernel failed: ", error);
   return result;
 #else

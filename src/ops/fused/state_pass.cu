@@ -8,7 +8,7 @@
 
 #include <algorithm>
 
-#include "state_pass_kernels.h"
+#include "kernels.h"
 
 namespace dla::ops::fused::kernels {
 namespace {

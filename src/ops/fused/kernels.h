@@ -1,5 +1,5 @@
-// The CUDA kernels of the fused state pass, behind a plain C++ interface so that only state_pass.cu is
-// compiled by nvcc. All pointers are contiguous float32 device buffers in the layouts of
+// The CUDA kernels of the fused ops, behind a plain C++ interface so that only the .cu files are compiled
+// by nvcc. All pointers are contiguous float32 device buffers in the layouts of
 // dla/ops/fused.h, with B·H flattened into one leading dim; `stream` is a cudaStream_t.
 #pragma once
 
@@ -29,5 +29,12 @@ const char* state_pass_backward(const float* q_read, const float* d_out, const f
                                 const float* k_to_end, const float* w, const float* chunk_decay,
                                 const float* d_final_state, float* d_states_next, float* d_v_new,
                                 float* d_initial_state, const StatePassDims& dims, void* stream);
+
+/// Whether unit_lower_inverse runs n × n matrices on the current device.
+bool supports_unit_lower_inverse(int64_t n);
+
+/// t = (I + a)⁻¹ for `count` strictly lower triangular n × n matrices a (row-major, one after another);
+/// what a holds on and above its diagonal is ignored. nullptr on success, else the CUDA error's text.
+const char* unit_lower_inverse(const float* a, float* t, int64_t count, int64_t n, void* stream);
 
 }  // namespace dla::ops::fused::kernels

@@ -1,0 +1,19 @@
+// Where a benchmark's GPU time goes: runs a function under LibTorch's Kineto profiler, saves the Chrome
+// trace and sums the device kernels' time by name.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+
+#include <nlohmann/json.hpp>
+
+namespace dla::bench {
+
+/// Runs `fn` once under the profiler (CPU and CUDA activity), writes the trace to `trace_path` (open it in
+/// chrome://tracing or Perfetto) and returns the `top` kernels by total time: [{"kernel", "ms", "calls"}]
+/// (on a machine without a GPU: the CPU's ATen ops, whose times include the ops they call).
+nlohmann::json profile_kernels(const std::function<void()>& fn, const std::filesystem::path& trace_path,
+                               int64_t top = 25);
+
+}  // namespace dla::bench
