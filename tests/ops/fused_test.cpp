@@ -199,7 +199,7 @@ TEST_CASE("on the GPU the fused chunk equals the float64 CPU op, in float32 and 
 
 TEST_CASE("unit_lower_inverse inverts I + A from A's strictly lower part, on the CPU and the GPU",
           "[ops][fused][cuda]") {
-  const int64_t n = GENERATE(1, 16, 64, 80);
+  const int64_t n = GENERATE(1, 6, 16, 64, 80);
   CAPTURE(n);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(n));
   // Entries on and above the diagonal are garbage the inverse must ignore.

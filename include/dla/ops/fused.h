@@ -47,11 +47,11 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
 
 /// T = (I + A)⁻¹ for strictly lower triangular A_...CC (entries on and above the diagonal are ignored): the
 /// WY representation's inverse, so that the chunk terms and their gradients are plain matmuls. A CUDA kernel
-/// for float32 on the GPU with C <= 64, a triangular solve otherwise.
+/// for float32 on the GPU with C <= 64 a multiple of 4, a triangular solve otherwise.
 at::Tensor unit_lower_inverse(const at::Tensor& a_CC);
 
 /// Whether the state pass runs as a CUDA kernel for these operands (float32 on a CUDA device, C a multiple
-/// of 4, K of 8, shared memory within the device's limit); otherwise it is a loop of LibTorch ops.
+/// of 4, K of 8, V of 4, shared memory within the device's limit); otherwise it is a loop of LibTorch ops.
 bool state_pass_uses_cuda_kernel(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV);
 
 }  // namespace dla::ops::fused

@@ -33,7 +33,8 @@ const char* state_pass_backward(const float* q_read, const float* d_out, const f
 /// Whether unit_lower_inverse runs n × n matrices on the current device.
 bool supports_unit_lower_inverse(int64_t n);
 
-/// t = (I + a)⁻¹ for `count` strictly lower triangular n × n matrices a (row-major, one after another);
+/// t = (I + a)⁻¹ for `count` strictly lower triangular n × n matrices a (row-major, one after another,
+/// 16-byte aligned);
 /// what a holds on and above its diagonal is ignored. nullptr on success, else the CUDA error's text.
 const char* unit_lower_inverse(const float* a, float* t, int64_t count, int64_t n, void* stream);
 

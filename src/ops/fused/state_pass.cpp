@@ -1,6 +1,7 @@
 // The fused state pass: the CUDA kernels where they apply, else the same recurrences as loops of LibTorch
 // ops (the CPU path, and the reference the kernels are tested against).
 // Shapes: B batch, H heads, M chunks, C chunk length, K key dim, V value dim.
+#include <cstdint>
 #include <vector>
 
 #include <ATen/ops/empty.h>
@@ -22,6 +23,14 @@ namespace {
 kernels::StatePassDims dims_of(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV) {
   return {k_to_end_BHMCK.size(0) * k_to_end_BHMCK.size(1), k_to_end_BHMCK.size(2), k_to_end_BHMCK.size(3),
           k_to_end_BHMCK.size(4), u_BHMCV.size(4)};
+}
+
+/// x contiguous and 16-byte aligned, as the kernels read float4s; a view at an odd offset is copied.
+at::Tensor aligned(const at::Tensor& x) {
+  if (!x.defined()) return x;
+  at::Tensor contiguous = x.contiguous();
+  if (reinterpret_cast<std::uintptr_t>(contiguous.data_ptr()) % 16 != 0) contiguous = contiguous.clone();
+  return contiguous;
 }
 
 const float* data_or_null(const at::Tensor& x) {
@@ -87,11 +96,11 @@ StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::
     return forward_loop(k_to_end_BHMCK, u_BHMCV, w_BHMCK, chunk_decay_BHM, initial_state_BHKV);
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(k_to_end_BHMCK.device());
-  const at::Tensor k_to_end = k_to_end_BHMCK.contiguous();
-  const at::Tensor u = u_BHMCV.contiguous();
-  const at::Tensor w = w_BHMCK.defined() ? w_BHMCK.contiguous() : at::Tensor();
-  const at::Tensor chunk_decay = chunk_decay_BHM.contiguous();
-  const at::Tensor initial_state = initial_state_BHKV.contiguous();
+  const at::Tensor k_to_end = aligned(k_to_end_BHMCK);
+  const at::Tensor u = aligned(u_BHMCV);
+  const at::Tensor w = aligned(w_BHMCK);
+  const at::Tensor chunk_decay = aligned(chunk_decay_BHM);
+  const at::Tensor initial_state = aligned(initial_state_BHKV);
   const int64_t B = u.size(0), H = u.size(1), M = u.size(2), K = k_to_end.size(4), V = u.size(4);
   StatePassForward result{at::empty({B, H, M, K, V}, u.options()), w.defined() ? at::empty_like(u) : u,
                           at::empty({B, H, K, V}, u.options())};
@@ -117,13 +126,13 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
   }
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(k_to_end_BHMCK.device());
-  const at::Tensor q_read = q_read_BHMCK.contiguous();
-  const at::Tensor d_out = d_out_BHMCV.contiguous();
-  const at::Tensor d_v_new_intra = d_v_new_intra_BHMCV.contiguous();
-  const at::Tensor k_to_end = k_to_end_BHMCK.contiguous();
-  const at::Tensor w = w_BHMCK.defined() ? w_BHMCK.contiguous() : at::Tensor();
-  const at::Tensor chunk_decay = chunk_decay_BHM.contiguous();
-  const at::Tensor d_final_state = d_final_state_BHKV.contiguous();
+  const at::Tensor q_read = aligned(q_read_BHMCK);
+  const at::Tensor d_out = aligned(d_out_BHMCV);
+  const at::Tensor d_v_new_intra = aligned(d_v_new_intra_BHMCV);
+  const at::Tensor k_to_end = aligned(k_to_end_BHMCK);
+  const at::Tensor w = aligned(w_BHMCK);
+  const at::Tensor chunk_decay = aligned(chunk_decay_BHM);
+  const at::Tensor d_final_state = aligned(d_final_state_BHKV);
   const int64_t B = d_out.size(0), H = d_out.size(1), M = d_out.size(2), K = k_to_end.size(4),
                 V = d_out.size(4);
   StatePassBackward result{at::empty({B, H, M, K, V}, d_out.options()), at::empty_like(d_out),

@@ -35,29 +35,83 @@ size_t backward_shared_bytes(const Dims& d) {
   return sizeof(float) * (d.operand_floats() + d.key_dim * kTileV + 2 * d.chunk_size * kTileV);
 }
 
-__device__ void load(float* dst, const float* src, int n) {
-  for (int i = threadIdx.x; i < n; i += kThreads)
-    dst[i] = src[i];
+// The copies between global and shared memory move float4s and keep kInFlight of them per thread in flight:
+// a chunk's operands are tens of kilobytes, and one load at a time per thread would leave the block waiting
+// on memory latency for most of each chunk.
+constexpr int kInFlight = 8;
+
+// n floats, n a multiple of 4, both pointers 16-byte aligned.
+__device__ void load(float* dst, const float* __restrict__ src, int n) {
+  const float4* src4 = reinterpret_cast<const float4*>(src);
+  float4* dst4 = reinterpret_cast<float4*>(dst);
+  const int n4 = n / 4;
+  for (int base = threadIdx.x; base < n4; base += kThreads * kInFlight) {
+    float4 values[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (base + u * kThreads < n4) values[u] = __ldg(src4 + base + u * kThreads);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (base + u * kThreads < n4) dst4[base + u * kThreads] = values[u];
+    }
+  }
 }
 
-// src is [rows, cols] row-major in global memory; dst gets it transposed, rows `stride` floats apart.
-__device__ void load_transposed(float* dst, int stride, const float* src, int rows, int cols) {
-  for (int i = threadIdx.x; i < rows * cols; i += kThreads)
-    dst[(i % cols) * stride + i / cols] = src[i];
+// src is [rows, cols] row-major in global memory (cols a multiple of 4); dst gets it transposed, rows
+// `stride` floats apart.
+__device__ void load_transposed(float* dst, int stride, const float* __restrict__ src, int rows, int cols) {
+  const float4* src4 = reinterpret_cast<const float4*>(src);
+  const int n4 = rows * cols / 4;
+  for (int base = threadIdx.x; base < n4; base += kThreads * kInFlight) {
+    float4 values[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (base + u * kThreads < n4) values[u] = __ldg(src4 + base + u * kThreads);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int first = 4 * (base + u * kThreads);
+      if (first >= rows * cols) continue;
+      const int row = first / cols, col = first % cols;
+      dst[col * stride + row] = values[u].x;
+      dst[(col + 1) * stride + row] = values[u].y;
+      dst[(col + 2) * stride + row] = values[u].z;
+      dst[(col + 3) * stride + row] = values[u].w;
+    }
+  }
 }
 
-// The [rows, kTileV] tile at column `first_column` of a [rows, value_dim] global matrix; zeros past the end.
-__device__ void load_tile(float* dst, const float* src, int rows, int value_dim, int first_column) {
-  for (int i = threadIdx.x; i < rows * kTileV; i += kThreads) {
-    const int column = first_column + i % kTileV;
-    dst[i] = column < value_dim ? src[static_cast<size_t>(i / kTileV) * value_dim + column] : 0.f;
+// The [rows, kTileV] tile at column `first_column` of a [rows, value_dim] global matrix (value_dim a
+// multiple of 4); zeros past the end.
+__device__ void load_tile(float* dst, const float* __restrict__ src, int rows, int value_dim, int first_column) {
+  constexpr int kVectorsPerRow = kTileV / 4;
+  const int n4 = rows * kVectorsPerRow;
+  float4* dst4 = reinterpret_cast<float4*>(dst);
+  for (int base = threadIdx.x; base < n4; base += kThreads * kInFlight) {
+    float4 values[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int i = base + u * kThreads;
+      const int column = first_column + (i % kVectorsPerRow) * 4;
+      values[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (i < n4 && column < value_dim)
+        values[u] = __ldg(reinterpret_cast<const float4*>(src + static_cast<size_t>(i / kVectorsPerRow) * value_dim + column));
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (base + u * kThreads < n4) dst4[base + u * kThreads] = values[u];
+    }
   }
 }
 
 __device__ void store_tile(float* dst, const float* src, int rows, int value_dim, int first_column) {
-  for (int i = threadIdx.x; i < rows * kTileV; i += kThreads) {
-    const int column = first_column + i % kTileV;
-    if (column < value_dim) dst[static_cast<size_t>(i / kTileV) * value_dim + column] = src[i];
+  constexpr int kVectorsPerRow = kTileV / 4;
+  const float4* src4 = reinterpret_cast<const float4*>(src);
+  for (int i = threadIdx.x; i < rows * kVectorsPerRow; i += kThreads) {
+    const int column = first_column + (i % kVectorsPerRow) * 4;
+    if (column < value_dim)
+      *reinterpret_cast<float4*>(dst + static_cast<size_t>(i / kVectorsPerRow) * value_dim + column) = src4[i];
   }
 }
 
@@ -248,7 +302,7 @@ const char* launched() {
 
 bool supports(const StatePassDims& dims) {
   constexpr int64_t kMaxInt = 1 << 30;
-  if (dims.chunk_size % 4 != 0 || dims.key_dim % 8 != 0 || dims.chunk_size <= 0 || dims.key_dim <= 0) return false;
+  if (dims.chunk_size % 4 != 0 || dims.key_dim % 8 != 0 || dims.value_dim % 4 != 0 || dims.chunk_size <= 0 || dims.key_dim <= 0) return false;
   if (dims.batch_heads <= 0 || dims.batch_heads > 65535 || dims.chunks > kMaxInt || dims.value_dim > kMaxInt)
     return false;
   int device = 0;

@@ -1,4 +1,6 @@
 // fused::unit_lower_inverse: the CUDA kernel where it applies, else LibTorch's triangular solve against I.
+#include <cstdint>
+
 #include <ATen/ops/empty.h>
 #include <ATen/ops/eye.h>
 #include <ATen/ops/linalg_solve_triangular.h>
@@ -19,7 +21,8 @@ at::Tensor unit_lower_inverse(const at::Tensor& a_CC) {
 #if defined(DLA_WITH_CUDA)
   if (a_CC.is_cuda() && a_CC.scalar_type() == at::kFloat && kernels::supports_unit_lower_inverse(n)) {
     const c10::cuda::CUDAGuard device_guard(a_CC.device());
-    const at::Tensor a = a_CC.contiguous();
+    at::Tensor a = a_CC.contiguous();
+    if (reinterpret_cast<std::uintptr_t>(a.data_ptr()) % 16 != 0) a = a.clone();
     at::Tensor t = at::empty_like(a);
     const char* error = kernels::unit_lower_inverse(a.data_ptr<float>(), t.data_ptr<float>(), a.numel() / (n * n),
                                                     n, current_cuda_stream(a));

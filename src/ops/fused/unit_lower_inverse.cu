@@ -15,8 +15,12 @@ __global__ void unit_lower_inverse_kernel(const float* __restrict__ a, float* __
   float* a_shared = shared;                      // [n][n]
   float* t_shared = shared + n * n;              // [n][n + 1]: the odd stride keeps column walks conflict-free
   const size_t matrix = static_cast<size_t>(blockIdx.x) * n * n;
-  for (int i = threadIdx.x; i < n * n; i += blockDim.x)
-    a_shared[i] = a[matrix + i];
+  // float4 loads, several in flight per thread: one at a time would leave the block waiting on memory.
+  const float4* a4 = reinterpret_cast<const float4*>(a + matrix);
+  float4* a_shared4 = reinterpret_cast<float4*>(a_shared);
+#pragma unroll 8
+  for (int i = threadIdx.x; i < n * n / 4; i += blockDim.x)
+    a_shared4[i] = __ldg(a4 + i);
   __syncthreads();
   const int j = threadIdx.x;
   for (int i = 0; i < n; ++i) {
@@ -33,7 +37,7 @@ __global__ void unit_lower_inverse_kernel(const float* __restrict__ a, float* __
 }  // namespace
 
 bool supports_unit_lower_inverse(int64_t n) {
-  return n >= 1 && n <= kMaxSize;
+  return n >= 4 && n <= kMaxSize && n % 4 == 0;
 }
 
 const char* unit_lower_inverse(const float* a, float* t, int64_t count, int64_t n, void* stream) {
