@@ -1,6 +1,7 @@
 // The fused chunkwise form of the gated delta rule and SSD: the forward of ops::gdn::chunk / ops::ssd::chunk
-// with a hand-written backward that recomputes the chunk terms instead of keeping autograd's intermediates,
-// and the sequential state pass run by one CUDA kernel per direction (a loop of LibTorch ops elsewhere).
+// with a hand-written backward that keeps only the inputs, the chunk-start states and the written values
+// (recomputing the other chunk terms instead of keeping autograd's intermediates), and the sequential state
+// pass run by one CUDA kernel per direction (a loop of LibTorch ops elsewhere).
 // Derivation: docs/ops/fused.md. Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks,
 // C chunk length.
 #pragma once

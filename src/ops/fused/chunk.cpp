@@ -1,6 +1,7 @@
 // The fused chunkwise op as an autograd function: the forward of the LibTorch-op path with the state pass
 // from fused::state_pass_forward, and the backward written out (docs/ops/fused.md) so that autograd keeps
-// no per-chunk intermediates: only the inputs are saved and the chunk terms are recomputed.
+// none of its intermediates: the backward keeps the inputs, the chunk-start states and the written values,
+// and recomputes the other chunk terms.
 // Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
 #include <ATen/Context.h>
 #include <ATen/ops/empty.h>
@@ -97,16 +98,17 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const at::Tensor initial_state = has_initial_state ? initial_state_or_empty : at::Tensor();
     const Tf32Scope tf32(q);
     const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
-    ctx->save_for_backward({q, k, v, g, beta, initial_state});
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["chunk_size"] = chunk_size;
-    ctx->saved_data["delta_rule"] = delta_rule;
-    ctx->saved_data["has_initial_state"] = has_initial_state;
-
     const ChunkTerms t = chunk_terms(q, k, v, g, beta, chunk_size, dtype);
     const StatePassForward pass =
         state_pass_forward(t.k_to_end_BHMCK, t.u_BHMCV, t.w_BHMCK, t.chunk_decay_BHM,
                            common::initial_state_or_zeros(initial_state, k, v, dtype));
+    // The chunk-start states and written values are kept (the state pass is the op's sequential part);
+    // everything else the backward needs is recomputed from the inputs.
+    ctx->save_for_backward({q, k, v, g, beta_or_empty, initial_state_or_empty, pass.states_BHMKV, pass.v_new_BHMCV});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["chunk_size"] = chunk_size;
+    ctx->saved_data["delta_rule"] = delta_rule;
+    ctx->saved_data["has_initial_state"] = has_initial_state;
     const at::Tensor out_BHMCV = common::chunk_output(t.q_BHMCK, t.k_BHMCK, pass.v_new_BHMCV, t.gamma_BHMC,
                                                       t.decay_BHMCC, pass.states_BHMKV, scale);
     return {common::from_chunks(out_BHMCV, q.size(1)).to(q.scalar_type()), pass.final_state_BHKV};
@@ -125,15 +127,14 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const int64_t num_tokens = q.size(1);
 
     const ChunkTerms t = chunk_terms(q, k, v, g, beta, chunk_size, dtype);
-    const at::Tensor start_state_BHKV = common::initial_state_or_zeros(initial_state, k, v, dtype);
-    const StatePassForward pass =
-        state_pass_forward(t.k_to_end_BHMCK, t.u_BHMCV, t.w_BHMCK, t.chunk_decay_BHM, start_state_BHKV);
+    const at::Tensor& states_BHMKV = saved[6];
+    const at::Tensor& v_new_BHMCV = saved[7];
 
     const at::Tensor d_out_BHMCV = grad_outputs[0].defined()
                                        ? common::to_chunks(grad_outputs[0], chunk_size, dtype)
                                        : at::zeros_like(t.u_BHMCV);
     const at::Tensor d_final_BHKV =
-        grad_outputs[1].defined() ? grad_outputs[1].to(dtype) : at::zeros_like(pass.final_state_BHKV);
+        grad_outputs[1].defined() ? grad_outputs[1].to(dtype) : at::zeros_like(states_BHMKV.select(2, 0));
 
     // Output: O = scale · (q_read S + P v_new) with q_read = q ⊙ exp(gamma), P = (q kᵀ) ⊙ decay.
     const at::Tensor gamma_exp_BHMC = t.gamma_BHMC.exp();
@@ -144,28 +145,28 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
         state_pass_backward(q_read_BHMCK, d_out_BHMCV, d_v_new_intra_BHMCV, t.k_to_end_BHMCK, t.w_BHMCK,
                             t.chunk_decay_BHM, d_final_BHKV);
 
-    const at::Tensor d_q_read_BHMCK = d_out_BHMCV.matmul(pass.states_BHMKV.transpose(-1, -2));
+    const at::Tensor d_q_read_BHMCK = d_out_BHMCV.matmul(states_BHMKV.transpose(-1, -2));
     at::Tensor d_q_BHMCK = d_q_read_BHMCK * (gamma_exp_BHMC * scale).unsqueeze(-1);
     at::Tensor d_gamma_BHMC = rowwise_dot(d_q_read_BHMCK, q_read_BHMCK);
-    const at::Tensor d_p_BHMCC = d_out_BHMCV.matmul(pass.v_new_BHMCV.transpose(-1, -2)) * scale;
+    const at::Tensor d_p_BHMCC = d_out_BHMCV.matmul(v_new_BHMCV.transpose(-1, -2)) * scale;
     const at::Tensor d_qk_BHMCC = d_p_BHMCC * t.decay_BHMCC;
     d_q_BHMCK = d_q_BHMCK + d_qk_BHMCC.matmul(t.k_BHMCK);
     at::Tensor d_k_BHMCK = d_qk_BHMCC.transpose(-1, -2).matmul(t.q_BHMCK);
     d_gamma_BHMC = d_gamma_BHMC + pair_gamma_gradient(d_p_BHMCC * p_BHMCC);
 
     // State hand-over: S_{m+1} = exp(gamma_last) S_m + (k ⊙ to_end)ᵀ v_new.
-    const at::Tensor d_k_to_end_BHMCK = pass.v_new_BHMCV.matmul(back.d_states_next_BHMKV.transpose(-1, -2));
+    const at::Tensor d_k_to_end_BHMCK = v_new_BHMCV.matmul(back.d_states_next_BHMKV.transpose(-1, -2));
     d_k_BHMCK = d_k_BHMCK + d_k_to_end_BHMCK * t.to_end_BHMC.unsqueeze(-1);
     const at::Tensor d_to_end_BHMC = rowwise_dot(d_k_to_end_BHMCK, t.k_to_end_BHMCK);
     d_gamma_BHMC = d_gamma_BHMC - d_to_end_BHMC;
     const at::Tensor d_gamma_last_BHM =
-        d_to_end_BHMC.sum(-1) + t.chunk_decay_BHM * (pass.states_BHMKV * back.d_states_next_BHMKV).sum({-1, -2});
+        d_to_end_BHMC.sum(-1) + t.chunk_decay_BHM * (states_BHMKV * back.d_states_next_BHMKV).sum({-1, -2});
 
     at::Tensor d_v_BHMCV, d_beta_BHMC;
     if (beta.defined()) {
       // v_new = u − w S with [w u] = (I + A)⁻¹ [beta exp(gamma) k, beta v], so
       // d[kb vb] = (I + A)⁻ᵀ d[w u] and dA = −(dkb wᵀ + dvb uᵀ) below the diagonal.
-      const at::Tensor d_w_BHMCK = -back.d_v_new_BHMCV.matmul(pass.states_BHMKV.transpose(-1, -2));
+      const at::Tensor d_w_BHMCK = -back.d_v_new_BHMCV.matmul(states_BHMKV.transpose(-1, -2));
       const at::Tensor beta_BHMC1 = t.beta_BHMC.unsqueeze(-1);
       const at::Tensor inverse_t_BHMCC = t.inverse_BHMCC.transpose(-1, -2);
       const at::Tensor d_kb_BHMCK = inverse_t_BHMCC.matmul(d_w_BHMCK);

@@ -120,6 +120,7 @@ __device__ void store_tile(float* dst, const float* src, int rows, int value_dim
 template <int Rows>
 __device__ void accumulate(float (&acc)[Rows][4], const float* a, int a_stride, const float* b, int depth,
                            int row, int column) {
+#pragma unroll 4
   for (int j = 0; j < depth; ++j) {
     float a_values[Rows];
 #pragma unroll
