@@ -47,7 +47,8 @@ nlohmann::json profile_kernels(const std::function<void()>& fn, const std::files
     ++total.calls;
   }
   std::vector<std::pair<std::string, Total>> sorted(by_kernel.begin(), by_kernel.end());
-  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
   nlohmann::json kernels = nlohmann::json::array();
   for (int64_t i = 0; i < std::min<int64_t>(top, static_cast<int64_t>(sorted.size())); ++i) {
     kernels.push_back({{"kernel", sorted[i].first.substr(0, 160)},

@@ -101,19 +101,19 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
   }
   const double fwd_bwd_ms = time_ms(device, o.warmup, o.iters, [&] { forward().backward(grad_out); });
   nlohmann::json result = {{"mixer", o.mixer},
-          {"memory", o.memory},
-          {"levels", levels},
-          {"op", o.mixer == "gdn" ? "gated delta rule, chunkwise" : "SSD, chunkwise"},
-          {"B", B},
-          {"T", T},
-          {"H", H},
-          {"D", D},
-          {"dtype", o.dtype},
-          {"device", device.str()},
-          {"chunk", o.chunk_size},
-          {"kernels", ops::use_fused_kernels(q) ? "fused" : "aten"},
-          {"fwd_ms", fwd_ms},
-          {"fwd_bwd_ms", fwd_bwd_ms}};
+                           {"memory", o.memory},
+                           {"levels", levels},
+                           {"op", o.mixer == "gdn" ? "gated delta rule, chunkwise" : "SSD, chunkwise"},
+                           {"B", B},
+                           {"T", T},
+                           {"H", H},
+                           {"D", D},
+                           {"dtype", o.dtype},
+                           {"device", device.str()},
+                           {"chunk", o.chunk_size},
+                           {"kernels", ops::use_fused_kernels(q) ? "fused" : "aten"},
+                           {"fwd_ms", fwd_ms},
+                           {"fwd_bwd_ms", fwd_bwd_ms}};
   if (!o.profile.empty())
     result["profile"] = profile_kernels([&] { forward().backward(grad_out); }, o.profile);
   return result;

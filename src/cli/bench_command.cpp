@@ -39,11 +39,14 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
   layer->add_option("--chunk", layer_args->chunk_size, "Chunk length")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  layer->add_option("--kernels", layer_args->kernels,
-                    "auto (fused on CUDA, LibTorch ops on the CPU), aten or fused [default: DLA_KERNELS, else auto]")
+  layer
+      ->add_option(
+          "--kernels", layer_args->kernels,
+          "auto (fused on CUDA, LibTorch ops on the CPU), aten or fused [default: DLA_KERNELS, else auto]")
       ->check(CLI::IsMember({"auto", "aten", "fused"}));
-  layer->add_option("--profile", layer_args->profile,
-                    "Write a Chrome trace of one forward+backward to this file; the top kernels go in the output");
+  layer->add_option(
+      "--profile", layer_args->profile,
+      "Write a Chrome trace of one forward+backward to this file; the top kernels go in the output");
   layer->add_option("--warmup", layer_args->warmup, "Untimed runs first")->capture_default_str();
   layer->add_option("--iters", layer_args->iters, "Timed runs")
       ->check(CLI::PositiveNumber)

@@ -7,6 +7,7 @@
 #include "dla/build_info.h"
 #include "dla/cli/command.h"
 #include "dla/config/schema.h"
+#include "dla/ops/kernels.h"
 #include "dla/util/error.h"
 #include "dla/util/log.h"
 
@@ -92,6 +93,8 @@ int run(int argc, char** argv) {
   for (const auto& command : commands) {
     if (command.app != chosen) continue;
     try {
+      // A bad DLA_KERNELS fails every command up front rather than the first op that reads it.
+      ops::kernel_choice();
       return command.run();
     } catch (const UserError& e) {
       spdlog::error("{}", e.what());

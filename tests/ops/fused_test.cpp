@@ -42,7 +42,8 @@ class KernelChoiceScope {
 const std::vector<std::string> kInputNames = {"q", "k", "v", "g", "beta", "initial_state"};
 
 /// gdn::chunk (delta_rule) or ssd::chunk on inputs listed as kInputNames, under `choice`.
-OpResult run_chunk(const std::vector<at::Tensor>& x, bool delta_rule, int64_t chunk_size, KernelChoice choice) {
+OpResult run_chunk(const std::vector<at::Tensor>& x, bool delta_rule, int64_t chunk_size,
+                   KernelChoice choice) {
   const KernelChoiceScope scope(choice);
   const double scale = delta_rule ? 0.3 : 1.0;
   if (delta_rule) return dla::ops::gdn::chunk(x[0], x[1], x[2], x[3], x[4], scale, x[5], chunk_size);
@@ -70,10 +71,12 @@ void expect_fused_matches_aten(const std::vector<at::Tensor>& inputs, bool delta
   const auto run = [&](KernelChoice choice) {
     return [=](const std::vector<at::Tensor>& x) { return run_chunk(x, delta_rule, chunk_size, choice); };
   };
-  const auto ref_grads = dla::test::op_gradients(run(KernelChoice::aten), inputs,
-                                                 out_weight.to(ref.out.options()), state_weight.to(ref.final_state.options()));
-  const auto got_grads = dla::test::op_gradients(run(KernelChoice::fused), device_inputs,
-                                                 out_weight.to(got.out.options()), state_weight.to(got.final_state.options()));
+  const auto ref_grads =
+      dla::test::op_gradients(run(KernelChoice::aten), inputs, out_weight.to(ref.out.options()),
+                              state_weight.to(ref.final_state.options()));
+  const auto got_grads =
+      dla::test::op_gradients(run(KernelChoice::fused), device_inputs, out_weight.to(got.out.options()),
+                              state_weight.to(got.final_state.options()));
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     INFO("d" << kInputNames[i]);
     REQUIRE(ref_grads[i].defined() == got_grads[i].defined());
@@ -89,11 +92,13 @@ TEST_CASE("the fused chunk and its hand-written backward equal autograd through 
           "[ops][fused]") {
   const bool delta_rule = GENERATE(true, false);
   const bool with_initial_state = GENERATE(true, false);
-  const auto [tokens, chunk_size] = GENERATE(std::pair<int64_t, int64_t>{8, 4}, std::pair<int64_t, int64_t>{37, 16},
-                                             std::pair<int64_t, int64_t>{5, 8});
+  const auto [tokens, chunk_size] =
+      GENERATE(std::pair<int64_t, int64_t>{8, 4}, std::pair<int64_t, int64_t>{37, 16},
+               std::pair<int64_t, int64_t>{5, 8});
   CAPTURE(delta_rule, with_initial_state, tokens, chunk_size);
-  const OpInputs in = dla::test::random_inputs({.batch = 2, .tokens = tokens, .heads = 2, .key_dim = 8, .value_dim = 12},
-                                               with_initial_state, at::kDouble, 40 + static_cast<uint64_t>(tokens));
+  const OpInputs in =
+      dla::test::random_inputs({.batch = 2, .tokens = tokens, .heads = 2, .key_dim = 8, .value_dim = 12},
+                               with_initial_state, at::kDouble, 40 + static_cast<uint64_t>(tokens));
   expect_fused_matches_aten(tensors_of(in, delta_rule), delta_rule, chunk_size, 1e-10,
                             [](const at::Tensor& x) { return x; });
 }
@@ -121,7 +126,8 @@ TEST_CASE("the fused backward handles a loss on only one of the outputs", "[ops]
   }
 }
 
-TEST_CASE("the kernel choice parses auto, aten and fused and names the source of a bad value", "[ops][fused]") {
+TEST_CASE("the kernel choice parses auto, aten and fused and names the source of a bad value",
+          "[ops][fused]") {
   CHECK(dla::ops::parse_kernel_choice("auto", "x") == KernelChoice::automatic);
   CHECK(dla::ops::parse_kernel_choice("aten", "x") == KernelChoice::aten);
   CHECK(dla::ops::parse_kernel_choice("fused", "x") == KernelChoice::fused);
@@ -144,7 +150,9 @@ TEST_CASE("on the GPU the state-pass kernels equal their LibTorch loops", "[ops]
   CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, delta_rule);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  const auto random = [&](std::vector<int64_t> shape, double scale) { return at::randn(shape, gen, f32) * scale; };
+  const auto random = [&](std::vector<int64_t> shape, double scale) {
+    return at::randn(shape, gen, f32) * scale;
+  };
   const double key_scale = 1.0 / std::sqrt(static_cast<double>(d.key_dim));
   const at::Tensor k_to_end = random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale);
   const at::Tensor u = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
@@ -161,16 +169,16 @@ TEST_CASE("on the GPU the state-pass kernels equal their LibTorch loops", "[ops]
   REQUIRE_FALSE(dla::ops::fused::state_pass_uses_cuda_kernel(k_to_end, u));
 
   const auto ref = dla::ops::fused::state_pass_forward(k_to_end, u, w, chunk_decay, initial);
-  const auto got = dla::ops::fused::state_pass_forward(cuda(k_to_end), cuda(u), cuda(w), cuda(chunk_decay),
-                                                       cuda(initial));
+  const auto got =
+      dla::ops::fused::state_pass_forward(cuda(k_to_end), cuda(u), cuda(w), cuda(chunk_decay), cuda(initial));
   expect_close("states", ref.states_BHMKV, got.states_BHMKV.cpu(), 1e-5);
   expect_close("v_new", ref.v_new_BHMCV, got.v_new_BHMCV.cpu(), 1e-5);
   expect_close("final_state", ref.final_state_BHKV, got.final_state_BHKV.cpu(), 1e-5);
 
   const auto ref_back =
       dla::ops::fused::state_pass_backward(q_read, d_out, d_intra, k_to_end, w, chunk_decay, d_final);
-  const auto got_back = dla::ops::fused::state_pass_backward(cuda(q_read), cuda(d_out), cuda(d_intra),
-                                                             cuda(k_to_end), cuda(w), cuda(chunk_decay), cuda(d_final));
+  const auto got_back = dla::ops::fused::state_pass_backward(
+      cuda(q_read), cuda(d_out), cuda(d_intra), cuda(k_to_end), cuda(w), cuda(chunk_decay), cuda(d_final));
   expect_close("d_states_next", ref_back.d_states_next_BHMKV, got_back.d_states_next_BHMKV.cpu(), 1e-5);
   expect_close("d_v_new", ref_back.d_v_new_BHMCV, got_back.d_v_new_BHMCV.cpu(), 1e-5);
   expect_close("d_initial_state", ref_back.d_initial_state_BHKV, got_back.d_initial_state_BHKV.cpu(), 1e-5);
@@ -211,6 +219,7 @@ TEST_CASE("unit_lower_inverse inverts I + A from A's strictly lower part, on the
     WARN("no CUDA device: the inverse kernel is not exercised on this machine");
     return;
   }
-  const at::Tensor got = dla::ops::fused::unit_lower_inverse(a.to(at::kCUDA, at::kFloat)).cpu().to(at::kDouble);
+  const at::Tensor got =
+      dla::ops::fused::unit_lower_inverse(a.to(at::kCUDA, at::kFloat)).cpu().to(at::kDouble);
   expect_close("CUDA inverse", inverse, got, 1e-5);
 }

@@ -25,7 +25,8 @@ struct LayerBenchOptions {
   int64_t warmup = 3;
   int64_t iters = 10;
   std::string kernels;  ///< auto, aten or fused (ops::KernelChoice); empty: DLA_KERNELS, else auto
-  std::string profile;  ///< when set: a Chrome trace of one forward+backward goes there, top kernels to the JSON
+  std::string
+      profile;  ///< when set: a Chrome trace of one forward+backward goes there, top kernels to the JSON
 };
 
 /// Times the mixer's chunkwise op (GDN: gated delta rule; Mamba-2: SSD) under a memory policy, forward and

@@ -37,8 +37,8 @@ StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::
 /// starting from dS_M = d_final_state. q_read is the query as it reads the chunk-start state (scale and
 /// decay applied); d_v_new_intra the gradient v_new gets from the chunk's own outputs.
 struct StatePassBackward {
-  at::Tensor d_states_next_BHMKV;  ///< dS_{m+1}, the gradient of the state chunk m hands on
-  at::Tensor d_v_new_BHMCV;        ///< dv_new_m, complete
+  at::Tensor d_states_next_BHMKV;   ///< dS_{m+1}, the gradient of the state chunk m hands on
+  at::Tensor d_v_new_BHMCV;         ///< dv_new_m, complete
   at::Tensor d_initial_state_BHKV;  ///< dS_0
 };
 StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::Tensor& d_out_BHMCV,

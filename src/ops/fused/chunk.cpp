@@ -22,14 +22,14 @@ using torch::autograd::variable_list;
 /// The inputs cut into chunks in the compute dtype, with the gate terms every stage uses.
 struct ChunkTerms {
   at::Tensor q_BHMCK, k_BHMCK, v_BHMCV, beta_BHMC;
-  at::Tensor gamma_BHMC;     ///< chunk-local cumsum of the log gates
-  at::Tensor decay_BHMCC;    ///< exp(gamma_i − gamma_j), j <= i
-  at::Tensor to_end_BHMC;    ///< exp(gamma_last − gamma): decay from each token to its chunk's end
+  at::Tensor gamma_BHMC;   ///< chunk-local cumsum of the log gates
+  at::Tensor decay_BHMCC;  ///< exp(gamma_i − gamma_j), j <= i
+  at::Tensor to_end_BHMC;  ///< exp(gamma_last − gamma): decay from each token to its chunk's end
   at::Tensor k_to_end_BHMCK;
-  at::Tensor chunk_decay_BHM;  ///< exp(gamma_last)
-  at::Tensor kk_BHMCC;         ///< (k kᵀ) ⊙ decay (delta rule only)
-  at::Tensor a_BHMCC;          ///< strictly lower beta_i (k kᵀ ⊙ decay)_ij (delta rule only)
-  at::Tensor inverse_BHMCC;    ///< (I + A)⁻¹ (delta rule only)
+  at::Tensor chunk_decay_BHM;   ///< exp(gamma_last)
+  at::Tensor kk_BHMCC;          ///< (k kᵀ) ⊙ decay (delta rule only)
+  at::Tensor a_BHMCC;           ///< strictly lower beta_i (k kᵀ ⊙ decay)_ij (delta rule only)
+  at::Tensor inverse_BHMCC;     ///< (I + A)⁻¹ (delta rule only)
   at::Tensor w_BHMCK, u_BHMCV;  ///< the WY representation (delta rule only); u is v otherwise
 };
 
@@ -60,9 +60,9 @@ ChunkTerms chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   return t;
 }
 
-/// While alive, cuBLAS may run float32 matmuls in TF32 when the op's inputs come in 16 bits: their 8 (bf16) or
-/// 11 (fp16) mantissa bits fit TF32's 10-bit operands nearly whole, and fla's Triton dots round the same way
-/// on Hopper. Float32 inputs keep full float32 products.
+/// While alive, cuBLAS may run float32 matmuls in TF32 when the op's inputs come in 16 bits: their 8 (bf16)
+/// or 11 (fp16) mantissa bits fit TF32's 10-bit operands nearly whole, and fla's Triton dots round the same
+/// way on Hopper. Float32 inputs keep full float32 products.
 class Tf32Scope {
  public:
   explicit Tf32Scope(const at::Tensor& q) : previous_(at::globalContext().allowTF32CuBLAS()) {
@@ -104,7 +104,8 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
                            common::initial_state_or_zeros(initial_state, k, v, dtype));
     // The chunk-start states and written values are kept (the state pass is the op's sequential part);
     // everything else the backward needs is recomputed from the inputs.
-    ctx->save_for_backward({q, k, v, g, beta_or_empty, initial_state_or_empty, pass.states_BHMKV, pass.v_new_BHMCV});
+    ctx->save_for_backward(
+        {q, k, v, g, beta_or_empty, initial_state_or_empty, pass.states_BHMKV, pass.v_new_BHMCV});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["chunk_size"] = chunk_size;
     ctx->saved_data["delta_rule"] = delta_rule;
@@ -194,16 +195,17 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const auto unchunk = [&](const at::Tensor& x, const at::Tensor& like) {
       return common::from_chunks(x, num_tokens).to(like.scalar_type());
     };
-    return {unchunk(d_q_BHMCK, q),
-            unchunk(d_k_BHMCK, k),
-            unchunk(d_v_BHMCV, v),
-            unchunk(d_g_BHMC, g),
-            beta.defined() ? unchunk(d_beta_BHMC, beta) : at::Tensor(),
-            initial_state.defined() ? back.d_initial_state_BHKV.to(initial_state.scalar_type()) : at::Tensor(),
-            at::Tensor(),
-            at::Tensor(),
-            at::Tensor(),
-            at::Tensor()};
+    return {
+        unchunk(d_q_BHMCK, q),
+        unchunk(d_k_BHMCK, k),
+        unchunk(d_v_BHMCV, v),
+        unchunk(d_g_BHMC, g),
+        beta.defined() ? unchunk(d_beta_BHMC, beta) : at::Tensor(),
+        initial_state.defined() ? back.d_initial_state_BHKV.to(initial_state.scalar_type()) : at::Tensor(),
+        at::Tensor(),
+        at::Tensor(),
+        at::Tensor(),
+        at::Tensor()};
   }
 };
 
@@ -217,8 +219,9 @@ OpResult chunk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
   TORCH_CHECK(chunk_size >= 1, op, ": chunk_size must be at least 1, got ", chunk_size);
   // Autograd functions take defined tensors only: absent ones travel as empty placeholders.
   const auto or_empty = [&](const at::Tensor& x) { return x.defined() ? x : at::empty({0}, q.options()); };
-  const variable_list result = ChunkFunction::apply(q, k, v, g, or_empty(beta), or_empty(initial_state), scale,
-                                                    chunk_size, beta.defined(), initial_state.defined());
+  const variable_list result =
+      ChunkFunction::apply(q, k, v, g, or_empty(beta), or_empty(initial_state), scale, chunk_size,
+                           beta.defined(), initial_state.defined());
   return {result[0], result[1]};
 }
 

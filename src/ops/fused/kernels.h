@@ -20,9 +20,9 @@ struct StatePassDims {
 bool supports(const StatePassDims& dims);
 
 /// nullptr on success, else the CUDA error's text. w may be null (no delta rule; v_new is not written).
-const char* state_pass_forward(const float* k_to_end, const float* u, const float* w, const float* chunk_decay,
-                               const float* initial_state, float* states, float* v_new, float* final_state,
-                               const StatePassDims& dims, void* stream);
+const char* state_pass_forward(const float* k_to_end, const float* u, const float* w,
+                               const float* chunk_decay, const float* initial_state, float* states,
+                               float* v_new, float* final_state, const StatePassDims& dims, void* stream);
 
 /// nullptr on success, else the CUDA error's text. w may be null (no delta rule).
 const char* state_pass_backward(const float* q_read, const float* d_out, const float* d_v_new_intra,

@@ -8,8 +8,8 @@
 #include <ATen/ops/stack.h>
 #include <c10/util/Exception.h>
 
-#include "dla/ops/fused.h"
 #include "cuda_stream.h"
+#include "dla/ops/fused.h"
 #include "kernels.h"
 
 #if defined(DLA_WITH_CUDA)
@@ -139,9 +139,10 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
                            at::empty({B, H, K, V}, d_out.options())};
   const char* error = kernels::state_pass_backward(
       q_read.data_ptr<float>(), d_out.data_ptr<float>(), d_v_new_intra.data_ptr<float>(),
-      k_to_end.data_ptr<float>(), data_or_null(w), chunk_decay.data_ptr<float>(), d_final_state.data_ptr<float>(),
-      result.d_states_next_BHMKV.data_ptr<float>(), result.d_v_new_BHMCV.data_ptr<float>(),
-      result.d_initial_state_BHKV.data_ptr<float>(), dims_of(k_to_end, d_out), current_cuda_stream(d_out));
+      k_to_end.data_ptr<float>(), data_or_null(w), chunk_decay.data_ptr<float>(),
+      d_final_state.data_ptr<float>(), result.d_states_next_BHMKV.data_ptr<float>(),
+      result.d_v_new_BHMCV.data_ptr<float>(), result.d_initial_state_BHKV.data_ptr<float>(),
+      dims_of(k_to_end, d_out), current_cuda_stream(d_out));
   TORCH_CHECK(error == nullptr, "fused state pass backward: CUDA kernel failed: ", error);
   return result;
 #else

@@ -14,17 +14,18 @@ namespace dla::ops::fused::kernels {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kTileV = 32;                         // value columns per block
-constexpr int kColumnGroups = kTileV / 4;          // threads across a tile's columns, 4 columns each
+constexpr int kTileV = 32;                            // value columns per block
+constexpr int kColumnGroups = kTileV / 4;             // threads across a tile's columns, 4 columns each
 constexpr int kRowGroups = kThreads / kColumnGroups;  // threads down a tile's rows
 
 struct Dims {
   int chunks, chunk_size, key_dim, value_dim;
-  // Shared-memory row length of a transposed [C, K] operand: padded to keep float4 alignment and spread banks.
+  // Shared-memory row length of a transposed [C, K] operand: padded to keep float4 alignment and spread
+  // banks.
   __host__ __device__ int transposed_stride() const { return chunk_size + 4; }
   __host__ __device__ int operand_floats() const {
     return key_dim * transposed_stride() > chunk_size * key_dim ? key_dim * transposed_stride()
-                                                                 : chunk_size * key_dim;
+                                                                : chunk_size * key_dim;
   }
 };
 
@@ -84,7 +85,8 @@ __device__ void load_transposed(float* dst, int stride, const float* __restrict_
 
 // The [rows, kTileV] tile at column `first_column` of a [rows, value_dim] global matrix (value_dim a
 // multiple of 4); zeros past the end.
-__device__ void load_tile(float* dst, const float* __restrict__ src, int rows, int value_dim, int first_column) {
+__device__ void load_tile(float* dst, const float* __restrict__ src, int rows, int value_dim,
+                          int first_column) {
   constexpr int kVectorsPerRow = kTileV / 4;
   const int n4 = rows * kVectorsPerRow;
   float4* dst4 = reinterpret_cast<float4*>(dst);
@@ -96,7 +98,8 @@ __device__ void load_tile(float* dst, const float* __restrict__ src, int rows, i
       const int column = first_column + (i % kVectorsPerRow) * 4;
       values[u] = make_float4(0.f, 0.f, 0.f, 0.f);
       if (i < n4 && column < value_dim)
-        values[u] = __ldg(reinterpret_cast<const float4*>(src + static_cast<size_t>(i / kVectorsPerRow) * value_dim + column));
+        values[u] = __ldg(reinterpret_cast<const float4*>(
+            src + static_cast<size_t>(i / kVectorsPerRow) * value_dim + column));
     }
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
@@ -111,7 +114,8 @@ __device__ void store_tile(float* dst, const float* src, int rows, int value_dim
   for (int i = threadIdx.x; i < rows * kVectorsPerRow; i += kThreads) {
     const int column = first_column + (i % kVectorsPerRow) * 4;
     if (column < value_dim)
-      *reinterpret_cast<float4*>(dst + static_cast<size_t>(i / kVectorsPerRow) * value_dim + column) = src4[i];
+      *reinterpret_cast<float4*>(dst + static_cast<size_t>(i / kVectorsPerRow) * value_dim + column) =
+          src4[i];
   }
 }
 
@@ -149,15 +153,16 @@ __global__ void __launch_bounds__(kThreads)
                               float* __restrict__ v_new, float* __restrict__ final_state, Dims d) {
   extern __shared__ float4 shared4[];
   float* operand = reinterpret_cast<float*>(shared4);  // w transposed, then k_to_end
-  float* state = operand + d.operand_floats();          // [K, kTileV]
-  float* written = state + d.key_dim * kTileV;          // [C, kTileV]: v_new
+  float* state = operand + d.operand_floats();         // [K, kTileV]
+  float* written = state + d.key_dim * kTileV;         // [C, kTileV]: v_new
 
   const int C = d.chunk_size, K = d.key_dim, V = d.value_dim;
   const size_t head = blockIdx.y;
   const int first_column = blockIdx.x * kTileV;
   const int column = (threadIdx.x % kColumnGroups) * 4;
   const int row_group = threadIdx.x / kColumnGroups;
-  const size_t KV = static_cast<size_t>(K) * V, CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V;
+  const size_t KV = static_cast<size_t>(K) * V, CK = static_cast<size_t>(C) * K,
+               CV = static_cast<size_t>(C) * V;
 
   load_tile(state, initial_state + head * KV, K, V, first_column);
   for (int m = 0; m < d.chunks; ++m) {
@@ -209,16 +214,17 @@ __global__ void __launch_bounds__(kThreads)
                                float* __restrict__ d_v_new, float* __restrict__ d_initial_state, Dims d) {
   extern __shared__ float4 shared4[];
   float* operand = reinterpret_cast<float*>(shared4);  // k_to_end transposed, then q_read, then w
-  float* d_state = operand + d.operand_floats();        // [K, kTileV]
-  float* d_written = d_state + d.key_dim * kTileV;      // [C, kTileV]: dv_new
-  float* d_read = d_written + d.chunk_size * kTileV;    // [C, kTileV]: d_out
+  float* d_state = operand + d.operand_floats();       // [K, kTileV]
+  float* d_written = d_state + d.key_dim * kTileV;     // [C, kTileV]: dv_new
+  float* d_read = d_written + d.chunk_size * kTileV;   // [C, kTileV]: d_out
 
   const int C = d.chunk_size, K = d.key_dim, V = d.value_dim;
   const size_t head = blockIdx.y;
   const int first_column = blockIdx.x * kTileV;
   const int column = (threadIdx.x % kColumnGroups) * 4;
   const int row_group = threadIdx.x / kColumnGroups;
-  const size_t KV = static_cast<size_t>(K) * V, CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V;
+  const size_t KV = static_cast<size_t>(K) * V, CK = static_cast<size_t>(C) * K,
+               CV = static_cast<size_t>(C) * V;
 
   load_tile(d_state, d_final_state + head * KV, K, V, first_column);
   for (int m = d.chunks - 1; m >= 0; --m) {
@@ -284,13 +290,14 @@ Dims device_dims(const StatePassDims& dims) {
 }
 
 dim3 grid_of(const StatePassDims& dims) {
-  return dim3(static_cast<unsigned>((dims.value_dim + kTileV - 1) / kTileV), static_cast<unsigned>(dims.batch_heads));
+  return dim3(static_cast<unsigned>((dims.value_dim + kTileV - 1) / kTileV),
+              static_cast<unsigned>(dims.batch_heads));
 }
 
 template <class Kernel>
 const char* prepare(Kernel kernel, size_t shared_bytes) {
-  const cudaError_t error =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
+  const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(shared_bytes));
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
@@ -303,7 +310,9 @@ const char* launched() {
 
 bool supports(const StatePassDims& dims) {
   constexpr int64_t kMaxInt = 1 << 30;
-  if (dims.chunk_size % 4 != 0 || dims.key_dim % 8 != 0 || dims.value_dim % 4 != 0 || dims.chunk_size <= 0 || dims.key_dim <= 0) return false;
+  if (dims.chunk_size % 4 != 0 || dims.key_dim % 8 != 0 || dims.value_dim % 4 != 0 || dims.chunk_size <= 0 ||
+      dims.key_dim <= 0)
+    return false;
   if (dims.batch_heads <= 0 || dims.batch_heads > 65535 || dims.chunks > kMaxInt || dims.value_dim > kMaxInt)
     return false;
   int device = 0;
@@ -315,9 +324,9 @@ bool supports(const StatePassDims& dims) {
   return std::max(forward_shared_bytes(d), backward_shared_bytes(d)) <= static_cast<size_t>(max_shared);
 }
 
-const char* state_pass_forward(const float* k_to_end, const float* u, const float* w, const float* chunk_decay,
-                               const float* initial_state, float* states, float* v_new, float* final_state,
-                               const StatePassDims& dims, void* stream) {
+const char* state_pass_forward(const float* k_to_end, const float* u, const float* w,
+                               const float* chunk_decay, const float* initial_state, float* states,
+                               float* v_new, float* final_state, const StatePassDims& dims, void* stream) {
   const Dims d = device_dims(dims);
   const size_t shared_bytes = forward_shared_bytes(d);
   if (const char* error = prepare(state_pass_forward_kernel, shared_bytes)) return error;

@@ -24,13 +24,14 @@ at::Tensor unit_lower_inverse(const at::Tensor& a_CC) {
     at::Tensor a = a_CC.contiguous();
     if (reinterpret_cast<std::uintptr_t>(a.data_ptr()) % 16 != 0) a = a.clone();
     at::Tensor t = at::empty_like(a);
-    const char* error = kernels::unit_lower_inverse(a.data_ptr<float>(), t.data_ptr<float>(), a.numel() / (n * n),
-                                                    n, current_cuda_stream(a));
+    const char* error = kernels::unit_lower_inverse(a.data_ptr<float>(), t.data_ptr<float>(),
+                                                    a.numel() / (n * n), n, current_cuda_stream(a));
     TORCH_CHECK(error == nullptr, "fused unit_lower_inverse: CUDA kernel failed: ", error);
     return t;
   }
 #endif
-  // With unitriangular the solver takes the unit diagonal as given, so the strictly lower part is all it reads.
+  // With unitriangular the solver takes the unit diagonal as given, so the strictly lower part is all it
+  // reads.
   return at::linalg_solve_triangular(a_CC, at::eye(n, a_CC.options()).expand_as(a_CC), /*upper=*/false,
                                      /*left=*/true, /*unitriangular=*/true);
 }

@@ -1,6 +1,6 @@
 // CUDA kernel of fused::unit_lower_inverse: one thread block per matrix, one thread per column, forward
-// substitution in shared memory. Column j of T = (I + A)⁻¹ is T[i][j] = [i = j] − Σ_{j <= l < i} A[i][l] T[l][j],
-// so each thread needs only its own column of T and no synchronisation between rows.
+// substitution in shared memory. Column j of T = (I + A)⁻¹ is T[i][j] = [i = j] − Σ_{j <= l < i} A[i][l]
+// T[l][j], so each thread needs only its own column of T and no synchronisation between rows.
 #include <cuda_runtime.h>
 
 #include "kernels.h"
@@ -12,8 +12,8 @@ constexpr int64_t kMaxSize = 64;
 
 __global__ void unit_lower_inverse_kernel(const float* __restrict__ a, float* __restrict__ t, int n) {
   extern __shared__ float shared[];
-  float* a_shared = shared;                      // [n][n]
-  float* t_shared = shared + n * n;              // [n][n + 1]: the odd stride keeps column walks conflict-free
+  float* a_shared = shared;          // [n][n]
+  float* t_shared = shared + n * n;  // [n][n + 1]: the odd stride keeps column walks conflict-free
   const size_t matrix = static_cast<size_t>(blockIdx.x) * n * n;
   // float4 loads, several in flight per thread: one at a time would leave the block waiting on memory.
   const float4* a4 = reinterpret_cast<const float4*>(a + matrix);

@@ -6,8 +6,8 @@
 #include <c10/util/Exception.h>
 
 #include "dla/ops/fused.h"
-#include "dla/ops/kernels.h"
 #include "dla/ops/gdn.h"
+#include "dla/ops/kernels.h"
 
 namespace dla::ops::gdn {
 

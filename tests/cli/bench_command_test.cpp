@@ -1,0 +1,51 @@
+// `dla bench layer`: the kernel choice (flag and DLA_KERNELS) and the kernel profile.
+#include <cstdlib>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "catch.h"
+#include "test_util.h"
+
+namespace dla::test {
+
+namespace {
+constexpr const char* kSmallLayer = "bench layer -B 1 -T 40 -H 1 -D 8 --device cpu --warmup 0 --iters 1";
+}
+
+TEST_CASE("dla bench layer runs either kernel path and profiles one forward+backward", "[cli][fused]") {
+  const TempDir dir;
+  for (const char* kernels : {"aten", "fused"}) {
+    CAPTURE(kernels);
+    const auto result = run_dla_stdout(std::string(kSmallLayer) + " --kernels " + kernels + " --profile " +
+                                       (dir.path() / "trace.json").string());
+    REQUIRE(result.status == 0);
+    const auto report = nlohmann::json::parse(result.output);
+    CHECK(report.at("kernels") == kernels);
+    CHECK(report.at("fwd_bwd_ms").get<double>() > 0);
+    REQUIRE(report.at("profile").is_array());
+    CHECK_FALSE(report.at("profile").empty());
+    CHECK(std::filesystem::file_size(dir.path() / "trace.json") > 0);
+    std::filesystem::remove(dir.path() / "trace.json");
+  }
+}
+
+TEST_CASE("DLA_KERNELS picks the kernel path; a bad value fails any command with the variable named",
+          "[cli][fused]") {
+  ::setenv("DLA_KERNELS", "fused", 1);
+  const auto fused = run_dla_stdout(kSmallLayer);
+  ::setenv("DLA_KERNELS", "triton", 1);
+  const auto bad = run_dla(kSmallLayer);
+  const auto bad_version = run_dla("version");
+  ::unsetenv("DLA_KERNELS");
+  REQUIRE(fused.status == 0);
+  CHECK(nlohmann::json::parse(fused.output).at("kernels") == "fused");
+  CHECK(bad.status == 1);
+  CHECK_THAT(bad.output, has_substr("DLA_KERNELS: expected auto, aten or fused, got 'triton'"));
+  CHECK(bad_version.status == 1);
+  const auto bad_flag = run_dla(std::string(kSmallLayer) + " --kernels triton");
+  CHECK(bad_flag.status == 2);
+  CHECK_THAT(bad_flag.output, has_substr("--kernels"));
+}
+
+}  // namespace dla::test
