@@ -42,6 +42,7 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
   torch::manual_seed(static_cast<uint64_t>(config.run.seed));
   model::CausalLM model(config.model);
   model->to(device);
+  model->set_activation_checkpointing(train.activation_checkpointing);
   std::unique_ptr<dist::Communicator> communicator;
   std::unique_ptr<dist::GradientReducer> reducer;
   if (env.distributed()) {
@@ -89,6 +90,7 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
                            {"batch", B},
                            {"seq_len", T},
                            {"precision", config::enum_name(train.precision)},
+                           {"activation_checkpointing", train.activation_checkpointing},
                            {"device", device.str()},
                            {"ranks", env.world_size},
                            {"backend", communicator ? communicator->backend_name() : "none"},

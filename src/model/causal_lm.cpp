@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>
 
+#include "dla/model/activation_checkpoint.h"
+
 namespace dla::model {
 
 BlockImpl::BlockImpl(const ModelOptions& options) {
@@ -84,14 +86,31 @@ int64_t CausalLMImpl::num_parameters() const {
 at::Tensor CausalLMImpl::forward(const at::Tensor& ids_BT, GenerationCache* cache) {
   if (cache != nullptr) cache->layers.resize(layers->size());
   at::Tensor h_BTD = embeddings->forward(ids_BT);
-  for (std::size_t i = 0; i < layers->size(); ++i)
-    h_BTD = layers[i]->as<Block>()->forward(h_BTD, cache != nullptr ? &cache->layers[i] : nullptr);
+  last_forward_checkpointed_ =
+      activation_checkpointing_ && cache == nullptr && is_training() && at::GradMode::is_enabled();
+  checkpointed_auxiliary_loss_ = at::Tensor();
+  for (std::size_t i = 0; i < layers->size(); ++i) {
+    BlockImpl& block = *layers[i]->as<Block>();
+    if (!last_forward_checkpointed_) {
+      h_BTD = block.forward(h_BTD, cache != nullptr ? &cache->layers[i] : nullptr);
+      continue;
+    }
+    // The blocks' memories keep graph-less auxiliary losses here; the differentiable ones come back with h.
+    const CheckpointedBlockOutput out = checkpointed_block_forward(block, h_BTD);
+    h_BTD = out.h_BTD;
+    if (out.auxiliary_loss.defined()) {
+      checkpointed_auxiliary_loss_ = checkpointed_auxiliary_loss_.defined()
+                                         ? checkpointed_auxiliary_loss_ + out.auxiliary_loss
+                                         : out.auxiliary_loss;
+    }
+  }
   if (cache != nullptr) cache->position += ids_BT.size(1);
   h_BTD = norm->forward(h_BTD);
   return lm_head ? lm_head->forward(h_BTD) : at::linear(h_BTD, embeddings->weight);
 }
 
 at::Tensor CausalLMImpl::auxiliary_loss() const {
+  if (last_forward_checkpointed_) return checkpointed_auxiliary_loss_;
   at::Tensor total;
   for (const auto& layer : *layers) {
     const at::Tensor loss = layer->as<Block>()->mixer->memory->auxiliary_loss();

@@ -117,6 +117,7 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
   torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
   model_ = model::CausalLM(config_.model);
   model_->to(device_);
+  model_->set_activation_checkpointing(config_.train.activation_checkpointing);
   if (dist_.distributed()) {
     communicator_ = std::make_unique<dist::Communicator>(dist_, config_.dist, device_);
     dist::broadcast_module(*communicator_, *model_);

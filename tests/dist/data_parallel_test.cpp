@@ -149,6 +149,22 @@ TEST_CASE("with gradient accumulation, 3 ranks train like one process", "[dist][
   check_same_weights(dir / "one", dir / "three");
 }
 
+TEST_CASE("with activation checkpointing, 2 ranks train like one process without it", "[dist][cli]") {
+  test::TempDir dir;
+  const fs::path config = write_config(dir.path(), {});
+  const auto single =
+      run_dla(fmt::format("train --config '{}' --run-dir '{}'", config.string(), (dir / "one").string()));
+  INFO(single.output);
+  REQUIRE(single.status == 0);
+  // The recomputing backward fires the gradient reducer's hooks from a nested backward pass.
+  const auto ranks =
+      run_dla(launch_train(2, config, dir / "two", "--set train.activation_checkpointing=true"));
+  INFO(ranks.output);
+  REQUIRE(ranks.status == 0);
+  check_same_losses(losses(dir / "one"), losses(dir / "two"));
+  check_same_weights(dir / "one", dir / "two");
+}
+
 TEST_CASE("a worker killed mid-run ends the job with an error naming its rank", "[dist][cli]") {
   test::TempDir dir;
   const fs::path config = write_config(dir.path(), {"train.steps=1000", "dist.timeout_s=20"});

@@ -44,6 +44,9 @@ class CausalLMImpl : public torch::nn::Module {
   /// The sum of the layers' auxiliary losses of the last training forward (dla's ratio loss); undefined
   /// when there is none.
   at::Tensor auxiliary_loss() const;
+  /// With it on, training forwards (grad mode on, no cache) checkpoint every block: activations are
+  /// recomputed in the backward pass (dla/model/activation_checkpoint.h).
+  void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
   /// Draws every parameter as fla's `_init_weights` does, from the current torch seed.
   void reset_parameters();
   int64_t num_parameters() const;
@@ -56,6 +59,9 @@ class CausalLMImpl : public torch::nn::Module {
 
  private:
   ModelOptions options_;
+  bool activation_checkpointing_ = false;
+  bool last_forward_checkpointed_ = false;
+  at::Tensor checkpointed_auxiliary_loss_;  ///< of the last forward, when it was checkpointed
 };
 TORCH_MODULE(CausalLM);
 

@@ -67,6 +67,7 @@ struct TrainOptions {
   int64_t log_every = 10;        ///< steps between progress lines and metrics rows
   DeviceKind device = DeviceKind::auto_select;
   Precision precision = Precision::float32;
+  bool activation_checkpointing = false;  ///< recompute each block's activations in the backward pass
 
   template <class V>
   void visit(V& v) {
@@ -85,6 +86,9 @@ struct TrainOptions {
             Bounds::at_least(1));
     v.field("device", device, "auto (CUDA when available), cpu or cuda.");
     v.field("precision", precision, "float32, or bfloat16 autocast with float32 master weights (CUDA only).");
+    v.field("activation_checkpointing", activation_checkpointing,
+            "Keep only each block's input in the forward pass and recompute the block in the backward pass: "
+            "less memory for one more forward.");
   }
 };
 
