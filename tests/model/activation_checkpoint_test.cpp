@@ -64,11 +64,13 @@ StepResult train_step(const Case& c, bool checkpointing, const at::Tensor& ids) 
 
 }  // namespace
 
-TEST_CASE("checkpointed blocks give the plain losses and parameter gradients", "[model][activation_checkpoint]") {
+TEST_CASE("checkpointed blocks give the plain losses and parameter gradients",
+          "[model][activation_checkpoint]") {
   using dla::memory::PolicyKind;
   using dla::model::MixerKind;
-  const Case c = GENERATE(Case{MixerKind::gdn, PolicyKind::single}, Case{MixerKind::gdn, PolicyKind::dla},
-                          Case{MixerKind::mamba2, PolicyKind::fenwick}, Case{MixerKind::mamba2, PolicyKind::dla});
+  const Case c =
+      GENERATE(Case{MixerKind::gdn, PolicyKind::single}, Case{MixerKind::gdn, PolicyKind::dla},
+               Case{MixerKind::mamba2, PolicyKind::fenwick}, Case{MixerKind::mamba2, PolicyKind::dla});
   CAPTURE(static_cast<int>(c.mixer), static_cast<int>(c.policy));
   const at::Tensor ids = at::randint(50, {2, 20}, at::make_generator<at::CPUGeneratorImpl>(9), at::kLong);
   const StepResult plain = train_step(c, false, ids);

@@ -12,7 +12,8 @@ class BlockImpl;
 
 struct CheckpointedBlockOutput {
   at::Tensor h_BTD;
-  at::Tensor auxiliary_loss;  ///< the block memory's auxiliary loss, differentiable; undefined when it has none
+  at::Tensor
+      auxiliary_loss;  ///< the block memory's auxiliary loss, differentiable; undefined when it has none
 };
 
 /// block.forward(h_BTD) for training, keeping no activations of the block. `block` must outlive the backward
