@@ -81,6 +81,14 @@ class ScopedEnv {
   const char* name_;
 };
 
+// Trains `config` in one process (no launcher) into `run`.
+void train_one_process(const fs::path& config, const fs::path& run) {
+  const auto single =
+      run_dla(fmt::format("train --config '{}' --run-dir '{}'", config.string(), run.string()));
+  INFO(single.output);
+  REQUIRE(single.status == 0);
+}
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -90,10 +98,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 TEST_CASE("2 and 3 ranks, and 2 nodes of 1, train like one process on the same global batch", "[dist][cli]") {
   test::TempDir dir;
   const fs::path config = write_config(dir.path(), {});
-  const auto single =
-      run_dla(fmt::format("train --config '{}' --run-dir '{}'", config.string(), (dir / "one").string()));
-  INFO(single.output);
-  REQUIRE(single.status == 0);
+  train_one_process(config, dir / "one");
   const auto expected = losses(dir / "one");
   REQUIRE(expected.size() == 6);
 
@@ -138,10 +143,7 @@ TEST_CASE("2 and 3 ranks, and 2 nodes of 1, train like one process on the same g
 TEST_CASE("with gradient accumulation, 3 ranks train like one process", "[dist][cli]") {
   test::TempDir dir;
   const fs::path config = write_config(dir.path(), {"train.batch_size=12", "train.grad_accum_steps=2"});
-  const auto single =
-      run_dla(fmt::format("train --config '{}' --run-dir '{}'", config.string(), (dir / "one").string()));
-  INFO(single.output);
-  REQUIRE(single.status == 0);
+  train_one_process(config, dir / "one");
   const auto ranks = run_dla(launch_train(3, config, dir / "three"));
   INFO(ranks.output);
   REQUIRE(ranks.status == 0);
@@ -152,10 +154,7 @@ TEST_CASE("with gradient accumulation, 3 ranks train like one process", "[dist][
 TEST_CASE("with activation checkpointing, 2 ranks train like one process without it", "[dist][cli]") {
   test::TempDir dir;
   const fs::path config = write_config(dir.path(), {});
-  const auto single =
-      run_dla(fmt::format("train --config '{}' --run-dir '{}'", config.string(), (dir / "one").string()));
-  INFO(single.output);
-  REQUIRE(single.status == 0);
+  train_one_process(config, dir / "one");
   // The recomputing backward fires the gradient reducer's hooks from a nested backward pass.
   const auto ranks =
       run_dla(launch_train(2, config, dir / "two", "--set train.activation_checkpointing=true"));

@@ -12,6 +12,7 @@
 
 #include "catch.h"
 #include "dla/model/causal_lm.h"
+#include "model/model_testing.h"
 #include "ops/op_testing.h"
 
 namespace {
@@ -24,22 +25,7 @@ struct Case {
 };
 
 dla::model::ModelOptions options_of(const Case& c) {
-  dla::model::ModelOptions options;
-  options.vocab_size = 50;
-  options.hidden_size = 16;
-  options.num_layers = 2;
-  options.mixer = c.mixer;
-  options.gdn.num_heads = 2;
-  options.gdn.head_dim = 8;
-  options.mamba2.head_dim = 8;
-  options.mamba2.state_size = 8;
-  options.intermediate_size = 32;
-  options.chunk_size = 8;
-  options.memory.policy = c.policy;
-  options.memory.capacity = 3;
-  options.memory.max_length = 32;
-  options.memory.rate_loss = 0.1;  // dla: an auxiliary loss to carry through the checkpoint
-  return options;
+  return dla::test::tiny_model_options(c.mixer, c.policy);
 }
 
 struct StepResult {

@@ -18,6 +18,7 @@
 #include "dla/ops/kernels.h"
 #include "dla/ops/ssd.h"
 #include "dla/util/error.h"
+#include "model/model_testing.h"
 #include "ops/op_testing.h"
 
 namespace {
@@ -230,18 +231,8 @@ TEST_CASE("unit_lower_inverse inverts I + A from A's strictly lower part, on the
 TEST_CASE("a model trains the same on the fused path as on the LibTorch ops", "[ops][fused][model]") {
   const auto mixer = GENERATE(dla::model::MixerKind::gdn, dla::model::MixerKind::mamba2);
   CAPTURE(static_cast<int>(mixer));
-  dla::model::ModelOptions options;
-  options.vocab_size = 40;
-  options.hidden_size = 16;
-  options.num_layers = 2;
-  options.mixer = mixer;
-  options.gdn.num_heads = 2;
-  options.gdn.head_dim = 8;
-  options.mamba2.head_dim = 8;
-  options.mamba2.state_size = 8;
-  options.intermediate_size = 32;
-  options.chunk_size = 8;
-  const at::Tensor ids = at::randint(40, {2, 21}, at::make_generator<at::CPUGeneratorImpl>(4), at::kLong);
+  const dla::model::ModelOptions options = dla::test::tiny_model_options(mixer);
+  const at::Tensor ids = at::randint(50, {2, 21}, at::make_generator<at::CPUGeneratorImpl>(4), at::kLong);
   const auto loss_and_grads = [&](KernelChoice choice) {
     const KernelChoiceScope scope(choice);
     torch::manual_seed(8);
