@@ -182,7 +182,8 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
       d_v_BHMCV = d_vb_BHMCV * beta_BHMC1;
       d_beta_BHMC = d_kb_k_BHMC + rowwise_dot(d_vb_BHMCV, t.v_BHMCV) + (d_a_BHMCC * t.kk_BHMCC).sum(-1);
       const at::Tensor d_kk_BHMCC = beta_BHMC1 * d_a_BHMCC * t.decay_BHMCC;
-      d_k_BHMCK = d_k_BHMCK + d_kk_BHMCC.matmul(t.k_BHMCK) + d_kk_BHMCC.transpose(-1, -2).matmul(t.k_BHMCK);
+      // k kᵀ is symmetric in its two k's: both sides of the pair gradient go through one matmul.
+      d_k_BHMCK = d_k_BHMCK + (d_kk_BHMCC + d_kk_BHMCC.transpose(-1, -2)).matmul(t.k_BHMCK);
       d_gamma_BHMC = d_gamma_BHMC + pair_gamma_gradient(d_a_BHMCC * t.a_BHMCC);
     } else {
       d_v_BHMCV = back.d_v_new_BHMCV;
