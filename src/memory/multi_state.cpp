@@ -9,7 +9,9 @@
 #include <ATen/ATen.h>
 
 #include "dla/memory/mask_form.h"
+#include "dla/memory/slot_pass.h"
 #include "dla/ops/common.h"
+#include "dla/ops/kernels.h"
 
 namespace dla::memory {
 namespace {
@@ -156,7 +158,6 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
   TORCH_CHECK(chunk_size >= 1, "memory::chunkwise: chunk_size must be at least 1, got ", chunk_size);
   namespace common = ops::common;
   const int64_t batch = terms.q_BTHK.size(0), tokens = terms.q_BTHK.size(1), heads = terms.q_BTHK.size(2);
-  const int64_t key_dim = terms.q_BTHK.size(3), value_dim = terms.v_BTHV.size(3);
   const int64_t num_slots = segments.num_slots();
   const int64_t num_chunks = (tokens + chunk_size - 1) / chunk_size, padded = num_chunks * chunk_size;
   const int64_t C = chunk_size, S = num_slots;
@@ -218,32 +219,15 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
     transported_q_BHNCK = q_BHNCK * gamma_BHNC.exp().unsqueeze(-1);
   }
 
-  at::Tensor states_BHSKV = at::zeros({batch, heads, S, key_dim, value_dim}, q_BHNCK.options());
-  std::vector<at::Tensor> inter_BHCV;
-  for (int64_t n = 0; n < num_chunks; ++n) {
-    const at::Tensor reads_BHSCV = transported_q_BHNCK.select(2, n).unsqueeze(2).matmul(states_BHSKV);
-    const at::Tensor weight_BHSC1 = lam_x_BHNCS.select(2, n).transpose(-1, -2).unsqueeze(-1);
-    inter_BHCV.push_back((weight_BHSC1 * reads_BHSCV).sum(2));
-
-    const at::Tensor k_to_end_t_BH1KC = k_to_end_BHNCK.select(2, n).transpose(-1, -2).unsqueeze(2);
-    const at::Tensor chunk_decay_BH111 = gamma_last_BHN.select(2, n).exp().view({batch, heads, 1, 1, 1});
-    at::Tensor carried_BHSKV = chunk_decay_BH111 * states_BHSKV;
-    const at::Tensor token_move_BHSC1 = token_move_BHNSC.select(2, n).unsqueeze(-1);
-    at::Tensor written_BHSCV = token_move_BHSC1 * source_v_BHNCV.select(2, n).unsqueeze(2);
-    if (terms.delta_rule()) {
-      // Every state follows the same transition: exp(γ_last) S − K̃ᵀ (W S). A segment's share of the chunk is
-      // K̃ᵀ T (β ⊙ 1_segment ⊙ V): its source tokens are masked before the UT transform.
-      carried_BHSKV =
-          carried_BHSKV - k_to_end_t_BH1KC.matmul(w_BHNCK.select(2, n).unsqueeze(2).matmul(states_BHSKV));
-      written_BHSCV = t_inverse_BHNCC.select(2, n).unsqueeze(2).matmul(written_BHSCV);
-    }
-    const at::Tensor moved_BHSX =
-        state_move_BHNSS.select(2, n).matmul(carried_BHSKV.reshape({batch, heads, S, -1}));
-    states_BHSKV =
-        moved_BHSX.view({batch, heads, S, key_dim, value_dim}) + k_to_end_t_BH1KC.matmul(written_BHSCV);
-  }
-  const at::Tensor out_BHNCV = (intra_BHNCV + at::stack(inter_BHCV, /*dim=*/2)) * terms.scale;
-  return {common::from_chunks(out_BHNCV, tokens).to(terms.q_BTHK.scalar_type()), states_BHSKV};
+  // The fused slot pass is taken only when DLA_KERNELS=fused forces it: it has not been measured on a GPU
+  // yet, so `auto` keeps the autograd loop there (docs/memory/policies.md).
+  const bool fused_slot_pass = ops::kernel_choice() == ops::KernelChoice::fused;
+  const SlotPassResult pass =
+      slot_pass({transported_q_BHNCK, lam_x_BHNCS, k_to_end_BHNCK, w_BHNCK, t_inverse_BHNCC, source_v_BHNCV,
+                 gamma_last_BHN.exp(), state_move_BHNSS, token_move_BHNSC},
+                fused_slot_pass);
+  const at::Tensor out_BHNCV = (intra_BHNCV + pass.inter_BHNCV) * terms.scale;
+  return {common::from_chunks(out_BHNCV, tokens).to(terms.q_BTHK.scalar_type()), pass.final_states_BHSKV};
 }
 
 }  // namespace dla::memory

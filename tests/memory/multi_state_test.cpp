@@ -19,6 +19,7 @@
 #include "dla/io/safetensors.h"
 #include "dla/memory/levels.h"
 #include "dla/ops/gdn.h"
+#include "dla/ops/kernels.h"
 #include "dla/ops/ssd.h"
 #include "ops/op_testing.h"
 
@@ -230,6 +231,31 @@ TEST_CASE("quadratic, recurrent and chunkwise agree in value and gradient", "[me
   // With DLA the scores get gradient through the confidences of alive boundaries.
   if (policy.policy == "dla" && policy.capacity > 1 && tokens > 60)
     CHECK(grads_ref[5].abs().sum().item<double>() > 0);
+}
+
+TEST_CASE("chunkwise on the fused slot pass agrees with the quadratic form in value and gradient",
+          "[memory][fused]") {
+  const bool delta_rule = GENERATE(false, true);
+  const PolicyCase policy = GENERATE(PolicyCase{"fenwick"}, PolicyCase{"dla", 4});
+  const std::string policy_name = policy.name();
+  CAPTURE(delta_rule, policy_name);
+  const Problem p = random_problem(delta_rule, policy, 70, 41);
+  const at::Tensor out_weight = dla::test::random_weight(p.terms.v_BTHV.sizes(), 3);
+  const auto quadratic = [](const Problem& q) {
+    return dla::memory::quadratic(q.terms, q.weights(), q.segments);
+  };
+  const auto fused_chunkwise = [](const Problem& q) {
+    const dla::ops::KernelChoice previous = dla::ops::kernel_choice();
+    dla::ops::set_kernel_choice(dla::ops::KernelChoice::fused);
+    at::Tensor out = dla::memory::chunkwise(q.terms, q.weights(), q.segments, 16).out_BTHV;
+    dla::ops::set_kernel_choice(previous);
+    return out;
+  };
+  expect_close("chunkwise", quadratic(p), fused_chunkwise(p), 1e-12);
+  const std::vector<at::Tensor> grads_ref = gradients(p, quadratic, out_weight);
+  const std::vector<at::Tensor> grads_fused = gradients(p, fused_chunkwise, out_weight);
+  for (size_t i = 0; i < grads_ref.size(); ++i)
+    expect_close(std::string("fused chunkwise ") + kLeafNames[i], grads_ref[i], grads_fused[i], 1e-11);
 }
 
 TEST_CASE("λ ≡ 1 gives the single-state ops for every policy", "[memory]") {

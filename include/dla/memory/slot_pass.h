@@ -1,0 +1,34 @@
+// The sequential part of the multi-state chunkwise form (spec/dla.md §4.2): chunk by chunk, the queries
+// read the slot states, every state follows the chunk's transition, states move to their slots at the
+// chunk's end and the chunk's writes land in theirs. One function, two implementations: a loop of LibTorch
+// ops that autograd differentiates, and a fused one whose backward is written out and keeps only each
+// chunk's slot states (docs/memory/policies.md). Shapes: B batch, H heads, N chunks, C chunk length, K key
+// dim, V value dim, S slots.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace dla::memory {
+
+struct SlotPassInputs {
+  at::Tensor transported_q_BHNCK;  ///< each query as it reads a chunk-start state
+  at::Tensor read_weight_BHNCS;    ///< λ · confidence with which each query reads each slot (0: not read)
+  at::Tensor k_to_end_BHNCK;       ///< keys decayed to their chunk's end
+  at::Tensor w_BHNCK;              ///< the delta rule's WY term W; undefined for SSD
+  at::Tensor t_inverse_BHNCC;      ///< the delta rule's (I + A)⁻¹; undefined for SSD
+  at::Tensor source_v_BHNCV;       ///< what each token writes (β v for the delta rule)
+  at::Tensor chunk_decay_BHN;      ///< exp(γ_last) of each chunk
+  at::Tensor state_move_BHNSS;     ///< [r, s] = 1 when slot s's state moves to slot r at the chunk's end
+  at::Tensor token_move_BHNSC;     ///< [r, c] = 1 when token c's write lands in slot r
+};
+
+struct SlotPassResult {
+  at::Tensor inter_BHNCV;         ///< what the queries read from the chunk-start states (before scale)
+  at::Tensor final_states_BHSKV;  ///< the slot states after the last chunk
+};
+
+/// From empty states. `fused` picks the hand-written backward; both compute in float32 (float64 when an
+/// input is float64) and return in that dtype.
+SlotPassResult slot_pass(const SlotPassInputs& in, bool fused);
+
+}  // namespace dla::memory
