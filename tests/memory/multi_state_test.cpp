@@ -245,11 +245,8 @@ TEST_CASE("chunkwise on the fused slot pass agrees with the quadratic form in va
     return dla::memory::quadratic(q.terms, q.weights(), q.segments);
   };
   const auto fused_chunkwise = [](const Problem& q) {
-    const dla::ops::KernelChoice previous = dla::ops::kernel_choice();
-    dla::ops::set_kernel_choice(dla::ops::KernelChoice::fused);
-    at::Tensor out = dla::memory::chunkwise(q.terms, q.weights(), q.segments, 16).out_BTHV;
-    dla::ops::set_kernel_choice(previous);
-    return out;
+    const dla::test::KernelChoiceScope fused(dla::ops::KernelChoice::fused);
+    return dla::memory::chunkwise(q.terms, q.weights(), q.segments, 16).out_BTHV;
   };
   expect_close("chunkwise", quadratic(p), fused_chunkwise(p), 1e-12);
   const std::vector<at::Tensor> grads_ref = gradients(p, quadratic, out_weight);

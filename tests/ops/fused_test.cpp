@@ -26,22 +26,9 @@ namespace {
 using dla::ops::KernelChoice;
 using dla::ops::OpResult;
 using dla::test::expect_close;
+using dla::test::KernelChoiceScope;
 using dla::test::OpInputs;
 using dla::test::OpSizes;
-
-/// Sets the kernel choice for one scope.
-class KernelChoiceScope {
- public:
-  explicit KernelChoiceScope(KernelChoice choice) : previous_(dla::ops::kernel_choice()) {
-    dla::ops::set_kernel_choice(choice);
-  }
-  ~KernelChoiceScope() { dla::ops::set_kernel_choice(previous_); }
-  KernelChoiceScope(const KernelChoiceScope&) = delete;
-  KernelChoiceScope& operator=(const KernelChoiceScope&) = delete;
-
- private:
-  KernelChoice previous_;
-};
 
 const std::vector<std::string> kInputNames = {"q", "k", "v", "g", "beta", "initial_state"};
 

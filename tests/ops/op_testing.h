@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "dla/ops/common.h"
+#include "dla/ops/kernels.h"
 #include "test_util.h"
 
 namespace dla::test {
@@ -60,6 +61,20 @@ using ChunkedOpFunction = std::function<ops::OpResult(const std::vector<at::Tens
 /// input, to relative RMS `tol`; `names` label the inputs. Fixed random output and state weights.
 void expect_chunk_gradients_match(const ChunkedOpFunction& op, const std::vector<at::Tensor>& inputs,
                                   const std::vector<std::string>& names, int64_t chunk_size, double tol);
+
+/// Sets the process-wide kernel choice (aten or fused path) for one scope.
+class KernelChoiceScope {
+ public:
+  explicit KernelChoiceScope(ops::KernelChoice choice) : previous_(ops::kernel_choice()) {
+    ops::set_kernel_choice(choice);
+  }
+  ~KernelChoiceScope() { ops::set_kernel_choice(previous_); }
+  KernelChoiceScope(const KernelChoiceScope&) = delete;
+  KernelChoiceScope& operator=(const KernelChoiceScope&) = delete;
+
+ private:
+  ops::KernelChoice previous_;
+};
 
 /// The message of the c10::Error that `fn` throws, or a text saying that it threw none.
 std::string c10_error_message(const std::function<void()>& fn);
