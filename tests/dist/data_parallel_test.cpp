@@ -89,6 +89,17 @@ void train_one_process(const fs::path& config, const fs::path& run) {
   REQUIRE(single.status == 0);
 }
 
+// Trains `config` on `ranks` launched workers into `run` and CHECKs its losses and final weights against
+// those of `expected_run`.
+void expect_launch_matches(int ranks, const fs::path& config, const fs::path& expected_run,
+                           const fs::path& run, const std::string& extra = "") {
+  const auto launched = run_dla(launch_train(ranks, config, run, extra));
+  INFO(launched.output);
+  REQUIRE(launched.status == 0);
+  check_same_losses(losses(expected_run), losses(run));
+  check_same_weights(expected_run, run);
+}
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -144,11 +155,7 @@ TEST_CASE("with gradient accumulation, 3 ranks train like one process", "[dist][
   test::TempDir dir;
   const fs::path config = write_config(dir.path(), {"train.batch_size=12", "train.grad_accum_steps=2"});
   train_one_process(config, dir / "one");
-  const auto ranks = run_dla(launch_train(3, config, dir / "three"));
-  INFO(ranks.output);
-  REQUIRE(ranks.status == 0);
-  check_same_losses(losses(dir / "one"), losses(dir / "three"));
-  check_same_weights(dir / "one", dir / "three");
+  expect_launch_matches(3, config, dir / "one", dir / "three");
 }
 
 TEST_CASE("with activation checkpointing, 2 ranks train like one process without it", "[dist][cli]") {
@@ -156,12 +163,7 @@ TEST_CASE("with activation checkpointing, 2 ranks train like one process without
   const fs::path config = write_config(dir.path(), {});
   train_one_process(config, dir / "one");
   // The recomputing backward fires the gradient reducer's hooks from a nested backward pass.
-  const auto ranks =
-      run_dla(launch_train(2, config, dir / "two", "--set train.activation_checkpointing=true"));
-  INFO(ranks.output);
-  REQUIRE(ranks.status == 0);
-  check_same_losses(losses(dir / "one"), losses(dir / "two"));
-  check_same_weights(dir / "one", dir / "two");
+  expect_launch_matches(2, config, dir / "one", dir / "two", "--set train.activation_checkpointing=true");
 }
 
 TEST_CASE("a worker killed mid-run ends the job with an error naming its rank", "[dist][cli]") {
