@@ -12,6 +12,7 @@
 #include "dla/memory/slot_pass.h"
 #include "dla/ops/common.h"
 #include "dla/ops/kernels.h"
+#include "dla/ops/tf32_scope.h"
 
 namespace dla::memory {
 namespace {
@@ -155,6 +156,7 @@ MultiStateResult recurrent(const Recurrence& terms, const LevelWeights& weights,
 MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights, const SegmentTable& segments,
                            int64_t chunk_size) {
   const at::ScalarType dtype = check_and_pick_dtype("memory::chunkwise", terms, weights, segments);
+  const ops::Tf32Scope tf32(ops::tf32_suits(terms.q_BTHK));
   TORCH_CHECK(chunk_size >= 1, "memory::chunkwise: chunk_size must be at least 1, got ", chunk_size);
   namespace common = ops::common;
   const int64_t batch = terms.q_BTHK.size(0), tokens = terms.q_BTHK.size(1), heads = terms.q_BTHK.size(2);
@@ -219,13 +221,10 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
     transported_q_BHNCK = q_BHNCK * gamma_BHNC.exp().unsqueeze(-1);
   }
 
-  // The fused slot pass is taken only when DLA_KERNELS=fused forces it: it has not been measured on a GPU
-  // yet, so `auto` keeps the autograd loop there (docs/memory/policies.md).
-  const bool fused_slot_pass = ops::kernel_choice() == ops::KernelChoice::fused;
   const SlotPassResult pass =
       slot_pass({transported_q_BHNCK, lam_x_BHNCS, k_to_end_BHNCK, w_BHNCK, t_inverse_BHNCC, source_v_BHNCV,
                  gamma_last_BHN.exp(), state_move_BHNSS, token_move_BHNSC},
-                fused_slot_pass);
+                ops::use_fused_kernels(terms.q_BTHK));
   const at::Tensor out_BHNCV = (intra_BHNCV + pass.inter_BHNCV) * terms.scale;
   return {common::from_chunks(out_BHNCV, tokens).to(terms.q_BTHK.scalar_type()), pass.final_states_BHSKV};
 }

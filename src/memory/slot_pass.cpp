@@ -1,9 +1,13 @@
-// The multi-state slot pass: the loop (under autograd, or as the fused function's forward) and the fused
-// function's backward. With X_s the slot states at a chunk's start, per chunk:
+// The multi-state slot pass: the loop (under autograd, or as the fused function's forward), the fused
+// function's backward, and the dispatch to the CUDA kernels (slot_pass.cu). With X_s the slot states at a
+// chunk's start, per chunk:
 //   reads   R_s = q̃ X_s,                  inter = Σ_s w_s ⊙ R_s      (w: the read weights, per query)
 //   carry   Y_s = e X_s − K̃ᵀ (W X_s)     (e X_s for SSD)
 //   writes  Z_r = T (m_r ⊙ v)             (m_r ⊙ v for SSD; m_r: the tokens landing in slot r)
 //   next    X'_r = Σ_s M[r, s] Y_s + K̃ᵀ Z_r
+// The carry is linear, so with X̄_r = Σ_s M[r, s] X_s (the states moved first) the next states are also
+// X'_r = e X̄_r + K̃ᵀ Δ_r with Δ_r = Z_r − W X̄_r: one single-state step per slot. The backward and the
+// kernels use that form.
 // Shapes: B batch, H heads, N chunks, C chunk length, K key dim, V value dim, S slots.
 #include "dla/memory/slot_pass.h"
 
@@ -15,6 +19,15 @@
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include "dla/ops/kernel_buffers.h"
+#include "dla/ops/tf32_scope.h"
+
+#if defined(DLA_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+
+#include "slot_pass_kernels.h"
+#endif
 
 namespace dla::memory {
 namespace {
@@ -90,95 +103,201 @@ SlotPassInputs inputs_of(const variable_list& x, bool delta_rule) {
           x[kTokenMove]};
 }
 
+/// The forward's outputs with the slot states at each chunk's start, which the backward keeps.
+struct KeptForward {
+  SlotPassResult result;
+  at::Tensor start_states_BHNSKV;
+};
+
+/// The sequential part of the backward: G, the gradient of the slot states after each chunk, and dΔ, the
+/// gradient of what each chunk writes to each slot.
+struct StateGradients {
+  at::Tensor d_end_states_BHNSKV;
+  at::Tensor d_written_BHNSCV;
+};
+
+KeptForward forward_loop(const SlotPassInputs& in) {
+  LoopResult loop = run_loop(in, /*keep_states=*/true);
+  return {loop.result, at::stack(loop.start_states_BHSKV, /*dim=*/2)};
+}
+
+/// With X̄ = M X the states moved to their slots, chunk by chunk from the last:
+///   dΔ = K̃ G,   dX̄ = e G − Wᵀ dΔ,   dX = Mᵀ dX̄ + q̃ᵀ (w ⊙ d_inter),   and the chunk before gets G = dX.
+StateGradients state_gradients_loop(const SlotPassInputs& in, const at::Tensor& d_inter_BHNCV,
+                                    const at::Tensor& d_final_BHSKV) {
+  const int64_t batch = d_final_BHSKV.size(0), heads = d_final_BHSKV.size(1);
+  const int64_t num_slots = d_final_BHSKV.size(2), key_dim = d_final_BHSKV.size(3);
+  const int64_t value_dim = d_final_BHSKV.size(4), num_chunks = in.transported_q_BHNCK.size(2);
+  std::vector<at::Tensor> d_end_BHSKV(num_chunks), d_written_BHSCV(num_chunks);
+  at::Tensor g_BHSKV = d_final_BHSKV;
+  for (int64_t n = num_chunks - 1; n >= 0; --n) {
+    d_end_BHSKV[n] = g_BHSKV;
+    d_written_BHSCV[n] = in.k_to_end_BHNCK.select(2, n).unsqueeze(2).matmul(g_BHSKV);
+    at::Tensor d_moved_BHSKV = in.chunk_decay_BHN.select(2, n).view({batch, heads, 1, 1, 1}) * g_BHSKV;
+    if (in.w_BHNCK.defined()) {
+      d_moved_BHSKV =
+          d_moved_BHSKV - in.w_BHNCK.select(2, n).unsqueeze(2).transpose(-1, -2).matmul(d_written_BHSCV[n]);
+    }
+    const at::Tensor d_start_BHSX = in.state_move_BHNSS.select(2, n).transpose(-1, -2).matmul(
+        d_moved_BHSKV.reshape({batch, heads, num_slots, -1}));
+    const at::Tensor weighted_d_inter_BHSCV =
+        in.read_weight_BHNCS.select(2, n).transpose(-1, -2).unsqueeze(-1) *
+        d_inter_BHNCV.select(2, n).unsqueeze(2);
+    g_BHSKV =
+        d_start_BHSX.view({batch, heads, num_slots, key_dim, value_dim}) +
+        in.transported_q_BHNCK.select(2, n).unsqueeze(2).transpose(-1, -2).matmul(weighted_d_inter_BHSCV);
+  }
+  return {at::stack(d_end_BHSKV, /*dim=*/2), at::stack(d_written_BHSCV, /*dim=*/2)};
+}
+
+#if defined(DLA_WITH_CUDA)
+kernels::SlotPassDims dims_of(const SlotPassInputs& in) {
+  const at::Tensor& q = in.transported_q_BHNCK;
+  return {q.size(0) * q.size(1),      q.size(2), q.size(3), q.size(4), in.source_v_BHNCV.size(4),
+          in.state_move_BHNSS.size(3)};
+}
+#endif
+
+}  // namespace
+
+bool slot_pass_uses_cuda_kernels([[maybe_unused]] const SlotPassInputs& in) {
+#if defined(DLA_WITH_CUDA)
+  const at::Tensor& q = in.transported_q_BHNCK;
+  if (!q.is_cuda() || q.scalar_type() != at::kFloat || !ops::tf32_allowed()) return false;
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  return kernels::supports_slot_pass(dims_of(in));
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
+#if defined(DLA_WITH_CUDA)
+  const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
+  const kernels::SlotPassDims dims = dims_of(in);
+  const at::Tensor q = ops::kernel_buffer(in.transported_q_BHNCK),
+                   read_weight = ops::kernel_buffer(in.read_weight_BHNCS),
+                   k_to_end = ops::kernel_buffer(in.k_to_end_BHNCK), w = ops::kernel_buffer(in.w_BHNCK),
+                   t_inverse = ops::kernel_buffer(in.t_inverse_BHNCC),
+                   source_v = ops::kernel_buffer(in.source_v_BHNCV),
+                   chunk_decay = ops::kernel_buffer(in.chunk_decay_BHN),
+                   state_move = ops::kernel_buffer(in.state_move_BHNSS),
+                   token_move = ops::kernel_buffer(in.token_move_BHNSC);
+  const int64_t B = q.size(0), H = q.size(1), N = dims.chunks, C = dims.chunk_size, K = dims.key_dim,
+                V = dims.value_dim, S = dims.slots;
+  KeptForward out{{at::empty({B, H, N, C, V}, q.options()), at::empty({B, H, S, K, V}, q.options())},
+                  at::empty({B, H, N, S, K, V}, q.options())};
+  const char* error = kernels::slot_pass_forward(
+      {q.data_ptr<float>(), read_weight.data_ptr<float>(), k_to_end.data_ptr<float>(), ops::data_or_null(w),
+       ops::data_or_null(t_inverse), source_v.data_ptr<float>(), chunk_decay.data_ptr<float>(),
+       state_move.data_ptr<float>(), token_move.data_ptr<float>(), out.result.inter_BHNCV.data_ptr<float>(),
+       out.start_states_BHNSKV.data_ptr<float>(), out.result.final_states_BHSKV.data_ptr<float>()},
+      dims, ops::current_cuda_stream(q));
+  TORCH_CHECK(error == nullptr, "memory slot pass forward: CUDA kernel failed: ", error);
+  return out;
+#else
+  TORCH_CHECK(false, "memory slot pass: dla was built without CUDA");
+#endif
+}
+
+StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
+                                      [[maybe_unused]] const at::Tensor& d_inter_BHNCV,
+                                      [[maybe_unused]] const at::Tensor& d_final_BHSKV) {
+#if defined(DLA_WITH_CUDA)
+  const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
+  const kernels::SlotPassDims dims = dims_of(in);
+  const at::Tensor q = ops::kernel_buffer(in.transported_q_BHNCK),
+                   read_weight = ops::kernel_buffer(in.read_weight_BHNCS),
+                   k_to_end = ops::kernel_buffer(in.k_to_end_BHNCK), w = ops::kernel_buffer(in.w_BHNCK),
+                   chunk_decay = ops::kernel_buffer(in.chunk_decay_BHN),
+                   state_move = ops::kernel_buffer(in.state_move_BHNSS),
+                   d_inter = ops::kernel_buffer(d_inter_BHNCV), d_final = ops::kernel_buffer(d_final_BHSKV);
+  const int64_t B = q.size(0), H = q.size(1), N = dims.chunks, C = dims.chunk_size, K = dims.key_dim,
+                V = dims.value_dim, S = dims.slots;
+  StateGradients out{at::empty({B, H, N, S, K, V}, q.options()), at::empty({B, H, N, S, C, V}, q.options())};
+  const char* error = kernels::slot_pass_backward(
+      {q.data_ptr<float>(), read_weight.data_ptr<float>(), k_to_end.data_ptr<float>(), ops::data_or_null(w),
+       chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(), d_inter.data_ptr<float>(),
+       d_final.data_ptr<float>(), out.d_end_states_BHNSKV.data_ptr<float>(),
+       out.d_written_BHNSCV.data_ptr<float>()},
+      dims, ops::current_cuda_stream(q));
+  TORCH_CHECK(error == nullptr, "memory slot pass backward: CUDA kernel failed: ", error);
+  return out;
+#else
+  TORCH_CHECK(false, "memory slot pass: dla was built without CUDA");
+#endif
+}
+
+/// The inputs' gradients from the states and their gradients, for all chunks at once. With X the start
+/// states, X̄ = M X, G and dΔ from the sequential part, L_r = m_r ⊙ v and Δ_r = T L_r − W X̄_r:
+///   dw[c, s] = ⟨d_inter_c, (q̃ X_s)_c⟩,  dq̃ = Σ_s (w_s ⊙ d_inter) X_sᵀ,  de = Σ_r ⟨X̄_r, G_r⟩,
+///   dK̃ = Σ_r Δ_r G_rᵀ,  dW = −Σ_r dΔ_r X̄_rᵀ,  dT = Σ_r dΔ_r L_rᵀ,  dv = Σ_r m_r ⊙ (Tᵀ dΔ_r).
+variable_list input_gradients(const SlotPassInputs& in, const at::Tensor& start_states_BHNSKV,
+                              const StateGradients& state_grads, const at::Tensor& d_inter_BHNCV) {
+  const at::Tensor& x_BHNSKV = start_states_BHNSKV;
+  const at::Tensor& g_BHNSKV = state_grads.d_end_states_BHNSKV;
+  const at::Tensor& d_written_BHNSCV = state_grads.d_written_BHNSCV;
+  const at::Tensor moved_x_BHNSKV = in.state_move_BHNSS.matmul(x_BHNSKV.flatten(-2)).view(x_BHNSKV.sizes());
+  const at::Tensor d_inter_BHN1CV = d_inter_BHNCV.unsqueeze(3);
+
+  variable_list grads(kNumInputs);
+  grads[kReadWeight] =
+      (in.transported_q_BHNCK.unsqueeze(3).matmul(x_BHNSKV) * d_inter_BHN1CV).sum(-1).transpose(-1, -2);
+  const at::Tensor weighted_d_inter_BHNSCV =
+      in.read_weight_BHNCS.transpose(-1, -2).unsqueeze(-1) * d_inter_BHN1CV;
+  grads[kQ] = weighted_d_inter_BHNSCV.matmul(x_BHNSKV.transpose(-1, -2)).sum(3);
+  grads[kChunkDecay] = (moved_x_BHNSKV * g_BHNSKV).sum({3, 4, 5});
+
+  const at::Tensor landed_BHNSCV = in.token_move_BHNSC.unsqueeze(-1) * in.source_v_BHNCV.unsqueeze(3);
+  at::Tensor written_BHNSCV = landed_BHNSCV;
+  at::Tensor d_landed_BHNSCV = d_written_BHNSCV;
+  if (in.w_BHNCK.defined()) {
+    const at::Tensor t_inverse_BHN1CC = in.t_inverse_BHNCC.unsqueeze(3);
+    written_BHNSCV = t_inverse_BHN1CC.matmul(landed_BHNSCV) - in.w_BHNCK.unsqueeze(3).matmul(moved_x_BHNSKV);
+    grads[kW] = -d_written_BHNSCV.matmul(moved_x_BHNSKV.transpose(-1, -2)).sum(3);
+    grads[kTInverse] = d_written_BHNSCV.matmul(landed_BHNSCV.transpose(-1, -2)).sum(3);
+    d_landed_BHNSCV = t_inverse_BHN1CC.transpose(-1, -2).matmul(d_written_BHNSCV);
+  }
+  grads[kKToEnd] = written_BHNSCV.matmul(g_BHNSKV.transpose(-1, -2)).sum(3);
+  grads[kSourceV] = (in.token_move_BHNSC.unsqueeze(-1) * d_landed_BHNSCV).sum(3);
+  grads.push_back(at::Tensor());  // delta_rule
+  return grads;
+}
+
 class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
  public:
   /// `inputs` in Input order (absent W and T as empty placeholders), already in the compute dtype.
   static variable_list forward(AutogradContext* ctx, at::TensorList inputs, bool delta_rule) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     variable_list saved(inputs.begin(), inputs.end());
-    LoopResult loop = run_loop(inputs_of(saved, delta_rule), /*keep_states=*/true);
-    saved.push_back(at::stack(loop.start_states_BHSKV, /*dim=*/2));
+    const SlotPassInputs in = inputs_of(saved, delta_rule);
+    const bool cuda_kernels = slot_pass_uses_cuda_kernels(in);
+    KeptForward pass = cuda_kernels ? forward_kernel(in) : forward_loop(in);
+    saved.push_back(pass.start_states_BHNSKV);
     ctx->save_for_backward(saved);
     ctx->saved_data["delta_rule"] = delta_rule;
-    return {loop.result.inter_BHNCV, loop.result.final_states_BHSKV};
+    ctx->saved_data["cuda_kernels"] = cuda_kernels;
+    ctx->saved_data["tf32"] = ops::tf32_allowed();
+    return {pass.result.inter_BHNCV, pass.result.final_states_BHSKV};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const ops::Tf32Scope tf32(ctx->saved_data["tf32"].toBool());
     const variable_list saved = ctx->get_saved_variables();
     const bool delta_rule = ctx->saved_data["delta_rule"].toBool();
     const SlotPassInputs in = inputs_of(saved, delta_rule);
     const at::Tensor& start_states_BHNSKV = saved[kNumInputs];
-    const int64_t batch = in.transported_q_BHNCK.size(0), heads = in.transported_q_BHNCK.size(1);
-    const int64_t num_chunks = in.transported_q_BHNCK.size(2), num_slots = in.state_move_BHNSS.size(3);
-    const int64_t key_dim = in.transported_q_BHNCK.size(4), value_dim = in.source_v_BHNCV.size(4);
-
     const at::Tensor d_inter_BHNCV =
         grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(in.source_v_BHNCV);
-    // G: the gradient of the states after the chunk being undone.
-    at::Tensor g_BHSKV =
+    const at::Tensor d_final_BHSKV =
         grad_outputs[1].defined() ? grad_outputs[1] : at::zeros_like(start_states_BHNSKV.select(2, 0));
-    std::vector<at::Tensor> d_q(num_chunks), d_read_weight(num_chunks), d_k_to_end(num_chunks),
-        d_w(num_chunks), d_t_inverse(num_chunks), d_source_v(num_chunks), d_chunk_decay(num_chunks);
-    for (int64_t n = num_chunks - 1; n >= 0; --n) {
-      const at::Tensor x_BHSKV = start_states_BHNSKV.select(2, n);
-      const at::Tensor k_to_end_BH1CK = in.k_to_end_BHNCK.select(2, n).unsqueeze(2);
-      const at::Tensor q_BH1CK = in.transported_q_BHNCK.select(2, n).unsqueeze(2);
-
-      // next: X' = M Y + K̃ᵀ Z
-      const at::Tensor d_carried_BHSKV = in.state_move_BHNSS.select(2, n)
-                                             .transpose(-1, -2)
-                                             .matmul(g_BHSKV.reshape({batch, heads, num_slots, -1}))
-                                             .view({batch, heads, num_slots, key_dim, value_dim});
-      const at::Tensor d_writes_BHSCV = k_to_end_BH1CK.matmul(g_BHSKV);
-      at::Tensor d_k_to_end_BHCK = chunk_writes(in, n).matmul(g_BHSKV.transpose(-1, -2)).sum(2);
-
-      // carry: Y = e X − K̃ᵀ (W X)
-      at::Tensor d_x_BHSKV = in.chunk_decay_BHN.select(2, n).view({batch, heads, 1, 1, 1}) * d_carried_BHSKV;
-      d_chunk_decay[n] = (x_BHSKV * d_carried_BHSKV).sum({2, 3, 4});
-      if (delta_rule) {
-        const at::Tensor w_BH1CK = in.w_BHNCK.select(2, n).unsqueeze(2);
-        const at::Tensor predicted_BHSCV = w_BH1CK.matmul(x_BHSKV);
-        const at::Tensor d_predicted_BHSCV = -k_to_end_BH1CK.matmul(d_carried_BHSKV);
-        d_k_to_end_BHCK = d_k_to_end_BHCK - predicted_BHSCV.matmul(d_carried_BHSKV.transpose(-1, -2)).sum(2);
-        d_w[n] = d_predicted_BHSCV.matmul(x_BHSKV.transpose(-1, -2)).sum(2);
-        d_x_BHSKV = d_x_BHSKV + w_BH1CK.transpose(-1, -2).matmul(d_predicted_BHSCV);
-      }
-      d_k_to_end[n] = d_k_to_end_BHCK;
-
-      // reads: inter = Σ_s w_s ⊙ (q̃ X_s)
-      const at::Tensor d_inter_BH1CV = d_inter_BHNCV.select(2, n).unsqueeze(2);
-      const at::Tensor d_reads_BHSCV =
-          in.read_weight_BHNCS.select(2, n).transpose(-1, -2).unsqueeze(-1) * d_inter_BH1CV;
-      d_read_weight[n] = (q_BH1CK.matmul(x_BHSKV) * d_inter_BH1CV).sum(-1).transpose(-1, -2);
-      d_q[n] = d_reads_BHSCV.matmul(x_BHSKV.transpose(-1, -2)).sum(2);
-      d_x_BHSKV = d_x_BHSKV + q_BH1CK.transpose(-1, -2).matmul(d_reads_BHSCV);
-
-      // writes: Z_r = T (m_r ⊙ v)
-      const at::Tensor token_move_BHSC1 = in.token_move_BHNSC.select(2, n).unsqueeze(-1);
-      at::Tensor d_landed_BHSCV = d_writes_BHSCV;
-      if (delta_rule) {
-        const at::Tensor landed_BHSCV = token_move_BHSC1 * in.source_v_BHNCV.select(2, n).unsqueeze(2);
-        d_t_inverse[n] = d_writes_BHSCV.matmul(landed_BHSCV.transpose(-1, -2)).sum(2);
-        d_landed_BHSCV =
-            in.t_inverse_BHNCC.select(2, n).unsqueeze(2).transpose(-1, -2).matmul(d_writes_BHSCV);
-      }
-      d_source_v[n] = (token_move_BHSC1 * d_landed_BHSCV).sum(2);
-      g_BHSKV = d_x_BHSKV;
-    }
-    const auto stacked = [](const std::vector<at::Tensor>& per_chunk) { return at::stack(per_chunk, 2); };
-    variable_list grads(kNumInputs);
-    grads[kQ] = stacked(d_q);
-    grads[kReadWeight] = stacked(d_read_weight);
-    grads[kKToEnd] = stacked(d_k_to_end);
-    if (delta_rule) {
-      grads[kW] = stacked(d_w);
-      grads[kTInverse] = stacked(d_t_inverse);
-    }
-    grads[kSourceV] = stacked(d_source_v);
-    grads[kChunkDecay] = stacked(d_chunk_decay);
-    grads.push_back(at::Tensor());  // delta_rule
-    return grads;
+    const StateGradients state_grads = ctx->saved_data["cuda_kernels"].toBool()
+                                           ? state_gradients_kernel(in, d_inter_BHNCV, d_final_BHSKV)
+                                           : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
+    return input_gradients(in, start_states_BHNSKV, state_grads, d_inter_BHNCV);
   }
 };
 

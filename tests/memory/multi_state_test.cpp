@@ -352,4 +352,17 @@ TEST_CASE("on the GPU every form agrees with the float64 CPU oracle", "[memory][
   expect_close("quadratic", ref, dla::memory::quadratic(terms, weights, segments).cpu(), 1e-5);
   expect_close("recurrent", ref, dla::memory::recurrent(terms, weights, segments).out_BTHV.cpu(), 1e-5);
   expect_close("chunkwise", ref, dla::memory::chunkwise(terms, weights, segments, 64).out_BTHV.cpu(), 1e-5);
+
+  // From bfloat16 inputs chunkwise multiplies in TF32 and runs the slot pass as CUDA kernels; the oracle
+  // sees the same rounded inputs.
+  const auto rounded = [](const at::Tensor& x) {
+    return x.defined() ? x.to(at::kBFloat16).to(at::kDouble) : x;
+  };
+  const auto bf16 = [](const at::Tensor& x) { return x.defined() ? x.to(at::kCUDA, at::kBFloat16) : x; };
+  const Recurrence rounded_terms{rounded(p.terms.q_BTHK), rounded(p.terms.k_BTHK),   rounded(p.terms.v_BTHV),
+                                 rounded(p.terms.g_BTH),  rounded(p.terms.beta_BTH), p.terms.scale};
+  const Recurrence bf16_terms{bf16(p.terms.q_BTHK), bf16(p.terms.k_BTHK),   bf16(p.terms.v_BTHV),
+                              bf16(p.terms.g_BTH),  bf16(p.terms.beta_BTH), p.terms.scale};
+  expect_close("chunkwise from bfloat16", dla::memory::quadratic(rounded_terms, p.weights(), p.segments),
+               dla::memory::chunkwise(bf16_terms, weights, segments, 64).out_BTHV.cpu(), 1e-2);
 }

@@ -3,6 +3,7 @@
 // against the quadratic oracle for every policy.
 #include "dla/memory/slot_pass.h"
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 
 #include "catch.h"
 #include "dla/ops/kernels.h"
+#include "dla/ops/tf32_scope.h"
 #include "ops/op_testing.h"
 
 namespace {
@@ -20,27 +22,36 @@ using dla::memory::SlotPassInputs;
 using dla::memory::SlotPassResult;
 using dla::test::expect_close;
 
-/// A random slot pass: B 2, H 2, N chunks of C 5, K 4, V 3, S slots; moves are 0/1 matrices in which each
-/// state and token goes to at most one slot, as the segment tables make them.
-SlotPassInputs random_inputs(bool delta_rule, int64_t chunks, int64_t slots, uint64_t seed) {
+struct PassDims {
+  int64_t batch, heads, chunks, chunk_size, key_dim, value_dim, slots;
+};
+
+/// A random slot pass in float64; moves are 0/1 matrices in which each state and token goes to at most one
+/// slot, as the segment tables make them. Keys and W are scaled by 1/√K so the states stay of order 1.
+SlotPassInputs random_inputs(bool delta_rule, const PassDims& d, uint64_t seed) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
-  const int64_t B = 2, H = 2, N = chunks, C = 5, K = 4, V = 3, S = slots;
-  const auto randn = [&](std::vector<int64_t> shape) { return at::randn(shape, gen, f64) * 0.5; };
+  const int64_t B = d.batch, H = d.heads, N = d.chunks, C = d.chunk_size, K = d.key_dim, V = d.value_dim,
+                S = d.slots;
+  const double key_scale = 1.0 / std::sqrt(static_cast<double>(K));
+  const auto randn = [&](std::vector<int64_t> shape, double scale) {
+    return at::randn(shape, gen, f64) * scale;
+  };
   const auto moves = [&](int64_t columns) {
     // Column j goes to slot target[j], or nowhere when target[j] == S.
     const at::Tensor target = at::randint(S + 1, {B, H, N, 1, columns}, gen, f64.dtype(at::kLong));
     return (target == at::arange(S, f64.dtype(at::kLong)).view({S, 1})).to(at::kDouble);
   };
   SlotPassInputs in;
-  in.transported_q_BHNCK = randn({B, H, N, C, K});
+  in.transported_q_BHNCK = randn({B, H, N, C, K}, 0.5);
   in.read_weight_BHNCS = at::rand({B, H, N, C, S}, gen, f64);
-  in.k_to_end_BHNCK = randn({B, H, N, C, K});
+  in.k_to_end_BHNCK = randn({B, H, N, C, K}, key_scale);
   if (delta_rule) {
-    in.w_BHNCK = randn({B, H, N, C, K});
-    in.t_inverse_BHNCC = randn({B, H, N, C, C}).tril(-1) + at::eye(C, f64);
+    in.w_BHNCK = randn({B, H, N, C, K}, key_scale);
+    in.t_inverse_BHNCC =
+        randn({B, H, N, C, C}, 0.5 / std::sqrt(static_cast<double>(C))).tril(-1) + at::eye(C, f64);
   }
-  in.source_v_BHNCV = randn({B, H, N, C, V});
+  in.source_v_BHNCV = randn({B, H, N, C, V}, 0.5);
   in.chunk_decay_BHN = at::rand({B, H, N}, gen, f64) * 0.5 + 0.5;
   in.state_move_BHNSS = moves(S);
   in.token_move_BHNSC = moves(C);
@@ -58,6 +69,49 @@ std::vector<at::Tensor*> differentiable(SlotPassInputs& in) {
 }
 const char* const kNames[] = {"q", "read_weight", "k_to_end", "source_v", "chunk_decay", "w", "t_inverse"};
 
+std::vector<at::Tensor*> all_tensors(SlotPassInputs& in) {
+  std::vector<at::Tensor*> out = differentiable(in);
+  out.push_back(&in.state_move_BHNSS);
+  out.push_back(&in.token_move_BHNSC);
+  return out;
+}
+
+/// Runs the loop under autograd on `base` and the fused pass on to_device(base), both with a loss on both
+/// outputs, and compares the outputs (to value_tol) and every input gradient (to grad_tol).
+template <class ToDevice>
+void expect_same_pass(const SlotPassInputs& base, ToDevice to_device, double value_tol, double grad_tol) {
+  const SlotPassResult probe = dla::memory::slot_pass(base, false);
+  const at::Tensor inter_weight = dla::test::random_weight(probe.inter_BHNCV.sizes(), 1);
+  const at::Tensor state_weight = dla::test::random_weight(probe.final_states_BHSKV.sizes(), 2);
+  const auto run = [&](bool fused) {
+    SlotPassInputs in = base;
+    for (at::Tensor* x : all_tensors(in))
+      *x = fused ? to_device(*x) : *x;
+    for (at::Tensor* x : differentiable(in))
+      *x = x->detach().clone().requires_grad_(true);
+    const SlotPassResult r = dla::memory::slot_pass(in, fused);
+    const at::Tensor loss = (r.inter_BHNCV * to_device(inter_weight)).sum() +
+                            (r.final_states_BHSKV * to_device(state_weight)).sum();
+    loss.backward();
+    std::vector<at::Tensor> out = {r.inter_BHNCV.detach(), r.final_states_BHSKV.detach()};
+    for (at::Tensor* x : differentiable(in))
+      out.push_back(x->grad());
+    for (at::Tensor& x : out)
+      x = x.defined() ? x.to(at::kCPU, at::kDouble) : x;
+    return out;
+  };
+  const std::vector<at::Tensor> ref = run(false);
+  const std::vector<at::Tensor> got = run(true);
+  REQUIRE(ref.size() == got.size());
+  expect_close("inter", ref[0], got[0], value_tol);
+  expect_close("final_states", ref[1], got[1], value_tol);
+  for (std::size_t i = 2; i < ref.size(); ++i) {
+    INFO("d" << kNames[i - 2]);
+    REQUIRE(got[i].defined());
+    expect_close(std::string("d") + kNames[i - 2], ref[i], got[i], grad_tol);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("the fused slot pass and its backward equal autograd through the loop", "[memory][fused]") {
@@ -66,30 +120,30 @@ TEST_CASE("the fused slot pass and its backward equal autograd through the loop"
   const int64_t slots = GENERATE(1, 3);
   CAPTURE(delta_rule, chunks, slots);
   const SlotPassInputs base =
-      random_inputs(delta_rule, chunks, slots, 17 + static_cast<uint64_t>(chunks * slots));
-  const SlotPassResult probe = dla::memory::slot_pass(base, false);
-  const at::Tensor inter_weight = dla::test::random_weight(probe.inter_BHNCV.sizes(), 1);
-  const at::Tensor state_weight = dla::test::random_weight(probe.final_states_BHSKV.sizes(), 2);
+      random_inputs(delta_rule, {2, 2, chunks, 5, 4, 3, slots}, 17 + static_cast<uint64_t>(chunks * slots));
+  const auto same = [](const at::Tensor& x) { return x; };
+  expect_same_pass(base, same, 1e-12, 1e-10);
+}
 
-  const auto run = [&](bool fused) {
-    SlotPassInputs in = base;
-    for (at::Tensor* x : differentiable(in))
-      *x = x->detach().clone().requires_grad_(true);
-    const SlotPassResult r = dla::memory::slot_pass(in, fused);
-    ((r.inter_BHNCV * inter_weight).sum() + (r.final_states_BHSKV * state_weight).sum()).backward();
-    std::vector<at::Tensor> out = {r.inter_BHNCV.detach(), r.final_states_BHSKV.detach()};
-    for (at::Tensor* x : differentiable(in))
-      out.push_back(x->grad());
-    return out;
-  };
-  const std::vector<at::Tensor> ref = run(false);
-  const std::vector<at::Tensor> got = run(true);
-  REQUIRE(ref.size() == got.size());
-  expect_close("inter", ref[0], got[0], 1e-12);
-  expect_close("final_states", ref[1], got[1], 1e-12);
-  for (std::size_t i = 2; i < ref.size(); ++i) {
-    INFO("d" << kNames[i - 2]);
-    REQUIRE(got[i].defined());
-    expect_close(std::string("d") + kNames[i - 2], ref[i], got[i], 1e-10);
+TEST_CASE("on the GPU the slot-pass kernels equal autograd through the float64 loop",
+          "[memory][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the slot-pass kernels are not exercised on this machine");
+    return;
   }
+  // A full [64, 128] chunk; a partial value tile (40 = 2·16 + 8); 14 slots, which do not all fit in shared
+  // memory at once and are worked in groups.
+  const PassDims d = GENERATE(PassDims{2, 2, 5, 64, 128, 128, 8}, PassDims{1, 2, 3, 16, 32, 40, 3},
+                              PassDims{1, 1, 3, 64, 128, 24, 14});
+  const bool delta_rule = GENERATE(true, false);
+  CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, d.slots, delta_rule);
+  const SlotPassInputs base = random_inputs(delta_rule, d, 29 + static_cast<uint64_t>(d.slots));
+  // The kernels multiply in TF32 (10-bit mantissas), against float64 products.
+  const dla::ops::Tf32Scope tf32(true);
+  const auto cuda = [](const at::Tensor& x) { return x.to(at::kCUDA, at::kFloat); };
+  SlotPassInputs on_gpu = base;
+  for (at::Tensor* x : all_tensors(on_gpu))
+    *x = cuda(*x);
+  REQUIRE(dla::memory::slot_pass_uses_cuda_kernels(on_gpu));
+  expect_same_pass(base, cuda, 5e-3, 5e-3);
 }

@@ -2,8 +2,8 @@
 // read the slot states, every state follows the chunk's transition, states move to their slots at the
 // chunk's end and the chunk's writes land in theirs. One function, two implementations: a loop of LibTorch
 // ops that autograd differentiates, and a fused one whose backward is written out and keeps only each
-// chunk's slot states (docs/memory/policies.md). Shapes: B batch, H heads, N chunks, C chunk length, K key
-// dim, V value dim, S slots.
+// chunk's slot states, with CUDA kernels for its sequential parts (docs/memory/policies.md). Shapes: B batch,
+// H heads, N chunks, C chunk length, K key dim, V value dim, S slots.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -28,7 +28,14 @@ struct SlotPassResult {
 };
 
 /// From empty states. `fused` picks the hand-written backward; both compute in float32 (float64 when an
-/// input is float64) and return in that dtype.
+/// input is float64) and return in that dtype. The fused one runs as CUDA kernels where
+/// slot_pass_uses_cuda_kernels says so.
 SlotPassResult slot_pass(const SlotPassInputs& in, bool fused);
+
+/// Whether the fused slot pass runs on these inputs as CUDA kernels: float32 CUDA tensors while TF32 is
+/// allowed (the kernels multiply on tensor cores in TF32; memory::chunkwise allows it for 16-bit inputs),
+/// at most 16 slots, C and K multiples of 16, V of 4, and shared memory for the states of 16 value columns.
+/// Otherwise it runs as loops of LibTorch ops.
+bool slot_pass_uses_cuda_kernels(const SlotPassInputs& in);
 
 }  // namespace dla::memory

@@ -3,7 +3,6 @@
 // none of its intermediates: the backward keeps the inputs, the chunk-start states and the written values,
 // and recomputes the other chunk terms.
 // Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
-#include <ATen/Context.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DispatchKeySet.h>
@@ -12,6 +11,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "dla/ops/fused.h"
+#include "dla/ops/tf32_scope.h"
 
 namespace dla::ops::fused {
 namespace {
@@ -60,22 +60,6 @@ ChunkTerms chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   return t;
 }
 
-/// While alive, cuBLAS may run float32 matmuls in TF32 when the op's inputs come in 16 bits: their 8 (bf16)
-/// or 11 (fp16) mantissa bits fit TF32's 10-bit operands nearly whole, and fla's Triton dots round the same
-/// way on Hopper. Float32 inputs keep full float32 products.
-class Tf32Scope {
- public:
-  explicit Tf32Scope(const at::Tensor& q) : previous_(at::globalContext().allowTF32CuBLAS()) {
-    if (q.is_cuda() && at::elementSize(q.scalar_type()) == 2) at::globalContext().setAllowTF32CuBLAS(true);
-  }
-  ~Tf32Scope() { at::globalContext().setAllowTF32CuBLAS(previous_); }
-  Tf32Scope(const Tf32Scope&) = delete;
-  Tf32Scope& operator=(const Tf32Scope&) = delete;
-
- private:
-  bool previous_;
-};
-
 /// sum over the last dim of a * b.
 at::Tensor rowwise_dot(const at::Tensor& a, const at::Tensor& b) {
   return (a * b).sum(-1);
@@ -96,7 +80,7 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const at::Tensor beta = delta_rule ? beta_or_empty : at::Tensor();
     const at::Tensor initial_state = has_initial_state ? initial_state_or_empty : at::Tensor();
-    const Tf32Scope tf32(q);
+    const Tf32Scope tf32(tf32_suits(q));
     const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
     const ChunkTerms t = chunk_terms(q, k, v, g, beta, chunk_size, dtype);
     const StatePassForward pass =
@@ -123,7 +107,7 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const at::Tensor initial_state = ctx->saved_data["has_initial_state"].toBool() ? saved[5] : at::Tensor();
     const double scale = ctx->saved_data["scale"].toDouble();
     const int64_t chunk_size = ctx->saved_data["chunk_size"].toInt();
-    const Tf32Scope tf32(q);
+    const Tf32Scope tf32(tf32_suits(q));
     const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
     const int64_t num_tokens = q.size(1);
 

@@ -8,8 +8,8 @@
 #include <ATen/ops/stack.h>
 #include <c10/util/Exception.h>
 
-#include "cuda_stream.h"
 #include "dla/ops/fused.h"
+#include "dla/ops/kernel_buffers.h"
 #include "kernels.h"
 
 #if defined(DLA_WITH_CUDA)
@@ -23,18 +23,6 @@ namespace {
 kernels::StatePassDims dims_of(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV) {
   return {k_to_end_BHMCK.size(0) * k_to_end_BHMCK.size(1), k_to_end_BHMCK.size(2), k_to_end_BHMCK.size(3),
           k_to_end_BHMCK.size(4), u_BHMCV.size(4)};
-}
-
-/// x contiguous and 16-byte aligned, as the kernels read float4s; a view at an odd offset is copied.
-at::Tensor aligned(const at::Tensor& x) {
-  if (!x.defined()) return x;
-  at::Tensor contiguous = x.contiguous();
-  if (reinterpret_cast<std::uintptr_t>(contiguous.data_ptr()) % 16 != 0) contiguous = contiguous.clone();
-  return contiguous;
-}
-
-const float* data_or_null(const at::Tensor& x) {
-  return x.defined() ? x.data_ptr<float>() : nullptr;
 }
 
 #endif
@@ -96,11 +84,11 @@ StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::
     return forward_loop(k_to_end_BHMCK, u_BHMCV, w_BHMCK, chunk_decay_BHM, initial_state_BHKV);
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(k_to_end_BHMCK.device());
-  const at::Tensor k_to_end = aligned(k_to_end_BHMCK);
-  const at::Tensor u = aligned(u_BHMCV);
-  const at::Tensor w = aligned(w_BHMCK);
-  const at::Tensor chunk_decay = aligned(chunk_decay_BHM);
-  const at::Tensor initial_state = aligned(initial_state_BHKV);
+  const at::Tensor k_to_end = kernel_buffer(k_to_end_BHMCK);
+  const at::Tensor u = kernel_buffer(u_BHMCV);
+  const at::Tensor w = kernel_buffer(w_BHMCK);
+  const at::Tensor chunk_decay = kernel_buffer(chunk_decay_BHM);
+  const at::Tensor initial_state = kernel_buffer(initial_state_BHKV);
   const int64_t B = u.size(0), H = u.size(1), M = u.size(2), K = k_to_end.size(4), V = u.size(4);
   StatePassForward result{at::empty({B, H, M, K, V}, u.options()), w.defined() ? at::empty_like(u) : u,
                           at::empty({B, H, K, V}, u.options())};
@@ -126,13 +114,13 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
   }
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(k_to_end_BHMCK.device());
-  const at::Tensor q_read = aligned(q_read_BHMCK);
-  const at::Tensor d_out = aligned(d_out_BHMCV);
-  const at::Tensor d_v_new_intra = aligned(d_v_new_intra_BHMCV);
-  const at::Tensor k_to_end = aligned(k_to_end_BHMCK);
-  const at::Tensor w = aligned(w_BHMCK);
-  const at::Tensor chunk_decay = aligned(chunk_decay_BHM);
-  const at::Tensor d_final_state = aligned(d_final_state_BHKV);
+  const at::Tensor q_read = kernel_buffer(q_read_BHMCK);
+  const at::Tensor d_out = kernel_buffer(d_out_BHMCV);
+  const at::Tensor d_v_new_intra = kernel_buffer(d_v_new_intra_BHMCV);
+  const at::Tensor k_to_end = kernel_buffer(k_to_end_BHMCK);
+  const at::Tensor w = kernel_buffer(w_BHMCK);
+  const at::Tensor chunk_decay = kernel_buffer(chunk_decay_BHM);
+  const at::Tensor d_final_state = kernel_buffer(d_final_state_BHKV);
   const int64_t B = d_out.size(0), H = d_out.size(1), M = d_out.size(2), K = k_to_end.size(4),
                 V = d_out.size(4);
   StatePassBackward result{at::empty({B, H, M, K, V}, d_out.options()), at::empty_like(d_out),

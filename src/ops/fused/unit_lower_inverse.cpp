@@ -6,8 +6,8 @@
 #include <ATen/ops/linalg_solve_triangular.h>
 #include <c10/util/Exception.h>
 
-#include "cuda_stream.h"
 #include "dla/ops/fused.h"
+#include "dla/ops/kernel_buffers.h"
 #include "kernels.h"
 
 #if defined(DLA_WITH_CUDA)
@@ -21,8 +21,7 @@ at::Tensor unit_lower_inverse(const at::Tensor& a_CC) {
 #if defined(DLA_WITH_CUDA)
   if (a_CC.is_cuda() && a_CC.scalar_type() == at::kFloat && kernels::supports_unit_lower_inverse(n)) {
     const c10::cuda::CUDAGuard device_guard(a_CC.device());
-    at::Tensor a = a_CC.contiguous();
-    if (reinterpret_cast<std::uintptr_t>(a.data_ptr()) % 16 != 0) a = a.clone();
+    const at::Tensor a = kernel_buffer(a_CC);
     at::Tensor t = at::empty_like(a);
     const char* error = kernels::unit_lower_inverse(a.data_ptr<float>(), t.data_ptr<float>(),
                                                     a.numel() / (n * n), n, current_cuda_stream(a));

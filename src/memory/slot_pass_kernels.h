@@ -1,0 +1,56 @@
+// The CUDA kernels of the multi-state slot pass (dla/memory/slot_pass.h), behind a plain C++ interface so
+// that only the .cu file is compiled by nvcc. Every pointer is a contiguous float32 device buffer, 16-byte
+// aligned, in the layouts of SlotPassInputs with B·H flattened into one leading dim; `stream` is a
+// cudaStream_t. The products run on tensor cores in TF32 with float32 accumulation; the states stay float32.
+#pragma once
+
+#include <cstdint>
+
+namespace dla::memory::kernels {
+
+struct SlotPassDims {
+  int64_t batch_heads;  ///< B·H
+  int64_t chunks;       ///< N
+  int64_t chunk_size;   ///< C
+  int64_t key_dim;      ///< K
+  int64_t value_dim;    ///< V
+  int64_t slots;        ///< S
+};
+
+struct SlotPassForwardArgs {
+  const float* transported_q;  ///< [BH, N, C, K]
+  const float* read_weight;    ///< [BH, N, C, S]
+  const float* k_to_end;       ///< [BH, N, C, K]
+  const float* w;              ///< [BH, N, C, K]; null for SSD
+  const float* t_inverse;      ///< [BH, N, C, C]; null for SSD
+  const float* source_v;       ///< [BH, N, C, V]
+  const float* chunk_decay;    ///< [BH, N]
+  const float* state_move;     ///< [BH, N, S, S]
+  const float* token_move;     ///< [BH, N, S, C]
+  float* inter;                ///< [BH, N, C, V]
+  float* start_states;         ///< [BH, N, S, K, V]: the slot states at each chunk's start
+  float* final_states;         ///< [BH, S, K, V]
+};
+
+struct SlotPassBackwardArgs {
+  const float* transported_q;   ///< [BH, N, C, K]
+  const float* read_weight;     ///< [BH, N, C, S]
+  const float* k_to_end;        ///< [BH, N, C, K]
+  const float* w;               ///< [BH, N, C, K]; null for SSD
+  const float* chunk_decay;     ///< [BH, N]
+  const float* state_move;      ///< [BH, N, S, S]
+  const float* d_inter;         ///< [BH, N, C, V]
+  const float* d_final_states;  ///< [BH, S, K, V]
+  float* d_end_states;          ///< [BH, N, S, K, V]: the gradient of the slot states after each chunk
+  float* d_written;             ///< [BH, N, S, C, V]: the gradient of what each chunk writes to each slot
+};
+
+/// Whether the kernels can run these dims on the current device (slots ≤ 16, C and K multiples of 16, V of 4,
+/// and the shared memory they need).
+bool supports_slot_pass(const SlotPassDims& dims);
+
+/// nullptr on success, else the CUDA error's text.
+const char* slot_pass_forward(const SlotPassForwardArgs& args, const SlotPassDims& dims, void* stream);
+const char* slot_pass_backward(const SlotPassBackwardArgs& args, const SlotPassDims& dims, void* stream);
+
+}  // namespace dla::memory::kernels
