@@ -13,6 +13,10 @@
 
 #include "slot_pass_kernels.h"
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "dla's slot-pass kernels use TF32 tensor cores: set DLA_CUDA_ARCHITECTURES to 80 or newer"
+#endif
+
 namespace dla::memory::kernels {
 namespace {
 
