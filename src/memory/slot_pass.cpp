@@ -177,26 +177,29 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
   const kernels::SlotPassDims dims = dims_of(in);
-  const at::Tensor q = ops::kernel_buffer(in.transported_q_BHNCK),
-                   read_weight = ops::kernel_buffer(in.read_weight_BHNCS),
-                   k_to_end = ops::kernel_buffer(in.k_to_end_BHNCK), w = ops::kernel_buffer(in.w_BHNCK),
+  const at::Tensor k_to_end = ops::kernel_buffer(in.k_to_end_BHNCK), w = ops::kernel_buffer(in.w_BHNCK),
                    t_inverse = ops::kernel_buffer(in.t_inverse_BHNCC),
                    source_v = ops::kernel_buffer(in.source_v_BHNCV),
                    chunk_decay = ops::kernel_buffer(in.chunk_decay_BHN),
                    state_move = ops::kernel_buffer(in.state_move_BHNSS),
                    token_move = ops::kernel_buffer(in.token_move_BHNSC);
-  const int64_t B = q.size(0), H = q.size(1), N = dims.chunks, C = dims.chunk_size, K = dims.key_dim,
+  const int64_t B = k_to_end.size(0), H = k_to_end.size(1), N = dims.chunks, K = dims.key_dim,
                 V = dims.value_dim, S = dims.slots;
-  KeptForward out{{at::empty({B, H, N, C, V}, q.options()), at::empty({B, H, S, K, V}, q.options())},
-                  at::empty({B, H, N, S, K, V}, q.options())};
+  const at::Tensor start_states_BHNSKV = at::empty({B, H, N, S, K, V}, k_to_end.options());
+  const at::Tensor final_states_BHSKV = at::empty({B, H, S, K, V}, k_to_end.options());
   const char* error = kernels::slot_pass_forward(
-      {q.data_ptr<float>(), read_weight.data_ptr<float>(), k_to_end.data_ptr<float>(), ops::data_or_null(w),
-       ops::data_or_null(t_inverse), source_v.data_ptr<float>(), chunk_decay.data_ptr<float>(),
-       state_move.data_ptr<float>(), token_move.data_ptr<float>(), out.result.inter_BHNCV.data_ptr<float>(),
-       out.start_states_BHNSKV.data_ptr<float>(), out.result.final_states_BHSKV.data_ptr<float>()},
-      dims, ops::current_cuda_stream(q));
+      {k_to_end.data_ptr<float>(), ops::data_or_null(w), ops::data_or_null(t_inverse),
+       source_v.data_ptr<float>(), chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(),
+       token_move.data_ptr<float>(), start_states_BHNSKV.data_ptr<float>(),
+       final_states_BHSKV.data_ptr<float>()},
+      dims, ops::current_cuda_stream(k_to_end));
   TORCH_CHECK(error == nullptr, "memory slot pass forward: CUDA kernel failed: ", error);
-  return out;
+  // The reads of all chunks in one matmul: inter_c = Σ_s w_cs q̃_c X_s, with the slots and keys of the start
+  // states as one depth of S·K.
+  const at::Tensor weighted_q_BHNCX =
+      (in.read_weight_BHNCS.unsqueeze(-1) * in.transported_q_BHNCK.unsqueeze(-2)).flatten(-2);
+  const at::Tensor inter_BHNCV = weighted_q_BHNCX.matmul(start_states_BHNSKV.view({B, H, N, S * K, V}));
+  return {{inter_BHNCV, final_states_BHSKV}, start_states_BHNSKV};
 #else
   TORCH_CHECK(false, "memory slot pass: dla was built without CUDA");
 #endif

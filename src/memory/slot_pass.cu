@@ -1,9 +1,10 @@
 // CUDA kernels of the multi-state slot pass (dla/memory/slot_pass.h): one thread block per (batch·head, 16
 // value columns) carries the [K, 16] slices of all S slot states through every chunk in shared memory. With
 // X̄_r = Σ_s M[r, s] X_s the states moved to their slots, each chunk is (docs/memory/policies.md)
-//   forward   inter = Σ_s w_s ⊙ (q̃ X_s),   Δ_r = Z_r − W X̄_r,   X'_r = e X̄_r + K̃ᵀ Δ_r,   Z_r = T (m_r ⊙ v)
+//   forward   Δ_r = Z_r − W X̄_r,   X'_r = e X̄_r + K̃ᵀ Δ_r,   Z_r = T (m_r ⊙ v)
 //   backward  dΔ_r = K̃ G_r,   dX̄_r = e G_r − Wᵀ dΔ_r,   dX_s = Σ_r M[r, s] dX̄_r + q̃ᵀ (w_s ⊙ d_inter)
-// (no W and T for SSD). The products are 16 × 16 tiles on tensor cores (WMMA, TF32 in, float32 out), eight
+// (no W and T for SSD). The forward writes every chunk's start states; the reads from them are one batched
+// matmul outside. The products are 16 × 16 tiles on tensor cores (WMMA, TF32 in, float32 out), eight
 // warps taking the tiles of all slots in turn; moving states between slots is per entry, in registers.
 #include <cuda_runtime.h>
 #include <mma.h>
@@ -217,14 +218,12 @@ __device__ void store_states(float* dst, const float* states, const Layout& l, i
 
 __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPassForwardArgs a, Layout l) {
   extern __shared__ __align__(128) float shared[];
-  __shared__ int live[kMaxSlots], next_live[kMaxSlots], has_tokens[kMaxSlots], reads[kMaxSlots];
+  __shared__ int live[kMaxSlots], next_live[kMaxSlots], has_tokens[kMaxSlots];
   float* states = shared + l.states();
   float* group_buffers = shared + l.group_buffers();
   float* operand = shared + l.operand();
   float* t_inverse = shared + l.square();
-  float* inter = shared + l.inter();
   float* scratch = shared + l.scratch();
-  float* weights = shared + l.weights();
   float* moves = shared + l.moves();
   float* tokens = shared + l.tokens();
 
@@ -244,51 +243,22 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     const size_t chunk = head * l.chunks + n;
     __syncthreads();  // the states are complete and every buffer is free
     store_states(a.start_states + chunk * SKV, states, l, first_column);
-    load_rows(operand, l.operand_ld(), a.transported_q + chunk * CK, C, K, 1.f);
     if (delta_rule) load_rows(t_inverse, l.square_ld(), a.t_inverse + chunk * C * C, C, C, 1.f);
-    load_floats(weights, a.read_weight + chunk * C * S, C * S);
     load_floats(moves, a.state_move + chunk * S * S, S * S);
     load_floats(tokens, a.token_move + chunk * S * C, S * C);
-    for (int i = threadIdx.x; i < l.rows_floats(); i += kThreads)
-      inter[i] = 0.f;
     const float decay = __ldg(a.chunk_decay + chunk);
     __syncthreads();
     if (static_cast<int>(threadIdx.x) < S) {
       const int s = threadIdx.x;
-      int any_token = 0, any_read = 0, next = 0;
-      for (int c = 0; c < C; ++c) {
+      int any_token = 0, next = 0;
+      for (int c = 0; c < C; ++c)
         any_token |= tokens[s * C + c] != 0.f;
-        any_read |= weights[c * S + s] != 0.f;
-      }
       for (int source = 0; source < S; ++source)
         next |= moves[s * S + source] != 0.f && live[source];
       has_tokens[s] = any_token;
-      reads[s] = any_read && live[s];
       next_live[s] = next || any_token;
     }
     __syncthreads();
-
-    // Reads, a group of slots at a time: R_s = q̃ X_s into the group buffers, then inter += w_s ⊙ R_s.
-    for (int first = 0; first < S; first += l.group) {
-      const int count = min(l.group, S - first);
-      for (int t = warp; t < count * c_tiles; t += kWarps) {
-        const int s = first + t / c_tiles, row = (t % c_tiles) * kTile;
-        if (!reads[s]) continue;
-        product_tile(group_buffers + (s - first) * l.rows_floats() + row * ld, ld,
-                     operand + row * l.operand_ld(), l.operand_ld(), states + s * l.slot_floats(), ld, K);
-      }
-      __syncthreads();
-      for (int i = threadIdx.x; i < C * kTile; i += kThreads) {
-        const int c = i / kTile, offset = c * ld + i % kTile;
-        float sum = 0.f;
-        for (int s = first; s < first + count; ++s) {
-          if (reads[s]) sum += weights[c * S + s] * group_buffers[(s - first) * l.rows_floats() + offset];
-        }
-        inter[offset] += sum;
-      }
-      __syncthreads();
-    }
-    store_columns(a.inter + chunk * CV, V, first_column, inter, ld, C);
 
     move_between_slots(states, moves, l, /*transposed=*/false);
     __syncthreads();

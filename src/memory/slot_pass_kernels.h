@@ -18,18 +18,15 @@ struct SlotPassDims {
 };
 
 struct SlotPassForwardArgs {
-  const float* transported_q;  ///< [BH, N, C, K]
-  const float* read_weight;    ///< [BH, N, C, S]
-  const float* k_to_end;       ///< [BH, N, C, K]
-  const float* w;              ///< [BH, N, C, K]; null for SSD
-  const float* t_inverse;      ///< [BH, N, C, C]; null for SSD
-  const float* source_v;       ///< [BH, N, C, V]
-  const float* chunk_decay;    ///< [BH, N]
-  const float* state_move;     ///< [BH, N, S, S]
-  const float* token_move;     ///< [BH, N, S, C]
-  float* inter;                ///< [BH, N, C, V]
-  float* start_states;         ///< [BH, N, S, K, V]: the slot states at each chunk's start
-  float* final_states;         ///< [BH, S, K, V]
+  const float* k_to_end;     ///< [BH, N, C, K]
+  const float* w;            ///< [BH, N, C, K]; null for SSD
+  const float* t_inverse;    ///< [BH, N, C, C]; null for SSD
+  const float* source_v;     ///< [BH, N, C, V]
+  const float* chunk_decay;  ///< [BH, N]
+  const float* state_move;   ///< [BH, N, S, S]
+  const float* token_move;   ///< [BH, N, S, C]
+  float* start_states;       ///< [BH, N, S, K, V]: the slot states at each chunk's start
+  float* final_states;       ///< [BH, S, K, V]
 };
 
 struct SlotPassBackwardArgs {

@@ -84,14 +84,15 @@ void expect_same_pass(const SlotPassInputs& base, ToDevice to_device, double val
   const at::Tensor inter_weight = dla::test::random_weight(probe.inter_BHNCV.sizes(), 1);
   const at::Tensor state_weight = dla::test::random_weight(probe.final_states_BHSKV.sizes(), 2);
   const auto run = [&](bool fused) {
+    const auto place = [&](const at::Tensor& x) { return fused ? to_device(x) : x; };
     SlotPassInputs in = base;
     for (at::Tensor* x : all_tensors(in))
-      *x = fused ? to_device(*x) : *x;
+      *x = place(*x);
     for (at::Tensor* x : differentiable(in))
       *x = x->detach().clone().requires_grad_(true);
     const SlotPassResult r = dla::memory::slot_pass(in, fused);
-    const at::Tensor loss = (r.inter_BHNCV * to_device(inter_weight)).sum() +
-                            (r.final_states_BHSKV * to_device(state_weight)).sum();
+    const at::Tensor loss =
+        (r.inter_BHNCV * place(inter_weight)).sum() + (r.final_states_BHSKV * place(state_weight)).sum();
     loss.backward();
     std::vector<at::Tensor> out = {r.inter_BHNCV.detach(), r.final_states_BHSKV.detach()};
     for (at::Tensor* x : differentiable(in))
