@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 namespace dla::memory {
 
@@ -58,6 +59,25 @@ void BoundaryCache::advance(const at::Tensor& u_BH, int64_t position) {
   advance(u_cpu.accessor<float, 2>(), position);
 }
 
+namespace {
+
+/// A candidate joins one (b, h)'s alive boundaries; past capacity − 1 of them one is evicted: the oldest, or
+/// under MergeRule::lowest the smallest score (among equal scores the first in time order, the older one).
+template <class Boundary>
+void add_boundary(std::vector<Boundary>& alive, float score, int64_t position,
+                  const BoundaryOptions& options) {
+  alive.push_back({score, position});
+  if (alive.size() <= static_cast<size_t>(options.capacity - 1)) return;
+  auto evicted = alive.begin();
+  if (options.merge == MergeRule::lowest) {
+    evicted = std::min_element(alive.begin(), alive.end(),
+                               [](const Boundary& a, const Boundary& b) { return a.score < b.score; });
+  }
+  alive.erase(evicted);
+}
+
+}  // namespace
+
 void BoundaryCache::advance(const at::TensorAccessor<float, 2>& u, int64_t position) {
   TORCH_CHECK(position == tokens_seen_, "BoundaryCache: expected token ", tokens_seen_, ", got ", position);
   TORCH_CHECK(u.size(0) == batch_ && u.size(1) == heads_, "BoundaryCache: u must be [", batch_, ", ", heads_,
@@ -65,20 +85,10 @@ void BoundaryCache::advance(const at::TensorAccessor<float, 2>& u, int64_t posit
   ++tokens_seen_;
   if (position == 0) return;  // token 0 opens the oldest segment and is never a candidate
   const auto threshold = static_cast<float>(options_.threshold);
-  const auto max_alive = static_cast<size_t>(options_.capacity - 1);
   for (int64_t b = 0; b < batch_; ++b) {
     for (int64_t h = 0; h < heads_; ++h) {
-      if (!(u[b][h] >= threshold)) continue;
-      std::vector<Boundary>& alive = alive_[static_cast<size_t>(b * heads_ + h)];
-      alive.push_back({u[b][h], position});
-      if (alive.size() <= max_alive) continue;
-      // Lowest: the smallest score; among equal scores the first in time order, i.e. the older boundary.
-      auto evicted = alive.begin();
-      if (options_.merge == MergeRule::lowest) {
-        evicted = std::min_element(alive.begin(), alive.end(),
-                                   [](const Boundary& a, const Boundary& b) { return a.score < b.score; });
-      }
-      alive.erase(evicted);
+      if (u[b][h] >= threshold)
+        add_boundary(alive_[static_cast<size_t>(b * heads_ + h)], u[b][h], position, options_);
     }
   }
 }
@@ -127,6 +137,31 @@ void BoundaryCache::write_slot_rows(at::TensorAccessor<int64_t, 4> start_BHQS,
   }
 }
 
+void BoundaryCache::scan(const at::TensorAccessor<float, 3>& u_TBH, at::TensorAccessor<int64_t, 4> start_BHQS,
+                         at::TensorAccessor<int64_t, 4> opener_BHQS) {
+  const int64_t tokens = u_TBH.size(0);
+  TORCH_CHECK(u_TBH.size(1) == batch_ && u_TBH.size(2) == heads_ && start_BHQS.size(2) == tokens + 1 &&
+                  opener_BHQS.size(2) == tokens + 1,
+              "BoundaryCache: scan needs u [T, ", batch_, ", ", heads_, "] and tables of T + 1 rows");
+  const int64_t first = tokens_seen_;
+  const auto threshold = static_cast<float>(options_.threshold);
+  // Sequences and heads are independent; each writes only its own rows.
+  at::parallel_for(0, batch_ * heads_, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads_, h = bh % heads_;
+      std::vector<Boundary>& alive = alive_[static_cast<size_t>(bh)];
+      write_slot_row(alive, first > 0, start_BHQS[b][h][0], opener_BHQS[b][h][0]);
+      for (int64_t t = 0; t < tokens; ++t) {
+        const int64_t position = first + t;
+        const float u = u_TBH[t][b][h];
+        if (position > 0 && u >= threshold) add_boundary(alive, u, position, options_);
+        write_slot_row(alive, true, start_BHQS[b][h][t + 1], opener_BHQS[b][h][t + 1]);
+      }
+    }
+  });
+  tokens_seen_ += tokens;
+}
+
 int64_t BoundaryCache::size_bytes() const {
   return batch_ * heads_ * (options_.capacity - 1) * static_cast<int64_t>(sizeof(Boundary));
 }
@@ -142,18 +177,13 @@ SegmentTable dla_segments(const at::Tensor& u_BTH, BoundaryCache& cache) {
   const int64_t batch = u_BTH.size(0), tokens = u_BTH.size(1), heads = u_BTH.size(2);
   const at::Tensor u_cpu_TBH = u_BTH.to(at::kCPU).transpose(0, 1).contiguous();
   const auto u_TBH = u_cpu_TBH.accessor<float, 3>();
-  const int64_t first = cache.tokens_seen();
-  at::Tensor start_BHQS = at::full({batch, heads, tokens + 1, cache.capacity()}, -1, at::kLong);
+  // Tables bound for a GPU are built in pinned memory, so their copies there do not wait on the host.
+  const auto table_options = at::TensorOptions().dtype(at::kLong).pinned_memory(u_BTH.is_cuda());
+  at::Tensor start_BHQS = at::full({batch, heads, tokens + 1, cache.capacity()}, -1, table_options);
   at::Tensor opener_BHQS = at::full_like(start_BHQS, -1);
-  auto start = start_BHQS.accessor<int64_t, 4>();
-  auto opener = opener_BHQS.accessor<int64_t, 4>();
-  cache.write_slot_rows(start, opener, 0);
-  for (int64_t t = 0; t < tokens; ++t) {
-    cache.advance(u_TBH[t], first + t);
-    cache.write_slot_rows(start, opener, t + 1);
-  }
+  cache.scan(u_TBH, start_BHQS.accessor<int64_t, 4>(), opener_BHQS.accessor<int64_t, 4>());
   const at::Device device = u_BTH.device();
-  return {start_BHQS.to(device), opener_BHQS.to(device)};
+  return {start_BHQS.to(device, /*non_blocking=*/true), opener_BHQS.to(device, /*non_blocking=*/true)};
 }
 
 at::Tensor straight_through_confidence(const SegmentTable& segments, const at::Tensor& u_BTH) {

@@ -56,6 +56,11 @@ class BoundaryCache {
   /// The same into row `query` of [B, H, Q, capacity] tables.
   void write_slot_rows(at::TensorAccessor<int64_t, 4> start_BHQS, at::TensorAccessor<int64_t, 4> opener_BHQS,
                        int64_t query) const;
+  /// Processes T tokens at once, u_TBH a float32 CPU accessor of [T, B, H] scores, writing rows 0..T of
+  /// [B, H, T + 1, capacity] tables: row 0 as the cache stands, row t + 1 after token t. The same as advance
+  /// and write_slot_rows token by token, with the (b, h) sequences run in parallel.
+  void scan(const at::TensorAccessor<float, 3>& u_TBH, at::TensorAccessor<int64_t, 4> start_BHQS,
+            at::TensorAccessor<int64_t, 4> opener_BHQS);
   int64_t tokens_seen() const { return tokens_seen_; }
   int64_t capacity() const { return options_.capacity; }
   /// Bytes held: positions and scores of at most capacity − 1 boundaries per sequence and head.
