@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 
 #include "dla/memory/mask_form.h"
 #include "dla/memory/slot_pass.h"
@@ -155,6 +156,7 @@ MultiStateResult recurrent(const Recurrence& terms, const LevelWeights& weights,
 
 MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights, const SegmentTable& segments,
                            int64_t chunk_size) {
+  RECORD_FUNCTION("dla::memory_chunkwise", std::vector<c10::IValue>());
   const at::ScalarType dtype = check_and_pick_dtype("memory::chunkwise", terms, weights, segments);
   const ops::Tf32Scope tf32(ops::tf32_suits(terms.q_BTHK));
   TORCH_CHECK(chunk_size >= 1, "memory::chunkwise: chunk_size must be at least 1, got ", chunk_size);

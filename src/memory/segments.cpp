@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <ATen/Parallel.h>
 
 namespace dla::memory {
@@ -172,6 +173,7 @@ SegmentTable dla_segments(const at::Tensor& u_BTH, const BoundaryOptions& option
 }
 
 SegmentTable dla_segments(const at::Tensor& u_BTH, BoundaryCache& cache) {
+  RECORD_FUNCTION("dla::boundary_scan", std::vector<c10::IValue>());
   TORCH_CHECK(u_BTH.dim() == 3 && u_BTH.scalar_type() == at::kFloat,
               "dla_segments: u must be float32 [B, T, H], got ", u_BTH.scalar_type(), " ", u_BTH.sizes());
   const int64_t batch = u_BTH.size(0), tokens = u_BTH.size(1), heads = u_BTH.size(2);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <ATen/ops/empty.h>
+#include <ATen/record_function.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DispatchKeySet.h>
@@ -287,6 +288,7 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    RECORD_FUNCTION("dla::slot_pass_backward", std::vector<c10::IValue>());
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const ops::Tf32Scope tf32(ctx->saved_data["tf32"].toBool());
     const variable_list saved = ctx->get_saved_variables();
@@ -307,6 +309,7 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
 }  // namespace
 
 SlotPassResult slot_pass(const SlotPassInputs& in, bool fused) {
+  RECORD_FUNCTION("dla::slot_pass", std::vector<c10::IValue>());
   if (!fused) return run_loop(in, /*keep_states=*/false).result;
   // The function computes without autocast, so its inputs (some from autocast matmuls) share one dtype;
   // absent W and T travel as empty placeholders, since autograd functions take defined tensors.
