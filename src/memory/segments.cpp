@@ -5,8 +5,8 @@
 #include <algorithm>
 
 #include <ATen/ATen.h>
-#include <ATen/record_function.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 namespace dla::memory {
 
@@ -97,11 +97,11 @@ void BoundaryCache::advance(const at::TensorAccessor<float, 2>& u, int64_t posit
 namespace {
 
 /// Writes the slot rows of one (b, h) for the next query: alive boundaries newest first, then token 0's
-/// segment, then empty slots.
+/// segment, then empty slots (−1, left as they are when the rows are known to be blank).
 template <class Alive, class Row>
-void write_slot_row(const Alive& alive, bool any_token, Row start, Row opener) {
+void write_slot_row(const Alive& alive, bool any_token, Row start, Row opener, bool rows_blank = false) {
   const auto num_alive = static_cast<int64_t>(alive.size());
-  for (int64_t slot = 0; slot < start.size(0); ++slot) {
+  for (int64_t slot = 0; slot < start.size(0) && !rows_blank; ++slot) {
     start[slot] = -1;
     opener[slot] = -1;
   }
@@ -151,12 +151,14 @@ void BoundaryCache::scan(const at::TensorAccessor<float, 3>& u_TBH, at::TensorAc
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / heads_, h = bh % heads_;
       std::vector<Boundary>& alive = alive_[static_cast<size_t>(bh)];
-      write_slot_row(alive, first > 0, start_BHQS[b][h][0], opener_BHQS[b][h][0]);
+      auto start_QS = start_BHQS[b][h];
+      auto opener_QS = opener_BHQS[b][h];
+      write_slot_row(alive, first > 0, start_QS[0], opener_QS[0], /*rows_blank=*/true);
       for (int64_t t = 0; t < tokens; ++t) {
         const int64_t position = first + t;
         const float u = u_TBH[t][b][h];
         if (position > 0 && u >= threshold) add_boundary(alive, u, position, options_);
-        write_slot_row(alive, true, start_BHQS[b][h][t + 1], opener_BHQS[b][h][t + 1]);
+        write_slot_row(alive, true, start_QS[t + 1], opener_QS[t + 1], /*rows_blank=*/true);
       }
     }
   });
@@ -182,7 +184,7 @@ SegmentTable dla_segments(const at::Tensor& u_BTH, BoundaryCache& cache) {
   // Tables bound for a GPU are built in pinned memory, so their copies there do not wait on the host.
   const auto table_options = at::TensorOptions().dtype(at::kLong).pinned_memory(u_BTH.is_cuda());
   at::Tensor start_BHQS = at::full({batch, heads, tokens + 1, cache.capacity()}, -1, table_options);
-  at::Tensor opener_BHQS = at::full_like(start_BHQS, -1);
+  at::Tensor opener_BHQS = at::full({batch, heads, tokens + 1, cache.capacity()}, -1, table_options);
   cache.scan(u_TBH, start_BHQS.accessor<int64_t, 4>(), opener_BHQS.accessor<int64_t, 4>());
   const at::Device device = u_BTH.device();
   return {start_BHQS.to(device, /*non_blocking=*/true), opener_BHQS.to(device, /*non_blocking=*/true)};

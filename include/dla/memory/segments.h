@@ -57,8 +57,8 @@ class BoundaryCache {
   void write_slot_rows(at::TensorAccessor<int64_t, 4> start_BHQS, at::TensorAccessor<int64_t, 4> opener_BHQS,
                        int64_t query) const;
   /// Processes T tokens at once, u_TBH a float32 CPU accessor of [T, B, H] scores, writing rows 0..T of
-  /// [B, H, T + 1, capacity] tables: row 0 as the cache stands, row t + 1 after token t. The same as advance
-  /// and write_slot_rows token by token, with the (b, h) sequences run in parallel.
+  /// [B, H, T + 1, capacity] tables filled with −1: row 0 as the cache stands, row t + 1 after token t. The
+  /// same as advance and write_slot_rows token by token, with the (b, h) sequences run in parallel.
   void scan(const at::TensorAccessor<float, 3>& u_TBH, at::TensorAccessor<int64_t, 4> start_BHQS,
             at::TensorAccessor<int64_t, 4> opener_BHQS);
   int64_t tokens_seen() const { return tokens_seen_; }
