@@ -99,6 +99,11 @@ int run(int argc, char** argv) {
     } catch (const UserError& e) {
       spdlog::error("{}", e.what());
       return kExitUserError;
+    } catch (const c10::OutOfMemoryError& e) {
+      // Not a bug: the run asks for more device memory than there is.
+      spdlog::error("out of device memory: {}", e.what_without_backtrace());
+      spdlog::error("lower train.batch_size or train.seq_len, or set train.activation_checkpointing: true");
+      return kExitUserError;
     } catch (const c10::Error& e) {
       spdlog::error("internal error in LibTorch (a bug in dla; please report it): {}",
                     e.what_without_backtrace());
