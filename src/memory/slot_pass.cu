@@ -37,10 +37,12 @@ using OperandA = wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::preci
 using OperandB = wmma::fragment<wmma::matrix_b, kTile, kTile, kStep, wmma::precision::tf32, wmma::row_major>;
 
 /// Shared-memory layout in floats. Every buffer the tensor cores read starts 32-byte aligned: C and K are
-/// multiples of 16 and the padded row lengths multiples of 4.
+/// multiples of 16 and the padded row lengths multiples of 4. Each direction holds only its own buffers:
+/// the forward T⁻¹ and the landed values, the backward d_inter and the read weights.
 struct Layout {
   int chunks, chunk_size, key_dim, value_dim, slots;
-  int group;  ///< slots whose [C, 16] buffers are held at once
+  int group;     ///< slots whose [C, 16] buffers are held at once
+  bool forward;  ///< the forward kernel's buffers, else the backward's
 
   __host__ __device__ int tile_ld() const { return kTile + kPad; }
   __host__ __device__ int operand_ld() const { return key_dim + kPad; }
@@ -51,13 +53,15 @@ struct Layout {
   __host__ __device__ int states() const { return 0; }
   __host__ __device__ int group_buffers() const { return states() + slots * slot_floats(); }
   __host__ __device__ int operand() const { return group_buffers() + group * rows_floats(); }
-  __host__ __device__ int square() const { return operand() + chunk_size * operand_ld(); }
-  __host__ __device__ int inter() const { return square() + chunk_size * square_ld(); }
-  __host__ __device__ int scratch() const { return inter() + rows_floats(); }
-  __host__ __device__ int weights() const { return scratch() + rows_floats(); }
-  __host__ __device__ int moves() const { return weights() + chunk_size * slots; }
-  __host__ __device__ int tokens() const { return moves() + slots * slots; }
-  __host__ __device__ int total() const { return tokens() + slots * chunk_size; }
+  __host__ __device__ int square() const { return operand() + chunk_size * operand_ld(); }  // forward: T⁻¹
+  __host__ __device__ int scratch() const {  // forward: the values landing in one slot
+    return square() + (forward ? chunk_size * square_ld() : 0);
+  }
+  __host__ __device__ int inter() const { return scratch() + (forward ? rows_floats() : 0); }  // backward
+  __host__ __device__ int weights() const { return inter() + (forward ? 0 : rows_floats()); }  // backward
+  __host__ __device__ int moves() const { return weights() + (forward ? 0 : chunk_size * slots); }
+  __host__ __device__ int tokens() const { return moves() + slots * slots; }  // forward
+  __host__ __device__ int total() const { return tokens() + (forward ? slots * chunk_size : 0); }
 };
 
 size_t shared_bytes(const Layout& l) {
@@ -393,9 +397,14 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
   }
 }
 
-Layout layout_of(const SlotPassDims& dims, int group) {
-  return {static_cast<int>(dims.chunks),    static_cast<int>(dims.chunk_size), static_cast<int>(dims.key_dim),
-          static_cast<int>(dims.value_dim), static_cast<int>(dims.slots),      group};
+Layout layout_of(const SlotPassDims& dims, int group, bool forward) {
+  return {static_cast<int>(dims.chunks),
+          static_cast<int>(dims.chunk_size),
+          static_cast<int>(dims.key_dim),
+          static_cast<int>(dims.value_dim),
+          static_cast<int>(dims.slots),
+          group,
+          forward};
 }
 
 int max_shared_bytes() {
@@ -408,13 +417,13 @@ int max_shared_bytes() {
 }
 
 /// The layout with as many slots per group as fit (all of them when they do); group 0 when none fits.
-Layout fitting_layout(const SlotPassDims& dims) {
+Layout fitting_layout(const SlotPassDims& dims, bool forward) {
   const size_t limit = static_cast<size_t>(std::max(max_shared_bytes(), 0));
   for (int group = static_cast<int>(dims.slots); group >= 1; --group) {
-    const Layout l = layout_of(dims, group);
+    const Layout l = layout_of(dims, group, forward);
     if (shared_bytes(l) <= limit) return l;
   }
-  return layout_of(dims, 0);
+  return layout_of(dims, 0, forward);
 }
 
 dim3 grid_of(const SlotPassDims& dims) {
@@ -423,8 +432,8 @@ dim3 grid_of(const SlotPassDims& dims) {
 }
 
 template <class Kernel, class Args>
-const char* launch(Kernel kernel, const Args& args, const SlotPassDims& dims, void* stream) {
-  const Layout l = fitting_layout(dims);
+const char* launch(Kernel kernel, const Args& args, const SlotPassDims& dims, bool forward, void* stream) {
+  const Layout l = fitting_layout(dims, forward);
   const size_t bytes = shared_bytes(l);
   cudaError_t error =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
@@ -444,15 +453,16 @@ bool supports_slot_pass(const SlotPassDims& dims) {
   if (dims.batch_heads < 1 || dims.batch_heads > 65535 || dims.chunks < 1 || dims.chunks > kMaxInt ||
       dims.value_dim > kMaxInt || dims.key_dim > 4096 || dims.chunk_size > 4096)
     return false;
-  return fitting_layout(dims).group >= 1;
+  return fitting_layout(dims, /*forward=*/true).group >= 1 &&
+         fitting_layout(dims, /*forward=*/false).group >= 1;
 }
 
 const char* slot_pass_forward(const SlotPassForwardArgs& args, const SlotPassDims& dims, void* stream) {
-  return launch(slot_pass_forward_kernel, args, dims, stream);
+  return launch(slot_pass_forward_kernel, args, dims, /*forward=*/true, stream);
 }
 
 const char* slot_pass_backward(const SlotPassBackwardArgs& args, const SlotPassDims& dims, void* stream) {
-  return launch(slot_pass_backward_kernel, args, dims, stream);
+  return launch(slot_pass_backward_kernel, args, dims, /*forward=*/false, stream);
 }
 
 }  // namespace dla::memory::kernels
