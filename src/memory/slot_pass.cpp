@@ -14,9 +14,9 @@
 #include <vector>
 
 #include <ATen/ops/empty.h>
-#include <ATen/record_function.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/record_function.h>
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
