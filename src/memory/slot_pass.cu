@@ -220,6 +220,30 @@ __device__ void store_states(float* dst, const float* states, const Layout& l, i
                   l.key_dim);
 }
 
+/// What both kernels work out first: the dims, the block's place (its batch·head and first value column), the
+/// tile counts and the per-chunk strides of the global buffers.
+struct BlockFrame {
+  int S, C, K, V, ld, c_tiles, k_tiles, warp, first_column;
+  size_t head, CK, CV, SKV;
+};
+
+__device__ BlockFrame block_frame(const Layout& l) {
+  const int S = l.slots, C = l.chunk_size, K = l.key_dim, V = l.value_dim;
+  return {S,
+          C,
+          K,
+          V,
+          l.tile_ld(),
+          C / kTile,
+          K / kTile,
+          static_cast<int>(threadIdx.x / 32),
+          static_cast<int>(blockIdx.x * kTile),
+          blockIdx.y,
+          static_cast<size_t>(C) * K,
+          static_cast<size_t>(C) * V,
+          static_cast<size_t>(S) * K * V};
+}
+
 __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPassForwardArgs a, Layout l) {
   extern __shared__ __align__(128) float shared[];
   __shared__ int live[kMaxSlots], next_live[kMaxSlots], has_tokens[kMaxSlots];
@@ -231,13 +255,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
   float* moves = shared + l.moves();
   float* tokens = shared + l.tokens();
 
-  const int S = l.slots, C = l.chunk_size, K = l.key_dim, V = l.value_dim, ld = l.tile_ld();
-  const int c_tiles = C / kTile, k_tiles = K / kTile, warp = threadIdx.x / 32;
-  const size_t head = blockIdx.y;
-  const int first_column = blockIdx.x * kTile;
+  const auto [S, C, K, V, ld, c_tiles, k_tiles, warp, first_column, head, CK, CV, SKV] = block_frame(l);
   const bool delta_rule = a.w != nullptr;
-  const size_t CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V,
-               SKV = static_cast<size_t>(S) * K * V;
 
   for (int i = threadIdx.x; i < S * l.slot_floats(); i += kThreads)
     states[i] = 0.f;
@@ -324,13 +343,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
   float* weights = shared + l.weights();
   float* moves = shared + l.moves();
 
-  const int S = l.slots, C = l.chunk_size, K = l.key_dim, V = l.value_dim, ld = l.tile_ld();
-  const int c_tiles = C / kTile, k_tiles = K / kTile, warp = threadIdx.x / 32;
-  const size_t head = blockIdx.y;
-  const int first_column = blockIdx.x * kTile;
+  const auto [S, C, K, V, ld, c_tiles, k_tiles, warp, first_column, head, CK, CV, SKV] = block_frame(l);
   const bool delta_rule = a.w != nullptr;
-  const size_t CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V,
-               SKV = static_cast<size_t>(S) * K * V;
 
   for (int s = 0; s < S; ++s)
     load_columns(states + s * l.slot_floats(), ld, a.d_final_states + (head * S + s) * K * V, K, V,
