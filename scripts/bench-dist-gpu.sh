@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data-parallel scaling on one node: training-step tokens/s of gdn-400m (8 × 2048 per GPU) and of the
-# DLA-GDN 400M config (2 × 2048 per GPU; 8 does not fit) on 1, 2, ... GPUs, in bf16 over NCCL. The batch
+# DLA-GDN 400M config (8 × 2048 per GPU) on 1, 2, ... GPUs, in bf16 over NCCL. The batch
 # per GPU is fixed, so perfect scaling keeps tokens_per_s_per_rank constant.
 # Usage: scripts/bench-dist-gpu.sh [BUILD_DIR] [GPU counts...] > results.jsonl
 set -euo pipefail
@@ -9,7 +9,7 @@ shift || true
 counts=("${@:-1 2}")
 read -r -a counts <<<"${counts[*]}"
 "$dla" version >&2
-for model_batch in "gdn-400m 8" "gdn-dla-400m 2"; do
+for model_batch in "gdn-400m 8" "gdn-dla-400m 8"; do
   read -r model per_gpu <<<"$model_batch"
   for n in "${counts[@]}"; do
     "$dla" launch --nproc-per-node "$n" -- bench model --config "configs/models/$model.yaml" \
