@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "dla/bench/bench.h"
+#include "dla/bench/kernel_profile.h"
 #include "dla/dist/device.h"
 #include "dla/dist/gradient_reducer.h"
 #include "dla/dist/replicas.h"
@@ -109,6 +110,7 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
         (1 << 30);
   }
 #endif
+  if (!options.profile.empty()) result["profile"] = profile_kernels(step, options.profile);
   return result;
 }
 

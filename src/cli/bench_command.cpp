@@ -65,6 +65,9 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
   model->add_option("--steps", model_args->steps, "Timed steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  model->add_option("--profile", model_args->profile,
+                    "Write a Chrome trace of one more training step to this file; the top kernels go in the "
+                    "output");
   model->add_option("--peak-tflops", *peak, "Peak dense TFLOP/s of the device for MFU (H200 bf16: 989)")
       ->capture_default_str();
   commands.push_back({model, [config_args, model_args, peak] {

@@ -8,6 +8,15 @@
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
+#include "dla/ops/kernels.h"
+
+#if defined(DLA_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+
+#include "boundary_scan_kernel.h"
+#include "dla/ops/kernel_buffers.h"
+#endif
+
 namespace dla::memory {
 
 at::Tensor slot_of_keys(const at::Tensor& start_rows_S, const at::Tensor& keys_N) {
@@ -169,7 +178,51 @@ int64_t BoundaryCache::size_bytes() const {
   return batch_ * heads_ * (options_.capacity - 1) * static_cast<int64_t>(sizeof(Boundary));
 }
 
+bool boundary_scan_uses_cuda_kernel([[maybe_unused]] const at::Tensor& u_BTH,
+                                    [[maybe_unused]] const BoundaryOptions& options) {
+#if defined(DLA_WITH_CUDA)
+  return u_BTH.is_cuda() && u_BTH.scalar_type() == at::kFloat && ops::use_fused_kernels(u_BTH) &&
+         options.capacity <= kernels::kMaxScanCapacity;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+SegmentTable dla_segments_cuda([[maybe_unused]] const at::Tensor& u_BTH,
+                               [[maybe_unused]] const BoundaryOptions& options) {
+#if defined(DLA_WITH_CUDA)
+  RECORD_FUNCTION("dla::boundary_scan", std::vector<c10::IValue>());
+  const c10::cuda::CUDAGuard device_guard(u_BTH.device());
+  const at::Tensor u = u_BTH.contiguous();
+  const int64_t batch = u.size(0), tokens = u.size(1), heads = u.size(2);
+  const auto table_options = u.options().dtype(at::kLong);
+  at::Tensor start_BHQS = at::empty({batch, heads, tokens + 1, options.capacity}, table_options);
+  at::Tensor opener_BHQS = at::empty({batch, heads, tokens + 1, options.capacity}, table_options);
+  const kernels::BoundaryScanDims dims{.batch = batch,
+                                       .tokens = tokens,
+                                       .heads = heads,
+                                       .capacity = options.capacity,
+                                       .threshold = static_cast<float>(options.threshold),
+                                       .evict_lowest = options.merge == MergeRule::lowest};
+  const char* error =
+      kernels::boundary_scan(u.data_ptr<float>(), start_BHQS.data_ptr<int64_t>(),
+                             opener_BHQS.data_ptr<int64_t>(), dims, ops::current_cuda_stream(u));
+  TORCH_CHECK(error == nullptr, "DLA boundary scan: CUDA kernel failed: ", error);
+  return {start_BHQS, opener_BHQS};
+#else
+  TORCH_CHECK(false, "DLA boundary scan: dla was built without CUDA");
+#endif
+}
+
+}  // namespace
+
 SegmentTable dla_segments(const at::Tensor& u_BTH, const BoundaryOptions& options) {
+  TORCH_CHECK(u_BTH.dim() == 3 && u_BTH.scalar_type() == at::kFloat,
+              "dla_segments: u must be float32 [B, T, H], got ", u_BTH.scalar_type(), " ", u_BTH.sizes());
+  TORCH_CHECK(options.capacity >= 1, "dla_segments: capacity must be >= 1, got ", options.capacity);
+  if (boundary_scan_uses_cuda_kernel(u_BTH, options)) return dla_segments_cuda(u_BTH, options);
   BoundaryCache cache(u_BTH.size(0), u_BTH.size(2), options);
   return dla_segments(u_BTH, cache);
 }

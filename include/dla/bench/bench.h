@@ -37,6 +37,7 @@ nlohmann::json bench_layer(const LayerBenchOptions& options);
 struct ModelBenchOptions {
   int64_t warmup = 2;
   int64_t steps = 5;
+  std::string profile;  ///< when set: a Chrome trace of one more step goes there, top kernels to the JSON
 };
 
 /// Times full training steps (forward, backward, AdamW) of the model in `config` at train.batch_size ×

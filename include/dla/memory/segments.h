@@ -84,9 +84,14 @@ at::Tensor straight_through_confidence(const SegmentTable& segments, const at::T
 
 /// DLA segments from scores u_BTH (float32) for queries 0..T: at query t, slot ℓ < m holds the segment opened
 /// by the (ℓ+1)-th newest boundary alive after t − 1 (m of them), slot m the segment of token 0. S =
-/// capacity.
+/// capacity. The tables are on u's device; on CUDA the scan runs there (boundary_scan_uses_cuda_kernel).
 SegmentTable dla_segments(const at::Tensor& u_BTH, const BoundaryOptions& options);
 /// The same, continuing `cache` (advanced over the T tokens): rows for queries p..p + T, p its tokens seen.
+/// The cache lives on the host, so this scan always runs there.
 SegmentTable dla_segments(const at::Tensor& u_BTH, BoundaryCache& cache);
+
+/// Whether dla_segments(u_BTH, options) scans on the GPU: u float32 on CUDA, capacity ≤ 32, and the kernel
+/// choice (dla/ops/kernels.h) not forced to LibTorch ops. Otherwise the host scan runs.
+bool boundary_scan_uses_cuda_kernel(const at::Tensor& u_BTH, const BoundaryOptions& options);
 
 }  // namespace dla::memory
