@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "dla/ops/rms_norm.h"
+
 namespace dla::model {
 
 at::Tensor init_dt_bias(int64_t n, double dt_min, double dt_max, double dt_floor) {
@@ -62,7 +64,9 @@ at::Tensor GatedDeltaNetImpl::forward(const at::Tensor& x_BTD, MixerCache* cache
   const int64_t V = options_.value_head_dim();
 
   // L2 normalisation with eps inside the square root, as fla's l2norm.
-  auto l2_normalise = [](const at::Tensor& t) { return t * at::rsqrt(t.pow(2).sum(-1, true) + 1e-6); };
+  auto l2_normalise = [](const at::Tensor& t) {
+    return ops::rms_norm(t, at::Tensor(), at::Tensor(), {.eps = 1e-6, .mean = false});
+  };
   if (cache != nullptr) cache->conv_tails.resize(3);
   auto tail = [&](std::size_t i) { return cache != nullptr ? &cache->conv_tails[i] : nullptr; };
   at::Tensor q_BTHK =
