@@ -15,7 +15,7 @@
 namespace dla::bench {
 
 nlohmann::json profile_kernels(const std::function<void()>& fn, const std::filesystem::path& trace_path,
-                               int64_t top) {
+                               bool on_gpu, int64_t top) {
   namespace profiler = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
@@ -37,8 +37,8 @@ nlohmann::json profile_kernels(const std::function<void()>& fn, const std::files
     uint64_t ns = 0;
     int64_t calls = 0;
   };
-  // GPU kernels when there is a GPU; else the CPU's ATen ops (their times include nested ops).
-  const c10::DeviceType device = torch::cuda::is_available() ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  // GPU kernels for a benchmark on the GPU; else the CPU's ATen ops (their times include nested ops).
+  const c10::DeviceType device = on_gpu ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
   std::map<std::string, Total> by_kernel;
   for (const auto& event : result->events()) {
     if (event.deviceType() != device) continue;

@@ -115,7 +115,7 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
                            {"fwd_ms", fwd_ms},
                            {"fwd_bwd_ms", fwd_bwd_ms}};
   if (!o.profile.empty())
-    result["profile"] = profile_kernels([&] { forward().backward(grad_out); }, o.profile);
+    result["profile"] = profile_kernels([&] { forward().backward(grad_out); }, o.profile, q.is_cuda());
   return result;
 }
 

@@ -110,7 +110,7 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
         (1 << 30);
   }
 #endif
-  if (!options.profile.empty()) result["profile"] = profile_kernels(step, options.profile);
+  if (!options.profile.empty()) result["profile"] = profile_kernels(step, options.profile, device.is_cuda());
   return result;
 }
 

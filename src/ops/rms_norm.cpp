@@ -76,16 +76,24 @@ const void* raw_or_null(const at::Tensor& t) {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+/// An absent tensor as the empty tensor that autograd functions take in its place.
+at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options());
+}
+
 /// The fused norm: saves x, the weight, z and the reciprocal RMS of every group; the backward is one kernel
-/// plus the sum of the blocks' weight-gradient partials.
+/// plus the sum of the blocks' weight-gradient partials. An absent weight or gate comes in as an empty tensor
+/// with its flag false.
 struct FusedRmsNorm : torch::autograd::Function<FusedRmsNorm> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_D, const at::Tensor& weight_D,
-                            const at::Tensor& z_D, double eps, int64_t group_size, bool mean,
-                            bool gate_before_norm) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_D, const at::Tensor& weight_or_empty,
+                            const at::Tensor& z_or_empty, double eps, int64_t group_size, bool mean,
+                            bool gate_before_norm, bool has_weight, bool has_gate) {
     const RmsNormOptions options{
         .eps = eps, .group_size = group_size, .mean = mean, .gate_before_norm = gate_before_norm};
     const c10::cuda::CUDAGuard device_guard(x_D.device());
-    const at::Tensor x = kernel_buffer(x_D), weight = kernel_buffer(weight_D), z = kernel_buffer(z_D);
+    const at::Tensor x = kernel_buffer(x_D);
+    const at::Tensor weight = has_weight ? kernel_buffer(weight_or_empty) : at::Tensor();
+    const at::Tensor z = has_gate ? kernel_buffer(z_or_empty) : at::Tensor();
     const kernels::RmsNormDims dims = dims_of(x, z, options);
     at::Tensor y = at::empty_like(x);
     at::Tensor rstd_R = at::empty({dims.rows}, x.options().dtype(at::kFloat));
@@ -93,17 +101,22 @@ struct FusedRmsNorm : torch::autograd::Function<FusedRmsNorm> {
         kernels::rms_norm_forward(x.data_ptr(), data_or_null(weight), raw_or_null(z), y.data_ptr(),
                                   rstd_R.data_ptr<float>(), dims, current_cuda_stream(x));
     TORCH_CHECK(error == nullptr, "rms_norm forward: CUDA kernel failed: ", error);
-    ctx->save_for_backward({x, weight, z, rstd_R});
+    ctx->save_for_backward({x, or_empty(weight, x), or_empty(z, x), rstd_R});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["group_size"] = group_size;
     ctx->saved_data["mean"] = mean;
     ctx->saved_data["gate_before_norm"] = gate_before_norm;
+    ctx->saved_data["has_weight"] = has_weight;
+    ctx->saved_data["has_gate"] = has_gate;
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &weight = saved[1], &z = saved[2], &rstd_R = saved[3];
+    const at::Tensor& x = saved[0];
+    const at::Tensor weight = ctx->saved_data["has_weight"].toBool() ? saved[1] : at::Tensor();
+    const at::Tensor z = ctx->saved_data["has_gate"].toBool() ? saved[2] : at::Tensor();
+    const at::Tensor& rstd_R = saved[3];
     const RmsNormOptions options{.eps = ctx->saved_data["eps"].toDouble(),
                                  .group_size = ctx->saved_data["group_size"].toInt(),
                                  .mean = ctx->saved_data["mean"].toBool(),
@@ -122,7 +135,8 @@ struct FusedRmsNorm : torch::autograd::Function<FusedRmsNorm> {
         weight.defined() ? partials.data_ptr<float>() : nullptr, dims, current_cuda_stream(x));
     TORCH_CHECK(error == nullptr, "rms_norm backward: CUDA kernel failed: ", error);
     const at::Tensor dweight = weight.defined() ? partials.sum(/*dim=*/0) : at::Tensor();
-    return {dx, dweight, dz, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx,           dweight,      dz,           at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 #endif
@@ -155,8 +169,8 @@ at::Tensor rms_norm(const at::Tensor& x_D, const at::Tensor& weight_D, const at:
               " is not a multiple of the group size ", group);
 #if defined(DLA_WITH_CUDA)
   if (rms_norm_uses_cuda_kernel(x_D, weight_D, z_D, options)) {
-    return FusedRmsNorm::apply(x_D, weight_D, z_D, options.eps, group, options.mean,
-                               options.gate_before_norm);
+    return FusedRmsNorm::apply(x_D, or_empty(weight_D, x_D), or_empty(z_D, x_D), options.eps, group,
+                               options.mean, options.gate_before_norm, weight_D.defined(), z_D.defined());
   }
 #endif
   return rms_norm_aten(x_D, weight_D, z_D, options);

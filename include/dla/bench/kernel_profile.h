@@ -12,8 +12,8 @@ namespace dla::bench {
 
 /// Runs `fn` once under the profiler (CPU and CUDA activity), writes the trace to `trace_path` (open it in
 /// chrome://tracing or Perfetto) and returns the `top` kernels by total time: [{"kernel", "ms", "calls"}]
-/// (on a machine without a GPU: the CPU's ATen ops, whose times include the ops they call).
+/// (for a benchmark on the CPU, `on_gpu` false: the CPU's ATen ops, whose times include the ops they call).
 nlohmann::json profile_kernels(const std::function<void()>& fn, const std::filesystem::path& trace_path,
-                               int64_t top = 25);
+                               bool on_gpu, int64_t top = 25);
 
 }  // namespace dla::bench
