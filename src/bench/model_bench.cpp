@@ -14,6 +14,7 @@
 #include "dla/dist/gradient_reducer.h"
 #include "dla/dist/replicas.h"
 #include "dla/model/causal_lm.h"
+#include "dla/ops/tf32_scope.h"
 #include "dla/util/error.h"
 
 #ifdef DLA_WITH_CUDA
@@ -57,6 +58,8 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
                                      at::TensorOptions().device(device).dtype(at::kLong));
 
   auto step = [&] {
+    // As in training: TF32 for the mixers' float32 matmuls under bf16 autocast, backward included.
+    const ops::Tf32Scope tf32(autocast);
     optimizer.zero_grad();
     at::autocast::set_autocast_enabled(at::kCUDA, autocast);
     if (autocast) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);

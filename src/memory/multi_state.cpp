@@ -12,6 +12,7 @@
 #include "dla/memory/mask_form.h"
 #include "dla/memory/slot_pass.h"
 #include "dla/ops/common.h"
+#include "dla/ops/fused.h"
 #include "dla/ops/kernels.h"
 #include "dla/ops/tf32_scope.h"
 
@@ -208,11 +209,9 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
     const at::Tensor beta_BHNC1 = common::to_chunks(terms.beta_BTH, C, dtype).unsqueeze(-1);
     const at::Tensor a_BHNCC =
         (beta_BHNC1 * k_BHNCK.matmul(k_BHNCK.transpose(-1, -2)) * decay_BHNCC).tril(/*diagonal=*/-1);
-    const at::Tensor identity_CC = at::eye(C, a_BHNCC.options());
-    // T = (I + A)⁻¹ (unitriangular supplies the I); its product with the causal reads gives each source
-    // token's effect on each query, to which Λ applies (reference/loglinear.md §4.2).
-    t_inverse_BHNCC = at::linalg_solve_triangular(a_BHNCC, identity_CC.expand_as(a_BHNCC), /*upper=*/false,
-                                                  /*left=*/true, /*unitriangular=*/true);
+    // T = (I + A)⁻¹ (the CUDA kernel of the fused ops on the GPU); its product with the causal reads gives
+    // each source token's effect on each query, to which Λ applies (reference/loglinear.md §4.2).
+    t_inverse_BHNCC = ops::fused::differentiable_unit_lower_inverse(a_BHNCC);
     w_BHNCK = t_inverse_BHNCC.matmul(beta_BHNC1 * gamma_BHNC.exp().unsqueeze(-1) * k_BHNCK);
     source_v_BHNCV = beta_BHNC1 * v_BHNCV;
     intra_BHNCV = (qk_decay_BHNCC.matmul(t_inverse_BHNCC) * lam_in_BHNCC).matmul(source_v_BHNCV);

@@ -21,6 +21,7 @@
 #include "dla/dist/replicas.h"
 #include "dla/eval/runner.h"
 #include "dla/io/atomic_file.h"
+#include "dla/ops/tf32_scope.h"
 #include "dla/train/lr_schedule.h"
 #include "dla/util/error.h"
 #include "dla/util/stop_signals.h"
@@ -235,6 +236,9 @@ StepResult Trainer::train_step(bool stop_requested) {
   optimizer_->zero_grad();
 
   const bool autocast = train.precision == Precision::bfloat16;
+  // The mixers' float32 matmuls run in TF32 under bf16 autocast in the forward pass; their autograd backward
+  // runs here, outside the ops, and multiplies the same way.
+  const ops::Tf32Scope tf32(autocast);
   at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(device_));
   for (int64_t micro = 0; micro < train.grad_accum_steps; ++micro) {
     // Ranks exchange gradients once per step, after the last micro-batch's backward pass.

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include <ATen/Context.h>
+#include <ATen/ops/eye.h>
+#include <ATen/ops/linalg_solve_triangular.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
 #include <torch/utils.h>
@@ -213,6 +215,26 @@ TEST_CASE("unit_lower_inverse inverts I + A from A's strictly lower part, on the
   const at::Tensor got =
       dla::ops::fused::unit_lower_inverse(a.to(at::kCUDA, at::kFloat)).cpu().to(at::kDouble);
   expect_close("CUDA inverse", inverse, got, 1e-5);
+}
+
+TEST_CASE("differentiable_unit_lower_inverse has the triangular solve's gradient", "[ops][fused]") {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(12);
+  const int64_t n = 16;
+  const at::Tensor a = (at::randn({2, 3, n, n}, gen, at::kDouble) * 0.2).tril(-1);
+  const at::Tensor upstream = at::randn({2, 3, n, n}, gen, at::kDouble);
+  const auto gradient = [&](bool closed_form) {
+    const at::Tensor leaf = a.clone().requires_grad_();
+    const at::Tensor t =
+        closed_form ? dla::ops::fused::differentiable_unit_lower_inverse(leaf)
+                    : at::linalg_solve_triangular(leaf, at::eye(n, a.options()).expand_as(a), /*upper=*/false,
+                                                  /*left=*/true, /*unitriangular=*/true);
+    (t * upstream).sum().backward();
+    return leaf.grad();
+  };
+  const at::Tensor expected = gradient(false);
+  // The solve's gradient is 0 on and above the diagonal too (the unit diagonal is given, not read).
+  CHECK(at::equal(expected.triu(), at::zeros_like(expected)));
+  expect_close("dA", expected, gradient(true), 1e-12);
 }
 
 TEST_CASE("a model trains the same on the fused path as on the LibTorch ops", "[ops][fused][model]") {

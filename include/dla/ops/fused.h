@@ -51,6 +51,10 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
 /// for float32 on the GPU with C <= 64 a multiple of 4, a triangular solve otherwise.
 at::Tensor unit_lower_inverse(const at::Tensor& a_CC);
 
+/// unit_lower_inverse for callers that autograd differentiates (the multi-state forms): the same forward, and
+/// the gradient dA = −Tᵀ dT Tᵀ on the strictly lower part (0 on and above the diagonal).
+at::Tensor differentiable_unit_lower_inverse(const at::Tensor& a_CC);
+
 /// Whether the state pass runs as a CUDA kernel for these operands (float32 on a CUDA device, C a multiple
 /// of 4, K of 8, V of 4, shared memory within the device's limit); otherwise it is a loop of LibTorch ops.
 bool state_pass_uses_cuda_kernel(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV);

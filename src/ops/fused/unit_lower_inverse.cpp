@@ -1,10 +1,12 @@
-// fused::unit_lower_inverse: the CUDA kernel where it applies, else LibTorch's triangular solve against I.
+// fused::unit_lower_inverse: the CUDA kernel where it applies, else LibTorch's triangular solve against I;
+// and the same as an autograd function with the inverse's closed-form gradient.
 #include <cstdint>
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/eye.h>
 #include <ATen/ops/linalg_solve_triangular.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include "dla/ops/fused.h"
 #include "dla/ops/kernel_buffers.h"
@@ -33,6 +35,29 @@ at::Tensor unit_lower_inverse(const at::Tensor& a_CC) {
   // reads.
   return at::linalg_solve_triangular(a_CC, at::eye(n, a_CC.options()).expand_as(a_CC), /*upper=*/false,
                                      /*left=*/true, /*unitriangular=*/true);
+}
+
+namespace {
+
+/// Keeps only T for the backward: with T = (I + A)⁻¹, dT = −T dA T, so dA = −Tᵀ dT Tᵀ.
+struct UnitLowerInverseFunction : torch::autograd::Function<UnitLowerInverseFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a_CC) {
+    at::Tensor t_CC = unit_lower_inverse(a_CC);
+    ctx->save_for_backward({t_CC});
+    return t_CC;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const at::Tensor t_transposed_CC = ctx->get_saved_variables()[0].transpose(-1, -2);
+    return {(-t_transposed_CC.matmul(grad_outputs[0]).matmul(t_transposed_CC)).tril(/*diagonal=*/-1)};
+  }
+};
+
+}  // namespace
+
+at::Tensor differentiable_unit_lower_inverse(const at::Tensor& a_CC) {
+  return UnitLowerInverseFunction::apply(a_CC);
 }
 
 }  // namespace dla::ops::fused
