@@ -4,7 +4,6 @@
 
 #include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/utils.h>
 
 #include <chrono>
@@ -22,6 +21,7 @@
 #include "dla/eval/runner.h"
 #include "dla/io/atomic_file.h"
 #include "dla/ops/tf32_scope.h"
+#include "dla/train/grad_clip.h"
 #include "dla/train/lr_schedule.h"
 #include "dla/util/error.h"
 #include "dla/util/stop_signals.h"
@@ -260,19 +260,27 @@ StepResult Trainer::train_step(bool stop_requested) {
     loss_sum += loss;
   }
   if (reducer_) reducer_->finish();
-  result.grad_norm = torch::nn::utils::clip_grad_norm_(
-      model_->parameters(), config_.optim.grad_clip > 0 ? config_.optim.grad_clip : INFINITY);
-  // The loss over the global batch and the stop decision travel together: every rank stops at the same step.
-  const auto totals = sum_over_ranks({loss_sum.item<double>(), stop_requested ? 1.0 : 0.0});
+  const at::Tensor grad_norm = clip_grad_norm(model_->parameters(), config_.optim.grad_clip);
+  // The update is queued before anything is read back, so the device does not wait for the host inside the
+  // step. A diverged loss is caught just after; no checkpoint is written from that update.
+  optimizer_->step();
+  // The loss over the global batch and the stop decision travel together (every rank stops at the same
+  // step), with the gradient norm (the same on every rank after the all-reduce): one read per step.
+  at::Tensor readout =
+      at::stack({loss_sum.to(at::kDouble), at::full({}, stop_requested ? 1.0 : 0.0,
+                                                    at::TensorOptions().dtype(at::kDouble).device(device_))});
+  if (communicator_) communicator_->all_reduce(readout);
+  readout = at::cat({readout, grad_norm.to(device_, at::kDouble).reshape({1})}).cpu();
+  const double* totals = readout.const_data_ptr<double>();
   result.loss = totals[0] / dist_.world_size;
   result.stop = totals[1] > 0;
+  result.grad_norm = totals[2];
   if (!std::isfinite(result.loss)) {
     throw UserError(
         fmt::format("the loss is {} at step {}: training diverged. Lower optim.lr (now {}), raise "
                     "optim.warmup_steps, or check the data",
                     result.loss, state_.step + 1, config_.optim.lr));
   }
-  optimizer_->step();
   state_.step += 1;
   state_.tokens_seen += train.batch_size * train.seq_len;
   state_.samples_seen += train.batch_size;
