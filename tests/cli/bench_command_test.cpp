@@ -1,4 +1,5 @@
-// `dla bench layer`: the kernel choice (flag and DLA_KERNELS) and the kernel profile.
+// `dla bench layer`: the kernel choice (flag and DLA_KERNELS) and the kernel profile; `dla bench model`: the
+// report and its profile.
 #include <cstdlib>
 #include <filesystem>
 
@@ -46,6 +47,24 @@ TEST_CASE("DLA_KERNELS picks the kernel path; a bad value fails any command with
   const auto bad_flag = run_dla(std::string(kSmallLayer) + " --kernels triton");
   CHECK(bad_flag.status == 2);
   CHECK_THAT(bad_flag.output, has_substr("--kernels"));
+}
+
+TEST_CASE("dla bench model reports training steps of a config and profiles one more", "[cli]") {
+  const TempDir dir;
+  const auto result = run_dla_stdout(
+      "bench model --config configs/quickstart.yaml --set model.num_layers=1 --set train.batch_size=4 "
+      "--set train.device=cpu --warmup 0 --steps 1 --profile " +
+          (dir.path() / "step.json").string(),
+      DLA_SOURCE_DIR);
+  INFO(result.output);
+  REQUIRE(result.status == 0);
+  const auto report = nlohmann::json::parse(result.output);
+  CHECK(report.at("batch") == 4);
+  CHECK(report.at("ranks") == 1);
+  CHECK(report.at("tokens_per_s").get<double>() > 0);
+  REQUIRE(report.at("profile").is_array());
+  CHECK_FALSE(report.at("profile").empty());
+  CHECK(std::filesystem::file_size(dir.path() / "step.json") > 0);
 }
 
 }  // namespace dla::test
