@@ -1,8 +1,10 @@
 // The `dla` command line: builds the subcommand tree, parses, dispatches, and turns errors into exit
 // statuses (usage 2, user error 1, bug 3).
 #include <iostream>
+#include <string_view>
 
 #include <c10/util/Exception.h>
+#include <c10/util/Logging.h>
 
 #include "dla/build_info.h"
 #include "dla/cli/command.h"
@@ -89,6 +91,8 @@ int run(int argc, char** argv) {
   }
 
   log::init(log_level, /*forced=*/log_level_option->count() > 0);
+  // LibTorch's failed checks must reach the handlers below as exceptions, never abort the process.
+  FLAGS_caffe2_use_fatal_for_enforce = false;
   const CLI::App* chosen = deepest_selected(app);
   for (const auto& command : commands) {
     if (command.app != chosen) continue;
@@ -105,6 +109,13 @@ int run(int argc, char** argv) {
       spdlog::error("lower train.batch_size or train.seq_len, or set train.activation_checkpointing: true");
       return kExitUserError;
     } catch (const c10::Error& e) {
+      // LibTorch's CPU allocator reports a failed allocation as a failed check, not as OutOfMemoryError.
+      if (std::string_view(e.what_without_backtrace()).find("DefaultCPUAllocator") !=
+          std::string_view::npos) {
+        spdlog::error("out of host memory: {}", e.what_without_backtrace());
+        spdlog::error("lower train.batch_size or train.seq_len, or the model's size");
+        return kExitUserError;
+      }
       spdlog::error("internal error in LibTorch (a bug in dla; please report it): {}",
                     e.what_without_backtrace());
       return kExitInternal;

@@ -60,4 +60,15 @@ TEST_CASE("dla config show prints the resolved config; bad configs exit 1 with t
   CHECK_THAT(bad_value.output, has_substr("--set run.seed=five: run.seed: expected an integer, got 'five'"));
 }
 
+TEST_CASE("a model too large for memory exits 1 with what to change, not an abort", "[cli]") {
+  // 10¹² embedding rows: the first allocation fails at once, on any machine.
+  const auto result = run_dla(
+      "bench model --config configs/quickstart.yaml --set model.vocab_size=1000000000000 --set "
+      "train.device=cpu",
+      DLA_SOURCE_DIR);
+  CHECK(result.status == 1);
+  CHECK_THAT(result.output, has_substr("out of host memory"));
+  CHECK_THAT(result.output, has_substr("lower train.batch_size"));
+}
+
 }  // namespace dla::test
