@@ -190,6 +190,11 @@ bool boundary_scan_uses_cuda_kernel([[maybe_unused]] const at::Tensor& u_BTH,
 
 namespace {
 
+void check_scores(const at::Tensor& u_BTH) {
+  TORCH_CHECK(u_BTH.dim() == 3 && u_BTH.scalar_type() == at::kFloat,
+              "dla_segments: u must be float32 [B, T, H], got ", u_BTH.scalar_type(), " ", u_BTH.sizes());
+}
+
 SegmentTable dla_segments_cuda([[maybe_unused]] const at::Tensor& u_BTH,
                                [[maybe_unused]] const BoundaryOptions& options) {
 #if defined(DLA_WITH_CUDA)
@@ -219,8 +224,7 @@ SegmentTable dla_segments_cuda([[maybe_unused]] const at::Tensor& u_BTH,
 }  // namespace
 
 SegmentTable dla_segments(const at::Tensor& u_BTH, const BoundaryOptions& options) {
-  TORCH_CHECK(u_BTH.dim() == 3 && u_BTH.scalar_type() == at::kFloat,
-              "dla_segments: u must be float32 [B, T, H], got ", u_BTH.scalar_type(), " ", u_BTH.sizes());
+  check_scores(u_BTH);
   TORCH_CHECK(options.capacity >= 1, "dla_segments: capacity must be >= 1, got ", options.capacity);
   if (boundary_scan_uses_cuda_kernel(u_BTH, options)) return dla_segments_cuda(u_BTH, options);
   BoundaryCache cache(u_BTH.size(0), u_BTH.size(2), options);
@@ -229,8 +233,7 @@ SegmentTable dla_segments(const at::Tensor& u_BTH, const BoundaryOptions& option
 
 SegmentTable dla_segments(const at::Tensor& u_BTH, BoundaryCache& cache) {
   RECORD_FUNCTION("dla::boundary_scan", std::vector<c10::IValue>());
-  TORCH_CHECK(u_BTH.dim() == 3 && u_BTH.scalar_type() == at::kFloat,
-              "dla_segments: u must be float32 [B, T, H], got ", u_BTH.scalar_type(), " ", u_BTH.sizes());
+  check_scores(u_BTH);
   const int64_t batch = u_BTH.size(0), tokens = u_BTH.size(1), heads = u_BTH.size(2);
   const at::Tensor u_cpu_TBH = u_BTH.to(at::kCPU).transpose(0, 1).contiguous();
   const auto u_TBH = u_cpu_TBH.accessor<float, 3>();

@@ -69,10 +69,6 @@ kernels::RmsNormDims dims_of(const at::Tensor& x, const at::Tensor& z, const Rms
           .z_dtype = norm_dtype(z)};
 }
 
-const void* raw_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr() : nullptr;
-}
-
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -98,7 +94,7 @@ struct FusedRmsNorm : torch::autograd::Function<FusedRmsNorm> {
     at::Tensor y = at::empty_like(x);
     at::Tensor rstd_R = at::empty({dims.rows}, x.options().dtype(at::kFloat));
     const char* error =
-        kernels::rms_norm_forward(x.data_ptr(), data_or_null(weight), raw_or_null(z), y.data_ptr(),
+        kernels::rms_norm_forward(x.data_ptr(), data_or_null(weight), untyped_data_or_null(z), y.data_ptr(),
                                   rstd_R.data_ptr<float>(), dims, current_cuda_stream(x));
     TORCH_CHECK(error == nullptr, "rms_norm forward: CUDA kernel failed: ", error);
     ctx->save_for_backward({x, or_empty(weight, x), or_empty(z, x), rstd_R});
@@ -130,9 +126,9 @@ struct FusedRmsNorm : torch::autograd::Function<FusedRmsNorm> {
         weight.defined() ? at::empty({kernels::rms_norm_weight_partials(dims), dims.dim}, weight.options())
                          : at::Tensor();
     const char* error = kernels::rms_norm_backward(
-        x.data_ptr(), data_or_null(weight), raw_or_null(z), rstd_R.data_ptr<float>(), dy.data_ptr(),
-        dx.data_ptr(), z.defined() ? dz.data_ptr() : nullptr,
-        weight.defined() ? partials.data_ptr<float>() : nullptr, dims, current_cuda_stream(x));
+        x.data_ptr(), data_or_null(weight), untyped_data_or_null(z), rstd_R.data_ptr<float>(), dy.data_ptr(),
+        dx.data_ptr(), untyped_data_or_null(dz), weight.defined() ? partials.data_ptr<float>() : nullptr,
+        dims, current_cuda_stream(x));
     TORCH_CHECK(error == nullptr, "rms_norm backward: CUDA kernel failed: ", error);
     const at::Tensor dweight = weight.defined() ? partials.sum(/*dim=*/0) : at::Tensor();
     return {dx,           dweight,      dz,           at::Tensor(), at::Tensor(),

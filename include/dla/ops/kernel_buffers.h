@@ -25,6 +25,11 @@ inline const float* data_or_null(const at::Tensor& x) {
   return x.defined() ? x.data_ptr<float>() : nullptr;
 }
 
+/// The same for buffers whose element type the kernel takes separately (float32 or bf16).
+inline void* untyped_data_or_null(const at::Tensor& x) {
+  return x.defined() ? x.data_ptr() : nullptr;
+}
+
 #if defined(DLA_WITH_CUDA)
 /// The current CUDA stream of a tensor's device, as the void* the launchers take.
 inline void* current_cuda_stream(const at::Tensor& on) {
