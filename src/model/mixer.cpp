@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "dla/ops/causal_conv.h"
+
 namespace dla::model {
 
 int64_t MixerCache::size_bytes() const {
@@ -15,21 +17,16 @@ int64_t MixerCache::size_bytes() const {
 
 at::Tensor causal_conv_silu(const at::Tensor& x_BTC, torch::nn::Conv1d& conv, at::Tensor* tail_BWC) {
   const int64_t T = x_BTC.size(1);
-  if (tail_BWC == nullptr) {
-    // The convolution pads W − 1 on both sides; keeping the first T outputs makes it causal.
-    const at::Tensor y_BCT =
-        conv->forward(x_BTC.transpose(1, 2)).narrow(/*dim=*/2, /*start=*/0, /*length=*/T);
-    return at::silu(y_BCT.transpose(1, 2));
-  }
   const int64_t width = conv->options.kernel_size()->at(0);
+  const at::Tensor weight_CW = conv->weight.view({conv->weight.size(0), width});  // the module's [C, 1, W]
+  if (tail_BWC == nullptr) return ops::causal_conv1d_silu(x_BTC, weight_CW, conv->bias);
   const at::Tensor tail = tail_BWC->defined()
                               ? tail_BWC->to(x_BTC.scalar_type())
                               : at::zeros({x_BTC.size(0), width - 1, x_BTC.size(2)}, x_BTC.options());
   const at::Tensor input_BXC = at::cat({tail, x_BTC}, /*dim=*/1);
   *tail_BWC = input_BXC.narrow(1, input_BXC.size(1) - (width - 1), width - 1).detach();
-  // With W − 1 real inputs in front, output j of the padded convolution reads inputs j − W + 1 .. j.
-  const at::Tensor y_BCT = conv->forward(input_BXC.transpose(1, 2)).narrow(2, width - 1, T);
-  return at::silu(y_BCT.transpose(1, 2));
+  // With W − 1 real inputs in front, the outputs from position W − 1 on read no padding.
+  return ops::causal_conv1d_silu(input_BXC, weight_CW, conv->bias).narrow(1, width - 1, T);
 }
 
 }  // namespace dla::model
