@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
-#include <torch/optim/adamw.h>
 #include <torch/utils.h>
 
 #include <chrono>
@@ -15,6 +14,7 @@
 #include "dla/dist/replicas.h"
 #include "dla/model/causal_lm.h"
 #include "dla/ops/tf32_scope.h"
+#include "dla/train/fused_adamw.h"
 #include "dla/util/error.h"
 
 #ifdef DLA_WITH_CUDA
@@ -53,7 +53,7 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
     reducer = std::make_unique<dist::GradientReducer>(*communicator, model->parameters(),
                                                       static_cast<int64_t>(config.dist.bucket_mb * 1e6));
   }
-  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(config.optim.lr));
+  train::FusedAdamW optimizer(model->parameters(), torch::optim::AdamWOptions(config.optim.lr));
   const at::Tensor ids = at::randint(config.model.vocab_size, {B / env.world_size, T},
                                      at::TensorOptions().device(device).dtype(at::kLong));
 

@@ -21,6 +21,7 @@
 #include "dla/eval/runner.h"
 #include "dla/io/atomic_file.h"
 #include "dla/ops/tf32_scope.h"
+#include "dla/train/fused_adamw.h"
 #include "dla/train/grad_clip.h"
 #include "dla/train/lr_schedule.h"
 #include "dla/util/error.h"
@@ -131,7 +132,7 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
         dist_.world_size, communicator_->backend_name(), reducer_->num_buckets(), config_.dist.bucket_mb,
         train.batch_size / train.grad_accum_steps / dist_.world_size);
   }
-  optimizer_ = std::make_unique<torch::optim::AdamW>(param_groups(*model_, config_.optim));
+  optimizer_ = std::make_unique<FusedAdamW>(param_groups(*model_, config_.optim));
   if (!config_.eval.suite.empty()) {
     eval_suite_ = eval::load_suite(config_.eval.suite);
     eval_tokenizer_ = data::load_tokenizer(config_.data.tokenizer.empty() ? "byte" : config_.data.tokenizer);

@@ -1,9 +1,10 @@
 // Tests of the fused chunkwise ops: the hand-written backward against autograd through the LibTorch-op path
-// (float64, every input's gradient), the CUDA state-pass kernels against their LibTorch loops, the fused op
-// on the GPU against the float64 CPU op, and the kernel choice.
+// (float64, every input's gradient), the CUDA state-pass kernels (exact, and TF32 under a Tf32Scope) against
+// their LibTorch loops, the fused op on the GPU against the float64 CPU op, and the kernel choice.
 // Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
 #include "dla/ops/fused.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "dla/ops/gdn.h"
 #include "dla/ops/kernels.h"
 #include "dla/ops/ssd.h"
+#include "dla/ops/tf32_scope.h"
 #include "dla/util/error.h"
 #include "model/model_testing.h"
 #include "ops/op_testing.h"
@@ -130,51 +132,103 @@ TEST_CASE("the kernel choice parses auto, aten and fused and names the source of
   CHECK_FALSE(dla::ops::use_fused_kernels(at::zeros({1})));
 }
 
-TEST_CASE("on the GPU the state-pass kernels equal their LibTorch loops", "[ops][fused][cuda]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: the state-pass kernels are not exercised on this machine");
-    return;
-  }
-  struct Dims {
-    int64_t batch, heads, chunks, chunk_size, key_dim, value_dim;
-  };
-  const Dims d = GENERATE(Dims{2, 3, 5, 64, 128, 128}, Dims{1, 2, 3, 16, 32, 40}, Dims{1, 1, 2, 8, 256, 24});
-  const bool delta_rule = GENERATE(true, false);
-  CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, delta_rule);
+namespace {
+
+struct StatePassSizes {
+  int64_t batch, heads, chunks, chunk_size, key_dim, value_dim;
+};
+
+/// Seeded float32 CPU operands of both state-pass directions; w is undefined without the delta rule.
+struct StatePassInputs {
+  at::Tensor k_to_end, u, w, chunk_decay, initial, q_read, d_out, d_intra, d_final;
+};
+
+StatePassInputs random_state_pass_inputs(const StatePassSizes& d, bool delta_rule) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   const auto random = [&](std::vector<int64_t> shape, double scale) {
     return at::randn(shape, gen, f32) * scale;
   };
   const double key_scale = 1.0 / std::sqrt(static_cast<double>(d.key_dim));
-  const at::Tensor k_to_end = random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale);
-  const at::Tensor u = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
-  const at::Tensor w =
-      delta_rule ? random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale) : at::Tensor();
-  const at::Tensor chunk_decay = at::rand({d.batch, d.heads, d.chunks}, gen, f32) * 0.5 + 0.5;
-  const at::Tensor initial = random({d.batch, d.heads, d.key_dim, d.value_dim}, 1.0);
-  const at::Tensor q_read = random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale);
-  const at::Tensor d_out = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
-  const at::Tensor d_intra = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
-  const at::Tensor d_final = random({d.batch, d.heads, d.key_dim, d.value_dim}, 1.0);
+  StatePassInputs in;
+  in.k_to_end = random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale);
+  in.u = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
+  if (delta_rule) in.w = random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale);
+  in.chunk_decay = at::rand({d.batch, d.heads, d.chunks}, gen, f32) * 0.5 + 0.5;
+  in.initial = random({d.batch, d.heads, d.key_dim, d.value_dim}, 1.0);
+  in.q_read = random({d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim}, key_scale);
+  in.d_out = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
+  in.d_intra = random({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 1.0);
+  in.d_final = random({d.batch, d.heads, d.key_dim, d.value_dim}, 1.0);
+  return in;
+}
+
+/// CHECKs both directions of the state pass on the GPU against its CPU loop to `tol` (relative RMS) and
+/// returns the larger error of the two final states (final_state, d_initial_state), which every chunk's
+/// products reach.
+double expect_state_pass_matches_loop(const StatePassInputs& in, double tol) {
   const auto cuda = [](const at::Tensor& x) { return x.defined() ? x.cuda() : x; };
-  REQUIRE(dla::ops::fused::state_pass_uses_cuda_kernel(cuda(k_to_end), cuda(u)));
-  REQUIRE_FALSE(dla::ops::fused::state_pass_uses_cuda_kernel(k_to_end, u));
+  REQUIRE(dla::ops::fused::state_pass_uses_cuda_kernel(cuda(in.k_to_end), cuda(in.u)));
+  REQUIRE_FALSE(dla::ops::fused::state_pass_uses_cuda_kernel(in.k_to_end, in.u));
 
-  const auto ref = dla::ops::fused::state_pass_forward(k_to_end, u, w, chunk_decay, initial);
-  const auto got =
-      dla::ops::fused::state_pass_forward(cuda(k_to_end), cuda(u), cuda(w), cuda(chunk_decay), cuda(initial));
-  expect_close("states", ref.states_BHMKV, got.states_BHMKV.cpu(), 1e-5);
-  expect_close("v_new", ref.v_new_BHMCV, got.v_new_BHMCV.cpu(), 1e-5);
-  expect_close("final_state", ref.final_state_BHKV, got.final_state_BHKV.cpu(), 1e-5);
+  const auto ref = dla::ops::fused::state_pass_forward(in.k_to_end, in.u, in.w, in.chunk_decay, in.initial);
+  const auto got = dla::ops::fused::state_pass_forward(cuda(in.k_to_end), cuda(in.u), cuda(in.w),
+                                                       cuda(in.chunk_decay), cuda(in.initial));
+  expect_close("states", ref.states_BHMKV, got.states_BHMKV.cpu(), tol);
+  expect_close("v_new", ref.v_new_BHMCV, got.v_new_BHMCV.cpu(), tol);
+  const double final_error =
+      expect_close("final_state", ref.final_state_BHKV, got.final_state_BHKV.cpu(), tol).rel_rms_error;
 
-  const auto ref_back =
-      dla::ops::fused::state_pass_backward(q_read, d_out, d_intra, k_to_end, w, chunk_decay, d_final);
-  const auto got_back = dla::ops::fused::state_pass_backward(
-      cuda(q_read), cuda(d_out), cuda(d_intra), cuda(k_to_end), cuda(w), cuda(chunk_decay), cuda(d_final));
-  expect_close("d_states_next", ref_back.d_states_next_BHMKV, got_back.d_states_next_BHMKV.cpu(), 1e-5);
-  expect_close("d_v_new", ref_back.d_v_new_BHMCV, got_back.d_v_new_BHMCV.cpu(), 1e-5);
-  expect_close("d_initial_state", ref_back.d_initial_state_BHKV, got_back.d_initial_state_BHKV.cpu(), 1e-5);
+  const auto ref_back = dla::ops::fused::state_pass_backward(in.q_read, in.d_out, in.d_intra, in.k_to_end,
+                                                             in.w, in.chunk_decay, in.d_final);
+  const auto got_back = dla::ops::fused::state_pass_backward(cuda(in.q_read), cuda(in.d_out),
+                                                             cuda(in.d_intra), cuda(in.k_to_end), cuda(in.w),
+                                                             cuda(in.chunk_decay), cuda(in.d_final));
+  expect_close("d_states_next", ref_back.d_states_next_BHMKV, got_back.d_states_next_BHMKV.cpu(), tol);
+  expect_close("d_v_new", ref_back.d_v_new_BHMCV, got_back.d_v_new_BHMCV.cpu(), tol);
+  const double initial_error =
+      expect_close("d_initial_state", ref_back.d_initial_state_BHKV, got_back.d_initial_state_BHKV.cpu(), tol)
+          .rel_rms_error;
+  return std::max(final_error, initial_error);
+}
+
+}  // namespace
+
+TEST_CASE("on the GPU the state-pass kernels equal their LibTorch loops", "[ops][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the state-pass kernels are not exercised on this machine");
+    return;
+  }
+  const StatePassSizes d = GENERATE(StatePassSizes{2, 3, 5, 64, 128, 128},
+                                    StatePassSizes{1, 2, 3, 16, 32, 40}, StatePassSizes{1, 1, 2, 8, 256, 24});
+  const bool delta_rule = GENERATE(true, false);
+  CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, delta_rule);
+  // Outside a Tf32Scope the exact float32 kernels run; 1e-5 holds only for them.
+  REQUIRE_FALSE(dla::ops::tf32_allowed());
+  expect_state_pass_matches_loop(random_state_pass_inputs(d, delta_rule), 1e-5);
+}
+
+TEST_CASE("on the GPU under a Tf32Scope the state-pass kernels multiply in TF32 where the dims allow it",
+          "[ops][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the TF32 state-pass kernels are not exercised on this machine");
+    return;
+  }
+  // C = 8 is no whole number of 16-row tiles: those dims keep the exact kernels under the scope.
+  const auto [d, tensor_cores] = GENERATE(std::pair{StatePassSizes{2, 3, 5, 64, 128, 128}, true},
+                                          std::pair{StatePassSizes{1, 2, 3, 16, 32, 40}, true},
+                                          std::pair{StatePassSizes{1, 1, 2, 8, 256, 24}, false});
+  const bool delta_rule = GENERATE(true, false);
+  CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, delta_rule);
+  const dla::ops::Tf32Scope tf32(true);
+  // TF32 operands round to 2^-11 relative, and sums over K or C such products carried over a few chunks
+  // measured 2e-4..6e-4 relative RMS on an H200: 5e-3 leaves a margin of ten.
+  const double error = expect_state_pass_matches_loop(random_state_pass_inputs(d, delta_rule), 5e-3);
+  // TF32 rounding shows far above float32's where the tensor-core kernels ran, and only there.
+  if (tensor_cores)
+    CHECK(error > 1e-5);
+  else
+    CHECK(error <= 1e-5);
 }
 
 TEST_CASE("on the GPU the fused chunk equals the float64 CPU op, in float32 and from bfloat16 inputs",

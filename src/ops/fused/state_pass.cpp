@@ -1,5 +1,6 @@
-// The fused state pass: the CUDA kernels where they apply, else the same recurrences as loops of LibTorch
-// ops (the CPU path, and the reference the kernels are tested against).
+// The fused state pass: the CUDA kernels where they apply (with TF32 products while the caller allows TF32),
+// else the same recurrences as loops of LibTorch ops (the CPU path, and the reference the kernels are tested
+// against).
 // Shapes: B batch, H heads, M chunks, C chunk length, K key dim, V value dim.
 #include <cstdint>
 #include <vector>
@@ -10,6 +11,7 @@
 
 #include "dla/ops/fused.h"
 #include "dla/ops/kernel_buffers.h"
+#include "dla/ops/tf32_scope.h"
 #include "kernels.h"
 
 #if defined(DLA_WITH_CUDA)
@@ -96,7 +98,7 @@ StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::
       k_to_end.data_ptr<float>(), u.data_ptr<float>(), data_or_null(w), chunk_decay.data_ptr<float>(),
       initial_state.data_ptr<float>(), result.states_BHMKV.data_ptr<float>(),
       w.defined() ? result.v_new_BHMCV.data_ptr<float>() : nullptr, result.final_state_BHKV.data_ptr<float>(),
-      dims_of(k_to_end, u), current_cuda_stream(u));
+      dims_of(k_to_end, u), tf32_allowed(), current_cuda_stream(u));
   TORCH_CHECK(error == nullptr, "fused state pass forward: CUDA kernel failed: ", error);
   return result;
 #else
@@ -130,7 +132,7 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
       k_to_end.data_ptr<float>(), data_or_null(w), chunk_decay.data_ptr<float>(),
       d_final_state.data_ptr<float>(), result.d_states_next_BHMKV.data_ptr<float>(),
       result.d_v_new_BHMCV.data_ptr<float>(), result.d_initial_state_BHKV.data_ptr<float>(),
-      dims_of(k_to_end, d_out), current_cuda_stream(d_out));
+      dims_of(k_to_end, d_out), tf32_allowed(), current_cuda_stream(d_out));
   TORCH_CHECK(error == nullptr, "fused state pass backward: CUDA kernel failed: ", error);
   return result;
 #else
