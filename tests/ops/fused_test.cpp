@@ -215,9 +215,14 @@ TEST_CASE("on the GPU under a Tf32Scope the state-pass kernels multiply in TF32 
     return;
   }
   // C = 8 is no whole number of 16-row tiles: those dims keep the exact kernels under the scope.
-  const auto [d, tensor_cores] = GENERATE(std::pair{StatePassSizes{2, 3, 5, 64, 128, 128}, true},
-                                          std::pair{StatePassSizes{1, 2, 3, 16, 32, 40}, true},
-                                          std::pair{StatePassSizes{1, 1, 2, 8, 256, 24}, false});
+  struct Tf32Case {
+    StatePassSizes sizes;
+    bool tensor_cores;
+  };
+  const Tf32Case c = GENERATE(Tf32Case{{2, 3, 5, 64, 128, 128}, true}, Tf32Case{{1, 2, 3, 16, 32, 40}, true},
+                              Tf32Case{{1, 1, 2, 8, 256, 24}, false});
+  const StatePassSizes& d = c.sizes;
+  const bool tensor_cores = c.tensor_cores;
   const bool delta_rule = GENERATE(true, false);
   CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, delta_rule);
   const dla::ops::Tf32Scope tf32(true);
