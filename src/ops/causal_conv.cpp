@@ -23,7 +23,10 @@ namespace {
 at::Tensor causal_conv_aten(const at::Tensor& x_BTC, const at::Tensor& weight_CW, const at::Tensor& bias_C) {
   const int64_t T = x_BTC.size(1), C = x_BTC.size(2), W = weight_CW.size(1);
   // Padding W − 1 on both sides and keeping the first T outputs makes the convolution causal.
-  const at::Tensor y_BCT = at::conv1d(x_BTC.transpose(1, 2), weight_CW.unsqueeze(1), bias_C, /*stride=*/1,
+  // In x's dtype, as the kernels return it (autocast, where on, casts all three to its dtype anyway).
+  const at::Tensor weight_C1W = weight_CW.to(x_BTC.scalar_type()).unsqueeze(1);
+  const at::Tensor bias = bias_C.defined() ? bias_C.to(x_BTC.scalar_type()) : bias_C;
+  const at::Tensor y_BCT = at::conv1d(x_BTC.transpose(1, 2), weight_C1W, bias, /*stride=*/1,
                                       /*padding=*/W - 1, /*dilation=*/1, /*groups=*/C)
                                .narrow(/*dim=*/2, /*start=*/0, /*length=*/T);
   return at::silu(y_BCT).transpose(1, 2);

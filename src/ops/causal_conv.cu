@@ -2,8 +2,7 @@
 // kTokens tokens and slides a window of its last W inputs along them in registers; the threads of a warp
 // hold adjacent channels, so every load and store is one coalesced row segment. With p = bias + Σ w·x:
 //   forward   y = silu(p)
-//   backward  dp = dy · silu'(p),  dx[t] = Σ_j w[j] · dp[t + W − 1 − j],  dw[j] = Σ_t dp[t] · x[t − W + 1 +
-//   j]
+//   backward  dp = dy · silu'(p),  dx[t] = Σ_j w[j]·dp[t + W − 1 − j],  dw[j] = Σ_t dp[t]·x[t − W + 1 + j]
 // The backward recomputes p; a block of tokens also needs dp of the W − 1 tokens after it. Each block writes
 // its weight- and bias-gradient sums as one row of partials, summed outside.
 #include <cuda_bf16.h>
@@ -16,6 +15,9 @@ namespace {
 
 constexpr int kThreads = 128;  // channels per block
 constexpr int kTokens = 64;    // tokens per block
+// Tokens whose loads a thread issues together before using them: one at a time, each thread would wait out
+// a global load's latency per token.
+constexpr int kLoadGroup = 8;
 
 __device__ __forceinline__ float to_float(float v) {
   return v;
@@ -70,16 +72,25 @@ __global__ void __launch_bounds__(kThreads)
     const int t = s.first - (W - 1) + j;
     window[j] = t >= 0 ? to_float(x_c[t * d.token_stride]) : 0.f;
   }
-  for (int t = s.first; t < s.last; ++t) {
-    window[W - 1] = to_float(x_c[t * d.token_stride]);
-    float p = b;
+  for (int group = s.first; group < s.last; group += kLoadGroup) {
+    float loaded[kLoadGroup];
 #pragma unroll
-    for (int j = 0; j < W; ++j)
-      p += w[j] * window[j];
-    y_c[t * d.channels] = from_float<X>(p * sigmoid(p));
+    for (int i = 0; i < kLoadGroup; ++i)
+      loaded[i] = group + i < s.last ? to_float(x_c[(group + i) * d.token_stride]) : 0.f;
 #pragma unroll
-    for (int j = 0; j < W - 1; ++j)
-      window[j] = window[j + 1];
+    for (int i = 0; i < kLoadGroup; ++i) {
+      const int t = group + i;
+      if (t >= s.last) break;
+      window[W - 1] = loaded[i];
+      float p = b;
+#pragma unroll
+      for (int j = 0; j < W; ++j)
+        p += w[j] * window[j];
+      y_c[t * d.channels] = from_float<X>(p * sigmoid(p));
+#pragma unroll
+      for (int j = 0; j < W - 1; ++j)
+        window[j] = window[j + 1];
+    }
   }
 }
 
@@ -110,37 +121,48 @@ __global__ void __launch_bounds__(kThreads)
   float db = 0.f;
   // Tokens past the block's last only feed dx of its last W − 1 tokens.
   const int end = min(s.last + W - 1, static_cast<int>(d.tokens));
-  for (int t = s.first; t < s.last + W - 1; ++t) {
-    float dp = 0.f;
-    if (t < end) {
-      window[W - 1] = to_float(x_c[t * d.token_stride]);
-      float p = b;
+  for (int group = s.first; group < s.last + W - 1; group += kLoadGroup) {
+    float loaded_x[kLoadGroup], loaded_dy[kLoadGroup];
 #pragma unroll
-      for (int j = 0; j < W; ++j)
-        p += w[j] * window[j];
-      const float sig = sigmoid(p);
-      dp = to_float(dy[row_offset + t * d.channels]) * sig * (1.f + p * (1.f - sig));
-      if (t < s.last) {
-        db += dp;
+    for (int i = 0; i < kLoadGroup; ++i) {
+      const int t = group + i;
+      loaded_x[i] = t < end ? to_float(x_c[t * d.token_stride]) : 0.f;
+      loaded_dy[i] = t < end ? to_float(dy[row_offset + t * d.channels]) : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < kLoadGroup; ++i) {
+      const int t = group + i;
+      float dp = 0.f;
+      if (t < end) {
+        window[W - 1] = loaded_x[i];
+        float p = b;
 #pragma unroll
         for (int j = 0; j < W; ++j)
-          dw[j] += dp * window[j];
+          p += w[j] * window[j];
+        const float sig = sigmoid(p);
+        dp = loaded_dy[i] * sig * (1.f + p * (1.f - sig));
+        if (t < s.last) {
+          db += dp;
+#pragma unroll
+          for (int j = 0; j < W; ++j)
+            dw[j] += dp * window[j];
+        }
+#pragma unroll
+        for (int j = 0; j < W - 1; ++j)
+          window[j] = window[j + 1];
       }
 #pragma unroll
       for (int j = 0; j < W - 1; ++j)
-        window[j] = window[j + 1];
-    }
+        dp_window[j] = dp_window[j + 1];
+      dp_window[W - 1] = dp;
+      const int out = t - (W - 1);
+      if (out >= s.first && out < s.last) {
+        float g = 0.f;
 #pragma unroll
-    for (int j = 0; j < W - 1; ++j)
-      dp_window[j] = dp_window[j + 1];
-    dp_window[W - 1] = dp;
-    const int out = t - (W - 1);
-    if (out >= s.first) {
-      float g = 0.f;
-#pragma unroll
-      for (int j = 0; j < W; ++j)
-        g += w[j] * dp_window[W - 1 - j];
-      dx[row_offset + out * d.channels] = from_float<X>(g);
+        for (int j = 0; j < W; ++j)
+          g += w[j] * dp_window[W - 1 - j];
+        dx[row_offset + out * d.channels] = from_float<X>(g);
+      }
     }
   }
   const long long partial = s.batch * gridDim.y + blockIdx.y;
