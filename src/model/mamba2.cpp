@@ -58,9 +58,13 @@ at::Tensor Mamba2Impl::forward(const at::Tensor& x_BTD, MixerCache* cache) {
       causal_conv_silu(parts[1], conv1d, cache != nullptr ? &cache->conv_tails[0] : nullptr);
   const auto xbc_parts = xbc.split_with_sizes({I, GN, GN}, /*dim=*/-1);
   const at::Tensor x_BTHP = xbc_parts[0].reshape({B, T, H, P});
-  // Head h reads group h / (H/G), as mamba_ssm's kernels map them.
-  const at::Tensor b_BTHN = xbc_parts[1].reshape({B, T, G, N}).repeat_interleave(H / G, /*dim=*/2);
-  const at::Tensor c_BTHN = xbc_parts[2].reshape({B, T, G, N}).repeat_interleave(H / G, /*dim=*/2);
+  // Head h reads group h / (H/G), as mamba_ssm's kernels map them. An expanded view, not a copy per head:
+  // with one group the chunkwise op reads the shared B and C in place.
+  const auto per_head = [&](const at::Tensor& x_BTGN) {
+    return x_BTGN.reshape({B, T, G, 1, N}).expand({B, T, G, H / G, N}).reshape({B, T, H, N});
+  };
+  const at::Tensor b_BTHN = per_head(xbc_parts[1]);
+  const at::Tensor c_BTHN = per_head(xbc_parts[2]);
 
   const at::Tensor dt_BTH = at::softplus(parts[2].to(at::kFloat) + dt_bias.to(at::kFloat));
   const at::Tensor g_BTH = -at::exp(A_log.to(at::kFloat)) * dt_BTH;
