@@ -65,6 +65,12 @@ struct StatePass {
 StatePass state_pass(const at::Tensor& k_BHMCK, const at::Tensor& u_BHMCV, const at::Tensor& w_BHMCK,
                      const at::Tensor& gamma_BHMC, const at::Tensor& initial_state_BHKV);
 
+/// alpha · a b [+ beta · base] over the matrices of the last two dims (a and b with the same leading dims):
+/// one batched GEMM whose epilogue scales and adds, instead of a matmul followed by elementwise passes over
+/// its output. Without base, beta is unused.
+at::Tensor scaled_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, const at::Tensor& base = {},
+                         double beta = 1.0);
+
 /// out_BHMCV = scale * ((q exp(gamma)) S_chunk_start + ((q k^T) * decay) v_new), every chunk at once.
 at::Tensor chunk_output(const at::Tensor& q_BHMCK, const at::Tensor& k_BHMCK, const at::Tensor& v_new_BHMCV,
                         const at::Tensor& gamma_BHMC, const at::Tensor& decay_BHMCC,

@@ -4,6 +4,7 @@
 #include <limits>
 #include <vector>
 
+#include <ATen/ops/baddbmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/stack.h>
@@ -81,7 +82,21 @@ at::Tensor chunk_output(const at::Tensor& q_BHMCK, const at::Tensor& k_BHMCK, co
   const at::Tensor inter_BHMCV = (q_BHMCK * gamma_BHMC.exp().unsqueeze(-1)).matmul(states_BHMKV);
   // What it reads from its own tokens: causal, decayed attention over the values written in this chunk.
   const at::Tensor scores_BHMCC = q_BHMCK.matmul(k_BHMCK.transpose(-1, -2)) * decay_BHMCC;
-  return (inter_BHMCV + scores_BHMCC.matmul(v_new_BHMCV)) * scale;
+  return scaled_matmul(scores_BHMCC, v_new_BHMCV, scale, inter_BHMCV, scale);
+}
+
+at::Tensor scaled_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, const at::Tensor& base,
+                         double beta) {
+  TORCH_CHECK(a.dim() >= 2 && a.dim() == b.dim() &&
+                  a.sizes().slice(0, a.dim() - 2) == b.sizes().slice(0, b.dim() - 2),
+              "scaled_matmul: a ", a.sizes(), " and b ", b.sizes(), " must share their leading dims");
+  std::vector<int64_t> shape = a.sizes().vec();
+  shape.back() = b.size(-1);
+  const auto matrices = [](const at::Tensor& x) { return x.reshape({-1, x.size(-2), x.size(-1)}); };
+  // With beta = 0 the GEMM ignores its input: a broadcast scalar stands in.
+  const at::Tensor input = base.defined() ? matrices(base) : at::zeros({}, a.options());
+  const double input_scale = base.defined() ? beta : 0.0;
+  return at::baddbmm(input, matrices(a), matrices(b), input_scale, alpha).view(shape);
 }
 
 }  // namespace dla::ops::common

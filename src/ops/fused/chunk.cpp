@@ -125,7 +125,8 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const at::Tensor gamma_exp_BHMC = t.gamma_BHMC.exp();
     const at::Tensor q_read_BHMCK = t.q_BHMCK * (gamma_exp_BHMC * scale).unsqueeze(-1);
     const at::Tensor p_BHMCC = t.q_BHMCK.matmul(t.k_BHMCK.transpose(-1, -2)) * t.decay_BHMCC;
-    const at::Tensor d_v_new_intra_BHMCV = p_BHMCC.transpose(-1, -2).matmul(d_out_BHMCV) * scale;
+    const at::Tensor d_v_new_intra_BHMCV =
+        common::scaled_matmul(p_BHMCC.transpose(-1, -2), d_out_BHMCV, scale);
     const StatePassBackward back =
         state_pass_backward(q_read_BHMCK, d_out_BHMCV, d_v_new_intra_BHMCV, t.k_to_end_BHMCK, t.w_BHMCK,
                             t.chunk_decay_BHM, d_final_BHKV);
@@ -133,9 +134,9 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const at::Tensor d_q_read_BHMCK = d_out_BHMCV.matmul(states_BHMKV.transpose(-1, -2));
     at::Tensor d_q_BHMCK = d_q_read_BHMCK * (gamma_exp_BHMC * scale).unsqueeze(-1);
     at::Tensor d_gamma_BHMC = rowwise_dot(d_q_read_BHMCK, q_read_BHMCK);
-    const at::Tensor d_p_BHMCC = d_out_BHMCV.matmul(v_new_BHMCV.transpose(-1, -2)) * scale;
+    const at::Tensor d_p_BHMCC = common::scaled_matmul(d_out_BHMCV, v_new_BHMCV.transpose(-1, -2), scale);
     const at::Tensor d_qk_BHMCC = d_p_BHMCC * t.decay_BHMCC;
-    d_q_BHMCK = d_q_BHMCK + d_qk_BHMCC.matmul(t.k_BHMCK);
+    d_q_BHMCK = common::scaled_matmul(d_qk_BHMCC, t.k_BHMCK, 1.0, d_q_BHMCK);
     at::Tensor d_k_BHMCK = d_qk_BHMCC.transpose(-1, -2).matmul(t.q_BHMCK);
     d_gamma_BHMC = d_gamma_BHMC + pair_gamma_gradient(d_p_BHMCC * p_BHMCC);
 
@@ -151,14 +152,16 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     if (beta.defined()) {
       // v_new = u − w S with [w u] = (I + A)⁻¹ [beta exp(gamma) k, beta v], so
       // d[kb vb] = (I + A)⁻ᵀ d[w u] and dA = −(dkb wᵀ + dvb uᵀ) below the diagonal.
-      const at::Tensor d_w_BHMCK = -back.d_v_new_BHMCV.matmul(states_BHMKV.transpose(-1, -2));
+      const at::Tensor d_w_BHMCK =
+          common::scaled_matmul(back.d_v_new_BHMCV, states_BHMKV.transpose(-1, -2), -1.0);
       const at::Tensor beta_BHMC1 = t.beta_BHMC.unsqueeze(-1);
       const at::Tensor inverse_t_BHMCC = t.inverse_BHMCC.transpose(-1, -2);
       const at::Tensor d_kb_BHMCK = inverse_t_BHMCC.matmul(d_w_BHMCK);
       const at::Tensor d_vb_BHMCV = inverse_t_BHMCC.matmul(back.d_v_new_BHMCV);
       const at::Tensor d_a_BHMCC =
-          -(d_kb_BHMCK.matmul(t.w_BHMCK.transpose(-1, -2)) + d_vb_BHMCV.matmul(t.u_BHMCV.transpose(-1, -2)))
-               .tril(-1);
+          common::scaled_matmul(d_vb_BHMCV, t.u_BHMCV.transpose(-1, -2), -1.0,
+                                common::scaled_matmul(d_kb_BHMCK, t.w_BHMCK.transpose(-1, -2), -1.0))
+              .tril(-1);
       const at::Tensor kb_scale_BHMC = t.beta_BHMC * gamma_exp_BHMC;
       d_k_BHMCK = d_k_BHMCK + d_kb_BHMCK * kb_scale_BHMC.unsqueeze(-1);
       const at::Tensor d_kb_k_BHMC = rowwise_dot(d_kb_BHMCK, t.k_BHMCK) * gamma_exp_BHMC;
@@ -167,7 +170,7 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
       d_beta_BHMC = d_kb_k_BHMC + rowwise_dot(d_vb_BHMCV, t.v_BHMCV) + (d_a_BHMCC * t.kk_BHMCC).sum(-1);
       const at::Tensor d_kk_BHMCC = beta_BHMC1 * d_a_BHMCC * t.decay_BHMCC;
       // k kᵀ is symmetric in its two k's: both sides of the pair gradient go through one matmul.
-      d_k_BHMCK = d_k_BHMCK + (d_kk_BHMCC + d_kk_BHMCC.transpose(-1, -2)).matmul(t.k_BHMCK);
+      d_k_BHMCK = common::scaled_matmul(d_kk_BHMCC + d_kk_BHMCC.transpose(-1, -2), t.k_BHMCK, 1.0, d_k_BHMCK);
       d_gamma_BHMC = d_gamma_BHMC + pair_gamma_gradient(d_a_BHMCC * t.a_BHMCC);
     } else {
       d_v_BHMCV = back.d_v_new_BHMCV;
