@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../ops/tf32_fragments.cuh"
 #include "slot_pass_kernels.h"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -22,6 +23,7 @@ namespace dla::memory::kernels {
 namespace {
 
 using namespace nvcuda;
+using dla::ops::kernels::round_to_tf32;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -69,13 +71,6 @@ size_t shared_bytes(const Layout& l) {
 }
 
 // ---- products on tensor cores ----
-
-template <class Fragment>
-__device__ void round_to_tf32(Fragment& f) {
-#pragma unroll
-  for (int t = 0; t < f.num_elements; ++t)
-    f.x[t] = wmma::__float_to_tf32(f.x[t]);
-}
 
 /// acc += A B over `depth` (a multiple of 8), A 16 × depth, B depth × 16 row-major with rows b_ld apart.
 /// Row-major A is A(i, j) = a[i·a_ld + j]; column-major A is A(i, j) = a[i + j·a_ld].

@@ -8,7 +8,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <utility>
+
 #include "causal_conv_kernels.h"
+#include "kernel_scalars.cuh"
 
 namespace dla::ops::kernels {
 namespace {
@@ -18,27 +21,6 @@ constexpr int kTokens = 64;    // tokens per block
 // Tokens whose loads a thread issues together before using them: one at a time, each thread would wait out
 // a global load's latency per token.
 constexpr int kLoadGroup = 8;
-
-__device__ __forceinline__ float to_float(float v) {
-  return v;
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-
-__device__ __forceinline__ float sigmoid(float v) {
-  return 1.f / (1.f + expf(-v));
-}
 
 /// One thread's channel and block of tokens.
 struct Span {
@@ -52,17 +34,34 @@ struct Span {
         last(min(first + kTokens, static_cast<int>(d.tokens))) {}
 };
 
+/// A channel's filter taps and bias, in registers.
+template <int W>
+struct Filter {
+  float w[W];
+  float b;
+  __device__ Filter(const float* weight, const float* bias, int channel)
+      : b(bias != nullptr ? bias[channel] : 0.f) {
+#pragma unroll
+    for (int j = 0; j < W; ++j)
+      w[j] = weight[channel * W + j];
+  }
+  /// bias + Σ_j w[j] · window[j], window[j] the input at t − (W − 1) + j.
+  __device__ float pre_activation(const float (&window)[W]) const {
+    float p = b;
+#pragma unroll
+    for (int j = 0; j < W; ++j)
+      p += w[j] * window[j];
+    return p;
+  }
+};
+
 template <class X, int W>
 __global__ void __launch_bounds__(kThreads)
     causal_conv_forward_kernel(const X* __restrict__ x, const float* __restrict__ weight,
                                const float* __restrict__ bias, X* __restrict__ y, CausalConvDims d) {
   const Span s(d);
   if (s.channel >= d.channels) return;
-  float w[W];
-#pragma unroll
-  for (int j = 0; j < W; ++j)
-    w[j] = weight[s.channel * W + j];
-  const float b = bias != nullptr ? bias[s.channel] : 0.f;
+  const Filter<W> f(weight, bias, s.channel);
   const X* x_c = x + s.batch * d.batch_stride + s.channel;
   X* y_c = y + s.batch * d.tokens * d.channels + s.channel;
   // window[j] = x[t − (W − 1) + j] at token t.
@@ -82,10 +81,7 @@ __global__ void __launch_bounds__(kThreads)
       const int t = group + i;
       if (t >= s.last) break;
       window[W - 1] = loaded[i];
-      float p = b;
-#pragma unroll
-      for (int j = 0; j < W; ++j)
-        p += w[j] * window[j];
+      const float p = f.pre_activation(window);
       y_c[t * d.channels] = from_float<X>(p * sigmoid(p));
 #pragma unroll
       for (int j = 0; j < W - 1; ++j)
@@ -102,11 +98,7 @@ __global__ void __launch_bounds__(kThreads)
                                 CausalConvDims d) {
   const Span s(d);
   if (s.channel >= d.channels) return;
-  float w[W];
-#pragma unroll
-  for (int j = 0; j < W; ++j)
-    w[j] = weight[s.channel * W + j];
-  const float b = bias != nullptr ? bias[s.channel] : 0.f;
+  const Filter<W> f(weight, bias, s.channel);
   const long long row_offset = s.batch * d.tokens * d.channels + s.channel;
   const X* x_c = x + s.batch * d.batch_stride + s.channel;
   // window[j] = x[t − (W − 1) + j] and dp_window[i] = dp[t − (W − 1) + i] at token t.
@@ -135,10 +127,7 @@ __global__ void __launch_bounds__(kThreads)
       float dp = 0.f;
       if (t < end) {
         window[W - 1] = loaded_x[i];
-        float p = b;
-#pragma unroll
-        for (int j = 0; j < W; ++j)
-          p += w[j] * window[j];
+        const float p = f.pre_activation(window);
         const float sig = sigmoid(p);
         dp = loaded_dy[i] * sig * (1.f + p * (1.f - sig));
         if (t < s.last) {
@@ -160,7 +149,7 @@ __global__ void __launch_bounds__(kThreads)
         float g = 0.f;
 #pragma unroll
         for (int j = 0; j < W; ++j)
-          g += w[j] * dp_window[W - 1 - j];
+          g += f.w[j] * dp_window[W - 1 - j];
         dx[row_offset + out * d.channels] = from_float<X>(g);
       }
     }
@@ -182,43 +171,23 @@ const char* launched() {
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
-/// Calls launch.template operator()<X, W>() for the dims' dtype and width.
-template <class Launch>
-const char* dispatch(const CausalConvDims& d, Launch&& launch) {
-  const auto for_dtype = [&]<int W>() {
+/// Calls launch.template operator()<X, W>() for the dims' dtype and width; false for a width out of range.
+template <class Launch, int... WidthsLessOne>
+bool launch_for(const CausalConvDims& d, Launch& launch, std::integer_sequence<int, WidthsLessOne...>) {
+  const auto for_width = [&]<int W>() {
     if (d.dtype == ConvDtype::bfloat16)
       launch.template operator()<__nv_bfloat16, W>();
     else
       launch.template operator()<float, W>();
+    return true;
   };
-  switch (d.width) {
-    case 1:
-      for_dtype.template operator()<1>();
-      break;
-    case 2:
-      for_dtype.template operator()<2>();
-      break;
-    case 3:
-      for_dtype.template operator()<3>();
-      break;
-    case 4:
-      for_dtype.template operator()<4>();
-      break;
-    case 5:
-      for_dtype.template operator()<5>();
-      break;
-    case 6:
-      for_dtype.template operator()<6>();
-      break;
-    case 7:
-      for_dtype.template operator()<7>();
-      break;
-    case 8:
-      for_dtype.template operator()<8>();
-      break;
-    default:
-      return "causal_conv: unsupported width";
-  }
+  return ((d.width == WidthsLessOne + 1 && for_width.template operator()<WidthsLessOne + 1>()) || ...);
+}
+
+template <class Launch>
+const char* dispatch(const CausalConvDims& d, Launch&& launch) {
+  if (!launch_for(d, launch, std::make_integer_sequence<int, static_cast<int>(kMaxConvWidth)>()))
+    return "causal_conv: unsupported width";
   return launched();
 }
 

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../tf32_fragments.cuh"
 #include "kernels.h"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -334,6 +335,7 @@ int max_shared_bytes() {
 namespace tensor_core {
 
 using namespace nvcuda;
+using dla::ops::kernels::round_to_tf32;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
@@ -379,13 +381,6 @@ size_t shared_bytes(const Layout& l) {
 }
 
 // ---- products on tensor cores ----
-
-template <class Fragment>
-__device__ void round_to_tf32(Fragment& f) {
-#pragma unroll
-  for (int t = 0; t < f.num_elements; ++t)
-    f.x[t] = wmma::__float_to_tf32(f.x[t]);
-}
 
 /// strip += A B over `depth` (a multiple of 16): A strip-high × depth, B depth × strip-wide row-major with
 /// rows b_ld apart. Row-major A is A(i, j) = a[i·a_ld + j]; column-major A is A(i, j) = a[i + j·a_ld]. Two
