@@ -158,10 +158,10 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
       const at::Tensor inverse_t_BHMCC = t.inverse_BHMCC.transpose(-1, -2);
       const at::Tensor d_kb_BHMCK = inverse_t_BHMCC.matmul(d_w_BHMCK);
       const at::Tensor d_vb_BHMCV = inverse_t_BHMCC.matmul(back.d_v_new_BHMCV);
+      const at::Tensor minus_d_kb_w_BHMCC =
+          common::scaled_matmul(d_kb_BHMCK, t.w_BHMCK.transpose(-1, -2), -1.0);
       const at::Tensor d_a_BHMCC =
-          common::scaled_matmul(d_vb_BHMCV, t.u_BHMCV.transpose(-1, -2), -1.0,
-                                common::scaled_matmul(d_kb_BHMCK, t.w_BHMCK.transpose(-1, -2), -1.0))
-              .tril(-1);
+          common::scaled_matmul(d_vb_BHMCV, t.u_BHMCV.transpose(-1, -2), -1.0, minus_d_kb_w_BHMCC).tril(-1);
       const at::Tensor kb_scale_BHMC = t.beta_BHMC * gamma_exp_BHMC;
       d_k_BHMCK = d_k_BHMCK + d_kb_BHMCK * kb_scale_BHMC.unsqueeze(-1);
       const at::Tensor d_kb_k_BHMC = rowwise_dot(d_kb_BHMCK, t.k_BHMCK) * gamma_exp_BHMC;
