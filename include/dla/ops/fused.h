@@ -46,6 +46,32 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
                                       const at::Tensor& w_BHMCK, const at::Tensor& chunk_decay_BHM,
                                       const at::Tensor& d_final_state_BHKV);
 
+/// The per-chunk terms the state pass and the backward read, as chunk_prepare's CUDA kernel computes them
+/// from the [B, T, H, ·] inputs: gamma the chunk-local cumsum of g, k_to_end = k ⊙ exp(gamma_last − gamma),
+/// chunk_decay = exp(gamma_last), and for the delta rule T = (I + A)⁻¹ with w = T (beta exp(gamma) ⊙ k) and
+/// u = T (beta ⊙ v); for SSD u = v and w, inverse are undefined. All float32.
+struct PreparedChunks {
+  at::Tensor gamma_BHMC, k_to_end_BHMCK, chunk_decay_BHM, w_BHMCK, inverse_BHMCC, u_BHMCV;
+};
+
+/// Whether the per-chunk CUDA kernels (prepare_chunks, chunk_outputs) run for these inputs: CUDA tensors
+/// while TF32 is allowed (their products are TF32), q, k and v all float32 or all bf16, a float32
+/// compute dtype, C, K and V multiples of 16 with C at most 64, and shared memory within the device's
+/// limit. Otherwise the op computes those stages as LibTorch ops.
+bool chunk_stages_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        at::ScalarType compute_dtype, int64_t chunk_size);
+
+/// The chunk terms for the state pass, one CUDA kernel over all chunks (beta undefined for SSD). Requires
+/// chunk_stages_apply.
+PreparedChunks prepare_chunks(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                              const at::Tensor& beta, int64_t chunk_size);
+
+/// The op's output [B, T, H, V] in q's dtype, one CUDA kernel over all chunks: scale · ((exp(gamma) ⊙ q) S_m
+/// + ((q kᵀ) ⊙ D) v_new) per chunk, from the state pass's chunk-start states and written values. Requires
+/// chunk_stages_apply.
+at::Tensor chunk_outputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& gamma_BHMC,
+                         const at::Tensor& states_BHMKV, const at::Tensor& v_new_BHMCV, double scale);
+
 /// T = (I + A)⁻¹ for strictly lower triangular A_...CC (entries on and above the diagonal are ignored): the
 /// WY representation's inverse, so that the chunk terms and their gradients are plain matmuls. A CUDA kernel
 /// for float32 on the GPU with C <= 64 a multiple of 4, a triangular solve otherwise.

@@ -3,6 +3,8 @@
 // none of its intermediates: the backward keeps the inputs, the chunk-start states and the written values,
 // and recomputes the other chunk terms.
 // Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
+#include <utility>
+
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DispatchKeySet.h>
@@ -33,30 +35,55 @@ struct ChunkTerms {
   at::Tensor w_BHMCK, u_BHMCV;  ///< the WY representation (delta rule only); u is v otherwise
 };
 
-ChunkTerms chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-                       const at::Tensor& beta, int64_t chunk_size, at::ScalarType dtype) {
-  ChunkTerms t;
+/// The chunked inputs and the C × C terms that the LibTorch-op forward and the backward read, from gamma.
+void add_pair_terms(ChunkTerms& t, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const at::Tensor& beta, int64_t chunk_size, at::ScalarType dtype) {
   t.q_BHMCK = common::to_chunks(q, chunk_size, dtype);
   t.k_BHMCK = common::to_chunks(k, chunk_size, dtype);
   t.v_BHMCV = common::to_chunks(v, chunk_size, dtype);
-  t.gamma_BHMC = common::cumsum_gates(common::to_chunks(g, chunk_size, dtype));
   t.decay_BHMCC = common::decay_matrix(t.gamma_BHMC);
-  const at::Tensor gamma_last_BHM = t.gamma_BHMC.select(-1, -1);
-  t.to_end_BHMC = (gamma_last_BHM.unsqueeze(-1) - t.gamma_BHMC).exp();
+  t.to_end_BHMC = (t.gamma_BHMC.select(-1, -1).unsqueeze(-1) - t.gamma_BHMC).exp();
+  if (beta.defined()) {
+    t.beta_BHMC = common::to_chunks(beta, chunk_size, dtype);
+    t.kk_BHMCC = t.k_BHMCK.matmul(t.k_BHMCK.transpose(-1, -2)) * t.decay_BHMCC;
+    t.a_BHMCC = (t.beta_BHMC.unsqueeze(-1) * t.kk_BHMCC).tril(-1);
+  }
+}
+
+/// Every chunk term as LibTorch ops.
+ChunkTerms aten_chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& g, const at::Tensor& beta, int64_t chunk_size,
+                            at::ScalarType dtype) {
+  ChunkTerms t;
+  t.gamma_BHMC = common::cumsum_gates(common::to_chunks(g, chunk_size, dtype));
+  add_pair_terms(t, q, k, v, beta, chunk_size, dtype);
   t.k_to_end_BHMCK = t.k_BHMCK * t.to_end_BHMC.unsqueeze(-1);
-  t.chunk_decay_BHM = gamma_last_BHM.exp();
+  t.chunk_decay_BHM = t.gamma_BHMC.select(-1, -1).exp();
   if (beta.defined()) {
     // gdn::wy_repr's terms, with (I + A)⁻¹ formed once so that both directions are matmuls.
-    t.beta_BHMC = common::to_chunks(beta, chunk_size, dtype);
     const at::Tensor beta_BHMC1 = t.beta_BHMC.unsqueeze(-1);
-    t.kk_BHMCC = t.k_BHMCK.matmul(t.k_BHMCK.transpose(-1, -2)) * t.decay_BHMCC;
-    t.a_BHMCC = (beta_BHMC1 * t.kk_BHMCC).tril(-1);
     t.inverse_BHMCC = unit_lower_inverse(t.a_BHMCC);
     t.w_BHMCK = t.inverse_BHMCC.matmul(t.k_BHMCK * (beta_BHMC1 * t.gamma_BHMC.exp().unsqueeze(-1)));
     t.u_BHMCV = t.inverse_BHMCC.matmul(t.v_BHMCV * beta_BHMC1);
   } else {
     t.u_BHMCV = t.v_BHMCV;
   }
+  return t;
+}
+
+/// The state-pass terms from prepare_chunks' kernel; `with_pair_terms` adds what only the backward reads.
+ChunkTerms kernel_chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& g, const at::Tensor& beta, int64_t chunk_size,
+                              at::ScalarType dtype, bool with_pair_terms) {
+  PreparedChunks prepared = prepare_chunks(k, v, g, beta, chunk_size);
+  ChunkTerms t;
+  t.gamma_BHMC = std::move(prepared.gamma_BHMC);
+  t.k_to_end_BHMCK = std::move(prepared.k_to_end_BHMCK);
+  t.chunk_decay_BHM = std::move(prepared.chunk_decay_BHM);
+  t.w_BHMCK = std::move(prepared.w_BHMCK);
+  t.inverse_BHMCC = std::move(prepared.inverse_BHMCC);
+  t.u_BHMCV = std::move(prepared.u_BHMCV);
+  if (with_pair_terms) add_pair_terms(t, q, k, v, beta, chunk_size, dtype);
   return t;
 }
 
@@ -82,7 +109,9 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const at::Tensor initial_state = has_initial_state ? initial_state_or_empty : at::Tensor();
     const Tf32Scope tf32(tf32_suits(q));
     const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
-    const ChunkTerms t = chunk_terms(q, k, v, g, beta, chunk_size, dtype);
+    const bool stage_kernels = chunk_stages_apply(q, k, v, dtype, chunk_size);
+    const ChunkTerms t = stage_kernels ? kernel_chunk_terms(q, k, v, g, beta, chunk_size, dtype, false)
+                                       : aten_chunk_terms(q, k, v, g, beta, chunk_size, dtype);
     const StatePassForward pass =
         state_pass_forward(t.k_to_end_BHMCK, t.u_BHMCV, t.w_BHMCK, t.chunk_decay_BHM,
                            common::initial_state_or_zeros(initial_state, k, v, dtype));
@@ -94,6 +123,10 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     ctx->saved_data["chunk_size"] = chunk_size;
     ctx->saved_data["delta_rule"] = delta_rule;
     ctx->saved_data["has_initial_state"] = has_initial_state;
+    if (stage_kernels) {
+      return {chunk_outputs(q, k, t.gamma_BHMC, pass.states_BHMKV, pass.v_new_BHMCV, scale),
+              pass.final_state_BHKV};
+    }
     const at::Tensor out_BHMCV = common::chunk_output(t.q_BHMCK, t.k_BHMCK, pass.v_new_BHMCV, t.gamma_BHMC,
                                                       t.decay_BHMCC, pass.states_BHMKV, scale);
     return {common::from_chunks(out_BHMCV, q.size(1)).to(q.scalar_type()), pass.final_state_BHKV};
@@ -111,7 +144,9 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
     const int64_t num_tokens = q.size(1);
 
-    const ChunkTerms t = chunk_terms(q, k, v, g, beta, chunk_size, dtype);
+    const ChunkTerms t = chunk_stages_apply(q, k, v, dtype, chunk_size)
+                             ? kernel_chunk_terms(q, k, v, g, beta, chunk_size, dtype, true)
+                             : aten_chunk_terms(q, k, v, g, beta, chunk_size, dtype);
     const at::Tensor& states_BHMKV = saved[6];
     const at::Tensor& v_new_BHMCV = saved[7];
 

@@ -41,4 +41,41 @@ bool supports_unit_lower_inverse(int64_t n);
 /// what a holds on and above its diagonal is ignored. nullptr on success, else the CUDA error's text.
 const char* unit_lower_inverse(const float* a, float* t, int64_t count, int64_t n, void* stream);
 
+/// A [B, T, H, D] tensor read in place: element (b, t, h, d) at data + b·batch + t·token + h·head + d
+/// (strides in elements), float32 or bf16. Every row of D starts 16-byte aligned (float32) or 8-byte (bf16).
+struct TokenRows {
+  const void* data;
+  int64_t batch, token, head;
+};
+
+struct ChunkStageDims {
+  int64_t batch;       ///< B
+  int64_t tokens;      ///< T
+  int64_t heads;       ///< H
+  int64_t chunk_size;  ///< C
+  int64_t key_dim;     ///< K
+  int64_t value_dim;   ///< V
+  bool bf16;           ///< q, k, v (and the output) are bf16, else float32
+};
+
+/// Whether chunk_prepare and chunk_output run these dims on the current device: C, K and V multiples of
+/// 16, C at most 64, B·H at most 65535, and their shared memory within the device's opt-in limit.
+bool supports_chunk_stages(const ChunkStageDims& dims);
+
+/// The per-chunk terms the state pass and the backward read, on TF32 tensor cores, into contiguous
+/// float32 buffers of M = ⌈T / C⌉ chunks: gamma [B·H, M, C] (chunk-local cumsum of g), k_to_end
+/// [B·H, M, C, K], chunk_decay [B·H, M]; with beta also w [B·H, M, C, K], inverse [B·H, M, C, C] and u
+/// [B·H, M, C, V] as the WY representation, else u = v. g and beta are contiguous float32 [B, T, H]; beta
+/// null selects SSD (w and inverse are then not written). nullptr on success, else the CUDA error's text.
+const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g, const float* beta,
+                          float* gamma, float* k_to_end, float* chunk_decay, float* w, float* inverse,
+                          float* u, const ChunkStageDims& dims, void* stream);
+
+/// out = scale · ((exp(gamma) ⊙ q) S + ((q kᵀ) ⊙ D) v_new) for every chunk, on TF32 tensor cores, written
+/// to a contiguous [B, T, H, V] buffer of q's type. states [B·H, M, K, V] and v_new [B·H, M, C, V] are the
+/// state pass's. nullptr on success, else the CUDA error's text.
+const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* gamma, const float* states,
+                         const float* v_new, double scale, void* out, const ChunkStageDims& dims,
+                         void* stream);
+
 }  // namespace dla::ops::fused::kernels

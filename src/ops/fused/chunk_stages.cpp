@@ -1,0 +1,118 @@
+// The fused op's per-chunk stages as CUDA kernels (chunk_stages.cu): when they apply, and the launches on
+// tensors. The inputs are read in place in their [B, T, H, ·] layout wherever their strides allow it.
+#include <cstdint>
+
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include "dla/ops/fused.h"
+#include "dla/ops/kernel_buffers.h"
+#include "dla/ops/tf32_scope.h"
+#include "kernels.h"
+
+#if defined(DLA_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+namespace dla::ops::fused {
+namespace {
+
+#if defined(DLA_WITH_CUDA)
+/// The dims of a [B, T, H, K] input (q or k) with value_dim V.
+kernels::ChunkStageDims dims_of(const at::Tensor& x_BTHK, int64_t value_dim, int64_t chunk_size) {
+  return {x_BTHK.size(0),
+          x_BTHK.size(1),
+          x_BTHK.size(2),
+          chunk_size,
+          x_BTHK.size(3),
+          value_dim,
+          x_BTHK.scalar_type() == at::kBFloat16};
+}
+
+/// x as the kernels read it: in place when its last dim is contiguous and every row starts aligned for
+/// four-element loads, else a contiguous copy, which `kept` holds for the launch.
+kernels::TokenRows token_rows(const at::Tensor& x_BTHD, at::Tensor& kept) {
+  const int64_t vector = 4;
+  const bool in_place =
+      x_BTHD.stride(3) == 1 && x_BTHD.stride(0) % vector == 0 && x_BTHD.stride(1) % vector == 0 &&
+      x_BTHD.stride(2) % vector == 0 &&
+      reinterpret_cast<std::uintptr_t>(x_BTHD.data_ptr()) % (vector * x_BTHD.element_size()) == 0;
+  kept = in_place ? x_BTHD : kernel_buffer(x_BTHD);
+  return {kept.data_ptr(), kept.stride(0), kept.stride(1), kept.stride(2)};
+}
+#endif
+
+}  // namespace
+
+bool chunk_stages_apply([[maybe_unused]] const at::Tensor& q, [[maybe_unused]] const at::Tensor& k,
+                        [[maybe_unused]] const at::Tensor& v, [[maybe_unused]] at::ScalarType compute_dtype,
+                        [[maybe_unused]] int64_t chunk_size) {
+#if defined(DLA_WITH_CUDA)
+  if (!q.is_cuda() || !tf32_allowed() || compute_dtype != at::kFloat) return false;
+  const at::ScalarType type = q.scalar_type();
+  if ((type != at::kFloat && type != at::kBFloat16) || k.scalar_type() != type || v.scalar_type() != type)
+    return false;
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  return kernels::supports_chunk_stages(dims_of(q, v.size(3), chunk_size));
+#else
+  return false;
+#endif
+}
+
+PreparedChunks prepare_chunks([[maybe_unused]] const at::Tensor& k, [[maybe_unused]] const at::Tensor& v,
+                              [[maybe_unused]] const at::Tensor& g, [[maybe_unused]] const at::Tensor& beta,
+                              [[maybe_unused]] int64_t chunk_size) {
+#if defined(DLA_WITH_CUDA)
+  const c10::cuda::CUDAGuard device_guard(k.device());
+  const int64_t B = k.size(0), T = k.size(1), H = k.size(2), K = k.size(3), V = v.size(3);
+  const int64_t M = (T + chunk_size - 1) / chunk_size, C = chunk_size;
+  at::Tensor k_kept, v_kept;
+  const kernels::TokenRows k_rows = token_rows(k, k_kept);
+  const kernels::TokenRows v_rows = token_rows(v, v_kept);
+  const at::Tensor g_BTH = g.to(at::kFloat).contiguous();
+  const at::Tensor beta_BTH = beta.defined() ? beta.to(at::kFloat).contiguous() : at::Tensor();
+  const auto options = k.options().dtype(at::kFloat);
+  const bool delta_rule = beta.defined();
+  PreparedChunks p{at::empty({B, H, M, C}, options),
+                   at::empty({B, H, M, C, K}, options),
+                   at::empty({B, H, M}, options),
+                   delta_rule ? at::empty({B, H, M, C, K}, options) : at::Tensor(),
+                   delta_rule ? at::empty({B, H, M, C, C}, options) : at::Tensor(),
+                   at::empty({B, H, M, C, V}, options)};
+  const auto data = [](at::Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
+  const char* error = kernels::chunk_prepare(
+      k_rows, v_rows, g_BTH.data_ptr<float>(), data_or_null(beta_BTH), data(p.gamma_BHMC),
+      data(p.k_to_end_BHMCK), data(p.chunk_decay_BHM), data(p.w_BHMCK), data(p.inverse_BHMCC),
+      data(p.u_BHMCV), dims_of(k, V, chunk_size), current_cuda_stream(k));
+  TORCH_CHECK(error == nullptr, "fused chunk_prepare: CUDA kernel failed: ", error);
+  return p;
+#else
+  TORCH_CHECK(false, "fused chunk_prepare: dla was built without CUDA");
+#endif
+}
+
+at::Tensor chunk_outputs([[maybe_unused]] const at::Tensor& q, [[maybe_unused]] const at::Tensor& k,
+                         [[maybe_unused]] const at::Tensor& gamma_BHMC,
+                         [[maybe_unused]] const at::Tensor& states_BHMKV,
+                         [[maybe_unused]] const at::Tensor& v_new_BHMCV, [[maybe_unused]] double scale) {
+#if defined(DLA_WITH_CUDA)
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  const int64_t chunk_size = gamma_BHMC.size(-1);
+  at::Tensor q_kept, k_kept;
+  const kernels::TokenRows q_rows = token_rows(q, q_kept);
+  const kernels::TokenRows k_rows = token_rows(k, k_kept);
+  const at::Tensor gamma = kernel_buffer(gamma_BHMC.to(at::kFloat));
+  const at::Tensor states = kernel_buffer(states_BHMKV.to(at::kFloat));
+  const at::Tensor v_new = kernel_buffer(v_new_BHMCV.to(at::kFloat));
+  at::Tensor out_BTHV = at::empty({q.size(0), q.size(1), q.size(2), v_new.size(-1)}, q.options());
+  const char* error = kernels::chunk_output(q_rows, k_rows, gamma.data_ptr<float>(), states.data_ptr<float>(),
+                                            v_new.data_ptr<float>(), scale, out_BTHV.data_ptr(),
+                                            dims_of(q, v_new.size(-1), chunk_size), current_cuda_stream(q));
+  TORCH_CHECK(error == nullptr, "fused chunk_output: CUDA kernel failed: ", error);
+  return out_BTHV;
+#else
+  TORCH_CHECK(false, "fused chunk_output: dla was built without CUDA");
+#endif
+}
+
+}  // namespace dla::ops::fused
