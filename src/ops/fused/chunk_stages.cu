@@ -29,7 +29,10 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;  // WMMA tile edge
 constexpr int kStep = 8;   // WMMA depth of one TF32 product
-constexpr int kPad = 4;    // shared rows are padded by 4 floats: float4 alignment, fewer bank conflicts
+// Shared rows are padded so that the WMMA fragment loads hit 32 distinct banks: rows read as A or as a
+// column-major B by 4 floats (row length ≡ 4 mod 32), rows read as a row-major B by 8 (≡ 8 mod 32).
+constexpr int kPad = 4;
+constexpr int kRowMajorBPad = 8;
 constexpr int kMaxChunk = kThreads / 4;  // the inverse gives each column four threads
 constexpr int kValueTile = 64;           // output columns per pass of chunk_output
 constexpr int kTilesPerWarp = (kMaxChunk / kTile) * (kValueTile / kTile) / kWarps;
@@ -88,20 +91,35 @@ __device__ float4 scaled(float4 x, float s) {
   return make_float4(s * x.x, s * x.y, s * x.z, s * x.w);
 }
 
-/// For i < n: sink(i, source(i)), keeping kInFlight loads per thread in flight.
+/// For every row r < rows and every fourth column c < cols (a multiple of 4, at most 4·kThreads):
+/// sink(r, c, source(r, c)), keeping kInFlight loads per thread in flight. A thread keeps one column and
+/// walks the rows, so that no index is divided per element.
 template <class Source, class Sink>
-__device__ void copy_vectors(int n, Source source, Sink sink) {
-  for (int base = threadIdx.x; base < n; base += kThreads * kInFlight) {
+__device__ void copy_rows(int rows, int cols, Source source, Sink sink) {
+  const int per_row = cols / 4, rows_per_pass = kThreads / per_row;
+  const int c = 4 * (threadIdx.x % per_row), first_row = threadIdx.x / per_row;
+  if (first_row >= rows_per_pass) return;
+  for (int base = first_row; base < rows; base += rows_per_pass * kInFlight) {
     float4 values[kInFlight];
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
-      if (base + u * kThreads < n) values[u] = source(base + u * kThreads);
+      if (base + u * rows_per_pass < rows) values[u] = source(base + u * rows_per_pass, c);
     }
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
-      if (base + u * kThreads < n) sink(base + u * kThreads, values[u]);
+      if (base + u * rows_per_pass < rows) sink(base + u * rows_per_pass, c, values[u]);
     }
   }
+}
+
+/// f(i, j) for every entry of a rows × cols block (cols at most kThreads), one column per thread.
+template <class F>
+__device__ void for_each_entry(int rows, int cols, F f) {
+  const int rows_per_pass = kThreads / cols;
+  const int j = threadIdx.x % cols, first_row = threadIdx.x / cols;
+  if (first_row >= rows_per_pass) return;
+  for (int i = first_row; i < rows; i += rows_per_pass)
+    f(i, j);
 }
 
 /// The chunk of one head of a [B, T, H, D] input: row r is token first + r, `valid` rows exist.
@@ -128,12 +146,10 @@ struct ChunkRows {
 template <class Scalar>
 __device__ void load_chunk(float* dst, int dst_ld, const ChunkRows<Scalar>& src, int rows, int cols,
                            const float* row_scale) {
-  const int per_row = cols / 4;
-  copy_vectors(
-      rows * per_row, [&](int i) { return src.load(i / per_row, 4 * (i % per_row)); },
-      [&](int i, float4 x) {
-        const int r = i / per_row;
-        store4(dst + r * dst_ld + 4 * (i % per_row), row_scale != nullptr ? scaled(x, row_scale[r]) : x);
+  copy_rows(
+      rows, cols, [&](int r, int c) { return src.load(r, c); },
+      [&](int r, int c, float4 x) {
+        store4(dst + r * dst_ld + c, row_scale != nullptr ? scaled(x, row_scale[r]) : x);
       });
 }
 
@@ -141,24 +157,20 @@ __device__ void load_chunk(float* dst, int dst_ld, const ChunkRows<Scalar>& src,
 /// src_ld floats apart.
 __device__ void load_block(float* dst, int dst_ld, const float* __restrict__ src, int src_ld, int rows,
                            int cols, int first_column) {
-  const int per_row = cols / 4;
-  copy_vectors(
-      rows * per_row,
-      [&](int i) {
-        return load4(src + static_cast<size_t>(i / per_row) * src_ld + first_column + 4 * (i % per_row));
-      },
-      [&](int i, float4 x) { store4(dst + (i / per_row) * dst_ld + 4 * (i % per_row), x); });
+  copy_rows(
+      rows, cols,
+      [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first_column + c); },
+      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, x); });
 }
 
 /// A [rows, cols] row-major global block = src (rows src_ld apart), each row scaled by row_scale[r].
 __device__ void store_block(float* dst, const float* src, int src_ld, int rows, int cols,
                             const float* row_scale) {
-  const int per_row = cols / 4;
-  for (int i = threadIdx.x; i < rows * per_row; i += kThreads) {
-    const int r = i / per_row, c = 4 * (i % per_row);
-    const float4 x = *reinterpret_cast<const float4*>(src + r * src_ld + c);
-    store4(dst + static_cast<size_t>(r) * cols + c, row_scale != nullptr ? scaled(x, row_scale[r]) : x);
-  }
+  copy_rows(
+      rows, cols, [&](int r, int c) { return *reinterpret_cast<const float4*>(src + r * src_ld + c); },
+      [&](int r, int c, float4 x) {
+        store4(dst + static_cast<size_t>(r) * cols + c, row_scale != nullptr ? scaled(x, row_scale[r]) : x);
+      });
 }
 
 // ---- per-block steps ----
@@ -189,6 +201,7 @@ __device__ void unit_lower_inverse(const float* a, float* t, int ld, int C) {
   if (j >= C) return;
   for (int i = 0; i < C; ++i) {
     float sum = 0.f;
+#pragma unroll 4
     for (int l = j + part; l < i; l += 4)
       sum += a[i * ld + l] * t[l * ld + j];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
@@ -206,7 +219,9 @@ struct PrepareLayout {
   int chunk_size, key_dim, value_dim;
 
   __host__ __device__ int keys_ld() const { return key_dim + kPad; }
-  __host__ __device__ int operand_ld() const { return (key_dim > value_dim ? key_dim : value_dim) + kPad; }
+  __host__ __device__ int operand_ld() const {
+    return (key_dim > value_dim ? key_dim : value_dim) + kRowMajorBPad;
+  }
   __host__ __device__ int square_ld() const { return chunk_size + kPad; }
 
   __host__ __device__ int keys() const { return 0; }  // k
@@ -230,7 +245,7 @@ struct PrepareArgs {
 };
 
 template <class Scalar>
-__global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(PrepareArgs a, PrepareLayout l) {
+__global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs a, PrepareLayout l) {
   extern __shared__ float4 shared_vectors[];
   float* shared = reinterpret_cast<float*>(shared_vectors);
   const int C = l.chunk_size, K = l.key_dim, V = l.value_dim;
@@ -268,11 +283,10 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(PrepareArgs a, 
   __syncthreads();
   store_block(a.k_to_end + chunk * C * K, keys, l.keys_ld(), C, K, row_scale);
   if (!delta_rule) {
-    const int per_row = V / 4;
     float* u = a.u + chunk * C * V;
-    copy_vectors(
-        C * per_row, [&](int i) { return v_rows.load(i / per_row, 4 * (i % per_row)); },
-        [&](int i, float4 x) { store4(u + 4 * i, x); });
+    copy_rows(
+        C, V, [&](int r, int c) { return v_rows.load(r, c); },
+        [&](int r, int c, float4 x) { store4(u + r * V + c, x); });
     return;
   }
 
@@ -289,21 +303,17 @@ __global__ void __launch_bounds__(kThreads) chunk_prepare_kernel(PrepareArgs a, 
                             wmma::mem_row_major);
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < C * C; e += kThreads) {
-    const int i = e / C, j = e % C;
+  for_each_entry(C, C, [&](int i, int j) {
     float& entry = square[i * l.square_ld() + j];
     entry = j < i ? beta[i] * entry * expf(gamma[i] - gamma[j]) : 0.f;
-  }
+  });
   for (int i = threadIdx.x; i < C; i += kThreads)
     row_scale[i] = beta[i] * expf(gamma[i]);
   __syncthreads();
   unit_lower_inverse(square, inverse, l.square_ld(), C);
-  const int per_row = K / 4;
-  for (int i = threadIdx.x; i < C * per_row; i += kThreads) {
-    const int r = i / per_row, c = 4 * (i % per_row);
-    store4(operand + r * l.operand_ld() + c,
-           scaled(*reinterpret_cast<const float4*>(keys + r * l.keys_ld() + c), row_scale[r]));
-  }
+  copy_rows(
+      C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(keys + r * l.keys_ld() + c); },
+      [&](int r, int c, float4 x) { store4(operand + r * l.operand_ld() + c, scaled(x, row_scale[r])); });
   __syncthreads();
   store_block(a.inverse + chunk * C * C, inverse, l.square_ld(), C, C, nullptr);
 
@@ -335,7 +345,7 @@ struct OutputLayout {
 
   __host__ __device__ int reads_ld() const { return key_dim + chunk_size + kPad; }
   __host__ __device__ int keys_ld() const { return key_dim + kPad; }
-  __host__ __device__ int values_ld() const { return kValueTile + kPad; }
+  __host__ __device__ int values_ld() const { return kValueTile + kRowMajorBPad; }
 
   __host__ __device__ int reads() const { return 0; }
   __host__ __device__ int region() const { return reads() + chunk_size * reads_ld(); }
@@ -356,7 +366,7 @@ struct OutputArgs {
 };
 
 template <class Scalar>
-__global__ void __launch_bounds__(kThreads) chunk_output_kernel(OutputArgs a, OutputLayout l) {
+__global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a, OutputLayout l) {
   extern __shared__ float4 shared_vectors[];
   float* shared = reinterpret_cast<float*>(shared_vectors);
   const int C = l.chunk_size, K = l.key_dim, V = l.value_dim;
@@ -386,17 +396,13 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(OutputArgs a, Ou
     wmma::store_matrix_sync(reads + r * kTile * ld + K + c * kTile, acc, ld, wmma::mem_row_major);
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < C * C; e += kThreads) {
-    const int i = e / C, j = e % C;
+  for_each_entry(C, C, [&](int i, int j) {
     float& entry = reads[i * ld + K + j];
     entry = j <= i ? entry * expf(gamma[i] - gamma[j]) : 0.f;
-  }
-  const int per_row = K / 4;
-  for (int i = threadIdx.x; i < C * per_row; i += kThreads) {
-    const int r = i / per_row;
-    float4& x = *reinterpret_cast<float4*>(reads + r * ld + 4 * (i % per_row));
-    x = scaled(x, expf(gamma[r]));
-  }
+  });
+  copy_rows(
+      C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(reads + r * ld + c); },
+      [&](int r, int c, float4 x) { store4(reads + r * ld + c, scaled(x, expf(gamma[r]))); });
   __syncthreads();
 
   Scalar* out = static_cast<Scalar*>(a.out);
@@ -427,13 +433,13 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(OutputArgs a, Ou
                               wmma::mem_row_major);
     }
     __syncthreads();
-    const int vectors = width / 4;
-    for (int i = threadIdx.x; i < valid * vectors; i += kThreads) {
-      const int r = i / vectors, c = 4 * (i % vectors);
-      const size_t row = (static_cast<size_t>(b) * a.tokens + first + r) * a.heads + h;
-      store4(out + row * V + first_column + c,
-             scaled(*reinterpret_cast<const float4*>(region + r * values_ld + c), a.scale));
-    }
+    copy_rows(
+        valid, width,
+        [&](int r, int c) { return *reinterpret_cast<const float4*>(region + r * values_ld + c); },
+        [&](int r, int c, float4 x) {
+          const size_t row = (static_cast<size_t>(b) * a.tokens + first + r) * a.heads + h;
+          store4(out + row * V + first_column + c, scaled(x, a.scale));
+        });
     __syncthreads();
   }
 }
@@ -474,7 +480,7 @@ const char* launch(Kernel kernel, const Args& args, const Layout& l, const Chunk
 }  // namespace
 
 bool supports_chunk_stages(const ChunkStageDims& d) {
-  constexpr int64_t kMaxDim = 4096;
+  constexpr int64_t kMaxDim = 4 * kThreads;  // copy_rows gives each thread four columns
   if (d.chunk_size < kTile || d.chunk_size > kMaxChunk || d.chunk_size % kTile != 0 || d.key_dim < kTile ||
       d.key_dim % kTile != 0 || d.key_dim > kMaxDim || d.value_dim < kTile || d.value_dim % kTile != 0 ||
       d.value_dim > kMaxDim)
