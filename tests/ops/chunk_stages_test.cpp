@@ -48,7 +48,7 @@ std::vector<at::Tensor> on_gpu(const dla::test::OpInputs& in, at::ScalarType dty
 TEST_CASE("the per-chunk kernels apply only on the GPU, under TF32, to dims they tile",
           "[ops][fused][cuda]") {
   const dla::test::OpInputs in = dla::test::random_inputs(
-      {.batch = 1, .tokens = 70, .heads = 2, .key_dim = 32, .value_dim = 48}, false, at::kFloat, 7);
+      {.batch = 1, .tokens = 70, .heads = 2, .key_dim = 64, .value_dim = 48}, false, at::kFloat, 7);
   {
     const dla::ops::Tf32Scope tf32(true);
     CHECK_FALSE(dla::ops::fused::chunk_stages_apply(in.q, in.k, in.v, at::kFloat, 64));
@@ -76,11 +76,12 @@ TEST_CASE("on the GPU the per-chunk kernels equal the LibTorch chunk stages in f
     WARN("no CUDA device: the per-chunk kernels are not exercised on this machine");
     return;
   }
-  // T = 200 ends in a partial chunk; (1, 128, 4, 128, 128) is a model's head shape.
+  // T = 200 ends in a partial chunk; (1, 128, 4, 128, 128) is a model's head shape; the third case has
+  // C = 32 and the largest K.
   const StageCase c =
       GENERATE(StageCase{{.batch = 2, .tokens = 200, .heads = 3, .key_dim = 64, .value_dim = 96}, 64},
                StageCase{{.batch = 1, .tokens = 128, .heads = 4, .key_dim = 128, .value_dim = 128}, 64},
-               StageCase{{.batch = 2, .tokens = 40, .heads = 1, .key_dim = 16, .value_dim = 32}, 16});
+               StageCase{{.batch = 2, .tokens = 40, .heads = 1, .key_dim = 256, .value_dim = 32}, 32});
   const bool delta_rule = GENERATE(true, false);
   const auto dtype = GENERATE(at::kFloat, at::kBFloat16);
   const bool strided = GENERATE(false, true);

@@ -56,8 +56,9 @@ struct PreparedChunks {
 
 /// Whether the per-chunk CUDA kernels (prepare_chunks, chunk_outputs) run for these inputs: CUDA tensors
 /// while TF32 is allowed (their products are TF32), q, k and v all float32 or all bf16, a float32
-/// compute dtype, C, K and V multiples of 16 with C at most 64, and shared memory within the device's
-/// limit. Otherwise the op computes those stages as LibTorch ops.
+/// compute dtype, a chunk length C of 32 or 64 and a key dim K of 64, 128 or 256 (the instantiated kernels),
+/// V a multiple of 16 up to 1024, and shared memory within the device's limit. Otherwise the op computes
+/// those stages as LibTorch ops.
 bool chunk_stages_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         at::ScalarType compute_dtype, int64_t chunk_size);
 

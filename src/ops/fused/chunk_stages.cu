@@ -2,11 +2,13 @@
 // batch·head) reads its chunk of the [B, T, H, ·] inputs in place, keeps it in shared memory and runs the
 // chunk's products on TF32 tensor cores (WMMA m16n16k8, float32 accumulators):
 //   chunk_prepare  γ = cumsum g, exp(γ_last), k ⊙ exp(γ_last − γ), and for the delta rule
-//                  A = strict_lower(β_i (k kᵀ)_ij exp(γ_i − γ_j)), T = (I + A)⁻¹ (exact float32),
+//                  A = strict_lower(β_i (k kᵀ)_ij exp(γ_i − γ_j)), T = (I + A)⁻¹ (float32 FMAs),
 //                  w = T (β exp(γ) ⊙ k), u = T (β ⊙ v); u = v for SSD
 //   chunk_output   o = scale · [exp(γ) ⊙ q | (q kᵀ) ⊙ D] [S ; v_new], one product over the depth K + C
 // so that none of the chunk terms between the inputs and what the state pass reads goes through global
-// memory.
+// memory. The chunk length C and key dim K are template parameters (the instantiations are listed at
+// supports_chunk_stages): fixed row lengths let the products unroll with constant shared-memory offsets.
+// Operands are rounded to TF32 once, when they are written to shared memory, not at every fragment load.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
@@ -14,28 +16,23 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../kernel_scalars.cuh"
-#include "../tf32_fragments.cuh"
 #include "kernels.h"
 
 namespace dla::ops::fused::kernels {
 namespace {
 
 using namespace nvcuda;
-using dla::ops::kernels::from_float;
-using dla::ops::kernels::round_to_tf32;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTile = 16;  // WMMA tile edge
+constexpr int kTile = 16;  // WMMA tile edge, and the block edge of the blocked inverse
 constexpr int kStep = 8;   // WMMA depth of one TF32 product
 // Shared rows are padded so that the WMMA fragment loads hit 32 distinct banks: rows read as A or as a
 // column-major B by 4 floats (row length ≡ 4 mod 32), rows read as a row-major B by 8 (≡ 8 mod 32).
 constexpr int kPad = 4;
 constexpr int kRowMajorBPad = 8;
-constexpr int kMaxChunk = kThreads / 4;  // the inverse gives each column four threads
-constexpr int kValueTile = 64;           // output columns per pass of chunk_output
-constexpr int kTilesPerWarp = (kMaxChunk / kTile) * (kValueTile / kTile) / kWarps;
+constexpr int kColumnTile = 64;  // columns of w, u or the output per pass over a shared B operand
+constexpr int kColumnLd = kColumnTile + kRowMajorBPad;
 constexpr int kInFlight = 4;  // vector loads each thread keeps in flight
 
 using Accumulator = wmma::fragment<wmma::accumulator, kTile, kTile, kStep, float>;
@@ -43,21 +40,21 @@ using OperandA = wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::preci
 template <class Layout>
 using OperandB = wmma::fragment<wmma::matrix_b, kTile, kTile, kStep, wmma::precision::tf32, Layout>;
 
-/// acc = A B over `depth` (a multiple of 8), A 16 × depth row-major (rows a_ld apart). Row-major B is
-/// B(i, j) = b[i·b_ld + j]; column-major B is B(i, j) = b[i + j·b_ld], e.g. the transpose of a row-major
-/// block.
-template <class BLayout>
-__device__ void product(Accumulator& acc, const float* a, int a_ld, const float* b, int b_ld, int depth) {
+/// acc += A B over the depth steps j < depth (a multiple of 8, at most MaxDepth), operands in shared memory
+/// already rounded to TF32: A 16 × depth row-major with rows ALd apart; row-major B is B(i, j) = b[i·BLd +
+/// j], column-major B is B(i, j) = b[i + j·BLd], e.g. the transpose of a row-major block.
+template <class BLayout, int MaxDepth, int ALd, int BLd>
+__device__ void multiply(Accumulator& acc, const float* a, const float* b, int depth = MaxDepth) {
   constexpr bool kRowMajor = std::is_same_v<BLayout, wmma::row_major>;
-  wmma::fill_fragment(acc, 0.f);
-  for (int j = 0; j < depth; j += kStep) {
-    OperandA a_fragment;
-    OperandB<BLayout> b_fragment;
-    wmma::load_matrix_sync(a_fragment, a + j, a_ld);
-    wmma::load_matrix_sync(b_fragment, kRowMajor ? b + j * b_ld : b + j, b_ld);
-    round_to_tf32(a_fragment);
-    round_to_tf32(b_fragment);
-    wmma::mma_sync(acc, a_fragment, b_fragment, acc);
+#pragma unroll
+  for (int j = 0; j < MaxDepth; j += kStep) {
+    if (j < depth) {
+      OperandA a_fragment;
+      OperandB<BLayout> b_fragment;
+      wmma::load_matrix_sync(a_fragment, a + j, ALd);
+      wmma::load_matrix_sync(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
+      wmma::mma_sync(acc, a_fragment, b_fragment, acc);
+    }
   }
 }
 
@@ -89,6 +86,12 @@ __device__ void store4(__nv_bfloat16* p, float4 x) {
 
 __device__ float4 scaled(float4 x, float s) {
   return make_float4(s * x.x, s * x.y, s * x.z, s * x.w);
+}
+
+/// x with every element rounded to TF32, as the tensor cores' operands.
+__device__ float4 tf32(float4 x) {
+  return make_float4(wmma::__float_to_tf32(x.x), wmma::__float_to_tf32(x.y), wmma::__float_to_tf32(x.z),
+                     wmma::__float_to_tf32(x.w));
 }
 
 /// For every row r < rows and every fourth column c < cols (a multiple of 4, at most 4·kThreads):
@@ -141,36 +144,27 @@ struct ChunkRows {
   }
 };
 
-/// dst[r][c] (rows dst_ld apart) = row_scale[r] · src[r][c] for r < rows, c < cols (a multiple of 4);
-/// row_scale null means 1.
+/// dst[r][c] (rows dst_ld apart) = src[r][c + first_column] for r < rows, c < cols (a multiple of 4),
+/// times row_scale[r] unless null, and rounded to TF32 when `round`.
 template <class Scalar>
 __device__ void load_chunk(float* dst, int dst_ld, const ChunkRows<Scalar>& src, int rows, int cols,
-                           const float* row_scale) {
+                           int first_column, const float* row_scale, bool round) {
   copy_rows(
-      rows, cols, [&](int r, int c) { return src.load(r, c); },
+      rows, cols, [&](int r, int c) { return src.load(r, first_column + c); },
       [&](int r, int c, float4 x) {
-        store4(dst + r * dst_ld + c, row_scale != nullptr ? scaled(x, row_scale[r]) : x);
+        const float4 y = row_scale != nullptr ? scaled(x, row_scale[r]) : x;
+        store4(dst + r * dst_ld + c, round ? tf32(y) : y);
       });
 }
 
 /// dst (rows dst_ld apart) = `cols` columns from first_column of a row-major global matrix with rows
-/// src_ld floats apart.
-__device__ void load_block(float* dst, int dst_ld, const float* __restrict__ src, int src_ld, int rows,
-                           int cols, int first_column) {
+/// src_ld floats apart, rounded to TF32 (an operand).
+__device__ void load_operand(float* dst, int dst_ld, const float* __restrict__ src, int src_ld, int rows,
+                             int cols, int first_column) {
   copy_rows(
       rows, cols,
       [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first_column + c); },
-      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, x); });
-}
-
-/// A [rows, cols] row-major global block = src (rows src_ld apart), each row scaled by row_scale[r].
-__device__ void store_block(float* dst, const float* src, int src_ld, int rows, int cols,
-                            const float* row_scale) {
-  copy_rows(
-      rows, cols, [&](int r, int c) { return *reinterpret_cast<const float4*>(src + r * src_ld + c); },
-      [&](int r, int c, float4 x) {
-        store4(dst + static_cast<size_t>(r) * cols + c, row_scale != nullptr ? scaled(x, row_scale[r]) : x);
-      });
+      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
 }
 
 // ---- per-block steps ----
@@ -192,48 +186,94 @@ __device__ void cumsum_in_warp(float* gamma, int C) {
   }
 }
 
-/// t = (I + a)⁻¹ from the strictly lower part of a (C × C, rows ld apart), exact float32, by forward
-/// substitution: column j is t_ij = [i = j] − Σ_{j ≤ l < i} a_il t_lj, so a column needs only itself. Four
-/// lanes of one warp share a column, each summing every fourth l. C is a multiple of 16, at most kMaxChunk,
-/// so a warp's eight columns are either all in range or all past it.
-__device__ void unit_lower_inverse(const float* a, float* t, int ld, int C) {
-  const int j = threadIdx.x / 4, part = threadIdx.x % 4;
-  if (j >= C) return;
-  for (int i = 0; i < C; ++i) {
-    float sum = 0.f;
-#pragma unroll 4
-    for (int l = j + part; l < i; l += 4)
-      sum += a[i * ld + l] * t[l * ld + j];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    if (part == 0) t[i * ld + j] = (i == j ? 1.f : 0.f) - sum;
-    __syncwarp();
+/// t = (I + a)⁻¹ from the strictly lower part of a (C × C, rows Ld apart) in float32, blocked by 16. Each
+/// diagonal block by forward substitution: column j of (I + A_dd)⁻¹ is t_ij = [i = j] − Σ_{j ≤ l < i} a_il
+/// t_lj, so a column needs only itself, and four lanes of a warp share one. Then block row by block row,
+/// T_rj = −T_rr Σ_{j ≤ k < r} A_rk T_kj for j < r, one entry of each block per thread. Ends synchronised.
+template <int C, int Ld>
+__device__ void unit_lower_inverse(const float* a, float* t) {
+  static_assert(kThreads == kTile * kTile && C % kTile == 0 && C <= kThreads / 4);
+  constexpr int kBlocks = C / kTile;
+  {
+    const int part = threadIdx.x % 4, column = (threadIdx.x / 4) % kTile, block = threadIdx.x / (4 * kTile);
+    if (block < kBlocks) {  // whole warps: a warp covers eight columns of one block
+      const int first = block * kTile, j = first + column;
+#pragma unroll
+      for (int i = 0; i < kTile; ++i) {
+        float sum = 0.f;
+        for (int l = column + part; l < i; l += 4)
+          sum += a[(first + i) * Ld + first + l] * t[(first + l) * Ld + j];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (part == 0) t[(first + i) * Ld + j] = (i == column ? 1.f : 0.f) - sum;
+        __syncwarp();
+      }
+    }
   }
+  const int i = threadIdx.x / kTile, c = threadIdx.x % kTile;
+#pragma unroll
+  for (int r = 0; r < kBlocks; ++r) {
+#pragma unroll
+    for (int j = r + 1; j < kBlocks; ++j)
+      t[(r * kTile + i) * Ld + j * kTile + c] = 0.f;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 1; r < kBlocks; ++r) {
+    const int row = r * kTile + i;
+    float x[kBlocks];
+#pragma unroll
+    for (int j = 0; j < r; ++j) {
+      float sum = 0.f;
+#pragma unroll 8
+      for (int l = j * kTile; l < r * kTile; ++l)
+        sum += a[row * Ld + l] * t[l * Ld + j * kTile + c];
+      x[j] = sum;
+    }
+#pragma unroll
+    for (int j = 0; j < r; ++j)
+      t[row * Ld + j * kTile + c] = x[j];
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < r; ++j) {
+      float sum = 0.f;
+#pragma unroll
+      for (int m = 0; m < kTile; ++m)
+        sum += t[row * Ld + r * kTile + m] * t[(r * kTile + m) * Ld + j * kTile + c];
+      x[j] = -sum;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < r; ++j)
+      t[row * Ld + j * kTile + c] = x[j];
+    __syncthreads();
+  }
+}
+
+/// The row tile and column tile of each warp's share of a (C / 16) × col_tiles grid of 16 × 16 tiles:
+/// f(r, c) for every tile index warp, warp + kWarps, …
+template <class F>
+__device__ void for_each_tile(int row_tiles, int col_tiles, F f) {
+  for (int tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += kWarps)
+    f(tile / col_tiles, tile % col_tiles);
 }
 
 // ---- chunk_prepare ----
 
 /// Shared-memory layout of chunk_prepare, in floats. Every buffer the tensor cores read starts 32-byte
-/// aligned: C is a multiple of 16 and the padded row lengths multiples of 4.
+/// aligned: C is a multiple of 16 and the row lengths multiples of 4.
+template <int C, int K>
 struct PrepareLayout {
-  int chunk_size, key_dim, value_dim;
-
-  __host__ __device__ int keys_ld() const { return key_dim + kPad; }
-  __host__ __device__ int operand_ld() const {
-    return (key_dim > value_dim ? key_dim : value_dim) + kRowMajorBPad;
-  }
-  __host__ __device__ int square_ld() const { return chunk_size + kPad; }
-
-  __host__ __device__ int keys() const { return 0; }  // k
-  __host__ __device__ int operand() const {           // β exp(γ) ⊙ k, then β ⊙ v
-    return keys() + chunk_size * keys_ld();
-  }
-  __host__ __device__ int square() const { return operand() + chunk_size * operand_ld(); }  // k kᵀ, then A
-  __host__ __device__ int inverse() const { return square() + chunk_size * square_ld(); }
-  __host__ __device__ int gamma() const { return inverse() + chunk_size * square_ld(); }
-  __host__ __device__ int beta() const { return gamma() + chunk_size; }
-  __host__ __device__ int row_scale() const { return beta() + chunk_size; }
-  __host__ __device__ int total() const { return row_scale() + chunk_size; }
+  static constexpr int kKeysLd = K + kPad;
+  static constexpr int kSquareLd = C + kPad;
+  static constexpr int kKeys = 0;                           // k, then TF32(k)
+  static constexpr int kOperand = kKeys + C * kKeysLd;      // 64 columns of β exp(γ) ⊙ k or β ⊙ v
+  static constexpr int kSquare = kOperand + C * kColumnLd;  // k kᵀ, then A
+  static constexpr int kInverse = kSquare + C * kSquareLd;  // T
+  static constexpr int kGamma = kInverse + C * kSquareLd;
+  static constexpr int kBeta = kGamma + C;
+  static constexpr int kRowScale = kBeta + C;
+  static constexpr int kFloats = kRowScale + C;
 };
 
 struct PrepareArgs {
@@ -241,30 +281,31 @@ struct PrepareArgs {
   const float* g;
   const float* beta;  // null for SSD
   float *gamma, *k_to_end, *chunk_decay, *w, *inverse, *u;
-  int tokens, heads;
+  int tokens, heads, value_dim;
 };
 
-template <class Scalar>
-__global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs a, PrepareLayout l) {
+template <class Scalar, int C, int K>
+__global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs a) {
+  using L = PrepareLayout<C, K>;
   extern __shared__ float4 shared_vectors[];
   float* shared = reinterpret_cast<float*>(shared_vectors);
-  const int C = l.chunk_size, K = l.key_dim, V = l.value_dim;
+  float* keys = shared + L::kKeys;
+  float* operand = shared + L::kOperand;
+  float* square = shared + L::kSquare;
+  float* inverse = shared + L::kInverse;
+  float* gamma = shared + L::kGamma;
+  float* beta = shared + L::kBeta;
+  float* row_scale = shared + L::kRowScale;
+  const int V = a.value_dim;
   const int m = blockIdx.x, bh = blockIdx.y;
   const int b = bh / a.heads, h = bh % a.heads;
   const int first = m * C, valid = min(C, a.tokens - first);
   const size_t chunk = static_cast<size_t>(bh) * gridDim.x + m;
-  float* keys = shared + l.keys();
-  float* operand = shared + l.operand();
-  float* square = shared + l.square();
-  float* inverse = shared + l.inverse();
-  float* gamma = shared + l.gamma();
-  float* beta = shared + l.beta();
-  float* row_scale = shared + l.row_scale();
   const bool delta_rule = a.beta != nullptr;
 
   const ChunkRows<Scalar> k_rows(a.k, b, h, first, valid);
   const ChunkRows<Scalar> v_rows(a.v, b, h, first, valid);
-  load_chunk(keys, l.keys_ld(), k_rows, C, K, nullptr);
+  load_chunk(keys, L::kKeysLd, k_rows, C, K, 0, nullptr, false);
   for (int i = threadIdx.x; i < C; i += kThreads) {
     const size_t token = (static_cast<size_t>(b) * a.tokens + first + i) * a.heads + h;
     // Padding tokens decay by nothing and write nothing, as in the LibTorch path's zero-padded chunks.
@@ -281,7 +322,14 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
   }
   if (threadIdx.x == 0) a.chunk_decay[chunk] = expf(gamma_last);
   __syncthreads();
-  store_block(a.k_to_end + chunk * C * K, keys, l.keys_ld(), C, K, row_scale);
+  // k ⊙ exp(γ_last − γ) leaves exact; the keys stay behind as TF32 operands.
+  float* k_to_end = a.k_to_end + chunk * C * K;
+  copy_rows(
+      C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(keys + r * L::kKeysLd + c); },
+      [&](int r, int c, float4 x) {
+        store4(k_to_end + r * K + c, scaled(x, row_scale[r]));
+        store4(keys + r * L::kKeysLd + c, tf32(x));
+      });
   if (!delta_rule) {
     float* u = a.u + chunk * C * V;
     copy_rows(
@@ -289,72 +337,84 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
         [&](int r, int c, float4 x) { store4(u + r * V + c, x); });
     return;
   }
+  __syncthreads();
 
   // k kᵀ on and below the diagonal tiles: A keeps only the strictly lower part.
-  const int warp = threadIdx.x / 32;
-  const int square_tiles = C / kTile;
-  for (int tile = warp; tile < square_tiles * square_tiles; tile += kWarps) {
-    const int r = tile / square_tiles, c = tile % square_tiles;
-    if (c > r) continue;
+  constexpr int kSquareTiles = C / kTile;
+  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
+    if (c > r) return;
     Accumulator acc;
-    product<wmma::col_major>(acc, keys + r * kTile * l.keys_ld(), l.keys_ld(), keys + c * kTile * l.keys_ld(),
-                             l.keys_ld(), K);
-    wmma::store_matrix_sync(square + r * kTile * l.square_ld() + c * kTile, acc, l.square_ld(),
+    wmma::fill_fragment(acc, 0.f);
+    multiply<wmma::col_major, K, L::kKeysLd, L::kKeysLd>(acc, keys + r * kTile * L::kKeysLd,
+                                                         keys + c * kTile * L::kKeysLd);
+    wmma::store_matrix_sync(square + r * kTile * L::kSquareLd + c * kTile, acc, L::kSquareLd,
                             wmma::mem_row_major);
-  }
+  });
   __syncthreads();
   for_each_entry(C, C, [&](int i, int j) {
-    float& entry = square[i * l.square_ld() + j];
+    float& entry = square[i * L::kSquareLd + j];
     entry = j < i ? beta[i] * entry * expf(gamma[i] - gamma[j]) : 0.f;
   });
   for (int i = threadIdx.x; i < C; i += kThreads)
     row_scale[i] = beta[i] * expf(gamma[i]);
   __syncthreads();
-  unit_lower_inverse(square, inverse, l.square_ld(), C);
+  unit_lower_inverse<C, L::kSquareLd>(square, inverse);
+  float* inverse_out = a.inverse + chunk * C * C;
   copy_rows(
-      C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(keys + r * l.keys_ld() + c); },
-      [&](int r, int c, float4 x) { store4(operand + r * l.operand_ld() + c, scaled(x, row_scale[r])); });
+      C, C, [&](int r, int c) { return *reinterpret_cast<const float4*>(inverse + r * L::kSquareLd + c); },
+      [&](int r, int c, float4 x) {
+        store4(inverse_out + r * C + c, x);
+        store4(inverse + r * L::kSquareLd + c, tf32(x));
+      });
   __syncthreads();
-  store_block(a.inverse + chunk * C * C, inverse, l.square_ld(), C, C, nullptr);
 
-  // w = T (β exp(γ) ⊙ k), then u = T (β ⊙ v). T is lower triangular: row tile r needs depth (r + 1)·16.
-  const auto multiply_by_inverse = [&](float* out, int cols) {
-    const int col_tiles = cols / kTile;
-    for (int tile = warp; tile < square_tiles * col_tiles; tile += kWarps) {
-      const int r = tile / col_tiles, c = tile % col_tiles;
+  // w = T (β exp(γ) ⊙ k), then u = T (β ⊙ v), 64 columns at a time. T is lower triangular: row tile r
+  // needs depth (r + 1)·16.
+  const auto multiply_by_inverse = [&](float* out, int cols, int first_column) {
+    const int width = min(kColumnTile, cols - first_column);
+    for_each_tile(kSquareTiles, width / kTile, [&](int r, int c) {
       Accumulator acc;
-      product<wmma::row_major>(acc, inverse + r * kTile * l.square_ld(), l.square_ld(), operand + c * kTile,
-                               l.operand_ld(), (r + 1) * kTile);
-      wmma::store_matrix_sync(out + r * kTile * cols + c * kTile, acc, cols, wmma::mem_row_major);
-    }
+      wmma::fill_fragment(acc, 0.f);
+      multiply<wmma::row_major, C, L::kSquareLd, kColumnLd>(acc, inverse + r * kTile * L::kSquareLd,
+                                                            operand + c * kTile, (r + 1) * kTile);
+      wmma::store_matrix_sync(out + r * kTile * cols + first_column + c * kTile, acc, cols,
+                              wmma::mem_row_major);
+    });
   };
-  multiply_by_inverse(a.w + chunk * C * K, K);
-  __syncthreads();
-  load_chunk(operand, l.operand_ld(), v_rows, C, V, beta);
-  __syncthreads();
-  multiply_by_inverse(a.u + chunk * C * V, V);
+  for (int first_column = 0; first_column < K; first_column += kColumnTile) {
+    const int width = min(kColumnTile, K - first_column);
+    copy_rows(
+        C, width,
+        [&](int r, int c) {
+          return *reinterpret_cast<const float4*>(keys + r * L::kKeysLd + first_column + c);
+        },
+        [&](int r, int c, float4 x) { store4(operand + r * kColumnLd + c, tf32(scaled(x, row_scale[r]))); });
+    __syncthreads();
+    multiply_by_inverse(a.w + chunk * C * K, K, first_column);
+    __syncthreads();
+  }
+  for (int first_column = 0; first_column < V; first_column += kColumnTile) {
+    load_chunk(operand, kColumnLd, v_rows, C, min(kColumnTile, V - first_column), first_column, beta, true);
+    __syncthreads();
+    multiply_by_inverse(a.u + chunk * C * V, V, first_column);
+    __syncthreads();
+  }
 }
 
 // ---- chunk_output ----
 
 /// Shared-memory layout of chunk_output, in floats: the read operand [exp(γ) ⊙ q | P] of C rows and
-/// K + C columns, then one region that holds k while P is formed, then the [S ; v_new] columns of one
-/// value tile, then that tile's output.
+/// K + C columns, then one region that holds k while P is formed, then the [S ; v_new] rows of one
+/// 64-column tile, then that tile's output.
+template <int C, int K>
 struct OutputLayout {
-  int chunk_size, key_dim, value_dim;
-
-  __host__ __device__ int reads_ld() const { return key_dim + chunk_size + kPad; }
-  __host__ __device__ int keys_ld() const { return key_dim + kPad; }
-  __host__ __device__ int values_ld() const { return kValueTile + kRowMajorBPad; }
-
-  __host__ __device__ int reads() const { return 0; }
-  __host__ __device__ int region() const { return reads() + chunk_size * reads_ld(); }
-  __host__ __device__ int region_floats() const {
-    const int keys = chunk_size * keys_ld(), values = (key_dim + chunk_size) * values_ld();
-    return keys > values ? keys : values;
-  }
-  __host__ __device__ int gamma() const { return region() + region_floats(); }
-  __host__ __device__ int total() const { return gamma() + chunk_size; }
+  static constexpr int kReadsLd = K + C + kPad;
+  static constexpr int kKeysLd = K + kPad;
+  static constexpr int kReads = 0;
+  static constexpr int kRegion = kReads + C * kReadsLd;
+  static constexpr int kRegionFloats = std::max(C * kKeysLd, (K + C) * kColumnLd);
+  static constexpr int kGamma = kRegion + kRegionFloats;
+  static constexpr int kFloats = kGamma + C;
 };
 
 struct OutputArgs {
@@ -362,80 +422,83 @@ struct OutputArgs {
   const float *gamma, *states, *v_new;
   void* out;  // contiguous [B, T, H, V]
   float scale;
-  int tokens, heads;
+  int tokens, heads, value_dim;
 };
 
-template <class Scalar>
-__global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a, OutputLayout l) {
+template <class Scalar, int C, int K>
+__global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a) {
+  using L = OutputLayout<C, K>;
+  constexpr int kLd = L::kReadsLd;
+  constexpr int kSquareTiles = C / kTile;
+  constexpr int kTilesPerWarp = std::max(1, kSquareTiles * (kColumnTile / kTile) / kWarps);
   extern __shared__ float4 shared_vectors[];
   float* shared = reinterpret_cast<float*>(shared_vectors);
-  const int C = l.chunk_size, K = l.key_dim, V = l.value_dim;
+  float* reads = shared + L::kReads;
+  float* region = shared + L::kRegion;
+  float* gamma = shared + L::kGamma;
+  const int V = a.value_dim;
   const int m = blockIdx.x, bh = blockIdx.y;
   const int b = bh / a.heads, h = bh % a.heads;
   const int first = m * C, valid = min(C, a.tokens - first);
   const size_t chunk = static_cast<size_t>(bh) * gridDim.x + m;
   const int warp = threadIdx.x / 32;
-  float* reads = shared + l.reads();
-  float* region = shared + l.region();
-  float* gamma = shared + l.gamma();
-  const int ld = l.reads_ld();
 
-  load_chunk(reads, ld, ChunkRows<Scalar>(a.q, b, h, first, valid), C, K, nullptr);
-  load_chunk(region, l.keys_ld(), ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, nullptr);
+  load_chunk(reads, kLd, ChunkRows<Scalar>(a.q, b, h, first, valid), C, K, 0, nullptr, true);
+  load_chunk(region, L::kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr, true);
   for (int i = threadIdx.x; i < C; i += kThreads)
     gamma[i] = a.gamma[chunk * C + i];
   __syncthreads();
   // P = q kᵀ into the columns after q, on and below the diagonal tiles.
-  const int square_tiles = C / kTile;
-  for (int tile = warp; tile < square_tiles * square_tiles; tile += kWarps) {
-    const int r = tile / square_tiles, c = tile % square_tiles;
-    if (c > r) continue;
+  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
+    if (c > r) return;
     Accumulator acc;
-    product<wmma::col_major>(acc, reads + r * kTile * ld, ld, region + c * kTile * l.keys_ld(), l.keys_ld(),
-                             K);
-    wmma::store_matrix_sync(reads + r * kTile * ld + K + c * kTile, acc, ld, wmma::mem_row_major);
-  }
+    wmma::fill_fragment(acc, 0.f);
+    multiply<wmma::col_major, K, kLd, L::kKeysLd>(acc, reads + r * kTile * kLd,
+                                                  region + c * kTile * L::kKeysLd);
+    wmma::store_matrix_sync(reads + r * kTile * kLd + K + c * kTile, acc, kLd, wmma::mem_row_major);
+  });
   __syncthreads();
   for_each_entry(C, C, [&](int i, int j) {
-    float& entry = reads[i * ld + K + j];
-    entry = j <= i ? entry * expf(gamma[i] - gamma[j]) : 0.f;
+    float& entry = reads[i * kLd + K + j];
+    entry = j <= i ? wmma::__float_to_tf32(entry * expf(gamma[i] - gamma[j])) : 0.f;
   });
   copy_rows(
-      C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(reads + r * ld + c); },
-      [&](int r, int c, float4 x) { store4(reads + r * ld + c, scaled(x, expf(gamma[r]))); });
+      C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(reads + r * kLd + c); },
+      [&](int r, int c, float4 x) { store4(reads + r * kLd + c, tf32(scaled(x, expf(gamma[r])))); });
   __syncthreads();
 
   Scalar* out = static_cast<Scalar*>(a.out);
-  const int values_ld = l.values_ld();
-  for (int first_column = 0; first_column < V; first_column += kValueTile) {
-    const int width = min(kValueTile, V - first_column);
-    load_block(region, values_ld, a.states + chunk * K * V, V, K, width, first_column);
-    load_block(region + K * values_ld, values_ld, a.v_new + chunk * C * V, V, C, width, first_column);
+  for (int first_column = 0; first_column < V; first_column += kColumnTile) {
+    const int width = min(kColumnTile, V - first_column);
+    load_operand(region, kColumnLd, a.states + chunk * K * V, V, K, width, first_column);
+    load_operand(region + K * kColumnLd, kColumnLd, a.v_new + chunk * C * V, V, C, width, first_column);
     __syncthreads();
-    // Row tile r reads q̂ and P's columns up to its diagonal: depth K + (r + 1)·16.
+    // Row tile r reads q̂ against S, then P's columns up to its diagonal against v_new.
     const int col_tiles = width / kTile;
     Accumulator acc[kTilesPerWarp];
 #pragma unroll
     for (int s = 0; s < kTilesPerWarp; ++s) {
       const int tile = warp + s * kWarps;
-      if (tile >= square_tiles * col_tiles) continue;
+      if (tile >= kSquareTiles * col_tiles) continue;
       const int r = tile / col_tiles, c = tile % col_tiles;
-      product<wmma::row_major>(acc[s], reads + r * kTile * ld, ld, region + c * kTile, values_ld,
-                               K + (r + 1) * kTile);
+      wmma::fill_fragment(acc[s], 0.f);
+      multiply<wmma::row_major, K, kLd, kColumnLd>(acc[s], reads + r * kTile * kLd, region + c * kTile);
+      multiply<wmma::row_major, C, kLd, kColumnLd>(acc[s], reads + r * kTile * kLd + K,
+                                                   region + K * kColumnLd + c * kTile, (r + 1) * kTile);
     }
     __syncthreads();  // the values are read: the region takes the output tile
 #pragma unroll
     for (int s = 0; s < kTilesPerWarp; ++s) {
       const int tile = warp + s * kWarps;
-      if (tile >= square_tiles * col_tiles) continue;
+      if (tile >= kSquareTiles * col_tiles) continue;
       const int r = tile / col_tiles, c = tile % col_tiles;
-      wmma::store_matrix_sync(region + r * kTile * values_ld + c * kTile, acc[s], values_ld,
+      wmma::store_matrix_sync(region + r * kTile * kColumnLd + c * kTile, acc[s], kColumnLd,
                               wmma::mem_row_major);
     }
     __syncthreads();
     copy_rows(
         valid, width,
-        [&](int r, int c) { return *reinterpret_cast<const float4*>(region + r * values_ld + c); },
+        [&](int r, int c) { return *reinterpret_cast<const float4*>(region + r * kColumnLd + c); },
         [&](int r, int c, float4 x) {
           const size_t row = (static_cast<size_t>(b) * a.tokens + first + r) * a.heads + h;
           store4(out + row * V + first_column + c, scaled(x, a.scale));
@@ -454,25 +517,30 @@ int max_shared_bytes() {
   return bytes;
 }
 
-template <class Layout>
-Layout layout_of(const ChunkStageDims& d) {
-  return {static_cast<int>(d.chunk_size), static_cast<int>(d.key_dim), static_cast<int>(d.value_dim)};
+/// Calls f.template operator()<C, K>() with the (chunk length, key dim) of d when the kernels are
+/// instantiated for it; false otherwise.
+template <class F>
+bool with_instantiated_shape(const ChunkStageDims& d, F&& f) {
+  const auto shape = [&]<int C, int K>() {
+    if (d.chunk_size != C || d.key_dim != K) return false;
+    f.template operator()<C, K>();
+    return true;
+  };
+  return shape.template operator()<64, 128>() || shape.template operator()<64, 64>() ||
+         shape.template operator()<64, 256>() || shape.template operator()<32, 64>() ||
+         shape.template operator()<32, 128>() || shape.template operator()<32, 256>();
 }
 
-template <class Layout>
-size_t shared_bytes(const Layout& l) {
-  return sizeof(float) * static_cast<size_t>(l.total());
-}
-
-template <class Kernel, class Args, class Layout>
-const char* launch(Kernel kernel, const Args& args, const Layout& l, const ChunkStageDims& d, void* stream) {
-  const size_t bytes = shared_bytes(l);
+template <class Kernel, class Args>
+const char* launch(Kernel kernel, const Args& args, int shared_floats, const ChunkStageDims& d,
+                   void* stream) {
+  const size_t bytes = sizeof(float) * static_cast<size_t>(shared_floats);
   cudaError_t error =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (error != cudaSuccess) return cudaGetErrorString(error);
   const dim3 grid(static_cast<unsigned>((d.tokens + d.chunk_size - 1) / d.chunk_size),
                   static_cast<unsigned>(d.batch * d.heads));
-  kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(args, l);
+  kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(args);
   error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
@@ -480,17 +548,16 @@ const char* launch(Kernel kernel, const Args& args, const Layout& l, const Chunk
 }  // namespace
 
 bool supports_chunk_stages(const ChunkStageDims& d) {
-  constexpr int64_t kMaxDim = 4 * kThreads;  // copy_rows gives each thread four columns
-  if (d.chunk_size < kTile || d.chunk_size > kMaxChunk || d.chunk_size % kTile != 0 || d.key_dim < kTile ||
-      d.key_dim % kTile != 0 || d.key_dim > kMaxDim || d.value_dim < kTile || d.value_dim % kTile != 0 ||
-      d.value_dim > kMaxDim)
-    return false;
+  if (d.value_dim < kTile || d.value_dim % kTile != 0 || d.value_dim > 4 * kThreads) return false;
   if (d.batch < 1 || d.heads < 1 || d.batch * d.heads > 65535 || d.tokens < 1 ||
       d.tokens > (int64_t{1} << 30))
     return false;
   const size_t limit = static_cast<size_t>(std::max(max_shared_bytes(), 0));
-  return shared_bytes(layout_of<PrepareLayout>(d)) <= limit &&
-         shared_bytes(layout_of<OutputLayout>(d)) <= limit;
+  bool fits = false;
+  const bool instantiated = with_instantiated_shape(d, [&]<int C, int K>() {
+    fits = sizeof(float) * std::max(PrepareLayout<C, K>::kFloats, OutputLayout<C, K>::kFloats) <= limit;
+  });
+  return instantiated && fits;
 }
 
 const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g, const float* beta,
@@ -507,10 +574,15 @@ const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g
                          inverse,
                          u,
                          static_cast<int>(dims.tokens),
-                         static_cast<int>(dims.heads)};
-  const auto l = layout_of<PrepareLayout>(dims);
-  return dims.bf16 ? launch(chunk_prepare_kernel<__nv_bfloat16>, args, l, dims, stream)
-                   : launch(chunk_prepare_kernel<float>, args, l, dims, stream);
+                         static_cast<int>(dims.heads),
+                         static_cast<int>(dims.value_dim)};
+  const char* error = "chunk_prepare: no kernel for this chunk length and key dim";
+  with_instantiated_shape(dims, [&]<int C, int K>() {
+    constexpr int kFloats = PrepareLayout<C, K>::kFloats;
+    error = dims.bf16 ? launch(chunk_prepare_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
+                      : launch(chunk_prepare_kernel<float, C, K>, args, kFloats, dims, stream);
+  });
+  return error;
 }
 
 const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* gamma, const float* states,
@@ -524,10 +596,15 @@ const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* ga
                         out,
                         static_cast<float>(scale),
                         static_cast<int>(dims.tokens),
-                        static_cast<int>(dims.heads)};
-  const auto l = layout_of<OutputLayout>(dims);
-  return dims.bf16 ? launch(chunk_output_kernel<__nv_bfloat16>, args, l, dims, stream)
-                   : launch(chunk_output_kernel<float>, args, l, dims, stream);
+                        static_cast<int>(dims.heads),
+                        static_cast<int>(dims.value_dim)};
+  const char* error = "chunk_output: no kernel for this chunk length and key dim";
+  with_instantiated_shape(dims, [&]<int C, int K>() {
+    constexpr int kFloats = OutputLayout<C, K>::kFloats;
+    error = dims.bf16 ? launch(chunk_output_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
+                      : launch(chunk_output_kernel<float, C, K>, args, kFloats, dims, stream);
+  });
+  return error;
 }
 
 }  // namespace dla::ops::fused::kernels

@@ -58,8 +58,9 @@ struct ChunkStageDims {
   bool bf16;           ///< q, k, v (and the output) are bf16, else float32
 };
 
-/// Whether chunk_prepare and chunk_output run these dims on the current device: C, K and V multiples of
-/// 16, C at most 64, B·H at most 65535, and their shared memory within the device's opt-in limit.
+/// Whether chunk_prepare and chunk_output run these dims on the current device: C of 32 or 64 and K of 64,
+/// 128 or 256 (the instantiated kernels), V a multiple of 16 up to 1024, B·H at most 65535, and their shared
+/// memory within the device's opt-in limit.
 bool supports_chunk_stages(const ChunkStageDims& dims);
 
 /// The per-chunk terms the state pass and the backward read, on TF32 tensor cores, into contiguous
