@@ -35,6 +35,11 @@ constexpr int kColumnTile = 64;  // columns of w, u or the output per pass over 
 constexpr int kColumnLd = kColumnTile + kRowMajorBPad;
 constexpr int kInFlight = 4;  // vector loads each thread keeps in flight
 
+/// std::max for the kernels' compile-time sizes (nvcc keeps std::max to host code).
+__host__ __device__ constexpr int larger(int a, int b) {
+  return a > b ? a : b;
+}
+
 using Accumulator = wmma::fragment<wmma::accumulator, kTile, kTile, kStep, float>;
 using OperandA = wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, wmma::row_major>;
 template <class Layout>
@@ -412,7 +417,7 @@ struct OutputLayout {
   static constexpr int kKeysLd = K + kPad;
   static constexpr int kReads = 0;
   static constexpr int kRegion = kReads + C * kReadsLd;
-  static constexpr int kRegionFloats = std::max(C * kKeysLd, (K + C) * kColumnLd);
+  static constexpr int kRegionFloats = larger(C * kKeysLd, (K + C) * kColumnLd);
   static constexpr int kGamma = kRegion + kRegionFloats;
   static constexpr int kFloats = kGamma + C;
 };
@@ -430,7 +435,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
   using L = OutputLayout<C, K>;
   constexpr int kLd = L::kReadsLd;
   constexpr int kSquareTiles = C / kTile;
-  constexpr int kTilesPerWarp = std::max(1, kSquareTiles * (kColumnTile / kTile) / kWarps);
+  constexpr int kTilesPerWarp = larger(1, kSquareTiles * (kColumnTile / kTile) / kWarps);
   extern __shared__ float4 shared_vectors[];
   float* shared = reinterpret_cast<float*>(shared_vectors);
   float* reads = shared + L::kReads;
