@@ -6,6 +6,7 @@
 #include <torch/nn/init.h>
 
 #include "dla/model/activation_checkpoint.h"
+#include "dla/ops/cross_entropy.h"
 
 namespace dla::model {
 
@@ -127,11 +128,13 @@ int64_t GenerationCache::size_bytes() const {
 }
 
 at::Tensor next_token_loss(const at::Tensor& logits_BTV, const at::Tensor& ids_BT) {
-  const int64_t T = logits_BTV.size(1), V = logits_BTV.size(2);
+  const int64_t B = logits_BTV.size(0), T = logits_BTV.size(1), V = logits_BTV.size(2);
   TORCH_CHECK(T >= 2, "next_token_loss needs at least 2 tokens, got ", T);
-  const at::Tensor logits = logits_BTV.narrow(1, 0, T - 1).reshape({-1, V}).to(at::kFloat);
-  const at::Tensor labels = ids_BT.narrow(1, 1, T - 1).reshape({-1});
-  return at::cross_entropy_loss(logits, labels);
+  // Every position but the last predicts the next token; the last is ignored rather than cut off, so the
+  // logits are read in place instead of copied without their last row.
+  const at::Tensor labels_BT =
+      at::cat({ids_BT.narrow(1, 1, T - 1), at::full({B, 1}, ops::kIgnoreLabel, ids_BT.options())}, 1);
+  return ops::cross_entropy(logits_BTV.reshape({-1, V}), labels_BT.reshape({-1}));
 }
 
 }  // namespace dla::model

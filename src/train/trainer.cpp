@@ -20,6 +20,7 @@
 #include "dla/dist/replicas.h"
 #include "dla/eval/runner.h"
 #include "dla/io/atomic_file.h"
+#include "dla/ops/cross_entropy.h"
 #include "dla/ops/tf32_scope.h"
 #include "dla/train/fused_adamw.h"
 #include "dla/train/grad_clip.h"
@@ -93,9 +94,7 @@ uint64_t data_seed(int64_t run_seed, int64_t step, int64_t micro, int rank) {
 }  // namespace
 
 at::Tensor masked_loss(const at::Tensor& logits_BTV, const at::Tensor& labels_BT) {
-  return at::cross_entropy_loss(logits_BTV.reshape({-1, logits_BTV.size(-1)}).to(at::kFloat),
-                                labels_BT.reshape({-1}), /*weight=*/{}, at::Reduction::Mean,
-                                /*ignore_index=*/-100);
+  return ops::cross_entropy(logits_BTV.reshape({-1, logits_BTV.size(-1)}), labels_BT.reshape({-1}));
 }
 
 Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_dir,
