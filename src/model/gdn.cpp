@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include "dla/model/projections.h"
 #include "dla/ops/rms_norm.h"
 
 namespace dla::model {
@@ -69,28 +70,29 @@ at::Tensor GatedDeltaNetImpl::forward(const at::Tensor& x_BTD, MixerCache* cache
   };
   if (cache != nullptr) cache->conv_tails.resize(3);
   auto tail = [&](std::size_t i) { return cache != nullptr ? &cache->conv_tails[i] : nullptr; };
-  at::Tensor q_BTHK =
-      l2_normalise(causal_conv_silu(q_proj->forward(x_BTD), q_conv1d, tail(0)).view({B, T, H, K}));
-  at::Tensor k_BTHK =
-      l2_normalise(causal_conv_silu(k_proj->forward(x_BTD), k_conv1d, tail(1)).view({B, T, H, K}));
-  const at::Tensor v_BTHV = causal_conv_silu(v_proj->forward(x_BTD), v_conv1d, tail(2)).view({B, T, HV, V});
+  std::vector<torch::nn::Linear> input_layers = {q_proj, k_proj, v_proj, a_proj, b_proj};
+  if (options_.use_gate) input_layers.push_back(g_proj);
+  const std::vector<at::Tensor> projected = project_together(x_BTD, input_layers);
+  at::Tensor q_BTHK = l2_normalise(causal_conv_silu(projected[0], q_conv1d, tail(0)).view({B, T, H, K}));
+  at::Tensor k_BTHK = l2_normalise(causal_conv_silu(projected[1], k_conv1d, tail(1)).view({B, T, H, K}));
+  const at::Tensor v_BTHV = causal_conv_silu(projected[2], v_conv1d, tail(2)).view({B, T, HV, V});
   if (HV != H) {
     // Grouped value heads: value head i reads q/k head i / (HV/H).
     q_BTHK = q_BTHK.repeat_interleave(HV / H, /*dim=*/2);
     k_BTHK = k_BTHK.repeat_interleave(HV / H, /*dim=*/2);
   }
-  at::Tensor beta_BTH = at::sigmoid(b_proj->forward(x_BTD));
+  at::Tensor beta_BTH = at::sigmoid(projected[4]);
   if (options_.allow_neg_eigval) beta_BTH = beta_BTH * 2;
   // Log decay in float32: g = −exp(A_log) · softplus(a + dt_bias) ≤ 0.
-  const at::Tensor g_BTH = -at::exp(A_log.to(at::kFloat)) *
-                           at::softplus(a_proj->forward(x_BTD).to(at::kFloat) + dt_bias.to(at::kFloat));
+  const at::Tensor g_BTH =
+      -at::exp(A_log.to(at::kFloat)) * at::softplus(projected[3].to(at::kFloat) + dt_bias.to(at::kFloat));
 
   const double scale = 1.0 / std::sqrt(static_cast<double>(K));
   const memory::Recurrence terms{q_BTHK, k_BTHK, v_BTHV, g_BTH, beta_BTH, scale};
   const at::Tensor o_BTHV =
       memory->forward(x_BTD, terms, chunk_size_, cache != nullptr ? &cache->memory : nullptr);
 
-  const at::Tensor z_BTHV = options_.use_gate ? g_proj->forward(x_BTD).view({B, T, HV, V}) : at::Tensor();
+  const at::Tensor z_BTHV = options_.use_gate ? projected[5].view({B, T, HV, V}) : at::Tensor();
   const at::Tensor y_BTHV = o_norm->forward(o_BTHV, z_BTHV);
   return o_proj->forward(y_BTHV.reshape({B, T, HV * V}));
 }

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "dla/model/projections.h"
+
 namespace dla::model {
 
 GatedMlpImpl::GatedMlpImpl(int64_t hidden_size, int64_t intermediate_size) {
@@ -15,7 +17,8 @@ GatedMlpImpl::GatedMlpImpl(int64_t hidden_size, int64_t intermediate_size) {
 }
 
 at::Tensor GatedMlpImpl::forward(const at::Tensor& x_D) {
-  return down_proj->forward(at::silu(gate_proj->forward(x_D)) * up_proj->forward(x_D));
+  const std::vector<at::Tensor> gate_and_up = project_together(x_D, {gate_proj, up_proj});
+  return down_proj->forward(at::silu(gate_and_up[0]) * gate_and_up[1]);
 }
 
 }  // namespace dla::model
