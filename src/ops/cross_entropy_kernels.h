@@ -17,8 +17,8 @@ struct CrossEntropyDims {
 
 /// row_loss[n] = logsumexp(logits[n]) − logits[n, label_n] (0 for an ignored row, NaN for a label outside
 /// [0, vocab)), and logsumexp[n]. nullptr on success, else the CUDA error's text.
-const char* cross_entropy_forward(const void* logits, const int64_t* labels, float* row_loss, float* logsumexp,
-                                  const CrossEntropyDims& dims, void* stream);
+const char* cross_entropy_forward(const void* logits, const int64_t* labels, float* row_loss,
+                                  float* logsumexp, const CrossEntropyDims& dims, void* stream);
 
 /// d_logits[n, v] = d_loss · (exp(logits[n, v] − logsumexp[n]) − [v = label_n]) / *counted for the rows not
 /// ignored, 0 for ignored rows. d_loss and counted (the rows not ignored) are float32 device scalars.
