@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../ops/device_limits.cuh"
 #include "../ops/tf32_fragments.cuh"
 #include "slot_pass_kernels.h"
 
@@ -416,13 +417,10 @@ Layout layout_of(const SlotPassDims& dims, int group, bool forward) {
           forward};
 }
 
+/// The dynamic shared memory a block may take: the kernels' static shared memory (the slot flags) comes out
+/// of the same budget.
 int max_shared_bytes() {
-  int device = 0, bytes = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
-    return 0;
-  // The kernels' static shared memory (the slot flags) comes out of the same budget.
-  return bytes - static_cast<int>(4 * kMaxSlots * sizeof(int));
+  return dla::ops::kernels::max_shared_bytes() - static_cast<int>(4 * kMaxSlots * sizeof(int));
 }
 
 /// The layout with as many slots per group as fit (all of them when they do); group 0 when none fits.

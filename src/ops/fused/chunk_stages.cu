@@ -16,10 +16,13 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../device_limits.cuh"
 #include "kernels.h"
 
 namespace dla::ops::fused::kernels {
 namespace {
+
+using dla::ops::kernels::max_shared_bytes;
 
 using namespace nvcuda;
 
@@ -513,14 +516,6 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
 }
 
 // ---- launches ----
-
-int max_shared_bytes() {
-  int device = 0, bytes = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
-    return 0;
-  return bytes;
-}
 
 /// Calls f.template operator()<C, K>() with the (chunk length, key dim) of d when the kernels are
 /// instantiated for it; false otherwise.

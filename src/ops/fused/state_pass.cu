@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../device_limits.cuh"
 #include "../tf32_fragments.cuh"
 #include "kernels.h"
 
@@ -22,6 +23,8 @@
 
 namespace dla::ops::fused::kernels {
 namespace {
+
+using dla::ops::kernels::max_shared_bytes;
 
 constexpr int kThreads = 128;
 constexpr int kTileV = 32;                            // value columns per block
@@ -314,14 +317,6 @@ const char* prepare(Kernel kernel, size_t shared_bytes) {
 const char* launched() {
   const cudaError_t error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
-}
-
-int max_shared_bytes() {
-  int device = 0, bytes = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
-    return 0;
-  return bytes;
 }
 
 // The TF32 variant: the same recurrences with the products on tensor cores (WMMA m16n16k8, TF32 operands,
