@@ -1,7 +1,8 @@
 // The fused chunkwise op as an autograd function: the forward of the LibTorch-op path with the state pass
-// from fused::state_pass_forward, and the backward written out (docs/ops/fused.md) so that autograd keeps
-// none of its intermediates: the backward keeps the inputs, the chunk-start states and the written values,
-// and recomputes the other chunk terms.
+// from fused::state_pass_forward (and, where chunk_stages_apply, the stages around it from the per-chunk
+// kernels), and the backward written out (docs/ops/fused.md) so that autograd keeps none of its
+// intermediates: the backward keeps the inputs, the chunk-start states and the written values, and
+// recomputes the other chunk terms.
 // Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
 #include <utility>
 
