@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../ops/device_limits.cuh"
+#include "../ops/cuda_launch.cuh"
 #include "../ops/tf32_fragments.cuh"
 #include "slot_pass_kernels.h"
 

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "causal_conv_kernels.h"
+#include "cuda_launch.cuh"
 #include "kernel_scalars.cuh"
 
 namespace dla::ops::kernels {
@@ -164,11 +165,6 @@ __global__ void __launch_bounds__(kThreads)
 dim3 grid_of(const CausalConvDims& d) {
   return dim3(static_cast<unsigned>((d.channels + kThreads - 1) / kThreads),
               static_cast<unsigned>((d.tokens + kTokens - 1) / kTokens), static_cast<unsigned>(d.batch));
-}
-
-const char* launched() {
-  const cudaError_t error = cudaGetLastError();
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
 /// Calls launch.template operator()<X, W>() for the dims' dtype and width; false for a width out of range.

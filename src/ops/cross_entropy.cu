@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "cross_entropy_kernels.h"
+#include "cuda_launch.cuh"
 #include "kernel_scalars.cuh"
 
 namespace dla::ops::kernels {
@@ -148,11 +149,6 @@ __global__ void __launch_bounds__(kThreads)
       values.x[i] = scale * (expf(values.x[i] - lse) - (v + i == label ? 1.f : 0.f));
     store8(dx + v, values);
   }
-}
-
-const char* launched() {
-  const cudaError_t error = cudaGetLastError();
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
 }  // namespace

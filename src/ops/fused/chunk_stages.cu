@@ -16,12 +16,13 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../device_limits.cuh"
+#include "../cuda_launch.cuh"
 #include "kernels.h"
 
 namespace dla::ops::fused::kernels {
 namespace {
 
+using dla::ops::kernels::launched;
 using dla::ops::kernels::max_shared_bytes;
 
 using namespace nvcuda;
@@ -535,14 +536,13 @@ template <class Kernel, class Args>
 const char* launch(Kernel kernel, const Args& args, int shared_floats, const ChunkStageDims& d,
                    void* stream) {
   const size_t bytes = sizeof(float) * static_cast<size_t>(shared_floats);
-  cudaError_t error =
+  const cudaError_t error =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (error != cudaSuccess) return cudaGetErrorString(error);
   const dim3 grid(static_cast<unsigned>((d.tokens + d.chunk_size - 1) / d.chunk_size),
                   static_cast<unsigned>(d.batch * d.heads));
   kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(args);
-  error = cudaGetLastError();
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+  return launched();
 }
 
 }  // namespace

@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../device_limits.cuh"
+#include "../cuda_launch.cuh"
 #include "../tf32_fragments.cuh"
 #include "kernels.h"
 
@@ -24,6 +24,7 @@
 namespace dla::ops::fused::kernels {
 namespace {
 
+using dla::ops::kernels::launched;
 using dla::ops::kernels::max_shared_bytes;
 
 constexpr int kThreads = 128;
@@ -311,11 +312,6 @@ template <class Kernel>
 const char* prepare(Kernel kernel, size_t shared_bytes) {
   const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(shared_bytes));
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
-}
-
-const char* launched() {
-  const cudaError_t error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 

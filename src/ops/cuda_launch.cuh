@@ -1,4 +1,4 @@
-// What the CUDA launchers read of the current device.
+// What the CUDA launchers ask of the runtime: the device's shared-memory limit and the last launch's error.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,6 +12,12 @@ inline int max_shared_bytes() {
       cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
     return 0;
   return bytes;
+}
+
+/// nullptr when the last kernel launch succeeded, else the CUDA error's text.
+inline const char* launched() {
+  const cudaError_t error = cudaGetLastError();
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
 }  // namespace dla::ops::kernels
