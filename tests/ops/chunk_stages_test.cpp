@@ -52,6 +52,7 @@ TEST_CASE("the per-chunk kernels apply only on the GPU, under TF32, to dims they
   {
     const dla::ops::Tf32Scope tf32(true);
     CHECK_FALSE(dla::ops::fused::chunk_stages_apply(in.q, in.k, in.v, at::kFloat, 64));
+    CHECK_FALSE(dla::ops::fused::chunk_gradients_apply(in.q, in.k, in.v, at::kFloat, 64));
   }
   if (!at::hasCUDA()) {
     WARN("no CUDA device: the per-chunk kernels are not exercised on this machine");
@@ -68,6 +69,11 @@ TEST_CASE("the per-chunk kernels apply only on the GPU, under TF32, to dims they
   CHECK_FALSE(dla::ops::fused::chunk_stages_apply(q, k, v, at::kFloat, 128));  // C over 64
   CHECK_FALSE(dla::ops::fused::chunk_stages_apply(q, k, v.narrow(-1, 0, 40), at::kFloat, 64));  // V = 40
   CHECK_FALSE(dla::ops::fused::chunk_stages_apply(q, k, v.to(at::kBFloat16), at::kFloat, 64));  // mixed
+  // The backward's kernels take K up to 128.
+  CHECK(dla::ops::fused::chunk_gradients_apply(q, k, v, at::kFloat, 64));
+  const at::Tensor q256 = at::cat({q, q, q, q}, -1), k256 = at::cat({k, k, k, k}, -1);
+  CHECK(dla::ops::fused::chunk_stages_apply(q256, k256, v, at::kFloat, 64));
+  CHECK_FALSE(dla::ops::fused::chunk_gradients_apply(q256, k256, v, at::kFloat, 64));
 }
 
 TEST_CASE("on the GPU the per-chunk kernels equal the LibTorch chunk stages in float64",

@@ -257,6 +257,59 @@ TEST_CASE("on the GPU the fused chunk equals the float64 CPU op, in float32 and 
                             [&](const at::Tensor& x) { return x.to(at::kCUDA, input_dtype); });
 }
 
+TEST_CASE("on the GPU under a Tf32Scope the backward's per-chunk kernels equal the float64 CPU op",
+          "[ops][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the backward's per-chunk kernels are not exercised on this machine");
+    return;
+  }
+  struct Case {
+    OpSizes sizes;
+    int64_t chunk_size;
+  };
+  // T = 200 ends in a partial chunk; (1, 128, 4, 128, 128) is a model's head shape; the third case has C = 32
+  // and V = 48, whose last value pass is 16 columns wide.
+  const Case c = GENERATE(Case{{.batch = 2, .tokens = 200, .heads = 3, .key_dim = 64, .value_dim = 96}, 64},
+                          Case{{.batch = 1, .tokens = 128, .heads = 4, .key_dim = 128, .value_dim = 128}, 64},
+                          Case{{.batch = 2, .tokens = 72, .heads = 1, .key_dim = 128, .value_dim = 48}, 32});
+  const bool delta_rule = GENERATE(true, false);
+  const bool with_initial_state = GENERATE(true, false);
+  CAPTURE(c.sizes.tokens, c.sizes.key_dim, c.sizes.value_dim, c.chunk_size, delta_rule, with_initial_state);
+  const OpInputs in = dla::test::random_inputs(c.sizes, with_initial_state, at::kDouble, 5);
+  const dla::ops::Tf32Scope tf32(true);
+  const auto to_gpu = [](const at::Tensor& x) { return x.to(at::kCUDA, at::kFloat); };
+  REQUIRE(dla::ops::fused::chunk_gradients_apply(to_gpu(in.q), to_gpu(in.k), to_gpu(in.v), at::kFloat,
+                                                 c.chunk_size));
+  // TF32 products against float64, as for the forward's per-chunk kernels (chunk_stages_test.cpp).
+  expect_fused_matches_aten(tensors_of(in, delta_rule), delta_rule, c.chunk_size, 5e-3, to_gpu);
+}
+
+TEST_CASE("on the GPU the backward's per-chunk kernels handle a loss on only the final state",
+          "[ops][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the backward's per-chunk kernels are not exercised on this machine");
+    return;
+  }
+  const OpInputs in = dla::test::random_inputs(
+      {.batch = 1, .tokens = 100, .heads = 2, .key_dim = 64, .value_dim = 64}, true, at::kDouble, 9);
+  const dla::ops::Tf32Scope tf32(true);
+  const auto grads_of = [&](KernelChoice choice, bool on_gpu) {
+    std::vector<at::Tensor> leaves;
+    for (const auto& x : tensors_of(in, true))
+      leaves.push_back((on_gpu ? x.to(at::kCUDA, at::kFloat) : x).detach().requires_grad_(true));
+    run_chunk(leaves, true, 64, choice).final_state.pow(2).sum().backward();
+    return leaves;
+  };
+  const auto ref = grads_of(KernelChoice::aten, false);
+  const auto got = grads_of(KernelChoice::fused, true);
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    REQUIRE(got[i].grad().defined());
+    // q reaches only the outputs: its gradient is zero on both paths (compared by absolute error).
+    const at::Tensor ref_grad = ref[i].grad().defined() ? ref[i].grad() : at::zeros_like(ref[i]);
+    expect_close("d" + kInputNames[i], ref_grad, got[i].grad().cpu().to(at::kDouble), 5e-3);
+  }
+}
+
 TEST_CASE("unit_lower_inverse inverts I + A from A's strictly lower part, on the CPU and the GPU",
           "[ops][fused][cuda]") {
   const int64_t n = GENERATE(1, 6, 16, 64, 80);

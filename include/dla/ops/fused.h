@@ -73,6 +73,39 @@ PreparedChunks prepare_chunks(const at::Tensor& k, const at::Tensor& v, const at
 at::Tensor chunk_outputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& gamma_BHMC,
                          const at::Tensor& states_BHMKV, const at::Tensor& v_new_BHMCV, double scale);
 
+/// Whether the backward's per-chunk CUDA kernels (chunk_value_gradient, chunk_gradients) run for these
+/// inputs: chunk_stages_apply, with a key dim K of 64 or 128 (the instantiated kernels) and shared memory
+/// within the device's limit. Otherwise the backward computes those stages as LibTorch ops.
+bool chunk_gradients_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           at::ScalarType compute_dtype, int64_t chunk_size);
+
+/// What the state pass backward reads besides the forward's chunk terms, one CUDA kernel over all chunks
+/// from the output gradient d_out_BTHV. All float32, zero rows past the last token.
+struct ValueGradient {
+  at::Tensor q_read_BHMCK;         ///< scale · exp(γ) ⊙ q, the query as it reads the chunk-start state
+  at::Tensor d_out_BHMCV;          ///< the output gradient in chunks
+  at::Tensor d_v_new_intra_BHMCV;  ///< scale · ((q kᵀ) ⊙ D)ᵀ dO, what v_new gets from its own chunk
+};
+ValueGradient chunk_value_gradient(const at::Tensor& q, const at::Tensor& k, const at::Tensor& d_out_BTHV,
+                                   const at::Tensor& gamma_BHMC, double scale);
+
+/// The op's input gradients: d_q, d_k and d_v [B, T, H, ·] in q's dtype, d_g and d_beta [B, T, H] in float32
+/// (d_beta undefined for SSD).
+struct ChunkGradients {
+  at::Tensor d_q, d_k, d_v, d_g, d_beta;
+};
+
+/// The input gradients after the state pass backward, one CUDA kernel over all chunks: from the inputs,
+/// prepare_chunks' gamma and inverse (undefined for SSD), the forward pass's chunk-start states and written
+/// values, chunk_value_gradient's d_out and the state pass backward's dS_next and dv_new. Requires
+/// chunk_gradients_apply.
+ChunkGradients chunk_gradients(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& beta, const at::Tensor& gamma_BHMC,
+                               const at::Tensor& inverse_BHMCC, const at::Tensor& states_BHMKV,
+                               const at::Tensor& v_new_BHMCV, const at::Tensor& d_out_BHMCV,
+                               const at::Tensor& d_states_next_BHMKV, const at::Tensor& d_v_new_BHMCV,
+                               double scale);
+
 /// T = (I + A)⁻¹ for strictly lower triangular A_...CC (entries on and above the diagonal are ignored): the
 /// WY representation's inverse, so that the chunk terms and their gradients are plain matmuls. A CUDA kernel
 /// for float32 on the GPU with C <= 64 a multiple of 4, a triangular solve otherwise.

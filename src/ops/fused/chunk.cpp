@@ -2,7 +2,7 @@
 // from fused::state_pass_forward (and, where chunk_stages_apply, the stages around it from the per-chunk
 // kernels), and the backward written out (docs/ops/fused.md) so that autograd keeps none of its
 // intermediates: the backward keeps the inputs, the chunk-start states and the written values, and
-// recomputes the other chunk terms.
+// recomputes the other chunk terms (where chunk_gradients_apply, all on the per-chunk CUDA kernels).
 // Shapes: B batch, T tokens, H heads, K key dim, V value dim, M chunks, C chunk length.
 #include <utility>
 
@@ -98,6 +98,38 @@ at::Tensor pair_gamma_gradient(const at::Tensor& grad_times_value_BHMCC) {
   return grad_times_value_BHMCC.sum(-1) - grad_times_value_BHMCC.sum(-2);
 }
 
+/// The backward on the per-chunk CUDA kernels (chunk_gradients_apply): prepare_chunks again,
+/// chunk_value_gradient, the state pass backward and chunk_gradients. Gradients in the inputs' dtypes.
+variable_list kernel_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state,
+                              const at::Tensor& states_BHMKV, const at::Tensor& v_new_BHMCV,
+                              const at::Tensor& d_out_or_undefined, const at::Tensor& d_final_or_undefined,
+                              double scale, int64_t chunk_size) {
+  const PreparedChunks prepared = prepare_chunks(k, v, g, beta, chunk_size);
+  const at::Tensor d_out_BTHV = d_out_or_undefined.defined()
+                                    ? d_out_or_undefined
+                                    : at::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  const ValueGradient value = chunk_value_gradient(q, k, d_out_BTHV, prepared.gamma_BHMC, scale);
+  const at::Tensor d_final_BHKV = d_final_or_undefined.defined() ? d_final_or_undefined.to(at::kFloat)
+                                                                 : at::zeros_like(states_BHMKV.select(2, 0));
+  const StatePassBackward back =
+      state_pass_backward(value.q_read_BHMCK, value.d_out_BHMCV, value.d_v_new_intra_BHMCV,
+                          prepared.k_to_end_BHMCK, prepared.w_BHMCK, prepared.chunk_decay_BHM, d_final_BHKV);
+  const ChunkGradients grads =
+      chunk_gradients(q, k, v, beta, prepared.gamma_BHMC, prepared.inverse_BHMCC, states_BHMKV, v_new_BHMCV,
+                      value.d_out_BHMCV, back.d_states_next_BHMKV, back.d_v_new_BHMCV, scale);
+  return {grads.d_q,
+          grads.d_k,
+          grads.d_v,
+          grads.d_g.to(g.scalar_type()),
+          beta.defined() ? grads.d_beta.to(beta.scalar_type()) : at::Tensor(),
+          initial_state.defined() ? back.d_initial_state_BHKV.to(initial_state.scalar_type()) : at::Tensor(),
+          at::Tensor(),
+          at::Tensor(),
+          at::Tensor(),
+          at::Tensor()};
+}
+
 class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
@@ -144,12 +176,16 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const Tf32Scope tf32(tf32_suits(q));
     const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
     const int64_t num_tokens = q.size(1);
+    const at::Tensor& states_BHMKV = saved[6];
+    const at::Tensor& v_new_BHMCV = saved[7];
+    if (chunk_gradients_apply(q, k, v, dtype, chunk_size)) {
+      return kernel_backward(q, k, v, g, beta, initial_state, states_BHMKV, v_new_BHMCV, grad_outputs[0],
+                             grad_outputs[1], scale, chunk_size);
+    }
 
     const ChunkTerms t = chunk_stages_apply(q, k, v, dtype, chunk_size)
                              ? kernel_chunk_terms(q, k, v, g, beta, chunk_size, dtype, true)
                              : aten_chunk_terms(q, k, v, g, beta, chunk_size, dtype);
-    const at::Tensor& states_BHMKV = saved[6];
-    const at::Tensor& v_new_BHMCV = saved[7];
 
     const at::Tensor d_out_BHMCV = grad_outputs[0].defined()
                                        ? common::to_chunks(grad_outputs[0], chunk_size, dtype)

@@ -9,40 +9,13 @@
 #include "dla/ops/kernel_buffers.h"
 #include "dla/ops/tf32_scope.h"
 #include "kernels.h"
+#include "token_rows.h"
 
 #if defined(DLA_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
 namespace dla::ops::fused {
-namespace {
-
-#if defined(DLA_WITH_CUDA)
-/// The dims of a [B, T, H, K] input (q or k) with value_dim V.
-kernels::ChunkStageDims dims_of(const at::Tensor& x_BTHK, int64_t value_dim, int64_t chunk_size) {
-  return {x_BTHK.size(0),
-          x_BTHK.size(1),
-          x_BTHK.size(2),
-          chunk_size,
-          x_BTHK.size(3),
-          value_dim,
-          x_BTHK.scalar_type() == at::kBFloat16};
-}
-
-/// x as the kernels read it: in place when its last dim is contiguous and every row starts aligned for
-/// four-element loads, else a contiguous copy, which `kept` holds for the launch.
-kernels::TokenRows token_rows(const at::Tensor& x_BTHD, at::Tensor& kept) {
-  const int64_t vector = 4;
-  const bool in_place =
-      x_BTHD.stride(3) == 1 && x_BTHD.stride(0) % vector == 0 && x_BTHD.stride(1) % vector == 0 &&
-      x_BTHD.stride(2) % vector == 0 &&
-      reinterpret_cast<std::uintptr_t>(x_BTHD.data_ptr()) % (vector * x_BTHD.element_size()) == 0;
-  kept = in_place ? x_BTHD : kernel_buffer(x_BTHD);
-  return {kept.data_ptr(), kept.stride(0), kept.stride(1), kept.stride(2)};
-}
-#endif
-
-}  // namespace
 
 bool chunk_stages_apply([[maybe_unused]] const at::Tensor& q, [[maybe_unused]] const at::Tensor& k,
                         [[maybe_unused]] const at::Tensor& v, [[maybe_unused]] at::ScalarType compute_dtype,

@@ -1,6 +1,6 @@
 // CUDA kernels of the fused op's per-chunk stages (dla/ops/fused.h). One thread block per (chunk,
 // batch·head) reads its chunk of the [B, T, H, ·] inputs in place, keeps it in shared memory and runs the
-// chunk's products on TF32 tensor cores (WMMA m16n16k8, float32 accumulators):
+// chunk's products on TF32 tensor cores (the building blocks are in chunk_tiles.cuh):
 //   chunk_prepare  γ = cumsum g, exp(γ_last), k ⊙ exp(γ_last − γ), and for the delta rule
 //                  A = strict_lower(β_i (k kᵀ)_ij exp(γ_i − γ_j)), T = (I + A)⁻¹ (float32 FMAs),
 //                  w = T (β exp(γ) ⊙ k), u = T (β ⊙ v); u = v for SSD
@@ -8,173 +8,16 @@
 // so that none of the chunk terms between the inputs and what the state pass reads goes through global
 // memory. The chunk length C and key dim K are template parameters (the instantiations are listed at
 // supports_chunk_stages): fixed row lengths let the products unroll with constant shared-memory offsets.
-// Operands are rounded to TF32 once, when they are written to shared memory, not at every fragment load.
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-#include <mma.h>
-
 #include <algorithm>
-#include <type_traits>
+#include <utility>
 
-#include "../cuda_launch.cuh"
-#include "kernels.h"
+#include "chunk_tiles.cuh"
 
 namespace dla::ops::fused::kernels {
 namespace {
 
-using dla::ops::kernels::launched;
+using namespace tiles;
 using dla::ops::kernels::max_shared_bytes;
-
-using namespace nvcuda;
-
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kTile = 16;  // WMMA tile edge, and the block edge of the blocked inverse
-constexpr int kStep = 8;   // WMMA depth of one TF32 product
-// Shared rows are padded so that the WMMA fragment loads hit 32 distinct banks: rows read as A or as a
-// column-major B by 4 floats (row length ≡ 4 mod 32), rows read as a row-major B by 8 (≡ 8 mod 32).
-constexpr int kPad = 4;
-constexpr int kRowMajorBPad = 8;
-constexpr int kColumnTile = 64;  // columns of w, u or the output per pass over a shared B operand
-constexpr int kColumnLd = kColumnTile + kRowMajorBPad;
-constexpr int kInFlight = 4;  // vector loads each thread keeps in flight
-
-/// std::max for the kernels' compile-time sizes (nvcc keeps std::max to host code).
-__host__ __device__ constexpr int larger(int a, int b) {
-  return a > b ? a : b;
-}
-
-using Accumulator = wmma::fragment<wmma::accumulator, kTile, kTile, kStep, float>;
-using OperandA = wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, wmma::row_major>;
-template <class Layout>
-using OperandB = wmma::fragment<wmma::matrix_b, kTile, kTile, kStep, wmma::precision::tf32, Layout>;
-
-/// acc += A B over the depth steps j < depth (a multiple of 8, at most MaxDepth), operands in shared memory
-/// already rounded to TF32: A 16 × depth row-major with rows ALd apart; row-major B is B(i, j) = b[i·BLd +
-/// j], column-major B is B(i, j) = b[i + j·BLd], e.g. the transpose of a row-major block.
-template <class BLayout, int MaxDepth, int ALd, int BLd>
-__device__ void multiply(Accumulator& acc, const float* a, const float* b, int depth = MaxDepth) {
-  constexpr bool kRowMajor = std::is_same_v<BLayout, wmma::row_major>;
-#pragma unroll
-  for (int j = 0; j < MaxDepth; j += kStep) {
-    if (j < depth) {
-      OperandA a_fragment;
-      OperandB<BLayout> b_fragment;
-      wmma::load_matrix_sync(a_fragment, a + j, ALd);
-      wmma::load_matrix_sync(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
-      wmma::mma_sync(acc, a_fragment, b_fragment, acc);
-    }
-  }
-}
-
-// ---- copies ----
-
-__device__ float4 load4(const float* p) {
-  return __ldg(reinterpret_cast<const float4*>(p));
-}
-
-__device__ float4 load4(const __nv_bfloat16* p) {
-  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
-  const float2 low = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-  const float2 high = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-  return make_float4(low.x, low.y, high.x, high.y);
-}
-
-__device__ void store4(float* p, float4 x) {
-  *reinterpret_cast<float4*>(p) = x;
-}
-
-__device__ void store4(__nv_bfloat16* p, float4 x) {
-  const __nv_bfloat162 low = __floats2bfloat162_rn(x.x, x.y);
-  const __nv_bfloat162 high = __floats2bfloat162_rn(x.z, x.w);
-  uint2 raw;
-  raw.x = *reinterpret_cast<const unsigned*>(&low);
-  raw.y = *reinterpret_cast<const unsigned*>(&high);
-  *reinterpret_cast<uint2*>(p) = raw;
-}
-
-__device__ float4 scaled(float4 x, float s) {
-  return make_float4(s * x.x, s * x.y, s * x.z, s * x.w);
-}
-
-/// x with every element rounded to TF32, as the tensor cores' operands.
-__device__ float4 tf32(float4 x) {
-  return make_float4(wmma::__float_to_tf32(x.x), wmma::__float_to_tf32(x.y), wmma::__float_to_tf32(x.z),
-                     wmma::__float_to_tf32(x.w));
-}
-
-/// For every row r < rows and every fourth column c < cols (a multiple of 4, at most 4·kThreads):
-/// sink(r, c, source(r, c)), keeping kInFlight loads per thread in flight. A thread keeps one column and
-/// walks the rows, so that no index is divided per element.
-template <class Source, class Sink>
-__device__ void copy_rows(int rows, int cols, Source source, Sink sink) {
-  const int per_row = cols / 4, rows_per_pass = kThreads / per_row;
-  const int c = 4 * (threadIdx.x % per_row), first_row = threadIdx.x / per_row;
-  if (first_row >= rows_per_pass) return;
-  for (int base = first_row; base < rows; base += rows_per_pass * kInFlight) {
-    float4 values[kInFlight];
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      if (base + u * rows_per_pass < rows) values[u] = source(base + u * rows_per_pass, c);
-    }
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      if (base + u * rows_per_pass < rows) sink(base + u * rows_per_pass, c, values[u]);
-    }
-  }
-}
-
-/// f(i, j) for every entry of a rows × cols block (cols at most kThreads), one column per thread.
-template <class F>
-__device__ void for_each_entry(int rows, int cols, F f) {
-  const int rows_per_pass = kThreads / cols;
-  const int j = threadIdx.x % cols, first_row = threadIdx.x / cols;
-  if (first_row >= rows_per_pass) return;
-  for (int i = first_row; i < rows; i += rows_per_pass)
-    f(i, j);
-}
-
-/// The chunk of one head of a [B, T, H, D] input: row r is token first + r, `valid` rows exist.
-template <class Scalar>
-struct ChunkRows {
-  const Scalar* first_row;
-  int64_t token_stride;
-  int valid;
-
-  __device__ ChunkRows(const TokenRows& rows, int b, int h, int first, int valid_rows)
-      : first_row(static_cast<const Scalar*>(rows.data) + b * rows.batch + first * rows.token +
-                  h * rows.head),
-        token_stride(rows.token),
-        valid(valid_rows) {}
-
-  /// Columns [c, c + 4) of row r as float32, zeros past the last token.
-  __device__ float4 load(int r, int c) const {
-    return r < valid ? load4(first_row + r * token_stride + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-};
-
-/// dst[r][c] (rows dst_ld apart) = src[r][c + first_column] for r < rows, c < cols (a multiple of 4),
-/// times row_scale[r] unless null, and rounded to TF32 when `round`.
-template <class Scalar>
-__device__ void load_chunk(float* dst, int dst_ld, const ChunkRows<Scalar>& src, int rows, int cols,
-                           int first_column, const float* row_scale, bool round) {
-  copy_rows(
-      rows, cols, [&](int r, int c) { return src.load(r, first_column + c); },
-      [&](int r, int c, float4 x) {
-        const float4 y = row_scale != nullptr ? scaled(x, row_scale[r]) : x;
-        store4(dst + r * dst_ld + c, round ? tf32(y) : y);
-      });
-}
-
-/// dst (rows dst_ld apart) = `cols` columns from first_column of a row-major global matrix with rows
-/// src_ld floats apart, rounded to TF32 (an operand).
-__device__ void load_operand(float* dst, int dst_ld, const float* __restrict__ src, int src_ld, int rows,
-                             int cols, int first_column) {
-  copy_rows(
-      rows, cols,
-      [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first_column + c); },
-      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
-}
 
 // ---- per-block steps ----
 
@@ -257,14 +100,6 @@ __device__ void unit_lower_inverse(const float* a, float* t) {
       t[row * Ld + j * kTile + c] = x[j];
     __syncthreads();
   }
-}
-
-/// The row tile and column tile of each warp's share of a (C / 16) × col_tiles grid of 16 × 16 tiles:
-/// f(r, c) for every tile index warp, warp + kWarps, …
-template <class F>
-__device__ void for_each_tile(int row_tiles, int col_tiles, F f) {
-  for (int tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += kWarps)
-    f(tile / col_tiles, tile % col_tiles);
 }
 
 // ---- chunk_prepare ----
@@ -518,31 +353,12 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
 
 // ---- launches ----
 
-/// Calls f.template operator()<C, K>() with the (chunk length, key dim) of d when the kernels are
-/// instantiated for it; false otherwise.
+/// The (C, K) pairs chunk_prepare and chunk_output are instantiated for.
 template <class F>
-bool with_instantiated_shape(const ChunkStageDims& d, F&& f) {
-  const auto shape = [&]<int C, int K>() {
-    if (d.chunk_size != C || d.key_dim != K) return false;
-    f.template operator()<C, K>();
-    return true;
-  };
-  return shape.template operator()<64, 128>() || shape.template operator()<64, 64>() ||
-         shape.template operator()<64, 256>() || shape.template operator()<32, 64>() ||
-         shape.template operator()<32, 128>() || shape.template operator()<32, 256>();
-}
-
-template <class Kernel, class Args>
-const char* launch(Kernel kernel, const Args& args, int shared_floats, const ChunkStageDims& d,
-                   void* stream) {
-  const size_t bytes = sizeof(float) * static_cast<size_t>(shared_floats);
-  const cudaError_t error =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (error != cudaSuccess) return cudaGetErrorString(error);
-  const dim3 grid(static_cast<unsigned>((d.tokens + d.chunk_size - 1) / d.chunk_size),
-                  static_cast<unsigned>(d.batch * d.heads));
-  kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(args);
-  return launched();
+bool with_stage_shape(const ChunkStageDims& d, F&& f) {
+  return with_instantiated_shape<ChunkShape<64, 128>, ChunkShape<64, 64>, ChunkShape<64, 256>,
+                                 ChunkShape<32, 64>, ChunkShape<32, 128>, ChunkShape<32, 256>>(
+      d, std::forward<F>(f));
 }
 
 }  // namespace
@@ -554,7 +370,7 @@ bool supports_chunk_stages(const ChunkStageDims& d) {
     return false;
   const size_t limit = static_cast<size_t>(std::max(max_shared_bytes(), 0));
   bool fits = false;
-  const bool instantiated = with_instantiated_shape(d, [&]<int C, int K>() {
+  const bool instantiated = with_stage_shape(d, [&]<int C, int K>() {
     fits = sizeof(float) * std::max(PrepareLayout<C, K>::kFloats, OutputLayout<C, K>::kFloats) <= limit;
   });
   return instantiated && fits;
@@ -577,7 +393,7 @@ const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g
                          static_cast<int>(dims.heads),
                          static_cast<int>(dims.value_dim)};
   const char* error = "chunk_prepare: no kernel for this chunk length and key dim";
-  with_instantiated_shape(dims, [&]<int C, int K>() {
+  with_stage_shape(dims, [&]<int C, int K>() {
     constexpr int kFloats = PrepareLayout<C, K>::kFloats;
     error = dims.bf16 ? launch(chunk_prepare_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
                       : launch(chunk_prepare_kernel<float, C, K>, args, kFloats, dims, stream);
@@ -599,7 +415,7 @@ const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* ga
                         static_cast<int>(dims.heads),
                         static_cast<int>(dims.value_dim)};
   const char* error = "chunk_output: no kernel for this chunk length and key dim";
-  with_instantiated_shape(dims, [&]<int C, int K>() {
+  with_stage_shape(dims, [&]<int C, int K>() {
     constexpr int kFloats = OutputLayout<C, K>::kFloats;
     error = dims.bf16 ? launch(chunk_output_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
                       : launch(chunk_output_kernel<float, C, K>, args, kFloats, dims, stream);

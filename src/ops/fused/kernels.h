@@ -79,4 +79,34 @@ const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* ga
                          const float* v_new, double scale, void* out, const ChunkStageDims& dims,
                          void* stream);
 
+/// Whether chunk_value_gradient and chunk_gradients run these dims on the current device: as
+/// supports_chunk_stages, with K of 64 or 128 (the instantiated kernels) and their shared memory within the
+/// device's opt-in limit.
+bool supports_chunk_gradients(const ChunkStageDims& dims);
+
+/// Before the state pass backward, for every chunk: d_v_new_intra = scale · ((q kᵀ) ⊙ D)ᵀ dO [B·H, M, C, V],
+/// q_read = scale · exp(gamma) ⊙ q [B·H, M, C, K] and d_out_chunks = dO [B·H, M, C, V] as contiguous float32
+/// buffers (zero rows past the last token). dO is read in place like q (same type). nullptr on success, else
+/// the CUDA error's text.
+const char* chunk_value_gradient(const TokenRows& q, const TokenRows& k, const TokenRows& d_out,
+                                 const float* gamma, double scale, float* q_read, float* d_out_chunks,
+                                 float* d_v_new_intra, const ChunkStageDims& dims, void* stream);
+
+/// What chunk_gradients reads and writes. q, k and v are the op's inputs read in place; beta is contiguous
+/// float32 [B, T, H], null for SSD; gamma and inverse are chunk_prepare's; states and v_new the forward state
+/// pass's; d_out chunk_value_gradient's d_out_chunks; d_states_next and d_v_new the state pass backward's.
+/// d_q, d_k and d_v are contiguous [B, T, H, ·] of q's type, d_g and d_beta contiguous float32 [B, T, H]
+/// (d_beta unused for SSD).
+struct ChunkGradientBuffers {
+  TokenRows q, k, v;
+  const float *beta, *gamma, *inverse, *states, *v_new, *d_out, *d_states_next, *d_v_new;
+  void *d_q, *d_k, *d_v;
+  float *d_g, *d_beta;
+};
+
+/// The input gradients of every chunk after the state pass backward (docs/ops/fused.md), on TF32 tensor
+/// cores. nullptr on success, else the CUDA error's text.
+const char* chunk_gradients(const ChunkGradientBuffers& buffers, double scale, const ChunkStageDims& dims,
+                            void* stream);
+
 }  // namespace dla::ops::fused::kernels

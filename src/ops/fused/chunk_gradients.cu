@@ -1,0 +1,639 @@
+// CUDA kernels of the fused op's backward around the state pass (dla/ops/fused.h), one thread block per
+// (chunk, batch·head) as in chunk_stages.cu, products on TF32 tensor cores (chunk_tiles.cuh):
+//   chunk_value_gradient  before the state pass backward: Δ's gradient from the chunk's own outputs,
+//                         scale · ((q kᵀ) ⊙ D)ᵀ dO, and the pass's operands q̂ = scale · exp(γ) ⊙ q and dO
+//                         as float32 chunks
+//   chunk_gradients       after it: dq, dk, dv, dg and dβ of the chunk from dΔ and dS_next, every term of
+//                         docs/ops/fused.md in one block, none of them through global memory
+// chunk_gradients folds the row factors of the terms into the operands it accumulates, and uses
+// W S = U − Δ: the WY part's dA = −(Tᵀ dW) Wᵀ − (Tᵀ dΔ) Uᵀ becomes −(Tᵀ dΔ) Δᵀ (dW = −dΔ Sᵀ), so neither
+// W nor U is read.
+#include <algorithm>
+#include <utility>
+
+#include "chunk_tiles.cuh"
+
+namespace dla::ops::fused::kernels {
+namespace {
+
+using namespace tiles;
+using dla::ops::kernels::max_shared_bytes;
+
+constexpr int kValueTile = 32;  // value columns per pass of chunk_gradients
+constexpr int kValueLd = kValueTile + kRowMajorBPad;
+
+__device__ float warp_sum(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2)
+    x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+/// f(i, Σ_c a[i·ALd + c] · b[i·BLd + c]) for every row i < Rows of two Rows × Cols blocks, called by one
+/// lane per warp with the warp's part of the sum (a row's parts add up over f's calls).
+template <int Rows, int Cols, int ALd, int BLd, class F>
+__device__ void for_each_row_dot(const float* a, const float* b, F f) {
+  static_assert(Cols % 32 == 0 && kThreads % Cols == 0);  // a warp's lanes share one row
+  constexpr int kRowsPerPass = kThreads / Cols;
+  const int c = threadIdx.x % Cols;
+  for (int i = threadIdx.x / Cols; i < Rows; i += kRowsPerPass) {
+    const float part = warp_sum(a[i * ALd + c] * b[i * BLd + c]);
+    if (threadIdx.x % 32 == 0) f(i, part);
+  }
+}
+
+/// In place: x_i = Σ_{j ≥ i} x_j over x[0, C) (C a multiple of 32), by one warp.
+__device__ void reverse_cumsum_in_warp(float* x, int C) {
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  float carry = 0.f;
+  for (int end = C; end > 0; end -= 32) {
+    const int i = end - 1 - lane;
+    float y = x[i];
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const float z = __shfl_up_sync(0xffffffffu, y, offset);
+      if (lane >= offset) y += z;
+    }
+    x[i] = carry + y;
+    carry += __shfl_sync(0xffffffffu, y, 31);
+  }
+}
+
+/// Row `token` of a contiguous [B, T, H, D] output as Scalar.
+template <class Scalar>
+__device__ Scalar* output_row(void* out, int b, int token, int h, int tokens, int heads, int dim) {
+  return static_cast<Scalar*>(out) + ((static_cast<size_t>(b) * tokens + token) * heads + h) * dim;
+}
+
+// ---- chunk_value_gradient ----
+
+/// Shared-memory layout of chunk_value_gradient, in floats: q and k as operands, Pᵀ, one 64-column tile of
+/// dO, γ.
+template <int C, int K>
+struct ValueGradientLayout {
+  static constexpr int kKeysLd = K + kPad;
+  static constexpr int kSquareLd = C + kPad;
+  static constexpr int kQueries = 0;
+  static constexpr int kKeys = kQueries + C * kKeysLd;
+  static constexpr int kPairs = kKeys + C * kKeysLd;
+  static constexpr int kGrads = kPairs + C * kSquareLd;
+  static constexpr int kGamma = kGrads + C * kColumnLd;
+  static constexpr int kFloats = kGamma + C;
+};
+
+struct ValueGradientArgs {
+  TokenRows q, k, d_out;
+  const float* gamma;
+  float *q_read, *d_out_chunks, *d_v_new_intra;
+  float scale;
+  int tokens, heads, value_dim;
+};
+
+template <class Scalar, int C, int K>
+__global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(ValueGradientArgs a) {
+  using L = ValueGradientLayout<C, K>;
+  constexpr int kSquareTiles = C / kTile;
+  extern __shared__ float4 shared_vectors[];
+  float* shared = reinterpret_cast<float*>(shared_vectors);
+  float* queries = shared + L::kQueries;
+  float* keys = shared + L::kKeys;
+  float* pairs_t = shared + L::kPairs;
+  float* grads = shared + L::kGrads;
+  float* gamma = shared + L::kGamma;
+  const int V = a.value_dim;
+  const int m = blockIdx.x, bh = blockIdx.y;
+  const int b = bh / a.heads, h = bh % a.heads;
+  const int first = m * C, valid = min(C, a.tokens - first);
+  const size_t chunk = static_cast<size_t>(bh) * gridDim.x + m;
+
+  for (int i = threadIdx.x; i < C; i += kThreads)
+    gamma[i] = a.gamma[chunk * C + i];
+  __syncthreads();
+  // q̂ leaves exact; q and k stay behind as TF32 operands.
+  float* q_read = a.q_read + chunk * C * K;
+  const ChunkRows<Scalar> q_rows(a.q, b, h, first, valid);
+  copy_rows(
+      C, K, [&](int r, int c) { return q_rows.load(r, c); },
+      [&](int r, int c, float4 x) {
+        store4(q_read + r * K + c, scaled(x, a.scale * expf(gamma[r])));
+        store4(queries + r * L::kKeysLd + c, tf32(x));
+      });
+  load_chunk(keys, L::kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr, true);
+  __syncthreads();
+  // Pᵀ: the tiles of q kᵀ on and below the diagonal, each stored transposed.
+  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
+    if (c > r) return;
+    Accumulator acc;
+    wmma::fill_fragment(acc, 0.f);
+    multiply<wmma::col_major, K, L::kKeysLd, L::kKeysLd>(acc, queries + r * kTile * L::kKeysLd,
+                                                         keys + c * kTile * L::kKeysLd);
+    wmma::store_matrix_sync(pairs_t + c * kTile * L::kSquareLd + r * kTile, acc, L::kSquareLd,
+                            wmma::mem_col_major);
+  });
+  __syncthreads();
+  for_each_entry(C, C, [&](int i, int j) {
+    float& entry = pairs_t[i * L::kSquareLd + j];  // P_ji
+    entry = i <= j ? wmma::__float_to_tf32(entry * expf(gamma[j] - gamma[i])) : 0.f;
+  });
+  __syncthreads();
+
+  const ChunkRows<Scalar> d_out_rows(a.d_out, b, h, first, valid);
+  float* d_out_chunks = a.d_out_chunks + chunk * C * V;
+  float* d_v_new_intra = a.d_v_new_intra + chunk * C * V;
+  for (int first_column = 0; first_column < V; first_column += kColumnTile) {
+    const int width = min(kColumnTile, V - first_column);
+    copy_rows(
+        C, width, [&](int r, int c) { return d_out_rows.load(r, first_column + c); },
+        [&](int r, int c, float4 x) {
+          store4(d_out_chunks + r * V + first_column + c, x);
+          store4(grads + r * kColumnLd + c, tf32(x));
+        });
+    __syncthreads();
+    // Row tile r of Pᵀ is zero left of its diagonal tile.
+    for_each_tile(kSquareTiles, width / kTile, [&](int r, int c) {
+      Accumulator acc;
+      wmma::fill_fragment(acc, 0.f);
+      multiply<wmma::row_major, C, L::kSquareLd, kColumnLd>(acc, pairs_t + r * kTile * (L::kSquareLd + 1),
+                                                            grads + r * kTile * kColumnLd + c * kTile,
+                                                            C - r * kTile);
+#pragma unroll
+      for (int t = 0; t < acc.num_elements; ++t)
+        acc.x[t] *= a.scale;
+      wmma::store_matrix_sync(d_v_new_intra + r * kTile * V + first_column + c * kTile, acc, V,
+                              wmma::mem_row_major);
+    });
+    __syncthreads();
+  }
+}
+
+// ---- chunk_gradients ----
+
+/// Shared-memory layout of chunk_gradients, in floats. The value-column passes and the key-side stage after
+/// them share one region; the per-row terms follow it.
+template <int C, int K>
+struct GradientLayout {
+  static constexpr int kKeysLd = K + kPad;
+  static constexpr int kSquareLd = C + kPad;
+  // Value-column passes: Tᵀ, seven C-row tiles, and S and dS_next as K-row tiles.
+  static constexpr int kInverseT = 0;
+  static constexpr int kDOut = kInverseT + C * kSquareLd;   // dO
+  static constexpr int kDOutRead = kDOut + C * kValueLd;    // scale exp(γ) ⊙ dO
+  static constexpr int kVNew = kDOutRead + C * kValueLd;    // Δ
+  static constexpr int kVNewToEnd = kVNew + C * kValueLd;   // exp(γ_last − γ) ⊙ Δ
+  static constexpr int kDVNew = kVNewToEnd + C * kValueLd;  // dΔ
+  static constexpr int kDVb = kDVNew + C * kValueLd;        // d(βV) = Tᵀ dΔ
+  static constexpr int kDVbRead = kDVb + C * kValueLd;      // −exp(γ) ⊙ d(βV)
+  static constexpr int kStates = kDVbRead + C * kValueLd;
+  static constexpr int kDStates = kStates + K * kValueLd;
+  static constexpr int kValuePassFloats = kDStates + K * kValueLd;
+  // Key-side stage: q, k, two C × K scratch blocks and four C × C blocks.
+  static constexpr int kQueries = 0;
+  static constexpr int kKeys = kQueries + C * kKeysLd;
+  static constexpr int kScratch = kKeys + C * kKeysLd;
+  static constexpr int kScratch2 = kScratch + C * kKeysLd;
+  static constexpr int kPairs = kScratch2 + C * kKeysLd;     // q kᵀ, then (dP ⊙ D)ᵀ
+  static constexpr int kKeyPairs = kPairs + C * kSquareLd;   // k kᵀ, then dKK + dKKᵀ
+  static constexpr int kDPairs = kKeyPairs + C * kSquareLd;  // dP, then dP ⊙ D
+  static constexpr int kGram = kDPairs + C * kSquareLd;      // d(βV) Δᵀ, then dKK
+  static constexpr int kKeyStageFloats = kGram + C * kSquareLd;
+  // Per-row terms.
+  static constexpr int kGamma = larger(kValuePassFloats, kKeyStageFloats);
+  static constexpr int kBeta = kGamma + C;
+  static constexpr int kExpGamma = kBeta + C;
+  static constexpr int kToEnd = kExpGamma + C;
+  static constexpr int kDGamma = kToEnd + C;
+  static constexpr int kDBeta = kDGamma + C;
+  static constexpr int kColumnSums = kDBeta + C;
+  static constexpr int kTotals = kColumnSums + C;  // ⟨S, dS_next⟩, Σ_i ⟨dK̃_i, K̃_i⟩
+  static constexpr int kFloats = kTotals + 4;
+};
+
+struct GradientArgs {
+  TokenRows q, k, v;
+  const float *beta, *gamma, *inverse, *states, *v_new, *d_out, *d_states_next, *d_v_new;
+  void *d_q, *d_k, *d_v;
+  float *d_g, *d_beta;
+  float scale;
+  int tokens, heads, value_dim;
+};
+
+/// A value of S with the same entry of dS_next.
+struct StatePair {
+  float4 state, d_state;
+};
+
+template <class Scalar, int C, int K>
+__global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientArgs a) {
+  using L = GradientLayout<C, K>;
+  constexpr int kSquareTiles = C / kTile, kKeyColumnTiles = K / kTile;
+  constexpr int kKeyTilesPerWarp = kSquareTiles * kKeyColumnTiles / kWarps;
+  constexpr int kSquareTilesPerWarp = larger(1, kSquareTiles * kSquareTiles / kWarps);
+  static_assert(kSquareTiles * kKeyColumnTiles % kWarps == 0);
+  constexpr int kKeysLd = L::kKeysLd, kSquareLd = L::kSquareLd;
+  extern __shared__ float4 shared_vectors[];
+  float* shared = reinterpret_cast<float*>(shared_vectors);
+  float* gamma = shared + L::kGamma;
+  float* beta = shared + L::kBeta;
+  float* exp_gamma = shared + L::kExpGamma;
+  float* to_end = shared + L::kToEnd;
+  float* d_gamma = shared + L::kDGamma;
+  float* d_beta = shared + L::kDBeta;
+  float* column_sums = shared + L::kColumnSums;
+  float* totals = shared + L::kTotals;
+  const int V = a.value_dim;
+  const int m = blockIdx.x, bh = blockIdx.y;
+  const int b = bh / a.heads, h = bh % a.heads;
+  const int first = m * C, valid = min(C, a.tokens - first);
+  const size_t chunk = static_cast<size_t>(bh) * gridDim.x + m;
+  const bool delta_rule = a.beta != nullptr;
+  const int warp = threadIdx.x / 32;
+
+  for (int i = threadIdx.x; i < C; i += kThreads) {
+    gamma[i] = a.gamma[chunk * C + i];
+    const size_t token = (static_cast<size_t>(b) * a.tokens + first + i) * a.heads + h;
+    beta[i] = delta_rule && i < valid ? a.beta[token] : 0.f;
+    d_gamma[i] = 0.f;
+    d_beta[i] = 0.f;
+    column_sums[i] = 0.f;
+  }
+  if (threadIdx.x < 4) totals[threadIdx.x] = 0.f;
+  __syncthreads();
+  for (int i = threadIdx.x; i < C; i += kThreads) {
+    exp_gamma[i] = expf(gamma[i]);
+    to_end[i] = expf(gamma[C - 1] - gamma[i]);
+  }
+
+  // ---- value-column passes: every product whose depth is V, accumulated in registers ----
+  float* inverse_t = shared + L::kInverseT;
+  float* d_out = shared + L::kDOut;
+  float* d_out_read = shared + L::kDOutRead;
+  float* v_new = shared + L::kVNew;
+  float* v_new_to_end = shared + L::kVNewToEnd;
+  float* d_v_new = shared + L::kDVNew;
+  float* d_vb = shared + L::kDVb;
+  float* d_vb_read = shared + L::kDVbRead;
+  float* states = shared + L::kStates;
+  float* d_states = shared + L::kDStates;
+  if (delta_rule) {
+    const float* inverse = a.inverse + chunk * C * C;
+    copy_rows(
+        C, C, [&](int r, int c) { return load4(inverse + r * C + c); },
+        [&](int r, int c, float4 x) {
+          inverse_t[c * kSquareLd + r] = wmma::__float_to_tf32(x.x);
+          inverse_t[(c + 1) * kSquareLd + r] = wmma::__float_to_tf32(x.y);
+          inverse_t[(c + 2) * kSquareLd + r] = wmma::__float_to_tf32(x.z);
+          inverse_t[(c + 3) * kSquareLd + r] = wmma::__float_to_tf32(x.w);
+        });
+  }
+  // Per key tile: dq̂ · scale exp(γ) (= dO Sᵀ with dO's rows scaled), dK̃ ⊙ exp(γ_last − γ) and
+  // exp(γ) ⊙ d(β exp(γ) K), the gradient of w's operand; per C × C tile: dP / scale and d(βV) Δᵀ.
+  Accumulator d_q[kKeyTilesPerWarp], d_k[kKeyTilesPerWarp], d_kb[kKeyTilesPerWarp];
+  Accumulator d_pairs[kSquareTilesPerWarp], gram[kSquareTilesPerWarp];
+#pragma unroll
+  for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+    wmma::fill_fragment(d_q[s], 0.f);
+    wmma::fill_fragment(d_k[s], 0.f);
+    wmma::fill_fragment(d_kb[s], 0.f);
+  }
+#pragma unroll
+  for (int s = 0; s < kSquareTilesPerWarp; ++s) {
+    wmma::fill_fragment(d_pairs[s], 0.f);
+    wmma::fill_fragment(gram[s], 0.f);
+  }
+  const auto key_tile = [&](int s) { return warp + s * kWarps; };
+  const auto square_tile = [&](int s) { return warp + s * kWarps; };
+  constexpr int kSquareTileCount = kSquareTiles * kSquareTiles;
+
+  const ChunkRows<Scalar> v_rows(a.v, b, h, first, valid);
+  const float* d_out_chunk = a.d_out + chunk * C * V;
+  const float* v_new_chunk = a.v_new + chunk * C * V;
+  const float* d_v_new_chunk = a.d_v_new + chunk * C * V;
+  const float* states_chunk = a.states + chunk * K * V;
+  const float* d_states_chunk = a.d_states_next + chunk * K * V;
+  float state_dot = 0.f;
+  for (int first_column = 0; first_column < V; first_column += kValueTile) {
+    const int width = min(kValueTile, V - first_column);
+    copy_rows(
+        C, width, [&](int r, int c) { return load4(d_out_chunk + r * V + first_column + c); },
+        [&](int r, int c, float4 x) {
+          store4(d_out + r * kValueLd + c, tf32(x));
+          store4(d_out_read + r * kValueLd + c, tf32(scaled(x, a.scale * exp_gamma[r])));
+        });
+    copy_rows(
+        C, width, [&](int r, int c) { return load4(v_new_chunk + r * V + first_column + c); },
+        [&](int r, int c, float4 x) {
+          store4(v_new + r * kValueLd + c, tf32(x));
+          store4(v_new_to_end + r * kValueLd + c, tf32(scaled(x, to_end[r])));
+        });
+    copy_rows(
+        C, width, [&](int r, int c) { return load4(d_v_new_chunk + r * V + first_column + c); },
+        [&](int r, int c, float4 x) {
+          if (delta_rule)
+            store4(d_v_new + r * kValueLd + c, tf32(x));
+          else if (r < valid)  // SSD: dV = dΔ
+            store4(output_row<Scalar>(a.d_v, b, first + r, h, a.tokens, a.heads, V) + first_column + c, x);
+        });
+    copy_rows(
+        K, width,
+        [&](int r, int c) {
+          return StatePair{load4(states_chunk + r * V + first_column + c),
+                           load4(d_states_chunk + r * V + first_column + c)};
+        },
+        [&](int r, int c, StatePair x) {
+          state_dot += x.state.x * x.d_state.x + x.state.y * x.d_state.y + x.state.z * x.d_state.z +
+                       x.state.w * x.d_state.w;
+          store4(states + r * kValueLd + c, tf32(x.state));
+          store4(d_states + r * kValueLd + c, tf32(x.d_state));
+        });
+    __syncthreads();
+    if (delta_rule) {
+      // d(βV) = Tᵀ dΔ; row tile r of Tᵀ is zero left of its diagonal tile.
+      for_each_tile(kSquareTiles, width / kTile, [&](int r, int c) {
+        Accumulator acc;
+        wmma::fill_fragment(acc, 0.f);
+        multiply<wmma::row_major, C, kSquareLd, kValueLd>(acc, inverse_t + r * kTile * (kSquareLd + 1),
+                                                          d_v_new + r * kTile * kValueLd + c * kTile,
+                                                          C - r * kTile);
+        wmma::store_matrix_sync(d_vb + r * kTile * kValueLd + c * kTile, acc, kValueLd, wmma::mem_row_major);
+      });
+    }
+#pragma unroll
+    for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+      const int r = key_tile(s) / kKeyColumnTiles, c = key_tile(s) % kKeyColumnTiles;
+      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(d_q[s], d_out_read + r * kTile * kValueLd,
+                                                                states + c * kTile * kValueLd, width);
+      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(d_k[s], v_new_to_end + r * kTile * kValueLd,
+                                                                d_states + c * kTile * kValueLd, width);
+    }
+#pragma unroll
+    for (int s = 0; s < kSquareTilesPerWarp; ++s) {
+      if (square_tile(s) >= kSquareTileCount) continue;
+      const int r = square_tile(s) / kSquareTiles, c = square_tile(s) % kSquareTiles;
+      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(d_pairs[s], d_out + r * kTile * kValueLd,
+                                                                v_new + c * kTile * kValueLd, width);
+    }
+    __syncthreads();
+    if (delta_rule) {
+      // dV = β ⊙ d(βV), dβ += ⟨d(βV), v⟩; d(βV) stays as the operands of d_kb and the Gram term.
+      copy_rows(
+          C, width, [&](int r, int c) { return *reinterpret_cast<const float4*>(d_vb + r * kValueLd + c); },
+          [&](int r, int c, float4 x) {
+            if (r < valid) {
+              store4(output_row<Scalar>(a.d_v, b, first + r, h, a.tokens, a.heads, V) + first_column + c,
+                     scaled(x, beta[r]));
+              const float4 value = v_rows.load(r, first_column + c);
+              atomicAdd(d_beta + r, x.x * value.x + x.y * value.y + x.z * value.z + x.w * value.w);
+            }
+            store4(d_vb_read + r * kValueLd + c, tf32(scaled(x, -exp_gamma[r])));
+            store4(d_vb + r * kValueLd + c, tf32(x));
+          });
+      __syncthreads();
+#pragma unroll
+      for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+        const int r = key_tile(s) / kKeyColumnTiles, c = key_tile(s) % kKeyColumnTiles;
+        multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(d_kb[s], d_vb_read + r * kTile * kValueLd,
+                                                                  states + c * kTile * kValueLd, width);
+      }
+#pragma unroll
+      for (int s = 0; s < kSquareTilesPerWarp; ++s) {
+        if (square_tile(s) >= kSquareTileCount) continue;
+        const int r = square_tile(s) / kSquareTiles, c = square_tile(s) % kSquareTiles;
+        multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(gram[s], d_vb + r * kTile * kValueLd,
+                                                                  v_new + c * kTile * kValueLd, width);
+      }
+      __syncthreads();
+    }
+  }
+  state_dot = warp_sum(state_dot);
+  if (threadIdx.x % 32 == 0) atomicAdd(totals, state_dot);
+
+  // ---- key-side stage ----
+  float* queries = shared + L::kQueries;
+  float* keys = shared + L::kKeys;
+  float* scratch = shared + L::kScratch;
+  float* scratch2 = shared + L::kScratch2;
+  float* pairs = shared + L::kPairs;
+  float* key_pairs = shared + L::kKeyPairs;
+  float* d_pair_terms = shared + L::kDPairs;
+  float* gram_terms = shared + L::kGram;
+  load_chunk(queries, kKeysLd, ChunkRows<Scalar>(a.q, b, h, first, valid), C, K, 0, nullptr, true);
+  load_chunk(keys, kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr, true);
+  const auto store_key_tiles = [&](float* dst, Accumulator* acc) {
+#pragma unroll
+    for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+      const int r = key_tile(s) / kKeyColumnTiles, c = key_tile(s) % kKeyColumnTiles;
+      wmma::store_matrix_sync(dst + r * kTile * kKeysLd + c * kTile, acc[s], kKeysLd, wmma::mem_row_major);
+    }
+  };
+  store_key_tiles(scratch, d_q);
+  store_key_tiles(scratch2, d_k);
+#pragma unroll
+  for (int s = 0; s < kSquareTilesPerWarp; ++s) {
+    if (square_tile(s) >= kSquareTileCount) continue;
+    const int r = square_tile(s) / kSquareTiles, c = square_tile(s) % kSquareTiles;
+#pragma unroll
+    for (int t = 0; t < d_pairs[s].num_elements; ++t)
+      d_pairs[s].x[t] *= a.scale;
+    wmma::store_matrix_sync(d_pair_terms + r * kTile * kSquareLd + c * kTile, d_pairs[s], kSquareLd,
+                            wmma::mem_row_major);
+    if (delta_rule)
+      wmma::store_matrix_sync(gram_terms + r * kTile * kSquareLd + c * kTile, gram[s], kSquareLd,
+                              wmma::mem_row_major);
+  }
+  __syncthreads();
+  // q kᵀ and k kᵀ on and below the diagonal tiles.
+  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
+    if (c > r) return;
+    Accumulator acc;
+    wmma::fill_fragment(acc, 0.f);
+    multiply<wmma::col_major, K, kKeysLd, kKeysLd>(acc, queries + r * kTile * kKeysLd,
+                                                   keys + c * kTile * kKeysLd);
+    wmma::store_matrix_sync(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+    if (!delta_rule) return;
+    wmma::fill_fragment(acc, 0.f);
+    multiply<wmma::col_major, K, kKeysLd, kKeysLd>(acc, keys + r * kTile * kKeysLd,
+                                                   keys + c * kTile * kKeysLd);
+    wmma::store_matrix_sync(key_pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd,
+                            wmma::mem_row_major);
+  });
+  // dγ_i += ⟨dq̂_i, q̂_i⟩ and −⟨dK̃_i, K̃_i⟩, whose sum goes to γ_last.
+  for_each_row_dot<C, K, kKeysLd, kKeysLd>(scratch, queries,
+                                           [&](int i, float x) { atomicAdd(d_gamma + i, x); });
+  for_each_row_dot<C, K, kKeysLd, kKeysLd>(scratch2, keys, [&](int i, float x) {
+    atomicAdd(d_gamma + i, -x);
+    atomicAdd(totals + 1, x);
+  });
+  __syncthreads();
+  if (delta_rule) {
+    // exp(γ) ⊙ d(β exp(γ) K) hands ⟨·, k⟩ to β and β ⟨·, k⟩ to γ; its product by β joins dk at the end.
+    store_key_tiles(scratch2, d_kb);
+    __syncthreads();
+    for_each_row_dot<C, K, kKeysLd, kKeysLd>(scratch2, keys, [&](int i, float x) {
+      atomicAdd(d_beta + i, x);
+      atomicAdd(d_gamma + i, beta[i] * x);
+    });
+  }
+  // The C × C terms, entry by entry; a warp's lanes share a row.
+  {
+    constexpr int kRowsPerPass = kThreads / C;
+    const int j = threadIdx.x % C;
+    float column = 0.f;
+    for (int i = threadIdx.x / C; i < C; i += kRowsPerPass) {
+      const bool on_or_below = j <= i, below = j < i;
+      const float decay = on_or_below ? expf(gamma[i] - gamma[j]) : 0.f;
+      const float d_pair = d_pair_terms[i * kSquareLd + j];
+      float pair_gradient = on_or_below ? d_pair * pairs[i * kSquareLd + j] * decay : 0.f;
+      d_pair_terms[i * kSquareLd + j] = d_pair * decay;  // dP ⊙ D
+      float beta_gradient = 0.f;
+      if (delta_rule) {
+        const float key_pair = below ? key_pairs[i * kSquareLd + j] * decay : 0.f;
+        const float d_a = below ? -gram_terms[i * kSquareLd + j] : 0.f;
+        pair_gradient += d_a * beta[i] * key_pair;
+        beta_gradient = d_a * key_pair;
+        gram_terms[i * kSquareLd + j] = beta[i] * d_a * decay;  // dKK
+      }
+      column += pair_gradient;
+      const float row = warp_sum(pair_gradient), row_beta = warp_sum(beta_gradient);
+      if (threadIdx.x % 32 == 0) {
+        atomicAdd(d_gamma + i, row);
+        if (delta_rule) atomicAdd(d_beta + i, row_beta);
+      }
+    }
+    atomicAdd(column_sums + j, column);
+  }
+  __syncthreads();
+  for_each_entry(C, C, [&](int i, int j) {
+    pairs[i * kSquareLd + j] = wmma::__float_to_tf32(d_pair_terms[j * kSquareLd + i]);
+    if (delta_rule)
+      key_pairs[i * kSquareLd + j] =
+          wmma::__float_to_tf32(gram_terms[i * kSquareLd + j] + gram_terms[j * kSquareLd + i]);
+  });
+  for (int i = threadIdx.x; i < C; i += kThreads)
+    d_gamma[i] -= column_sums[i];
+  __syncthreads();
+  for_each_entry(C, C, [&](int i, int j) {
+    float& entry = d_pair_terms[i * kSquareLd + j];
+    entry = wmma::__float_to_tf32(entry);
+  });
+  __syncthreads();
+
+  // dq += (dP ⊙ D) k; dk += (dP ⊙ D)ᵀ q + (dKK + dKKᵀ) k. (dP ⊙ D) is lower triangular.
+#pragma unroll
+  for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+    const int r = key_tile(s) / kKeyColumnTiles, c = key_tile(s) % kKeyColumnTiles;
+    multiply<wmma::row_major, C, kSquareLd, kKeysLd>(d_q[s], d_pair_terms + r * kTile * kSquareLd,
+                                                     keys + c * kTile, (r + 1) * kTile);
+    multiply<wmma::row_major, C, kSquareLd, kKeysLd>(d_k[s], pairs + r * kTile * (kSquareLd + 1),
+                                                     queries + r * kTile * kKeysLd + c * kTile,
+                                                     C - r * kTile);
+    if (delta_rule)
+      multiply<wmma::row_major, C, kSquareLd, kKeysLd>(d_k[s], key_pairs + r * kTile * kSquareLd,
+                                                       keys + c * kTile);
+  }
+  store_key_tiles(scratch, d_q);
+  __syncthreads();
+  copy_rows(
+      valid, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
+      [&](int r, int c, float4 x) {
+        store4(output_row<Scalar>(a.d_q, b, first + r, h, a.tokens, a.heads, K) + c, x);
+      });
+  if (threadIdx.x == 0) d_gamma[C - 1] += totals[1] + expf(gamma[C - 1]) * totals[0];
+  __syncthreads();
+  store_key_tiles(scratch, d_k);
+  reverse_cumsum_in_warp(d_gamma, C);
+  __syncthreads();
+  copy_rows(
+      valid, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
+      [&](int r, int c, float4 x) {
+        if (delta_rule) {
+          const float4 y = *reinterpret_cast<const float4*>(scratch2 + r * kKeysLd + c);
+          x = make_float4(x.x + beta[r] * y.x, x.y + beta[r] * y.y, x.z + beta[r] * y.z, x.w + beta[r] * y.w);
+        }
+        store4(output_row<Scalar>(a.d_k, b, first + r, h, a.tokens, a.heads, K) + c, x);
+      });
+  for (int i = threadIdx.x; i < valid; i += kThreads) {
+    const size_t token = (static_cast<size_t>(b) * a.tokens + first + i) * a.heads + h;
+    a.d_g[token] = d_gamma[i];
+    if (delta_rule) a.d_beta[token] = d_beta[i];
+  }
+}
+
+// ---- launches ----
+
+/// The (C, K) pairs the backward kernels are instantiated for: chunk_gradients keeps three C × K blocks in
+/// registers per warp, which K = 256 would spill.
+template <class F>
+bool with_gradient_shape(const ChunkStageDims& d, F&& f) {
+  return with_instantiated_shape<ChunkShape<64, 128>, ChunkShape<64, 64>, ChunkShape<32, 64>,
+                                 ChunkShape<32, 128>>(d, std::forward<F>(f));
+}
+
+}  // namespace
+
+bool supports_chunk_gradients(const ChunkStageDims& d) {
+  if (!supports_chunk_stages(d)) return false;
+  const size_t limit = static_cast<size_t>(std::max(max_shared_bytes(), 0));
+  bool fits = false;
+  const bool instantiated = with_gradient_shape(d, [&]<int C, int K>() {
+    fits =
+        sizeof(float) * std::max(ValueGradientLayout<C, K>::kFloats, GradientLayout<C, K>::kFloats) <= limit;
+  });
+  return instantiated && fits;
+}
+
+const char* chunk_value_gradient(const TokenRows& q, const TokenRows& k, const TokenRows& d_out,
+                                 const float* gamma, double scale, float* q_read, float* d_out_chunks,
+                                 float* d_v_new_intra, const ChunkStageDims& dims, void* stream) {
+  const ValueGradientArgs args{q,
+                               k,
+                               d_out,
+                               gamma,
+                               q_read,
+                               d_out_chunks,
+                               d_v_new_intra,
+                               static_cast<float>(scale),
+                               static_cast<int>(dims.tokens),
+                               static_cast<int>(dims.heads),
+                               static_cast<int>(dims.value_dim)};
+  const char* error = "chunk_value_gradient: no kernel for this chunk length and key dim";
+  with_gradient_shape(dims, [&]<int C, int K>() {
+    constexpr int kFloats = ValueGradientLayout<C, K>::kFloats;
+    error = dims.bf16 ? launch(chunk_value_gradient_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
+                      : launch(chunk_value_gradient_kernel<float, C, K>, args, kFloats, dims, stream);
+  });
+  return error;
+}
+
+const char* chunk_gradients(const ChunkGradientBuffers& buffers, double scale, const ChunkStageDims& dims,
+                            void* stream) {
+  const GradientArgs args{buffers.q,
+                          buffers.k,
+                          buffers.v,
+                          buffers.beta,
+                          buffers.gamma,
+                          buffers.inverse,
+                          buffers.states,
+                          buffers.v_new,
+                          buffers.d_out,
+                          buffers.d_states_next,
+                          buffers.d_v_new,
+                          buffers.d_q,
+                          buffers.d_k,
+                          buffers.d_v,
+                          buffers.d_g,
+                          buffers.d_beta,
+                          static_cast<float>(scale),
+                          static_cast<int>(dims.tokens),
+                          static_cast<int>(dims.heads),
+                          static_cast<int>(dims.value_dim)};
+  const char* error = "chunk_gradients: no kernel for this chunk length and key dim";
+  with_gradient_shape(dims, [&]<int C, int K>() {
+    constexpr int kFloats = GradientLayout<C, K>::kFloats;
+    error = dims.bf16 ? launch(chunk_gradients_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
+                      : launch(chunk_gradients_kernel<float, C, K>, args, kFloats, dims, stream);
+  });
+  return error;
+}
+
+}  // namespace dla::ops::fused::kernels

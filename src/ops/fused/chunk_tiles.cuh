@@ -1,0 +1,209 @@
+// Device-side building blocks of the fused op's per-chunk kernels (chunk_stages.cu, chunk_gradients.cu):
+// one thread block of kThreads per (chunk, batch·head) moves chunk rows between global and shared memory
+// with vector loads, and multiplies shared-memory tiles on TF32 tensor cores (WMMA m16n16k8, float32
+// accumulators). Operands are rounded to TF32 once, when they are written to shared memory.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <type_traits>
+
+#include "../cuda_launch.cuh"
+#include "kernels.h"
+
+namespace dla::ops::fused::kernels::tiles {
+
+using namespace nvcuda;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kTile = 16;  // WMMA tile edge, and the block edge of the blocked inverse
+constexpr int kStep = 8;   // WMMA depth of one TF32 product
+// Shared rows are padded so that the WMMA fragment loads hit 32 distinct banks: rows read as A or as a
+// column-major B by 4 floats (row length ≡ 4 mod 32), rows read as a row-major B by 8 (≡ 8 mod 32).
+constexpr int kPad = 4;
+constexpr int kRowMajorBPad = 8;
+constexpr int kColumnTile = 64;  // columns of w, u or the output per pass over a shared B operand
+constexpr int kColumnLd = kColumnTile + kRowMajorBPad;
+constexpr int kInFlight = 4;  // vector loads each thread keeps in flight
+
+/// std::max for the kernels' compile-time sizes (nvcc keeps std::max to host code).
+__host__ __device__ constexpr int larger(int a, int b) {
+  return a > b ? a : b;
+}
+
+using Accumulator = wmma::fragment<wmma::accumulator, kTile, kTile, kStep, float>;
+using OperandA = wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, wmma::row_major>;
+template <class Layout>
+using OperandB = wmma::fragment<wmma::matrix_b, kTile, kTile, kStep, wmma::precision::tf32, Layout>;
+
+/// acc += A B over the depth steps j < depth (a multiple of 8, at most MaxDepth), operands in shared memory
+/// already rounded to TF32: A 16 × depth row-major with rows ALd apart; row-major B is B(i, j) = b[i·BLd +
+/// j], column-major B is B(i, j) = b[i + j·BLd], e.g. the transpose of a row-major block.
+template <class BLayout, int MaxDepth, int ALd, int BLd>
+__device__ void multiply(Accumulator& acc, const float* a, const float* b, int depth = MaxDepth) {
+  constexpr bool kRowMajor = std::is_same_v<BLayout, wmma::row_major>;
+#pragma unroll
+  for (int j = 0; j < MaxDepth; j += kStep) {
+    if (j < depth) {
+      OperandA a_fragment;
+      OperandB<BLayout> b_fragment;
+      wmma::load_matrix_sync(a_fragment, a + j, ALd);
+      wmma::load_matrix_sync(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
+      wmma::mma_sync(acc, a_fragment, b_fragment, acc);
+    }
+  }
+}
+
+// ---- copies ----
+
+inline __device__ float4 load4(const float* p) {
+  return __ldg(reinterpret_cast<const float4*>(p));
+}
+
+inline __device__ float4 load4(const __nv_bfloat16* p) {
+  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+  const float2 low = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 high = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(low.x, low.y, high.x, high.y);
+}
+
+inline __device__ void store4(float* p, float4 x) {
+  *reinterpret_cast<float4*>(p) = x;
+}
+
+inline __device__ void store4(__nv_bfloat16* p, float4 x) {
+  const __nv_bfloat162 low = __floats2bfloat162_rn(x.x, x.y);
+  const __nv_bfloat162 high = __floats2bfloat162_rn(x.z, x.w);
+  uint2 raw;
+  raw.x = *reinterpret_cast<const unsigned*>(&low);
+  raw.y = *reinterpret_cast<const unsigned*>(&high);
+  *reinterpret_cast<uint2*>(p) = raw;
+}
+
+inline __device__ float4 scaled(float4 x, float s) {
+  return make_float4(s * x.x, s * x.y, s * x.z, s * x.w);
+}
+
+/// x with every element rounded to TF32, as the tensor cores' operands.
+inline __device__ float4 tf32(float4 x) {
+  return make_float4(wmma::__float_to_tf32(x.x), wmma::__float_to_tf32(x.y), wmma::__float_to_tf32(x.z),
+                     wmma::__float_to_tf32(x.w));
+}
+
+/// For every row r < rows and every fourth column c < cols (a multiple of 4, at most 4·kThreads):
+/// sink(r, c, source(r, c)), keeping kInFlight loads per thread in flight (source returns a float4, or
+/// any value that sink takes). A thread keeps one column and
+/// walks the rows, so that no index is divided per element.
+template <class Source, class Sink>
+__device__ void copy_rows(int rows, int cols, Source source, Sink sink) {
+  const int per_row = cols / 4, rows_per_pass = kThreads / per_row;
+  const int c = 4 * (threadIdx.x % per_row), first_row = threadIdx.x / per_row;
+  if (first_row >= rows_per_pass) return;
+  for (int base = first_row; base < rows; base += rows_per_pass * kInFlight) {
+    decltype(source(0, 0)) values[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (base + u * rows_per_pass < rows) values[u] = source(base + u * rows_per_pass, c);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (base + u * rows_per_pass < rows) sink(base + u * rows_per_pass, c, values[u]);
+    }
+  }
+}
+
+/// f(i, j) for every entry of a rows × cols block (cols at most kThreads), one column per thread.
+template <class F>
+__device__ void for_each_entry(int rows, int cols, F f) {
+  const int rows_per_pass = kThreads / cols;
+  const int j = threadIdx.x % cols, first_row = threadIdx.x / cols;
+  if (first_row >= rows_per_pass) return;
+  for (int i = first_row; i < rows; i += rows_per_pass)
+    f(i, j);
+}
+
+/// The chunk of one head of a [B, T, H, D] input: row r is token first + r, `valid` rows exist.
+template <class Scalar>
+struct ChunkRows {
+  const Scalar* first_row;
+  int64_t token_stride;
+  int valid;
+
+  __device__ ChunkRows(const TokenRows& rows, int b, int h, int first, int valid_rows)
+      : first_row(static_cast<const Scalar*>(rows.data) + b * rows.batch + first * rows.token +
+                  h * rows.head),
+        token_stride(rows.token),
+        valid(valid_rows) {}
+
+  /// Columns [c, c + 4) of row r as float32, zeros past the last token.
+  __device__ float4 load(int r, int c) const {
+    return r < valid ? load4(first_row + r * token_stride + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+};
+
+/// dst[r][c] (rows dst_ld apart) = src[r][c + first_column] for r < rows, c < cols (a multiple of 4),
+/// times row_scale[r] unless null, and rounded to TF32 when `round`.
+template <class Scalar>
+__device__ void load_chunk(float* dst, int dst_ld, const ChunkRows<Scalar>& src, int rows, int cols,
+                           int first_column, const float* row_scale, bool round) {
+  copy_rows(
+      rows, cols, [&](int r, int c) { return src.load(r, first_column + c); },
+      [&](int r, int c, float4 x) {
+        const float4 y = row_scale != nullptr ? scaled(x, row_scale[r]) : x;
+        store4(dst + r * dst_ld + c, round ? tf32(y) : y);
+      });
+}
+
+/// dst (rows dst_ld apart) = `cols` columns from first_column of a row-major global matrix with rows
+/// src_ld floats apart, rounded to TF32 (an operand).
+inline __device__ void load_operand(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
+                                    int rows, int cols, int first_column) {
+  copy_rows(
+      rows, cols,
+      [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first_column + c); },
+      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
+}
+
+/// The row tile and column tile of each warp's share of a (C / 16) × col_tiles grid of 16 × 16 tiles:
+/// f(r, c) for every tile index warp, warp + kWarps, …
+template <class F>
+__device__ void for_each_tile(int row_tiles, int col_tiles, F f) {
+  for (int tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += kWarps)
+    f(tile / col_tiles, tile % col_tiles);
+}
+
+/// A (chunk length, key dim) pair a kernel is instantiated for.
+template <int C, int K>
+struct ChunkShape {};
+
+/// Calls f.template operator()<C, K>() with the (chunk length, key dim) of d when it is one of `Shapes`
+/// (ChunkShape<C, K>); false otherwise.
+template <class... Shapes, class F>
+bool with_instantiated_shape(const ChunkStageDims& d, F&& f) {
+  const auto shape = [&]<int C, int K>(ChunkShape<C, K>) {
+    if (d.chunk_size != C || d.key_dim != K) return false;
+    f.template operator()<C, K>();
+    return true;
+  };
+  return (shape(Shapes{}) || ...);
+}
+
+/// Launches kernel(args) with one block of kThreads per (chunk, batch·head) and `shared_floats` of dynamic
+/// shared memory. nullptr on success, else the CUDA error's text.
+template <class Kernel, class Args>
+const char* launch(Kernel kernel, const Args& args, int shared_floats, const ChunkStageDims& d,
+                   void* stream) {
+  const size_t bytes = sizeof(float) * static_cast<size_t>(shared_floats);
+  const cudaError_t error =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (error != cudaSuccess) return cudaGetErrorString(error);
+  const dim3 grid(static_cast<unsigned>((d.tokens + d.chunk_size - 1) / d.chunk_size),
+                  static_cast<unsigned>(d.batch * d.heads));
+  kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(args);
+  return dla::ops::kernels::launched();
+}
+
+}  // namespace dla::ops::fused::kernels::tiles
