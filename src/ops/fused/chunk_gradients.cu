@@ -19,6 +19,9 @@ namespace {
 using namespace tiles;
 using dla::ops::kernels::max_shared_bytes;
 
+// chunk_gradients keeps four C × K and C × C accumulators live across its products: two steps per unrolled
+// iteration keep their operand loads from spilling.
+constexpr int kUnroll = 2;
 constexpr int kValueTile = 32;  // value columns per pass of chunk_gradients
 constexpr int kValueLd = kValueTile + kRowMajorBPad;
 
@@ -169,36 +172,38 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
 
 // ---- chunk_gradients ----
 
-/// Shared-memory layout of chunk_gradients, in floats. The value-column passes and the key-side stage after
-/// them share one region; the per-row terms follow it.
+/// Shared-memory layout of chunk_gradients, in floats. k stays at the front throughout; the value-column
+/// passes and the key-side stage after them share the region behind it; the per-row terms follow.
 template <int C, int K>
 struct GradientLayout {
   static constexpr int kKeysLd = K + kPad;
   static constexpr int kSquareLd = C + kPad;
-  // Value-column passes: Tᵀ, seven C-row tiles, and S and dS_next as K-row tiles.
-  static constexpr int kInverseT = 0;
-  static constexpr int kDOut = kInverseT + C * kSquareLd;   // dO
-  static constexpr int kDOutRead = kDOut + C * kValueLd;    // scale exp(γ) ⊙ dO
-  static constexpr int kVNew = kDOutRead + C * kValueLd;    // Δ
-  static constexpr int kVNewToEnd = kVNew + C * kValueLd;   // exp(γ_last − γ) ⊙ Δ
-  static constexpr int kDVNew = kVNewToEnd + C * kValueLd;  // dΔ
-  static constexpr int kDVb = kDVNew + C * kValueLd;        // d(βV) = Tᵀ dΔ
-  static constexpr int kDVbRead = kDVb + C * kValueLd;      // −exp(γ) ⊙ d(βV)
-  static constexpr int kStates = kDVbRead + C * kValueLd;
+  static constexpr int kKeys = 0;
+  static constexpr int kRegion = kKeys + C * kKeysLd;
+  // Value-column passes: Tᵀ, nine C-row tiles, and S and dS_next as K-row tiles.
+  static constexpr int kInverseT = kRegion;
+  static constexpr int kDOut = kInverseT + C * kSquareLd;          // dO
+  static constexpr int kDOutRead = kDOut + C * kValueLd;           // scale exp(γ) ⊙ dO
+  static constexpr int kVNew = kDOutRead + C * kValueLd;           // Δ
+  static constexpr int kVNewToEnd = kVNew + C * kValueLd;          // exp(γ_last − γ) ⊙ Δ
+  static constexpr int kDVNew = kVNewToEnd + C * kValueLd;         // dΔ
+  static constexpr int kDVb = kDVNew + C * kValueLd;               // d(βV) = Tᵀ dΔ
+  static constexpr int kDVbRead = kDVb + C * kValueLd;             // −β exp(γ) ⊙ d(βV)
+  static constexpr int kKeysStates = kDVbRead + C * kValueLd;      // k S
+  static constexpr int kKeysDStates = kKeysStates + C * kValueLd;  // k dS_next
+  static constexpr int kStates = kKeysDStates + C * kValueLd;
   static constexpr int kDStates = kStates + K * kValueLd;
-  static constexpr int kValuePassFloats = kDStates + K * kValueLd;
-  // Key-side stage: q, k, two C × K scratch blocks and four C × C blocks.
-  static constexpr int kQueries = 0;
-  static constexpr int kKeys = kQueries + C * kKeysLd;
-  static constexpr int kScratch = kKeys + C * kKeysLd;
-  static constexpr int kScratch2 = kScratch + C * kKeysLd;
-  static constexpr int kPairs = kScratch2 + C * kKeysLd;     // q kᵀ, then (dP ⊙ D)ᵀ
+  static constexpr int kValuePassEnd = kDStates + K * kValueLd;
+  // Key-side stage: q, one C × K scratch block and four C × C blocks.
+  static constexpr int kQueries = kRegion;
+  static constexpr int kScratch = kQueries + C * kKeysLd;
+  static constexpr int kPairs = kScratch + C * kKeysLd;      // q kᵀ, then (dP ⊙ D)ᵀ
   static constexpr int kKeyPairs = kPairs + C * kSquareLd;   // k kᵀ, then dKK + dKKᵀ
   static constexpr int kDPairs = kKeyPairs + C * kSquareLd;  // dP, then dP ⊙ D
   static constexpr int kGram = kDPairs + C * kSquareLd;      // d(βV) Δᵀ, then dKK
-  static constexpr int kKeyStageFloats = kGram + C * kSquareLd;
+  static constexpr int kKeyStageEnd = kGram + C * kSquareLd;
   // Per-row terms.
-  static constexpr int kGamma = larger(kValuePassFloats, kKeyStageFloats);
+  static constexpr int kGamma = larger(kValuePassEnd, kKeyStageEnd);
   static constexpr int kBeta = kGamma + C;
   static constexpr int kExpGamma = kBeta + C;
   static constexpr int kToEnd = kExpGamma + C;
@@ -223,16 +228,22 @@ struct StatePair {
   float4 state, d_state;
 };
 
+__device__ float dot4(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
 template <class Scalar, int C, int K>
 __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientArgs a) {
   using L = GradientLayout<C, K>;
   constexpr int kSquareTiles = C / kTile, kKeyColumnTiles = K / kTile;
   constexpr int kKeyTilesPerWarp = kSquareTiles * kKeyColumnTiles / kWarps;
-  constexpr int kSquareTilesPerWarp = larger(1, kSquareTiles * kSquareTiles / kWarps);
+  constexpr int kSquareTileCount = kSquareTiles * kSquareTiles;
+  constexpr int kSquareTilesPerWarp = larger(1, kSquareTileCount / kWarps);
   static_assert(kSquareTiles * kKeyColumnTiles % kWarps == 0);
   constexpr int kKeysLd = L::kKeysLd, kSquareLd = L::kSquareLd;
   extern __shared__ float4 shared_vectors[];
   float* shared = reinterpret_cast<float*>(shared_vectors);
+  float* keys = shared + L::kKeys;
   float* gamma = shared + L::kGamma;
   float* beta = shared + L::kBeta;
   float* exp_gamma = shared + L::kExpGamma;
@@ -258,13 +269,14 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
     column_sums[i] = 0.f;
   }
   if (threadIdx.x < 4) totals[threadIdx.x] = 0.f;
+  load_chunk(keys, kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr, true);
   __syncthreads();
   for (int i = threadIdx.x; i < C; i += kThreads) {
     exp_gamma[i] = expf(gamma[i]);
     to_end[i] = expf(gamma[C - 1] - gamma[i]);
   }
 
-  // ---- value-column passes: every product whose depth is V, accumulated in registers ----
+  // ---- value-column passes: every product whose depth is V ----
   float* inverse_t = shared + L::kInverseT;
   float* d_out = shared + L::kDOut;
   float* d_out_read = shared + L::kDOutRead;
@@ -273,6 +285,8 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   float* d_v_new = shared + L::kDVNew;
   float* d_vb = shared + L::kDVb;
   float* d_vb_read = shared + L::kDVbRead;
+  float* keys_states = shared + L::kKeysStates;
+  float* keys_d_states = shared + L::kKeysDStates;
   float* states = shared + L::kStates;
   float* d_states = shared + L::kDStates;
   if (delta_rule) {
@@ -286,24 +300,26 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
           inverse_t[(c + 3) * kSquareLd + r] = wmma::__float_to_tf32(x.w);
         });
   }
-  // Per key tile: dq̂ · scale exp(γ) (= dO Sᵀ with dO's rows scaled), dK̃ ⊙ exp(γ_last − γ) and
-  // exp(γ) ⊙ d(β exp(γ) K), the gradient of w's operand; per C × C tile: dP / scale and d(βV) Δᵀ.
-  Accumulator d_q[kKeyTilesPerWarp], d_k[kKeyTilesPerWarp], d_kb[kKeyTilesPerWarp];
+  // Accumulated over the value columns, with their row factors folded into the left operands:
+  //   d_q     dO Sᵀ · scale exp(γ) = dq̂ · scale exp(γ), q's gradient through the state read
+  //   d_k     exp(γ_last − γ) ⊙ Δ dS_nextᵀ (dK̃'s share of dk) − β exp(γ) ⊙ d(βV) Sᵀ (w's operand's)
+  //   d_pairs dO Δᵀ = dP / scale;   gram  d(βV) Δᵀ = −dA below the diagonal
+  // The row dots γ and β need of the two dk terms come from k S and k dS_next instead: ⟨dK̃_i, K̃_i⟩ =
+  // exp(γ_last − γ_i) ⟨Δ_i, (k dS_next)_i⟩ and exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩ = −exp(γ_i) ⟨d(βV)_i, (k
+  // S)_i⟩.
+  Accumulator d_q[kKeyTilesPerWarp], d_k[kKeyTilesPerWarp];
   Accumulator d_pairs[kSquareTilesPerWarp], gram[kSquareTilesPerWarp];
 #pragma unroll
   for (int s = 0; s < kKeyTilesPerWarp; ++s) {
     wmma::fill_fragment(d_q[s], 0.f);
     wmma::fill_fragment(d_k[s], 0.f);
-    wmma::fill_fragment(d_kb[s], 0.f);
   }
 #pragma unroll
   for (int s = 0; s < kSquareTilesPerWarp; ++s) {
     wmma::fill_fragment(d_pairs[s], 0.f);
     wmma::fill_fragment(gram[s], 0.f);
   }
-  const auto key_tile = [&](int s) { return warp + s * kWarps; };
-  const auto square_tile = [&](int s) { return warp + s * kWarps; };
-  constexpr int kSquareTileCount = kSquareTiles * kSquareTiles;
+  const auto tile_of = [&](int s) { return warp + s * kWarps; };
 
   const ChunkRows<Scalar> v_rows(a.v, b, h, first, valid);
   const float* d_out_chunk = a.d_out + chunk * C * V;
@@ -311,7 +327,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   const float* d_v_new_chunk = a.d_v_new + chunk * C * V;
   const float* states_chunk = a.states + chunk * K * V;
   const float* d_states_chunk = a.d_states_next + chunk * K * V;
-  float state_dot = 0.f;
+  float state_dot = 0.f, to_end_dot = 0.f;  // this thread's shares of the two totals
   for (int first_column = 0; first_column < V; first_column += kValueTile) {
     const int width = min(kValueTile, V - first_column);
     copy_rows(
@@ -341,97 +357,120 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
                            load4(d_states_chunk + r * V + first_column + c)};
         },
         [&](int r, int c, StatePair x) {
-          state_dot += x.state.x * x.d_state.x + x.state.y * x.d_state.y + x.state.z * x.d_state.z +
-                       x.state.w * x.d_state.w;
+          state_dot += dot4(x.state, x.d_state);
           store4(states + r * kValueLd + c, tf32(x.state));
           store4(d_states + r * kValueLd + c, tf32(x.d_state));
         });
     __syncthreads();
-    if (delta_rule) {
-      // d(βV) = Tᵀ dΔ; row tile r of Tᵀ is zero left of its diagonal tile.
-      for_each_tile(kSquareTiles, width / kTile, [&](int r, int c) {
-        Accumulator acc;
-        wmma::fill_fragment(acc, 0.f);
-        multiply<wmma::row_major, C, kSquareLd, kValueLd>(acc, inverse_t + r * kTile * (kSquareLd + 1),
-                                                          d_v_new + r * kTile * kValueLd + c * kTile,
-                                                          C - r * kTile);
-        wmma::store_matrix_sync(d_vb + r * kTile * kValueLd + c * kTile, acc, kValueLd, wmma::mem_row_major);
-      });
-    }
+    // [C, width] products: k dS_next, and for the delta rule k S and d(βV) = Tᵀ dΔ (row tile r of Tᵀ is zero
+    // left of its diagonal tile).
+    for_each_tile(kSquareTiles, width / kTile, [&](int r, int c) {
+      Accumulator acc;
+      wmma::fill_fragment(acc, 0.f);
+      multiply<wmma::row_major, K, kKeysLd, kValueLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
+                                                               d_states + c * kTile);
+      wmma::store_matrix_sync(keys_d_states + r * kTile * kValueLd + c * kTile, acc, kValueLd,
+                              wmma::mem_row_major);
+      if (!delta_rule) return;
+      wmma::fill_fragment(acc, 0.f);
+      multiply<wmma::row_major, K, kKeysLd, kValueLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
+                                                               states + c * kTile);
+      wmma::store_matrix_sync(keys_states + r * kTile * kValueLd + c * kTile, acc, kValueLd,
+                              wmma::mem_row_major);
+      wmma::fill_fragment(acc, 0.f);
+      multiply<wmma::row_major, C, kSquareLd, kValueLd, kUnroll>(acc, inverse_t + r * kTile * (kSquareLd + 1),
+                                                                 d_v_new + r * kTile * kValueLd + c * kTile,
+                                                                 C - r * kTile);
+      wmma::store_matrix_sync(d_vb + r * kTile * kValueLd + c * kTile, acc, kValueLd, wmma::mem_row_major);
+    });
 #pragma unroll
     for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-      const int r = key_tile(s) / kKeyColumnTiles, c = key_tile(s) % kKeyColumnTiles;
-      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(d_q[s], d_out_read + r * kTile * kValueLd,
-                                                                states + c * kTile * kValueLd, width);
-      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(d_k[s], v_new_to_end + r * kTile * kValueLd,
-                                                                d_states + c * kTile * kValueLd, width);
+      const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
+      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
+          d_q[s], d_out_read + r * kTile * kValueLd, states + c * kTile * kValueLd, width);
+      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
+          d_k[s], v_new_to_end + r * kTile * kValueLd, d_states + c * kTile * kValueLd, width);
     }
 #pragma unroll
     for (int s = 0; s < kSquareTilesPerWarp; ++s) {
-      if (square_tile(s) >= kSquareTileCount) continue;
-      const int r = square_tile(s) / kSquareTiles, c = square_tile(s) % kSquareTiles;
-      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(d_pairs[s], d_out + r * kTile * kValueLd,
-                                                                v_new + c * kTile * kValueLd, width);
+      if (tile_of(s) >= kSquareTileCount) continue;
+      const int r = tile_of(s) / kSquareTiles, c = tile_of(s) % kSquareTiles;
+      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
+          d_pairs[s], d_out + r * kTile * kValueLd, v_new + c * kTile * kValueLd, width);
     }
     __syncthreads();
+    // ⟨dK̃_i, K̃_i⟩ leaves γ_i and reaches γ_last.
+    copy_rows(
+        C, width,
+        [&](int r, int c) {
+          return dot4(*reinterpret_cast<const float4*>(v_new + r * kValueLd + c),
+                      *reinterpret_cast<const float4*>(keys_d_states + r * kValueLd + c));
+        },
+        [&](int r, int, float x) {
+          atomicAdd(d_gamma + r, -to_end[r] * x);
+          to_end_dot += to_end[r] * x;
+        });
     if (delta_rule) {
-      // dV = β ⊙ d(βV), dβ += ⟨d(βV), v⟩; d(βV) stays as the operands of d_kb and the Gram term.
+      // dV = β ⊙ d(βV); dβ_i += ⟨d(βV)_i, v_i⟩ and the w operand's exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩, which
+      // γ_i gets times β_i.
       copy_rows(
           C, width, [&](int r, int c) { return *reinterpret_cast<const float4*>(d_vb + r * kValueLd + c); },
           [&](int r, int c, float4 x) {
             if (r < valid) {
               store4(output_row<Scalar>(a.d_v, b, first + r, h, a.tokens, a.heads, V) + first_column + c,
                      scaled(x, beta[r]));
-              const float4 value = v_rows.load(r, first_column + c);
-              atomicAdd(d_beta + r, x.x * value.x + x.y * value.y + x.z * value.z + x.w * value.w);
+              const float kb_dot =
+                  -exp_gamma[r] * dot4(x, *reinterpret_cast<const float4*>(keys_states + r * kValueLd + c));
+              atomicAdd(d_beta + r, dot4(x, v_rows.load(r, first_column + c)) + kb_dot);
+              atomicAdd(d_gamma + r, beta[r] * kb_dot);
             }
-            store4(d_vb_read + r * kValueLd + c, tf32(scaled(x, -exp_gamma[r])));
+            store4(d_vb_read + r * kValueLd + c, tf32(scaled(x, -beta[r] * exp_gamma[r])));
             store4(d_vb + r * kValueLd + c, tf32(x));
           });
       __syncthreads();
 #pragma unroll
       for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-        const int r = key_tile(s) / kKeyColumnTiles, c = key_tile(s) % kKeyColumnTiles;
-        multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(d_kb[s], d_vb_read + r * kTile * kValueLd,
-                                                                  states + c * kTile * kValueLd, width);
+        const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
+        multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
+            d_k[s], d_vb_read + r * kTile * kValueLd, states + c * kTile * kValueLd, width);
       }
 #pragma unroll
       for (int s = 0; s < kSquareTilesPerWarp; ++s) {
-        if (square_tile(s) >= kSquareTileCount) continue;
-        const int r = square_tile(s) / kSquareTiles, c = square_tile(s) % kSquareTiles;
-        multiply<wmma::col_major, kValueTile, kValueLd, kValueLd>(gram[s], d_vb + r * kTile * kValueLd,
-                                                                  v_new + c * kTile * kValueLd, width);
+        if (tile_of(s) >= kSquareTileCount) continue;
+        const int r = tile_of(s) / kSquareTiles, c = tile_of(s) % kSquareTiles;
+        multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
+            gram[s], d_vb + r * kTile * kValueLd, v_new + c * kTile * kValueLd, width);
       }
-      __syncthreads();
     }
+    __syncthreads();
   }
   state_dot = warp_sum(state_dot);
-  if (threadIdx.x % 32 == 0) atomicAdd(totals, state_dot);
+  to_end_dot = warp_sum(to_end_dot);
+  if (threadIdx.x % 32 == 0) {
+    atomicAdd(totals, state_dot);
+    atomicAdd(totals + 1, to_end_dot);
+  }
 
   // ---- key-side stage ----
   float* queries = shared + L::kQueries;
-  float* keys = shared + L::kKeys;
   float* scratch = shared + L::kScratch;
-  float* scratch2 = shared + L::kScratch2;
   float* pairs = shared + L::kPairs;
   float* key_pairs = shared + L::kKeyPairs;
   float* d_pair_terms = shared + L::kDPairs;
   float* gram_terms = shared + L::kGram;
   load_chunk(queries, kKeysLd, ChunkRows<Scalar>(a.q, b, h, first, valid), C, K, 0, nullptr, true);
-  load_chunk(keys, kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr, true);
-  const auto store_key_tiles = [&](float* dst, Accumulator* acc) {
+  const auto store_key_tiles = [&](float* dst, auto& acc) {
 #pragma unroll
     for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-      const int r = key_tile(s) / kKeyColumnTiles, c = key_tile(s) % kKeyColumnTiles;
+      const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
       wmma::store_matrix_sync(dst + r * kTile * kKeysLd + c * kTile, acc[s], kKeysLd, wmma::mem_row_major);
     }
   };
   store_key_tiles(scratch, d_q);
-  store_key_tiles(scratch2, d_k);
 #pragma unroll
   for (int s = 0; s < kSquareTilesPerWarp; ++s) {
-    if (square_tile(s) >= kSquareTileCount) continue;
-    const int r = square_tile(s) / kSquareTiles, c = square_tile(s) % kSquareTiles;
+    if (tile_of(s) >= kSquareTileCount) continue;
+    const int r = tile_of(s) / kSquareTiles, c = tile_of(s) % kSquareTiles;
 #pragma unroll
     for (int t = 0; t < d_pairs[s].num_elements; ++t)
       d_pairs[s].x[t] *= a.scale;
@@ -442,38 +481,24 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
                               wmma::mem_row_major);
   }
   __syncthreads();
-  // q kᵀ and k kᵀ on and below the diagonal tiles.
+  // q kᵀ and k kᵀ on and below the diagonal tiles; dγ_i += ⟨dq̂_i, q̂_i⟩.
   for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
     if (c > r) return;
     Accumulator acc;
     wmma::fill_fragment(acc, 0.f);
-    multiply<wmma::col_major, K, kKeysLd, kKeysLd>(acc, queries + r * kTile * kKeysLd,
-                                                   keys + c * kTile * kKeysLd);
+    multiply<wmma::col_major, K, kKeysLd, kKeysLd, kUnroll>(acc, queries + r * kTile * kKeysLd,
+                                                            keys + c * kTile * kKeysLd);
     wmma::store_matrix_sync(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
     if (!delta_rule) return;
     wmma::fill_fragment(acc, 0.f);
-    multiply<wmma::col_major, K, kKeysLd, kKeysLd>(acc, keys + r * kTile * kKeysLd,
-                                                   keys + c * kTile * kKeysLd);
+    multiply<wmma::col_major, K, kKeysLd, kKeysLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
+                                                            keys + c * kTile * kKeysLd);
     wmma::store_matrix_sync(key_pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd,
                             wmma::mem_row_major);
   });
-  // dγ_i += ⟨dq̂_i, q̂_i⟩ and −⟨dK̃_i, K̃_i⟩, whose sum goes to γ_last.
   for_each_row_dot<C, K, kKeysLd, kKeysLd>(scratch, queries,
                                            [&](int i, float x) { atomicAdd(d_gamma + i, x); });
-  for_each_row_dot<C, K, kKeysLd, kKeysLd>(scratch2, keys, [&](int i, float x) {
-    atomicAdd(d_gamma + i, -x);
-    atomicAdd(totals + 1, x);
-  });
   __syncthreads();
-  if (delta_rule) {
-    // exp(γ) ⊙ d(β exp(γ) K) hands ⟨·, k⟩ to β and β ⟨·, k⟩ to γ; its product by β joins dk at the end.
-    store_key_tiles(scratch2, d_kb);
-    __syncthreads();
-    for_each_row_dot<C, K, kKeysLd, kKeysLd>(scratch2, keys, [&](int i, float x) {
-      atomicAdd(d_beta + i, x);
-      atomicAdd(d_gamma + i, beta[i] * x);
-    });
-  }
   // The C × C terms, entry by entry; a warp's lanes share a row.
   {
     constexpr int kRowsPerPass = kThreads / C;
@@ -521,15 +546,15 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   // dq += (dP ⊙ D) k; dk += (dP ⊙ D)ᵀ q + (dKK + dKKᵀ) k. (dP ⊙ D) is lower triangular.
 #pragma unroll
   for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-    const int r = key_tile(s) / kKeyColumnTiles, c = key_tile(s) % kKeyColumnTiles;
-    multiply<wmma::row_major, C, kSquareLd, kKeysLd>(d_q[s], d_pair_terms + r * kTile * kSquareLd,
-                                                     keys + c * kTile, (r + 1) * kTile);
-    multiply<wmma::row_major, C, kSquareLd, kKeysLd>(d_k[s], pairs + r * kTile * (kSquareLd + 1),
-                                                     queries + r * kTile * kKeysLd + c * kTile,
-                                                     C - r * kTile);
+    const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
+    multiply<wmma::row_major, C, kSquareLd, kKeysLd, kUnroll>(d_q[s], d_pair_terms + r * kTile * kSquareLd,
+                                                              keys + c * kTile, (r + 1) * kTile);
+    multiply<wmma::row_major, C, kSquareLd, kKeysLd, kUnroll>(d_k[s], pairs + r * kTile * (kSquareLd + 1),
+                                                              queries + r * kTile * kKeysLd + c * kTile,
+                                                              C - r * kTile);
     if (delta_rule)
-      multiply<wmma::row_major, C, kSquareLd, kKeysLd>(d_k[s], key_pairs + r * kTile * kSquareLd,
-                                                       keys + c * kTile);
+      multiply<wmma::row_major, C, kSquareLd, kKeysLd, kUnroll>(d_k[s], key_pairs + r * kTile * kSquareLd,
+                                                                keys + c * kTile);
   }
   store_key_tiles(scratch, d_q);
   __syncthreads();
@@ -546,10 +571,6 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   copy_rows(
       valid, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
       [&](int r, int c, float4 x) {
-        if (delta_rule) {
-          const float4 y = *reinterpret_cast<const float4*>(scratch2 + r * kKeysLd + c);
-          x = make_float4(x.x + beta[r] * y.x, x.y + beta[r] * y.y, x.z + beta[r] * y.z, x.w + beta[r] * y.w);
-        }
         store4(output_row<Scalar>(a.d_k, b, first + r, h, a.tokens, a.heads, K) + c, x);
       });
   for (int i = threadIdx.x; i < valid; i += kThreads) {
@@ -561,8 +582,8 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
 
 // ---- launches ----
 
-/// The (C, K) pairs the backward kernels are instantiated for: chunk_gradients keeps three C × K blocks in
-/// registers per warp, which K = 256 would spill.
+/// The (C, K) pairs the backward kernels are instantiated for: chunk_gradients keeps two C × K blocks in
+/// registers, which K = 256 would spill, and its shared memory would not fit.
 template <class F>
 bool with_gradient_shape(const ChunkStageDims& d, F&& f) {
   return with_instantiated_shape<ChunkShape<64, 128>, ChunkShape<64, 64>, ChunkShape<32, 64>,

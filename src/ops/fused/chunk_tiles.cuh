@@ -41,11 +41,13 @@ using OperandB = wmma::fragment<wmma::matrix_b, kTile, kTile, kStep, wmma::preci
 
 /// acc += A B over the depth steps j < depth (a multiple of 8, at most MaxDepth), operands in shared memory
 /// already rounded to TF32: A 16 × depth row-major with rows ALd apart; row-major B is B(i, j) = b[i·BLd +
-/// j], column-major B is B(i, j) = b[i + j·BLd], e.g. the transpose of a row-major block.
-template <class BLayout, int MaxDepth, int ALd, int BLd>
+/// j], column-major B is B(i, j) = b[i + j·BLd], e.g. the transpose of a row-major block. Unroll steps are
+/// unrolled (0: all), fewer where several accumulators stay live and the loads of a full unroll would spill.
+template <class BLayout, int MaxDepth, int ALd, int BLd, int Unroll = 0>
 __device__ void multiply(Accumulator& acc, const float* a, const float* b, int depth = MaxDepth) {
   constexpr bool kRowMajor = std::is_same_v<BLayout, wmma::row_major>;
-#pragma unroll
+  constexpr int kUnroll = Unroll > 0 ? Unroll : MaxDepth / kStep;
+#pragma unroll kUnroll
   for (int j = 0; j < MaxDepth; j += kStep) {
     if (j < depth) {
       OperandA a_fragment;
