@@ -22,6 +22,12 @@ using dla::ops::kernels::max_shared_bytes;
 // chunk_gradients keeps four C × K and C × C accumulators live across its products: two steps per unrolled
 // iteration keep their operand loads from spilling.
 constexpr int kUnroll = 2;
+// chunk_gradients runs 16 warps per block: its phases wait on shared-memory rounds and barriers, and its
+// accumulators, split over twice the warps, then fit the 128 registers a thread of a 512-thread block has.
+constexpr int kGradientThreads = 512;
+// One vector load in flight per thread and copy: a C-row tile is one row per thread at this block size, and
+// more would spill next to the accumulators.
+constexpr int kGradientInFlight = 1;
 constexpr int kValueTile = 32;  // value columns per pass of chunk_gradients
 constexpr int kValueLd = kValueTile + kRowMajorBPad;
 
@@ -32,12 +38,13 @@ __device__ float warp_sum(float x) {
   return x;
 }
 
-/// f(i, Σ_c a[i·ALd + c] · b[i·BLd + c]) for every row i < Rows of two Rows × Cols blocks, called by one
-/// lane per warp with the warp's part of the sum (a row's parts add up over f's calls).
-template <int Rows, int Cols, int ALd, int BLd, class F>
+/// f(i, Σ_c a[i·ALd + c] · b[i·BLd + c]) for every row i < Rows of two Rows × Cols blocks by a block of
+/// Threads, called by one lane per warp with the warp's part of the sum (a row's parts add up over f's
+/// calls).
+template <int Threads, int Rows, int Cols, int ALd, int BLd, class F>
 __device__ void for_each_row_dot(const float* a, const float* b, F f) {
-  static_assert(Cols % 32 == 0 && kThreads % Cols == 0);  // a warp's lanes share one row
-  constexpr int kRowsPerPass = kThreads / Cols;
+  static_assert(Cols % 32 == 0 && Threads % Cols == 0);  // a warp's lanes share one row
+  constexpr int kRowsPerPass = Threads / Cols;
   const int c = threadIdx.x % Cols;
   for (int i = threadIdx.x / Cols; i < Rows; i += kRowsPerPass) {
     const float part = warp_sum(a[i * ALd + c] * b[i * BLd + c]);
@@ -228,18 +235,25 @@ struct StatePair {
   float4 state, d_state;
 };
 
+/// The same entries of dO, Δ and dΔ.
+struct ValueRows {
+  float4 d_out, v_new, d_v_new;
+};
+
 __device__ float dot4(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
 
 template <class Scalar, int C, int K>
-__global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientArgs a) {
+__global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(GradientArgs a) {
   using L = GradientLayout<C, K>;
   constexpr int kSquareTiles = C / kTile, kKeyColumnTiles = K / kTile;
-  constexpr int kKeyTilesPerWarp = kSquareTiles * kKeyColumnTiles / kWarps;
-  constexpr int kSquareTileCount = kSquareTiles * kSquareTiles;
-  constexpr int kSquareTilesPerWarp = larger(1, kSquareTileCount / kWarps);
-  static_assert(kSquareTiles * kKeyColumnTiles % kWarps == 0);
+  constexpr int kWarpCount = kGradientThreads / 32;
+  constexpr int kKeyTileCount = kSquareTiles * kKeyColumnTiles,
+                kSquareTileCount = kSquareTiles * kSquareTiles;
+  constexpr int kKeyTilesPerWarp = larger(1, kKeyTileCount / kWarpCount);
+  constexpr int kSquareTilesPerWarp = larger(1, kSquareTileCount / kWarpCount);
+  static_assert(kKeyTileCount % kWarpCount == 0 || kKeyTileCount < kWarpCount);
   constexpr int kKeysLd = L::kKeysLd, kSquareLd = L::kSquareLd;
   extern __shared__ float4 shared_vectors[];
   float* shared = reinterpret_cast<float*>(shared_vectors);
@@ -260,7 +274,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   const bool delta_rule = a.beta != nullptr;
   const int warp = threadIdx.x / 32;
 
-  for (int i = threadIdx.x; i < C; i += kThreads) {
+  for (int i = threadIdx.x; i < C; i += kGradientThreads) {
     gamma[i] = a.gamma[chunk * C + i];
     const size_t token = (static_cast<size_t>(b) * a.tokens + first + i) * a.heads + h;
     beta[i] = delta_rule && i < valid ? a.beta[token] : 0.f;
@@ -269,9 +283,10 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
     column_sums[i] = 0.f;
   }
   if (threadIdx.x < 4) totals[threadIdx.x] = 0.f;
-  load_chunk(keys, kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr, true);
+  load_chunk<kGradientThreads>(keys, kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr,
+                               true);
   __syncthreads();
-  for (int i = threadIdx.x; i < C; i += kThreads) {
+  for (int i = threadIdx.x; i < C; i += kGradientThreads) {
     exp_gamma[i] = expf(gamma[i]);
     to_end[i] = expf(gamma[C - 1] - gamma[i]);
   }
@@ -291,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   float* d_states = shared + L::kDStates;
   if (delta_rule) {
     const float* inverse = a.inverse + chunk * C * C;
-    copy_rows(
+    copy_rows<kGradientThreads, 2>(
         C, C, [&](int r, int c) { return load4(inverse + r * C + c); },
         [&](int r, int c, float4 x) {
           inverse_t[c * kSquareLd + r] = wmma::__float_to_tf32(x.x);
@@ -319,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
     wmma::fill_fragment(d_pairs[s], 0.f);
     wmma::fill_fragment(gram[s], 0.f);
   }
-  const auto tile_of = [&](int s) { return warp + s * kWarps; };
+  const auto tile_of = [&](int s) { return warp + s * kWarpCount; };
 
   const ChunkRows<Scalar> v_rows(a.v, b, h, first, valid);
   const float* d_out_chunk = a.d_out + chunk * C * V;
@@ -330,27 +345,25 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   float state_dot = 0.f, to_end_dot = 0.f;  // this thread's shares of the two totals
   for (int first_column = 0; first_column < V; first_column += kValueTile) {
     const int width = min(kValueTile, V - first_column);
-    copy_rows(
-        C, width, [&](int r, int c) { return load4(d_out_chunk + r * V + first_column + c); },
-        [&](int r, int c, float4 x) {
-          store4(d_out + r * kValueLd + c, tf32(x));
-          store4(d_out_read + r * kValueLd + c, tf32(scaled(x, a.scale * exp_gamma[r])));
-        });
-    copy_rows(
-        C, width, [&](int r, int c) { return load4(v_new_chunk + r * V + first_column + c); },
-        [&](int r, int c, float4 x) {
-          store4(v_new + r * kValueLd + c, tf32(x));
-          store4(v_new_to_end + r * kValueLd + c, tf32(scaled(x, to_end[r])));
-        });
-    copy_rows(
-        C, width, [&](int r, int c) { return load4(d_v_new_chunk + r * V + first_column + c); },
-        [&](int r, int c, float4 x) {
+    // One round of loads for the three C-row tiles.
+    copy_rows<kGradientThreads, 2>(
+        C, width,
+        [&](int r, int c) {
+          const int at = r * V + first_column + c;
+          return ValueRows{load4(d_out_chunk + at), load4(v_new_chunk + at), load4(d_v_new_chunk + at)};
+        },
+        [&](int r, int c, ValueRows x) {
+          store4(d_out + r * kValueLd + c, tf32(x.d_out));
+          store4(d_out_read + r * kValueLd + c, tf32(scaled(x.d_out, a.scale * exp_gamma[r])));
+          store4(v_new + r * kValueLd + c, tf32(x.v_new));
+          store4(v_new_to_end + r * kValueLd + c, tf32(scaled(x.v_new, to_end[r])));
           if (delta_rule)
-            store4(d_v_new + r * kValueLd + c, tf32(x));
+            store4(d_v_new + r * kValueLd + c, tf32(x.d_v_new));
           else if (r < valid)  // SSD: dV = dΔ
-            store4(output_row<Scalar>(a.d_v, b, first + r, h, a.tokens, a.heads, V) + first_column + c, x);
+            store4(output_row<Scalar>(a.d_v, b, first + r, h, a.tokens, a.heads, V) + first_column + c,
+                   x.d_v_new);
         });
-    copy_rows(
+    copy_rows<kGradientThreads, 2>(
         K, width,
         [&](int r, int c) {
           return StatePair{load4(states_chunk + r * V + first_column + c),
@@ -362,29 +375,32 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
           store4(d_states + r * kValueLd + c, tf32(x.d_state));
         });
     __syncthreads();
-    // [C, width] products: k dS_next, and for the delta rule k S and d(βV) = Tᵀ dΔ (row tile r of Tᵀ is zero
-    // left of its diagonal tile).
-    for_each_tile(kSquareTiles, width / kTile, [&](int r, int c) {
+    // [C, width] products, spread over the warps: k dS_next, and for the delta rule k S and d(βV) = Tᵀ dΔ
+    // (row tile r of Tᵀ is zero left of its diagonal tile).
+    for_each_tile<kGradientThreads>((delta_rule ? 3 : 1) * kSquareTiles, width / kTile, [&](int pr, int c) {
+      const int product = pr / kSquareTiles, r = pr % kSquareTiles;
       Accumulator acc;
       wmma::fill_fragment(acc, 0.f);
-      multiply<wmma::row_major, K, kKeysLd, kValueLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
-                                                               d_states + c * kTile);
-      wmma::store_matrix_sync(keys_d_states + r * kTile * kValueLd + c * kTile, acc, kValueLd,
-                              wmma::mem_row_major);
-      if (!delta_rule) return;
-      wmma::fill_fragment(acc, 0.f);
-      multiply<wmma::row_major, K, kKeysLd, kValueLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
-                                                               states + c * kTile);
-      wmma::store_matrix_sync(keys_states + r * kTile * kValueLd + c * kTile, acc, kValueLd,
-                              wmma::mem_row_major);
-      wmma::fill_fragment(acc, 0.f);
-      multiply<wmma::row_major, C, kSquareLd, kValueLd, kUnroll>(acc, inverse_t + r * kTile * (kSquareLd + 1),
-                                                                 d_v_new + r * kTile * kValueLd + c * kTile,
-                                                                 C - r * kTile);
-      wmma::store_matrix_sync(d_vb + r * kTile * kValueLd + c * kTile, acc, kValueLd, wmma::mem_row_major);
+      float* out = nullptr;
+      if (product == 0) {
+        multiply<wmma::row_major, K, kKeysLd, kValueLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
+                                                                 d_states + c * kTile);
+        out = keys_d_states;
+      } else if (product == 1) {
+        multiply<wmma::row_major, K, kKeysLd, kValueLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
+                                                                 states + c * kTile);
+        out = keys_states;
+      } else {
+        multiply<wmma::row_major, C, kSquareLd, kValueLd, kUnroll>(
+            acc, inverse_t + r * kTile * (kSquareLd + 1), d_v_new + r * kTile * kValueLd + c * kTile,
+            C - r * kTile);
+        out = d_vb;
+      }
+      wmma::store_matrix_sync(out + r * kTile * kValueLd + c * kTile, acc, kValueLd, wmma::mem_row_major);
     });
 #pragma unroll
     for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+      if (tile_of(s) >= kKeyTileCount) continue;
       const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
       multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
           d_q[s], d_out_read + r * kTile * kValueLd, states + c * kTile * kValueLd, width);
@@ -400,7 +416,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
     }
     __syncthreads();
     // ⟨dK̃_i, K̃_i⟩ leaves γ_i and reaches γ_last.
-    copy_rows(
+    copy_rows<kGradientThreads, 2>(
         C, width,
         [&](int r, int c) {
           return dot4(*reinterpret_cast<const float4*>(v_new + r * kValueLd + c),
@@ -413,7 +429,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
     if (delta_rule) {
       // dV = β ⊙ d(βV); dβ_i += ⟨d(βV)_i, v_i⟩ and the w operand's exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩, which
       // γ_i gets times β_i.
-      copy_rows(
+      copy_rows<kGradientThreads, 2>(
           C, width, [&](int r, int c) { return *reinterpret_cast<const float4*>(d_vb + r * kValueLd + c); },
           [&](int r, int c, float4 x) {
             if (r < valid) {
@@ -430,6 +446,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
       __syncthreads();
 #pragma unroll
       for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+        if (tile_of(s) >= kKeyTileCount) continue;
         const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
         multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
             d_k[s], d_vb_read + r * kTile * kValueLd, states + c * kTile * kValueLd, width);
@@ -458,10 +475,12 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   float* key_pairs = shared + L::kKeyPairs;
   float* d_pair_terms = shared + L::kDPairs;
   float* gram_terms = shared + L::kGram;
-  load_chunk(queries, kKeysLd, ChunkRows<Scalar>(a.q, b, h, first, valid), C, K, 0, nullptr, true);
+  load_chunk<kGradientThreads>(queries, kKeysLd, ChunkRows<Scalar>(a.q, b, h, first, valid), C, K, 0, nullptr,
+                               true);
   const auto store_key_tiles = [&](float* dst, auto& acc) {
 #pragma unroll
     for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+      if (tile_of(s) >= kKeyTileCount) continue;
       const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
       wmma::store_matrix_sync(dst + r * kTile * kKeysLd + c * kTile, acc[s], kKeysLd, wmma::mem_row_major);
     }
@@ -482,7 +501,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   }
   __syncthreads();
   // q kᵀ and k kᵀ on and below the diagonal tiles; dγ_i += ⟨dq̂_i, q̂_i⟩.
-  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
+  for_each_tile<kGradientThreads>(kSquareTiles, kSquareTiles, [&](int r, int c) {
     if (c > r) return;
     Accumulator acc;
     wmma::fill_fragment(acc, 0.f);
@@ -496,12 +515,12 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
     wmma::store_matrix_sync(key_pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd,
                             wmma::mem_row_major);
   });
-  for_each_row_dot<C, K, kKeysLd, kKeysLd>(scratch, queries,
-                                           [&](int i, float x) { atomicAdd(d_gamma + i, x); });
+  for_each_row_dot<kGradientThreads, C, K, kKeysLd, kKeysLd>(
+      scratch, queries, [&](int i, float x) { atomicAdd(d_gamma + i, x); });
   __syncthreads();
   // The C × C terms, entry by entry; a warp's lanes share a row.
   {
-    constexpr int kRowsPerPass = kThreads / C;
+    constexpr int kRowsPerPass = kGradientThreads / C;
     const int j = threadIdx.x % C;
     float column = 0.f;
     for (int i = threadIdx.x / C; i < C; i += kRowsPerPass) {
@@ -528,16 +547,16 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
     atomicAdd(column_sums + j, column);
   }
   __syncthreads();
-  for_each_entry(C, C, [&](int i, int j) {
+  for_each_entry<kGradientThreads>(C, C, [&](int i, int j) {
     pairs[i * kSquareLd + j] = wmma::__float_to_tf32(d_pair_terms[j * kSquareLd + i]);
     if (delta_rule)
       key_pairs[i * kSquareLd + j] =
           wmma::__float_to_tf32(gram_terms[i * kSquareLd + j] + gram_terms[j * kSquareLd + i]);
   });
-  for (int i = threadIdx.x; i < C; i += kThreads)
+  for (int i = threadIdx.x; i < C; i += kGradientThreads)
     d_gamma[i] -= column_sums[i];
   __syncthreads();
-  for_each_entry(C, C, [&](int i, int j) {
+  for_each_entry<kGradientThreads>(C, C, [&](int i, int j) {
     float& entry = d_pair_terms[i * kSquareLd + j];
     entry = wmma::__float_to_tf32(entry);
   });
@@ -546,6 +565,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   // dq += (dP ⊙ D) k; dk += (dP ⊙ D)ᵀ q + (dKK + dKKᵀ) k. (dP ⊙ D) is lower triangular.
 #pragma unroll
   for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+    if (tile_of(s) >= kKeyTileCount) continue;
     const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
     multiply<wmma::row_major, C, kSquareLd, kKeysLd, kUnroll>(d_q[s], d_pair_terms + r * kTile * kSquareLd,
                                                               keys + c * kTile, (r + 1) * kTile);
@@ -558,7 +578,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   }
   store_key_tiles(scratch, d_q);
   __syncthreads();
-  copy_rows(
+  copy_rows<kGradientThreads, 2>(
       valid, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
       [&](int r, int c, float4 x) {
         store4(output_row<Scalar>(a.d_q, b, first + r, h, a.tokens, a.heads, K) + c, x);
@@ -568,12 +588,12 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_gradients_kernel(GradientAr
   store_key_tiles(scratch, d_k);
   reverse_cumsum_in_warp(d_gamma, C);
   __syncthreads();
-  copy_rows(
+  copy_rows<kGradientThreads, 2>(
       valid, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
       [&](int r, int c, float4 x) {
         store4(output_row<Scalar>(a.d_k, b, first + r, h, a.tokens, a.heads, K) + c, x);
       });
-  for (int i = threadIdx.x; i < valid; i += kThreads) {
+  for (int i = threadIdx.x; i < valid; i += kGradientThreads) {
     const size_t token = (static_cast<size_t>(b) * a.tokens + first + i) * a.heads + h;
     a.d_g[token] = d_gamma[i];
     if (delta_rule) a.d_beta[token] = d_beta[i];
@@ -651,8 +671,10 @@ const char* chunk_gradients(const ChunkGradientBuffers& buffers, double scale, c
   const char* error = "chunk_gradients: no kernel for this chunk length and key dim";
   with_gradient_shape(dims, [&]<int C, int K>() {
     constexpr int kFloats = GradientLayout<C, K>::kFloats;
-    error = dims.bf16 ? launch(chunk_gradients_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
-                      : launch(chunk_gradients_kernel<float, C, K>, args, kFloats, dims, stream);
+    error = dims.bf16
+                ? launch<kGradientThreads>(chunk_gradients_kernel<__nv_bfloat16, C, K>, args, kFloats, dims,
+                                           stream)
+                : launch<kGradientThreads>(chunk_gradients_kernel<float, C, K>, args, kFloats, dims, stream);
   });
   return error;
 }

@@ -1,7 +1,8 @@
 // Device-side building blocks of the fused op's per-chunk kernels (chunk_stages.cu, chunk_gradients.cu):
-// one thread block of kThreads per (chunk, batch·head) moves chunk rows between global and shared memory
-// with vector loads, and multiplies shared-memory tiles on TF32 tensor cores (WMMA m16n16k8, float32
-// accumulators). Operands are rounded to TF32 once, when they are written to shared memory.
+// one thread block per (chunk, batch·head), of kThreads unless a kernel picks another `Threads`, moves chunk
+// rows between global and shared memory with vector loads, and multiplies shared-memory tiles on TF32 tensor
+// cores (WMMA m16n16k8, float32 accumulators). Operands are rounded to TF32 once, when they are written to
+// shared memory.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -95,32 +96,32 @@ inline __device__ float4 tf32(float4 x) {
                      wmma::__float_to_tf32(x.w));
 }
 
-/// For every row r < rows and every fourth column c < cols (a multiple of 4, at most 4·kThreads):
-/// sink(r, c, source(r, c)), keeping kInFlight loads per thread in flight (source returns a float4, or
+/// For every row r < rows and every fourth column c < cols (a multiple of 4, at most 4·Threads):
+/// sink(r, c, source(r, c)), keeping InFlight loads per thread in flight (source returns a float4, or
 /// any value that sink takes). A thread keeps one column and
 /// walks the rows, so that no index is divided per element.
-template <class Source, class Sink>
+template <int Threads = kThreads, int InFlight = kInFlight, class Source, class Sink>
 __device__ void copy_rows(int rows, int cols, Source source, Sink sink) {
-  const int per_row = cols / 4, rows_per_pass = kThreads / per_row;
+  const int per_row = cols / 4, rows_per_pass = Threads / per_row;
   const int c = 4 * (threadIdx.x % per_row), first_row = threadIdx.x / per_row;
   if (first_row >= rows_per_pass) return;
-  for (int base = first_row; base < rows; base += rows_per_pass * kInFlight) {
-    decltype(source(0, 0)) values[kInFlight];
+  for (int base = first_row; base < rows; base += rows_per_pass * InFlight) {
+    decltype(source(0, 0)) values[InFlight];
 #pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
+    for (int u = 0; u < InFlight; ++u) {
       if (base + u * rows_per_pass < rows) values[u] = source(base + u * rows_per_pass, c);
     }
 #pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
+    for (int u = 0; u < InFlight; ++u) {
       if (base + u * rows_per_pass < rows) sink(base + u * rows_per_pass, c, values[u]);
     }
   }
 }
 
-/// f(i, j) for every entry of a rows × cols block (cols at most kThreads), one column per thread.
-template <class F>
+/// f(i, j) for every entry of a rows × cols block (cols at most Threads), one column per thread.
+template <int Threads = kThreads, class F>
 __device__ void for_each_entry(int rows, int cols, F f) {
-  const int rows_per_pass = kThreads / cols;
+  const int rows_per_pass = Threads / cols;
   const int j = threadIdx.x % cols, first_row = threadIdx.x / cols;
   if (first_row >= rows_per_pass) return;
   for (int i = first_row; i < rows; i += rows_per_pass)
@@ -148,10 +149,10 @@ struct ChunkRows {
 
 /// dst[r][c] (rows dst_ld apart) = src[r][c + first_column] for r < rows, c < cols (a multiple of 4),
 /// times row_scale[r] unless null, and rounded to TF32 when `round`.
-template <class Scalar>
+template <int Threads = kThreads, class Scalar>
 __device__ void load_chunk(float* dst, int dst_ld, const ChunkRows<Scalar>& src, int rows, int cols,
                            int first_column, const float* row_scale, bool round) {
-  copy_rows(
+  copy_rows<Threads>(
       rows, cols, [&](int r, int c) { return src.load(r, first_column + c); },
       [&](int r, int c, float4 x) {
         const float4 y = row_scale != nullptr ? scaled(x, row_scale[r]) : x;
@@ -170,10 +171,10 @@ inline __device__ void load_operand(float* dst, int dst_ld, const float* __restr
 }
 
 /// The row tile and column tile of each warp's share of a (C / 16) × col_tiles grid of 16 × 16 tiles:
-/// f(r, c) for every tile index warp, warp + kWarps, …
-template <class F>
+/// f(r, c) for every tile index warp, warp + Threads / 32, …
+template <int Threads = kThreads, class F>
 __device__ void for_each_tile(int row_tiles, int col_tiles, F f) {
-  for (int tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += kWarps)
+  for (int tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += Threads / 32)
     f(tile / col_tiles, tile % col_tiles);
 }
 
@@ -193,9 +194,9 @@ bool with_instantiated_shape(const ChunkStageDims& d, F&& f) {
   return (shape(Shapes{}) || ...);
 }
 
-/// Launches kernel(args) with one block of kThreads per (chunk, batch·head) and `shared_floats` of dynamic
+/// Launches kernel(args) with one block of Threads per (chunk, batch·head) and `shared_floats` of dynamic
 /// shared memory. nullptr on success, else the CUDA error's text.
-template <class Kernel, class Args>
+template <int Threads = kThreads, class Kernel, class Args>
 const char* launch(Kernel kernel, const Args& args, int shared_floats, const ChunkStageDims& d,
                    void* stream) {
   const size_t bytes = sizeof(float) * static_cast<size_t>(shared_floats);
@@ -204,7 +205,7 @@ const char* launch(Kernel kernel, const Args& args, int shared_floats, const Chu
   if (error != cudaSuccess) return cudaGetErrorString(error);
   const dim3 grid(static_cast<unsigned>((d.tokens + d.chunk_size - 1) / d.chunk_size),
                   static_cast<unsigned>(d.batch * d.heads));
-  kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(args);
+  kernel<<<grid, Threads, bytes, static_cast<cudaStream_t>(stream)>>>(args);
   return dla::ops::kernels::launched();
 }
 
