@@ -306,7 +306,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   float* d_states = shared + L::kDStates;
   if (delta_rule) {
     const float* inverse = a.inverse + chunk * C * C;
-    copy_rows<kGradientThreads, 2>(
+    copy_rows<kGradientThreads, kGradientInFlight>(
         C, C, [&](int r, int c) { return load4(inverse + r * C + c); },
         [&](int r, int c, float4 x) {
           inverse_t[c * kSquareLd + r] = wmma::__float_to_tf32(x.x);
@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   for (int first_column = 0; first_column < V; first_column += kValueTile) {
     const int width = min(kValueTile, V - first_column);
     // One round of loads for the three C-row tiles.
-    copy_rows<kGradientThreads, 2>(
+    copy_rows<kGradientThreads, kGradientInFlight>(
         C, width,
         [&](int r, int c) {
           const int at = r * V + first_column + c;
@@ -363,7 +363,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
             store4(output_row<Scalar>(a.d_v, b, first + r, h, a.tokens, a.heads, V) + first_column + c,
                    x.d_v_new);
         });
-    copy_rows<kGradientThreads, 2>(
+    copy_rows<kGradientThreads, kGradientInFlight>(
         K, width,
         [&](int r, int c) {
           return StatePair{load4(states_chunk + r * V + first_column + c),
@@ -416,7 +416,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     }
     __syncthreads();
     // ⟨dK̃_i, K̃_i⟩ leaves γ_i and reaches γ_last.
-    copy_rows<kGradientThreads, 2>(
+    copy_rows<kGradientThreads, kGradientInFlight>(
         C, width,
         [&](int r, int c) {
           return dot4(*reinterpret_cast<const float4*>(v_new + r * kValueLd + c),
@@ -429,7 +429,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     if (delta_rule) {
       // dV = β ⊙ d(βV); dβ_i += ⟨d(βV)_i, v_i⟩ and the w operand's exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩, which
       // γ_i gets times β_i.
-      copy_rows<kGradientThreads, 2>(
+      copy_rows<kGradientThreads, kGradientInFlight>(
           C, width, [&](int r, int c) { return *reinterpret_cast<const float4*>(d_vb + r * kValueLd + c); },
           [&](int r, int c, float4 x) {
             if (r < valid) {
@@ -578,7 +578,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   }
   store_key_tiles(scratch, d_q);
   __syncthreads();
-  copy_rows<kGradientThreads, 2>(
+  copy_rows<kGradientThreads, kGradientInFlight>(
       valid, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
       [&](int r, int c, float4 x) {
         store4(output_row<Scalar>(a.d_q, b, first + r, h, a.tokens, a.heads, K) + c, x);
@@ -588,7 +588,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   store_key_tiles(scratch, d_k);
   reverse_cumsum_in_warp(d_gamma, C);
   __syncthreads();
-  copy_rows<kGradientThreads, 2>(
+  copy_rows<kGradientThreads, kGradientInFlight>(
       valid, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
       [&](int r, int c, float4 x) {
         store4(output_row<Scalar>(a.d_k, b, first + r, h, a.tokens, a.heads, K) + c, x);
