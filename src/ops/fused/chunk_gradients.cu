@@ -28,8 +28,9 @@ constexpr int kGradientThreads = 512;
 // One vector load in flight per thread and copy: a C-row tile is one row per thread at this block size, and
 // more would spill next to the accumulators.
 constexpr int kGradientInFlight = 1;
-constexpr int kValueTile = 32;  // value columns per pass of chunk_gradients
-constexpr int kValueLd = kValueTile + kRowMajorBPad;
+constexpr int kValueTile = 32;                        // value columns per pass of chunk_gradients
+constexpr int kValueLd = kValueTile + kPad;           // tiles read as A or column-major B
+constexpr int kDVNewLd = kValueTile + kRowMajorBPad;  // dΔ, read as row-major B
 
 __device__ float warp_sum(float x) {
 #pragma unroll
@@ -67,6 +68,33 @@ __device__ void reverse_cumsum_in_warp(float* x, int C) {
     }
     x[i] = carry + y;
     carry += __shfl_sync(0xffffffffu, y, 31);
+  }
+}
+
+/// first[s] += A_first(row tile rows[s]) B and, unless a_second is null, second[s] += A_second(rows[s]) B,
+/// over the depth steps j < depth (at most MaxDepth), for the Tiles tiles of a warp that share B's column
+/// tile (rows[s] < 0: no tile): each B fragment is loaded once for all of them. A row-major with rows ALd
+/// apart, B as for multiply.
+template <class BLayout, int MaxDepth, int ALd, int BLd, int Tiles>
+__device__ void multiply_sharing_b(Accumulator (&first)[Tiles], const float* a_first,
+                                   Accumulator (&second)[Tiles], const float* a_second,
+                                   const int (&rows)[Tiles], const float* b, int depth) {
+  constexpr bool kRowMajor = std::is_same_v<BLayout, wmma::row_major>;
+#pragma unroll kUnroll
+  for (int j = 0; j < MaxDepth; j += kStep) {
+    if (j >= depth) continue;
+    OperandB<BLayout> b_fragment;
+    wmma::load_matrix_sync(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
+#pragma unroll
+    for (int s = 0; s < Tiles; ++s) {
+      if (rows[s] < 0) continue;
+      OperandA a_fragment;
+      wmma::load_matrix_sync(a_fragment, a_first + rows[s] * kTile * ALd + j, ALd);
+      wmma::mma_sync(first[s], a_fragment, b_fragment, first[s]);
+      if (a_second == nullptr) continue;
+      wmma::load_matrix_sync(a_fragment, a_second + rows[s] * kTile * ALd + j, ALd);
+      wmma::mma_sync(second[s], a_fragment, b_fragment, second[s]);
+    }
   }
 }
 
@@ -194,7 +222,7 @@ struct GradientLayout {
   static constexpr int kVNew = kDOutRead + C * kValueLd;           // Δ
   static constexpr int kVNewToEnd = kVNew + C * kValueLd;          // exp(γ_last − γ) ⊙ Δ
   static constexpr int kDVNew = kVNewToEnd + C * kValueLd;         // dΔ
-  static constexpr int kDVb = kDVNew + C * kValueLd;               // d(βV) = Tᵀ dΔ
+  static constexpr int kDVb = kDVNew + C * kDVNewLd;               // d(βV) = Tᵀ dΔ
   static constexpr int kDVbRead = kDVb + C * kValueLd;             // −β exp(γ) ⊙ d(βV)
   static constexpr int kKeysStates = kDVbRead + C * kValueLd;      // k S
   static constexpr int kKeysDStates = kKeysStates + C * kValueLd;  // k dS_next
@@ -252,7 +280,6 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   constexpr int kKeyTileCount = kSquareTiles * kKeyColumnTiles,
                 kSquareTileCount = kSquareTiles * kSquareTiles;
   constexpr int kKeyTilesPerWarp = larger(1, kKeyTileCount / kWarpCount);
-  constexpr int kSquareTilesPerWarp = larger(1, kSquareTileCount / kWarpCount);
   static_assert(kKeyTileCount % kWarpCount == 0 || kKeyTileCount < kWarpCount);
   constexpr int kKeysLd = L::kKeysLd, kSquareLd = L::kSquareLd;
   extern __shared__ float4 shared_vectors[];
@@ -323,18 +350,24 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   // exp(γ_last − γ_i) ⟨Δ_i, (k dS_next)_i⟩ and exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩ = −exp(γ_i) ⟨d(βV)_i, (k
   // S)_i⟩.
   Accumulator d_q[kKeyTilesPerWarp], d_k[kKeyTilesPerWarp];
-  Accumulator d_pairs[kSquareTilesPerWarp], gram[kSquareTilesPerWarp];
+  Accumulator d_pairs[1], gram[1];
 #pragma unroll
   for (int s = 0; s < kKeyTilesPerWarp; ++s) {
     wmma::fill_fragment(d_q[s], 0.f);
     wmma::fill_fragment(d_k[s], 0.f);
   }
-#pragma unroll
-  for (int s = 0; s < kSquareTilesPerWarp; ++s) {
-    wmma::fill_fragment(d_pairs[s], 0.f);
-    wmma::fill_fragment(gram[s], 0.f);
-  }
+  wmma::fill_fragment(d_pairs[0], 0.f);
+  wmma::fill_fragment(gram[0], 0.f);
   const auto tile_of = [&](int s) { return warp + s * kWarpCount; };
+  // A warp's key tiles share one column tile (the warp count is a multiple of the column tiles), and it has
+  // at most one C × C tile: the products below load each B fragment once for all of them.
+  static_assert(kWarpCount % kKeyColumnTiles == 0 && kSquareTileCount <= kWarpCount);
+  const int key_column = warp % kKeyColumnTiles, square_column = warp % kSquareTiles;
+  int key_rows[kKeyTilesPerWarp], square_rows[1];
+#pragma unroll
+  for (int s = 0; s < kKeyTilesPerWarp; ++s)
+    key_rows[s] = tile_of(s) < kKeyTileCount ? tile_of(s) / kKeyColumnTiles : -1;
+  square_rows[0] = warp < kSquareTileCount ? warp / kSquareTiles : -1;
 
   const ChunkRows<Scalar> v_rows(a.v, b, h, first, valid);
   const float* d_out_chunk = a.d_out + chunk * C * V;
@@ -358,7 +391,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
           store4(v_new + r * kValueLd + c, tf32(x.v_new));
           store4(v_new_to_end + r * kValueLd + c, tf32(scaled(x.v_new, to_end[r])));
           if (delta_rule)
-            store4(d_v_new + r * kValueLd + c, tf32(x.d_v_new));
+            store4(d_v_new + r * kDVNewLd + c, tf32(x.d_v_new));
           else if (r < valid)  // SSD: dV = dΔ
             store4(output_row<Scalar>(a.d_v, b, first + r, h, a.tokens, a.heads, V) + first_column + c,
                    x.d_v_new);
@@ -391,29 +424,15 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
                                                                  states + c * kTile);
         out = keys_states;
       } else {
-        multiply<wmma::row_major, C, kSquareLd, kValueLd, kUnroll>(
-            acc, inverse_t + r * kTile * (kSquareLd + 1), d_v_new + r * kTile * kValueLd + c * kTile,
+        multiply<wmma::row_major, C, kSquareLd, kDVNewLd, kUnroll>(
+            acc, inverse_t + r * kTile * (kSquareLd + 1), d_v_new + r * kTile * kDVNewLd + c * kTile,
             C - r * kTile);
         out = d_vb;
       }
       wmma::store_matrix_sync(out + r * kTile * kValueLd + c * kTile, acc, kValueLd, wmma::mem_row_major);
     });
-#pragma unroll
-    for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-      if (tile_of(s) >= kKeyTileCount) continue;
-      const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
-      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
-          d_q[s], d_out_read + r * kTile * kValueLd, states + c * kTile * kValueLd, width);
-      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
-          d_k[s], v_new_to_end + r * kTile * kValueLd, d_states + c * kTile * kValueLd, width);
-    }
-#pragma unroll
-    for (int s = 0; s < kSquareTilesPerWarp; ++s) {
-      if (tile_of(s) >= kSquareTileCount) continue;
-      const int r = tile_of(s) / kSquareTiles, c = tile_of(s) % kSquareTiles;
-      multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
-          d_pairs[s], d_out + r * kTile * kValueLd, v_new + c * kTile * kValueLd, width);
-    }
+    multiply_sharing_b<wmma::col_major, kValueTile, kValueLd, kValueLd>(
+        d_k, v_new_to_end, d_k, nullptr, key_rows, d_states + key_column * kTile * kValueLd, width);
     __syncthreads();
     // ⟨dK̃_i, K̃_i⟩ leaves γ_i and reaches γ_last.
     copy_rows<kGradientThreads, kGradientInFlight>(
@@ -443,22 +462,15 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
             store4(d_vb_read + r * kValueLd + c, tf32(scaled(x, -beta[r] * exp_gamma[r])));
             store4(d_vb + r * kValueLd + c, tf32(x));
           });
-      __syncthreads();
-#pragma unroll
-      for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-        if (tile_of(s) >= kKeyTileCount) continue;
-        const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
-        multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
-            d_k[s], d_vb_read + r * kTile * kValueLd, states + c * kTile * kValueLd, width);
-      }
-#pragma unroll
-      for (int s = 0; s < kSquareTilesPerWarp; ++s) {
-        if (tile_of(s) >= kSquareTileCount) continue;
-        const int r = tile_of(s) / kSquareTiles, c = tile_of(s) % kSquareTiles;
-        multiply<wmma::col_major, kValueTile, kValueLd, kValueLd, kUnroll>(
-            gram[s], d_vb + r * kTile * kValueLd, v_new + c * kTile * kValueLd, width);
-      }
     }
+    __syncthreads();
+    // The products that share S (dq̂'s and w's operand's) or Δ (dP's and the Gram term's) as B.
+    multiply_sharing_b<wmma::col_major, kValueTile, kValueLd, kValueLd>(
+        d_q, d_out_read, d_k, delta_rule ? d_vb_read : nullptr, key_rows,
+        states + key_column * kTile * kValueLd, width);
+    multiply_sharing_b<wmma::col_major, kValueTile, kValueLd, kValueLd>(
+        d_pairs, d_out, gram, delta_rule ? d_vb : nullptr, square_rows,
+        v_new + square_column * kTile * kValueLd, width);
     __syncthreads();
   }
   state_dot = warp_sum(state_dot);
@@ -486,18 +498,13 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     }
   };
   store_key_tiles(scratch, d_q);
+  if (square_rows[0] >= 0) {
+    const int at = square_rows[0] * kTile * kSquareLd + square_column * kTile;
 #pragma unroll
-  for (int s = 0; s < kSquareTilesPerWarp; ++s) {
-    if (tile_of(s) >= kSquareTileCount) continue;
-    const int r = tile_of(s) / kSquareTiles, c = tile_of(s) % kSquareTiles;
-#pragma unroll
-    for (int t = 0; t < d_pairs[s].num_elements; ++t)
-      d_pairs[s].x[t] *= a.scale;
-    wmma::store_matrix_sync(d_pair_terms + r * kTile * kSquareLd + c * kTile, d_pairs[s], kSquareLd,
-                            wmma::mem_row_major);
-    if (delta_rule)
-      wmma::store_matrix_sync(gram_terms + r * kTile * kSquareLd + c * kTile, gram[s], kSquareLd,
-                              wmma::mem_row_major);
+    for (int t = 0; t < d_pairs[0].num_elements; ++t)
+      d_pairs[0].x[t] *= a.scale;
+    wmma::store_matrix_sync(d_pair_terms + at, d_pairs[0], kSquareLd, wmma::mem_row_major);
+    if (delta_rule) wmma::store_matrix_sync(gram_terms + at, gram[0], kSquareLd, wmma::mem_row_major);
   }
   __syncthreads();
   // q kᵀ and k kᵀ on and below the diagonal tiles; dγ_i += ⟨dq̂_i, q̂_i⟩.
@@ -562,19 +569,34 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   });
   __syncthreads();
 
-  // dq += (dP ⊙ D) k; dk += (dP ⊙ D)ᵀ q + (dKK + dKKᵀ) k. (dP ⊙ D) is lower triangular.
+  // dq += (dP ⊙ D) k and dk += (dKK + dKKᵀ) k share k's column tile; (dP ⊙ D) is lower triangular, so row
+  // tile r stops at its diagonal. Then dk += (dP ⊙ D)ᵀ q, whose row tile r starts at its diagonal.
+#pragma unroll kUnroll
+  for (int j = 0; j < C; j += kStep) {
+    OperandB<wmma::row_major> b_fragment;
+    wmma::load_matrix_sync(b_fragment, keys + j * kKeysLd + key_column * kTile, kKeysLd);
+#pragma unroll
+    for (int s = 0; s < kKeyTilesPerWarp; ++s) {
+      const int r = key_rows[s];
+      if (r < 0) continue;
+      OperandA a_fragment;
+      if (j < (r + 1) * kTile) {
+        wmma::load_matrix_sync(a_fragment, d_pair_terms + r * kTile * kSquareLd + j, kSquareLd);
+        wmma::mma_sync(d_q[s], a_fragment, b_fragment, d_q[s]);
+      }
+      if (delta_rule) {
+        wmma::load_matrix_sync(a_fragment, key_pairs + r * kTile * kSquareLd + j, kSquareLd);
+        wmma::mma_sync(d_k[s], a_fragment, b_fragment, d_k[s]);
+      }
+    }
+  }
 #pragma unroll
   for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-    if (tile_of(s) >= kKeyTileCount) continue;
-    const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
-    multiply<wmma::row_major, C, kSquareLd, kKeysLd, kUnroll>(d_q[s], d_pair_terms + r * kTile * kSquareLd,
-                                                              keys + c * kTile, (r + 1) * kTile);
-    multiply<wmma::row_major, C, kSquareLd, kKeysLd, kUnroll>(d_k[s], pairs + r * kTile * (kSquareLd + 1),
-                                                              queries + r * kTile * kKeysLd + c * kTile,
-                                                              C - r * kTile);
-    if (delta_rule)
-      multiply<wmma::row_major, C, kSquareLd, kKeysLd, kUnroll>(d_k[s], key_pairs + r * kTile * kSquareLd,
-                                                                keys + c * kTile);
+    const int r = key_rows[s];
+    if (r < 0) continue;
+    multiply<wmma::row_major, C, kSquareLd, kKeysLd, kUnroll>(
+        d_k[s], pairs + r * kTile * (kSquareLd + 1), queries + r * kTile * kKeysLd + key_column * kTile,
+        C - r * kTile);
   }
   store_key_tiles(scratch, d_q);
   __syncthreads();
