@@ -98,10 +98,10 @@ __device__ void multiply_sharing_b(Accumulator (&first)[Tiles], const float* a_f
   }
 }
 
-/// Row `token` of a contiguous [B, T, H, D] output as Scalar.
+/// The row at `token` (ChunkBlock::token) of a contiguous [B, T, H, D] output as Scalar.
 template <class Scalar>
-__device__ Scalar* output_row(void* out, int b, int token, int h, int tokens, int heads, int dim) {
-  return static_cast<Scalar*>(out) + ((static_cast<size_t>(b) * tokens + token) * heads + h) * dim;
+__device__ Scalar* output_row(void* out, size_t token, int dim) {
+  return static_cast<Scalar*>(out) + token * dim;
 }
 
 // ---- chunk_value_gradient ----
@@ -140,24 +140,21 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
   float* grads = shared + L::kGrads;
   float* gamma = shared + L::kGamma;
   const int V = a.value_dim;
-  const int m = blockIdx.x, bh = blockIdx.y;
-  const int b = bh / a.heads, h = bh % a.heads;
-  const int first = m * C, valid = min(C, a.tokens - first);
-  const size_t chunk = static_cast<size_t>(bh) * gridDim.x + m;
+  const ChunkBlock block(a.tokens, a.heads, C);
 
   for (int i = threadIdx.x; i < C; i += kThreads)
-    gamma[i] = a.gamma[chunk * C + i];
+    gamma[i] = a.gamma[block.chunk * C + i];
   __syncthreads();
   // q̂ leaves exact; q and k stay behind as TF32 operands.
-  float* q_read = a.q_read + chunk * C * K;
-  const ChunkRows<Scalar> q_rows(a.q, b, h, first, valid);
+  float* q_read = a.q_read + block.chunk * C * K;
+  const ChunkRows<Scalar> q_rows(a.q, block);
   copy_rows(
       C, K, [&](int r, int c) { return q_rows.load(r, c); },
       [&](int r, int c, float4 x) {
         store4(q_read + r * K + c, scaled(x, a.scale * expf(gamma[r])));
         store4(queries + r * L::kKeysLd + c, tf32(x));
       });
-  load_chunk(keys, L::kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr, true);
+  load_chunk(keys, L::kKeysLd, ChunkRows<Scalar>(a.k, block), C, K, 0, nullptr, true);
   __syncthreads();
   // Pᵀ: the tiles of q kᵀ on and below the diagonal, each stored transposed.
   for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
@@ -176,9 +173,9 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
   });
   __syncthreads();
 
-  const ChunkRows<Scalar> d_out_rows(a.d_out, b, h, first, valid);
-  float* d_out_chunks = a.d_out_chunks + chunk * C * V;
-  float* d_v_new_intra = a.d_v_new_intra + chunk * C * V;
+  const ChunkRows<Scalar> d_out_rows(a.d_out, block);
+  float* d_out_chunks = a.d_out_chunks + block.chunk * C * V;
+  float* d_v_new_intra = a.d_v_new_intra + block.chunk * C * V;
   for (int first_column = 0; first_column < V; first_column += kColumnTile) {
     const int width = min(kColumnTile, V - first_column);
     copy_rows(
@@ -294,24 +291,20 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   float* column_sums = shared + L::kColumnSums;
   float* totals = shared + L::kTotals;
   const int V = a.value_dim;
-  const int m = blockIdx.x, bh = blockIdx.y;
-  const int b = bh / a.heads, h = bh % a.heads;
-  const int first = m * C, valid = min(C, a.tokens - first);
-  const size_t chunk = static_cast<size_t>(bh) * gridDim.x + m;
+  const ChunkBlock block(a.tokens, a.heads, C);
   const bool delta_rule = a.beta != nullptr;
   const int warp = threadIdx.x / 32;
 
   for (int i = threadIdx.x; i < C; i += kGradientThreads) {
-    gamma[i] = a.gamma[chunk * C + i];
-    const size_t token = (static_cast<size_t>(b) * a.tokens + first + i) * a.heads + h;
-    beta[i] = delta_rule && i < valid ? a.beta[token] : 0.f;
+    gamma[i] = a.gamma[block.chunk * C + i];
+    const size_t token = block.token(i);
+    beta[i] = delta_rule && i < block.valid ? a.beta[token] : 0.f;
     d_gamma[i] = 0.f;
     d_beta[i] = 0.f;
     column_sums[i] = 0.f;
   }
   if (threadIdx.x < 4) totals[threadIdx.x] = 0.f;
-  load_chunk<kGradientThreads>(keys, kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr,
-                               true);
+  load_chunk<kGradientThreads>(keys, kKeysLd, ChunkRows<Scalar>(a.k, block), C, K, 0, nullptr, true);
   __syncthreads();
   for (int i = threadIdx.x; i < C; i += kGradientThreads) {
     exp_gamma[i] = expf(gamma[i]);
@@ -332,7 +325,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   float* states = shared + L::kStates;
   float* d_states = shared + L::kDStates;
   if (delta_rule) {
-    const float* inverse = a.inverse + chunk * C * C;
+    const float* inverse = a.inverse + block.chunk * C * C;
     copy_rows<kGradientThreads, kGradientInFlight>(
         C, C, [&](int r, int c) { return load4(inverse + r * C + c); },
         [&](int r, int c, float4 x) {
@@ -369,12 +362,12 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     key_rows[s] = tile_of(s) < kKeyTileCount ? tile_of(s) / kKeyColumnTiles : -1;
   square_rows[0] = warp < kSquareTileCount ? warp / kSquareTiles : -1;
 
-  const ChunkRows<Scalar> v_rows(a.v, b, h, first, valid);
-  const float* d_out_chunk = a.d_out + chunk * C * V;
-  const float* v_new_chunk = a.v_new + chunk * C * V;
-  const float* d_v_new_chunk = a.d_v_new + chunk * C * V;
-  const float* states_chunk = a.states + chunk * K * V;
-  const float* d_states_chunk = a.d_states_next + chunk * K * V;
+  const ChunkRows<Scalar> v_rows(a.v, block);
+  const float* d_out_chunk = a.d_out + block.chunk * C * V;
+  const float* v_new_chunk = a.v_new + block.chunk * C * V;
+  const float* d_v_new_chunk = a.d_v_new + block.chunk * C * V;
+  const float* states_chunk = a.states + block.chunk * K * V;
+  const float* d_states_chunk = a.d_states_next + block.chunk * K * V;
   float state_dot = 0.f, to_end_dot = 0.f;  // this thread's shares of the two totals
   for (int first_column = 0; first_column < V; first_column += kValueTile) {
     const int width = min(kValueTile, V - first_column);
@@ -392,9 +385,8 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
           store4(v_new_to_end + r * kValueLd + c, tf32(scaled(x.v_new, to_end[r])));
           if (delta_rule)
             store4(d_v_new + r * kDVNewLd + c, tf32(x.d_v_new));
-          else if (r < valid)  // SSD: dV = dΔ
-            store4(output_row<Scalar>(a.d_v, b, first + r, h, a.tokens, a.heads, V) + first_column + c,
-                   x.d_v_new);
+          else if (r < block.valid)  // SSD: dV = dΔ
+            store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, x.d_v_new);
         });
     copy_rows<kGradientThreads, kGradientInFlight>(
         K, width,
@@ -451,9 +443,8 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
       copy_rows<kGradientThreads, kGradientInFlight>(
           C, width, [&](int r, int c) { return *reinterpret_cast<const float4*>(d_vb + r * kValueLd + c); },
           [&](int r, int c, float4 x) {
-            if (r < valid) {
-              store4(output_row<Scalar>(a.d_v, b, first + r, h, a.tokens, a.heads, V) + first_column + c,
-                     scaled(x, beta[r]));
+            if (r < block.valid) {
+              store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, scaled(x, beta[r]));
               const float kb_dot =
                   -exp_gamma[r] * dot4(x, *reinterpret_cast<const float4*>(keys_states + r * kValueLd + c));
               atomicAdd(d_beta + r, dot4(x, v_rows.load(r, first_column + c)) + kb_dot);
@@ -487,8 +478,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   float* key_pairs = shared + L::kKeyPairs;
   float* d_pair_terms = shared + L::kDPairs;
   float* gram_terms = shared + L::kGram;
-  load_chunk<kGradientThreads>(queries, kKeysLd, ChunkRows<Scalar>(a.q, b, h, first, valid), C, K, 0, nullptr,
-                               true);
+  load_chunk<kGradientThreads>(queries, kKeysLd, ChunkRows<Scalar>(a.q, block), C, K, 0, nullptr, true);
   const auto store_key_tiles = [&](float* dst, auto& acc) {
 #pragma unroll
     for (int s = 0; s < kKeyTilesPerWarp; ++s) {
@@ -601,22 +591,20 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   store_key_tiles(scratch, d_q);
   __syncthreads();
   copy_rows<kGradientThreads, kGradientInFlight>(
-      valid, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
-      [&](int r, int c, float4 x) {
-        store4(output_row<Scalar>(a.d_q, b, first + r, h, a.tokens, a.heads, K) + c, x);
-      });
+      block.valid, K,
+      [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
+      [&](int r, int c, float4 x) { store4(output_row<Scalar>(a.d_q, block.token(r), K) + c, x); });
   if (threadIdx.x == 0) d_gamma[C - 1] += totals[1] + expf(gamma[C - 1]) * totals[0];
   __syncthreads();
   store_key_tiles(scratch, d_k);
   reverse_cumsum_in_warp(d_gamma, C);
   __syncthreads();
   copy_rows<kGradientThreads, kGradientInFlight>(
-      valid, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
-      [&](int r, int c, float4 x) {
-        store4(output_row<Scalar>(a.d_k, b, first + r, h, a.tokens, a.heads, K) + c, x);
-      });
-  for (int i = threadIdx.x; i < valid; i += kGradientThreads) {
-    const size_t token = (static_cast<size_t>(b) * a.tokens + first + i) * a.heads + h;
+      block.valid, K,
+      [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
+      [&](int r, int c, float4 x) { store4(output_row<Scalar>(a.d_k, block.token(r), K) + c, x); });
+  for (int i = threadIdx.x; i < block.valid; i += kGradientThreads) {
+    const size_t token = block.token(i);
     a.d_g[token] = d_gamma[i];
     if (delta_rule) a.d_beta[token] = d_beta[i];
   }

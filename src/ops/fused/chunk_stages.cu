@@ -141,33 +141,30 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
   float* beta = shared + L::kBeta;
   float* row_scale = shared + L::kRowScale;
   const int V = a.value_dim;
-  const int m = blockIdx.x, bh = blockIdx.y;
-  const int b = bh / a.heads, h = bh % a.heads;
-  const int first = m * C, valid = min(C, a.tokens - first);
-  const size_t chunk = static_cast<size_t>(bh) * gridDim.x + m;
+  const ChunkBlock block(a.tokens, a.heads, C);
   const bool delta_rule = a.beta != nullptr;
 
-  const ChunkRows<Scalar> k_rows(a.k, b, h, first, valid);
-  const ChunkRows<Scalar> v_rows(a.v, b, h, first, valid);
+  const ChunkRows<Scalar> k_rows(a.k, block);
+  const ChunkRows<Scalar> v_rows(a.v, block);
   load_chunk(keys, L::kKeysLd, k_rows, C, K, 0, nullptr, false);
   for (int i = threadIdx.x; i < C; i += kThreads) {
-    const size_t token = (static_cast<size_t>(b) * a.tokens + first + i) * a.heads + h;
+    const size_t token = block.token(i);
     // Padding tokens decay by nothing and write nothing, as in the LibTorch path's zero-padded chunks.
-    gamma[i] = i < valid ? a.g[token] : 0.f;
-    beta[i] = delta_rule && i < valid ? a.beta[token] : 0.f;
+    gamma[i] = i < block.valid ? a.g[token] : 0.f;
+    beta[i] = delta_rule && i < block.valid ? a.beta[token] : 0.f;
   }
   __syncthreads();
   cumsum_in_warp(gamma, C);
   __syncthreads();
   const float gamma_last = gamma[C - 1];
   for (int i = threadIdx.x; i < C; i += kThreads) {
-    a.gamma[chunk * C + i] = gamma[i];
+    a.gamma[block.chunk * C + i] = gamma[i];
     row_scale[i] = expf(gamma_last - gamma[i]);
   }
-  if (threadIdx.x == 0) a.chunk_decay[chunk] = expf(gamma_last);
+  if (threadIdx.x == 0) a.chunk_decay[block.chunk] = expf(gamma_last);
   __syncthreads();
   // k ⊙ exp(γ_last − γ) leaves exact; the keys stay behind as TF32 operands.
-  float* k_to_end = a.k_to_end + chunk * C * K;
+  float* k_to_end = a.k_to_end + block.chunk * C * K;
   copy_rows(
       C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(keys + r * L::kKeysLd + c); },
       [&](int r, int c, float4 x) {
@@ -175,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
         store4(keys + r * L::kKeysLd + c, tf32(x));
       });
   if (!delta_rule) {
-    float* u = a.u + chunk * C * V;
+    float* u = a.u + block.chunk * C * V;
     copy_rows(
         C, V, [&](int r, int c) { return v_rows.load(r, c); },
         [&](int r, int c, float4 x) { store4(u + r * V + c, x); });
@@ -203,7 +200,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
     row_scale[i] = beta[i] * expf(gamma[i]);
   __syncthreads();
   unit_lower_inverse<C, L::kSquareLd>(square, inverse);
-  float* inverse_out = a.inverse + chunk * C * C;
+  float* inverse_out = a.inverse + block.chunk * C * C;
   copy_rows(
       C, C, [&](int r, int c) { return *reinterpret_cast<const float4*>(inverse + r * L::kSquareLd + c); },
       [&](int r, int c, float4 x) {
@@ -234,13 +231,13 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
         },
         [&](int r, int c, float4 x) { store4(operand + r * kColumnLd + c, tf32(scaled(x, row_scale[r]))); });
     __syncthreads();
-    multiply_by_inverse(a.w + chunk * C * K, K, first_column);
+    multiply_by_inverse(a.w + block.chunk * C * K, K, first_column);
     __syncthreads();
   }
   for (int first_column = 0; first_column < V; first_column += kColumnTile) {
     load_chunk(operand, kColumnLd, v_rows, C, min(kColumnTile, V - first_column), first_column, beta, true);
     __syncthreads();
-    multiply_by_inverse(a.u + chunk * C * V, V, first_column);
+    multiply_by_inverse(a.u + block.chunk * C * V, V, first_column);
     __syncthreads();
   }
 }
@@ -281,16 +278,13 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
   float* region = shared + L::kRegion;
   float* gamma = shared + L::kGamma;
   const int V = a.value_dim;
-  const int m = blockIdx.x, bh = blockIdx.y;
-  const int b = bh / a.heads, h = bh % a.heads;
-  const int first = m * C, valid = min(C, a.tokens - first);
-  const size_t chunk = static_cast<size_t>(bh) * gridDim.x + m;
+  const ChunkBlock block(a.tokens, a.heads, C);
   const int warp = threadIdx.x / 32;
 
-  load_chunk(reads, kLd, ChunkRows<Scalar>(a.q, b, h, first, valid), C, K, 0, nullptr, true);
-  load_chunk(region, L::kKeysLd, ChunkRows<Scalar>(a.k, b, h, first, valid), C, K, 0, nullptr, true);
+  load_chunk(reads, kLd, ChunkRows<Scalar>(a.q, block), C, K, 0, nullptr, true);
+  load_chunk(region, L::kKeysLd, ChunkRows<Scalar>(a.k, block), C, K, 0, nullptr, true);
   for (int i = threadIdx.x; i < C; i += kThreads)
-    gamma[i] = a.gamma[chunk * C + i];
+    gamma[i] = a.gamma[block.chunk * C + i];
   __syncthreads();
   // P = q kᵀ into the columns after q, on and below the diagonal tiles.
   for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
@@ -314,8 +308,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
   Scalar* out = static_cast<Scalar*>(a.out);
   for (int first_column = 0; first_column < V; first_column += kColumnTile) {
     const int width = min(kColumnTile, V - first_column);
-    load_operand(region, kColumnLd, a.states + chunk * K * V, V, K, width, first_column);
-    load_operand(region + K * kColumnLd, kColumnLd, a.v_new + chunk * C * V, V, C, width, first_column);
+    load_operand(region, kColumnLd, a.states + block.chunk * K * V, V, K, width, first_column);
+    load_operand(region + K * kColumnLd, kColumnLd, a.v_new + block.chunk * C * V, V, C, width, first_column);
     __syncthreads();
     // Row tile r reads q̂ against S, then P's columns up to its diagonal against v_new.
     const int col_tiles = width / kTile;
@@ -341,10 +335,10 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
     }
     __syncthreads();
     copy_rows(
-        valid, width,
+        block.valid, width,
         [&](int r, int c) { return *reinterpret_cast<const float4*>(region + r * kColumnLd + c); },
         [&](int r, int c, float4 x) {
-          const size_t row = (static_cast<size_t>(b) * a.tokens + first + r) * a.heads + h;
+          const size_t row = block.token(r);
           store4(out + row * V + first_column + c, scaled(x, a.scale));
         });
     __syncthreads();

@@ -128,6 +128,29 @@ __device__ void for_each_entry(int rows, int cols, F f) {
     f(i, j);
 }
 
+/// The chunk a thread block works on: blockIdx.x is the chunk's place m in its sequence, blockIdx.y the
+/// batch·head b·H + h.
+struct ChunkBlock {
+  int b, h;
+  int first;     ///< the chunk's first token
+  int valid;     ///< how many of its C rows are tokens (fewer than C in a last, partial chunk)
+  size_t chunk;  ///< the chunk's index in [B·H, M, ·] buffers
+  int tokens, heads;
+
+  __device__ ChunkBlock(int tokens_, int heads_, int C)
+      : b(static_cast<int>(blockIdx.y) / heads_),
+        h(static_cast<int>(blockIdx.y) % heads_),
+        first(static_cast<int>(blockIdx.x) * C),
+        valid(min(C, tokens_ - first)),
+        chunk(static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x),
+        tokens(tokens_),
+        heads(heads_) {}
+
+  /// The index of the chunk's row r in a [B, T, H] buffer; times D, that of its first element in a
+  /// contiguous [B, T, H, D] one.
+  __device__ size_t token(int r) const { return (static_cast<size_t>(b) * tokens + first + r) * heads + h; }
+};
+
 /// The chunk of one head of a [B, T, H, D] input: row r is token first + r, `valid` rows exist.
 template <class Scalar>
 struct ChunkRows {
@@ -135,11 +158,11 @@ struct ChunkRows {
   int64_t token_stride;
   int valid;
 
-  __device__ ChunkRows(const TokenRows& rows, int b, int h, int first, int valid_rows)
-      : first_row(static_cast<const Scalar*>(rows.data) + b * rows.batch + first * rows.token +
-                  h * rows.head),
+  __device__ ChunkRows(const TokenRows& rows, const ChunkBlock& block)
+      : first_row(static_cast<const Scalar*>(rows.data) + block.b * rows.batch + block.first * rows.token +
+                  block.h * rows.head),
         token_stride(rows.token),
-        valid(valid_rows) {}
+        valid(block.valid) {}
 
   /// Columns [c, c + 4) of row r as float32, zeros past the last token.
   __device__ float4 load(int r, int c) const {
