@@ -75,14 +75,23 @@ ChunkGradients chunk_gradients(
                         at::empty({B, T, H, V}, q.options()), at::empty({B, T, H}, float_options),
                         beta.defined() ? at::empty({B, T, H}, float_options) : at::Tensor()};
   const kernels::ChunkGradientBuffers buffers{
-      token_rows(q, q_kept),        token_rows(k, k_kept),
-      token_rows(v, v_kept),        data_or_null(beta_BTH),
-      gamma.data_ptr<float>(),      data_or_null(inverse),
-      states.data_ptr<float>(),     v_new.data_ptr<float>(),
-      d_out.data_ptr<float>(),      d_states_next.data_ptr<float>(),
-      d_v_new.data_ptr<float>(),    result.d_q.data_ptr(),
-      result.d_k.data_ptr(),        result.d_v.data_ptr(),
-      result.d_g.data_ptr<float>(), result.d_beta.defined() ? result.d_beta.data_ptr<float>() : nullptr};
+      .q = token_rows(q, q_kept),
+      .k = token_rows(k, k_kept),
+      .v = token_rows(v, v_kept),
+      .beta = data_or_null(beta_BTH),
+      .gamma = gamma.data_ptr<float>(),
+      .inverse = data_or_null(inverse),
+      .states = states.data_ptr<float>(),
+      .v_new = v_new.data_ptr<float>(),
+      .d_out = d_out.data_ptr<float>(),
+      .d_states_next = d_states_next.data_ptr<float>(),
+      .d_v_new = d_v_new.data_ptr<float>(),
+      .d_q = result.d_q.data_ptr(),
+      .d_k = result.d_k.data_ptr(),
+      .d_v = result.d_v.data_ptr(),
+      .d_g = result.d_g.data_ptr<float>(),
+      .d_beta = result.d_beta.defined() ? result.d_beta.data_ptr<float>() : nullptr,
+  };
   const char* error = kernels::chunk_gradients(buffers, scale, dims_of(q, V, C), current_cuda_stream(q));
   TORCH_CHECK(error == nullptr, "fused chunk_gradients: CUDA kernel failed: ", error);
   return result;

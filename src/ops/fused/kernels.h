@@ -99,9 +99,19 @@ const char* chunk_value_gradient(const TokenRows& q, const TokenRows& k, const T
 /// (d_beta unused for SSD).
 struct ChunkGradientBuffers {
   TokenRows q, k, v;
-  const float *beta, *gamma, *inverse, *states, *v_new, *d_out, *d_states_next, *d_v_new;
-  void *d_q, *d_k, *d_v;
-  float *d_g, *d_beta;
+  const float* beta;
+  const float* gamma;
+  const float* inverse;
+  const float* states;
+  const float* v_new;
+  const float* d_out;
+  const float* d_states_next;
+  const float* d_v_new;
+  void* d_q;
+  void* d_k;
+  void* d_v;
+  float* d_g;
+  float* d_beta;
 };
 
 /// The input gradients of every chunk after the state pass backward (docs/ops/fused.md), on TF32 tensor
