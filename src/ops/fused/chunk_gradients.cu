@@ -339,9 +339,9 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   //   d_q     dO Sᵀ · scale exp(γ) = dq̂ · scale exp(γ), q's gradient through the state read
   //   d_k     exp(γ_last − γ) ⊙ Δ dS_nextᵀ (dK̃'s share of dk) − β exp(γ) ⊙ d(βV) Sᵀ (w's operand's)
   //   d_pairs dO Δᵀ = dP / scale;   gram  d(βV) Δᵀ = −dA below the diagonal
-  // The row dots γ and β need of the two dk terms come from k S and k dS_next instead: ⟨dK̃_i, K̃_i⟩ =
-  // exp(γ_last − γ_i) ⟨Δ_i, (k dS_next)_i⟩ and exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩ = −exp(γ_i) ⟨d(βV)_i, (k
-  // S)_i⟩.
+  // The row dots γ and β need of the two dk terms come from k S and k dS_next instead:
+  //   ⟨dK̃_i, K̃_i⟩ = exp(γ_last − γ_i) ⟨Δ_i, (k dS_next)_i⟩
+  //   exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩ = −exp(γ_i) ⟨d(βV)_i, (k S)_i⟩
   Accumulator d_q[kKeyTilesPerWarp], d_k[kKeyTilesPerWarp];
   Accumulator d_pairs[1], gram[1];
 #pragma unroll
