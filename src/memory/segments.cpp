@@ -20,12 +20,18 @@
 namespace dla::memory {
 
 at::Tensor slot_of_keys(const at::Tensor& start_rows_S, const at::Tensor& keys_N) {
-  const at::Tensor start_1S = start_rows_S.unsqueeze(-2);
-  const at::Tensor holds_NS = (start_1S >= 0) & (start_1S <= keys_N.unsqueeze(-1));
   // Slots run from the newest segment to the oldest, so the key's segment is the first one starting at or
-  // before it. argmax returns the first maximum.
-  const at::Tensor first_NS = holds_NS.to(at::kByte).argmax(/*dim=*/-1);
-  return at::where(holds_NS.any(/*dim=*/-1), first_NS, at::full({}, -1, first_NS.options()));
+  // before it. Ranking slot s as S − s (0 for an empty slot) makes it the highest-ranked holding slot: one
+  // compare and one max over the [..., N, S] grid, in the narrowest integer type that holds the ranks.
+  const int64_t num_slots = start_rows_S.size(-1);
+  const at::ScalarType rank_type = num_slots < 256 ? at::kByte : at::kInt;
+  const at::Tensor rank_S = at::arange(num_slots, 0, -1, start_rows_S.options().dtype(rank_type));
+  const at::Tensor rank_1S =
+      at::where(start_rows_S >= 0, rank_S, at::zeros({}, rank_S.options())).unsqueeze(-2);
+  const at::Tensor holds_NS = start_rows_S.unsqueeze(-2) <= keys_N.unsqueeze(-1);
+  const at::Tensor best_N = at::where(holds_NS, rank_1S, at::zeros({}, rank_S.options())).amax(/*dim=*/-1);
+  const at::Tensor best_long_N = best_N.to(at::kLong);
+  return at::where(best_long_N > 0, num_slots - best_long_N, at::full({}, -1, best_long_N.options()));
 }
 
 at::Tensor level_table(const SegmentTable& segments, int64_t num_tokens) {

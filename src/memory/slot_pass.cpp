@@ -11,6 +11,7 @@
 // Shapes: B batch, H heads, N chunks, C chunk length, K key dim, V value dim, S slots.
 #include "dla/memory/slot_pass.h"
 
+#include <initializer_list>
 #include <vector>
 
 #include <ATen/ops/empty.h>
@@ -238,33 +239,56 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
 /// states, X̄ = M X, G and dΔ from the sequential part, L_r = m_r ⊙ v and Δ_r = T L_r − W X̄_r:
 ///   dw[c, s] = ⟨d_inter_c, (q̃ X_s)_c⟩,  dq̃ = Σ_s (w_s ⊙ d_inter) X_sᵀ,  de = Σ_r ⟨X̄_r, G_r⟩,
 ///   dK̃ = Σ_r Δ_r G_rᵀ,  dW = −Σ_r dΔ_r X̄_rᵀ,  dT = Σ_r dΔ_r L_rᵀ,  dv = Σ_r m_r ⊙ (Tᵀ dΔ_r).
+/// The per-slot states are the largest tensors of the pass, so each is read by products that take every
+/// slot at once (the slots' rows stacked, [S·K, V]) rather than broadcasting a chunk operand over the slots:
+///   P = d_inter [X_0ᵀ … X_{S−1}ᵀ] gives dw[c, s] = ⟨P_s[c], q̃[c]⟩ and dq̃[c] = Σ_s w[c, s] P_s[c];
+///   de = Σ_{r,s} M[r, s] ⟨G_r, X_s⟩, the move matrix against the slots' Gram matrix;
+///   Σ_r L_r G_rᵀ = Σ_r m_r ⊙ (v G_rᵀ), and with the delta rule dK̃ = T Σ_r L_r G_rᵀ − W Σ_r X̄_r G_rᵀ.
 variable_list input_gradients(const SlotPassInputs& in, const at::Tensor& start_states_BHNSKV,
                               const StateGradients& state_grads, const at::Tensor& d_inter_BHNCV) {
   const at::Tensor& x_BHNSKV = start_states_BHNSKV;
   const at::Tensor& g_BHNSKV = state_grads.d_end_states_BHNSKV;
   const at::Tensor& d_written_BHNSCV = state_grads.d_written_BHNSCV;
-  const at::Tensor moved_x_BHNSKV = in.state_move_BHNSS.matmul(x_BHNSKV.flatten(-2)).view(x_BHNSKV.sizes());
-  const at::Tensor d_inter_BHN1CV = d_inter_BHNCV.unsqueeze(3);
+  const int64_t S = x_BHNSKV.size(3), K = x_BHNSKV.size(4), V = x_BHNSKV.size(5);
+  const int64_t C = in.transported_q_BHNCK.size(3);
+  const auto shape = [&](std::initializer_list<int64_t> tail) {
+    std::vector<int64_t> out(x_BHNSKV.sizes().begin(), x_BHNSKV.sizes().begin() + 3);
+    out.insert(out.end(), tail);
+    return out;
+  };
+  const at::Tensor x_rows_BHNXV = x_BHNSKV.view(shape({S * K, V}));
+  const at::Tensor g_rows_BHNXV = g_BHNSKV.view(shape({S * K, V}));
+  const at::Tensor w_t_BHNC1S = in.read_weight_BHNCS.unsqueeze(-2);
+  const at::Tensor token_move_t_BHNC1S = in.token_move_BHNSC.transpose(-1, -2).unsqueeze(-2);
 
   variable_list grads(kNumInputs);
-  grads[kReadWeight] =
-      (in.transported_q_BHNCK.unsqueeze(3).matmul(x_BHNSKV) * d_inter_BHN1CV).sum(-1).transpose(-1, -2);
-  const at::Tensor weighted_d_inter_BHNSCV =
-      in.read_weight_BHNCS.transpose(-1, -2).unsqueeze(-1) * d_inter_BHN1CV;
-  grads[kQ] = weighted_d_inter_BHNSCV.matmul(x_BHNSKV.transpose(-1, -2)).sum(3);
-  grads[kChunkDecay] = (moved_x_BHNSKV * g_BHNSKV).sum({3, 4, 5});
+  const at::Tensor p_BHNCSK = d_inter_BHNCV.matmul(x_rows_BHNXV.transpose(-1, -2)).view(shape({C, S, K}));
+  grads[kReadWeight] = p_BHNCSK.matmul(in.transported_q_BHNCK.unsqueeze(-1)).squeeze(-1);
+  grads[kQ] = w_t_BHNC1S.matmul(p_BHNCSK).squeeze(-2);
 
-  const at::Tensor landed_BHNSCV = in.token_move_BHNSC.unsqueeze(-1) * in.source_v_BHNCV.unsqueeze(3);
-  at::Tensor written_BHNSCV = landed_BHNSCV;
+  const at::Tensor gram_BHNSS =
+      g_BHNSKV.view(shape({S, K * V})).matmul(x_BHNSKV.view(shape({S, K * V})).transpose(-1, -2));
+  grads[kChunkDecay] = (gram_BHNSS * in.state_move_BHNSS).sum({-2, -1});
+
+  // Σ_r L_r G_rᵀ: row c of v G_rᵀ counts for the slot token c lands in.
+  const at::Tensor v_g_BHNCSK =
+      in.source_v_BHNCV.matmul(g_rows_BHNXV.transpose(-1, -2)).view(shape({C, S, K}));
+  const at::Tensor landed_g_BHNCK = token_move_t_BHNC1S.matmul(v_g_BHNCSK).squeeze(-2);
   at::Tensor d_landed_BHNSCV = d_written_BHNSCV;
   if (in.w_BHNCK.defined()) {
-    const at::Tensor t_inverse_BHN1CC = in.t_inverse_BHNCC.unsqueeze(3);
-    written_BHNSCV = t_inverse_BHN1CC.matmul(landed_BHNSCV) - in.w_BHNCK.unsqueeze(3).matmul(moved_x_BHNSKV);
+    const at::Tensor moved_x_BHNSKV = in.state_move_BHNSS.matmul(x_BHNSKV.flatten(-2)).view(x_BHNSKV.sizes());
+    const at::Tensor moved_x_g_BHNKK = moved_x_BHNSKV.matmul(g_BHNSKV.transpose(-1, -2)).sum(3);
+    grads[kKToEnd] = in.t_inverse_BHNCC.matmul(landed_g_BHNCK) - in.w_BHNCK.matmul(moved_x_g_BHNKK);
     grads[kW] = -d_written_BHNSCV.matmul(moved_x_BHNSKV.transpose(-1, -2)).sum(3);
-    grads[kTInverse] = d_written_BHNSCV.matmul(landed_BHNSCV.transpose(-1, -2)).sum(3);
-    d_landed_BHNSCV = t_inverse_BHN1CC.transpose(-1, -2).matmul(d_written_BHNSCV);
+    // dT[c, c'] = Σ_r m_r[c'] (dΔ_r vᵀ)[c, c'], with the slots' rows of dΔ stacked.
+    const at::Tensor d_written_v_BHNSCC = d_written_BHNSCV.view(shape({S * C, V}))
+                                              .matmul(in.source_v_BHNCV.transpose(-1, -2))
+                                              .view(shape({S, C, C}));
+    grads[kTInverse] = (d_written_v_BHNSCC * in.token_move_BHNSC.unsqueeze(-2)).sum(3);
+    d_landed_BHNSCV = in.t_inverse_BHNCC.transpose(-1, -2).unsqueeze(3).matmul(d_written_BHNSCV);
+  } else {
+    grads[kKToEnd] = landed_g_BHNCK;
   }
-  grads[kKToEnd] = written_BHNSCV.matmul(g_BHNSKV.transpose(-1, -2)).sum(3);
   grads[kSourceV] = (in.token_move_BHNSC.unsqueeze(-1) * d_landed_BHNSCV).sum(3);
   grads.push_back(at::Tensor());  // delta_rule
   return grads;
