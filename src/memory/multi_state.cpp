@@ -177,11 +177,17 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
   const at::Tensor k_to_end_BHNCK = k_BHNCK * (gamma_last_BHN.unsqueeze(-1) - gamma_BHNC).exp().unsqueeze(-1);
 
   // Levels and confidences: of the chunk's own keys (intra), of the chunk-start states (inter), and the slots
-  // that states and tokens move to at the chunk's end (at most token T: the final state is query T's).
-  const at::Tensor start_BHQS = table_rows(segments.start_BHQS, batch, heads, padded + 1);
-  const at::Tensor conf_BHQS = conf_rows(weights, segments, batch, heads, padded + 1, dtype);
-  const at::Tensor rows_BHNCS = start_BHQS.narrow(2, 0, padded).view({batch, heads, num_chunks, C, S});
-  const at::Tensor conf_BHNCS = conf_BHQS.narrow(2, 0, padded).view({batch, heads, num_chunks, C, S});
+  // that states and tokens move to at the chunk's end (at most token T: the final state is query T's). A
+  // table shared by every sequence and head (Fenwick, no confidences) is worked out once and broadcast.
+  const bool shared_table = !weights.conf_BHQS.defined();
+  const int64_t table_batch = shared_table ? segments.start_BHQS.size(0) : batch;
+  const int64_t table_heads = shared_table ? segments.start_BHQS.size(1) : heads;
+  const at::Tensor start_BHQS = table_rows(segments.start_BHQS, table_batch, table_heads, padded + 1);
+  const at::Tensor conf_BHQS = conf_rows(weights, segments, table_batch, table_heads, padded + 1, dtype);
+  const at::Tensor rows_BHNCS =
+      start_BHQS.narrow(2, 0, padded).view({table_batch, table_heads, num_chunks, C, S});
+  const at::Tensor conf_BHNCS =
+      conf_BHQS.narrow(2, 0, padded).view({table_batch, table_heads, num_chunks, C, S});
   const at::Tensor keys_NC = at::arange(padded, start_BHQS.options()).view({num_chunks, C});
   const at::Tensor chunk_start_N = keys_NC.select(1, 0);
   const at::Tensor chunk_end_N = (chunk_start_N + C).clamp_max(tokens);
@@ -194,13 +200,17 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
   const at::Tensor conf_in_BHNCC =
       conf_BHNCS.gather(-1, slot_in_BHNCC.clamp_min(0)).masked_fill(diagonal_CC, 1);
   // Above the diagonal the decay matrix is 0, which zeroes these (arbitrary) weights and their gradients.
-  const at::Tensor lam_in_BHNCC = lam_BHNCL.gather(-1, level_in_BHNCC) * conf_in_BHNCC;
+  const at::Tensor lam_in_BHNCC =
+      lam_BHNCL.gather(-1, level_in_BHNCC.expand({batch, heads, num_chunks, C, C})) * conf_in_BHNCC;
 
   const at::Tensor slot_x_BHNCS = slot_of_keys(rows_BHNCS, state_keys_BHNS.unsqueeze(3));
-  const at::Tensor lam_x_BHNCS = lam_BHNCL.gather(-1, slot_x_BHNCS.clamp_min(0) + 1) *
-                                 conf_BHNCS.gather(-1, slot_x_BHNCS.clamp_min(0)) * (slot_x_BHNCS >= 0);
-  const at::Tensor state_move_BHNSS = slot_matrix(slot_of_keys(end_rows_BHNS, state_keys_BHNS), S, dtype);
-  const at::Tensor token_move_BHNSC = slot_matrix(slot_of_keys(end_rows_BHNS, keys_NC), S, dtype);
+  const at::Tensor lam_x_BHNCS =
+      lam_BHNCL.gather(-1, (slot_x_BHNCS.clamp_min(0) + 1).expand({batch, heads, num_chunks, C, S})) *
+      conf_BHNCS.gather(-1, slot_x_BHNCS.clamp_min(0)) * (slot_x_BHNCS >= 0);
+  const at::Tensor state_move_BHNSS = slot_matrix(slot_of_keys(end_rows_BHNS, state_keys_BHNS), S, dtype)
+                                          .expand({batch, heads, num_chunks, S, S});
+  const at::Tensor token_move_BHNSC =
+      slot_matrix(slot_of_keys(end_rows_BHNS, keys_NC), S, dtype).expand({batch, heads, num_chunks, S, C});
 
   // Intra-chunk reads and the transported queries (what each query reads from a chunk-start state).
   const at::Tensor qk_decay_BHNCC = q_BHNCK.matmul(k_BHNCK.transpose(-1, -2)) * decay_BHNCC;

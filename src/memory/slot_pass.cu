@@ -4,7 +4,7 @@
 //   forward   Δ_r = Z_r − W X̄_r,   X'_r = e X̄_r + K̃ᵀ Δ_r,   Z_r = T (m_r ⊙ v)
 //   backward  dΔ_r = K̃ G_r,   dX̄_r = e G_r − Wᵀ dΔ_r,   dX_s = Σ_r M[r, s] dX̄_r + q̃ᵀ (w_s ⊙ d_inter)
 // (no W and T for SSD). The forward writes every chunk's start states; the reads from them are one batched
-// matmul outside. The products are 16 × 16 tiles on tensor cores (WMMA, TF32 in, float32 out), eight
+// matmul outside. The products are 16 × 16 tiles on tensor cores (WMMA, TF32 in, float32 out), sixteen
 // warps taking the tiles of all slots in turn; moving states between slots is per entry, in registers.
 #include <cuda_runtime.h>
 #include <mma.h>
@@ -26,7 +26,7 @@ namespace {
 using namespace nvcuda;
 using dla::ops::kernels::round_to_tf32;
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 512;  // 16 warps: within 128 registers, no spills
 constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;  // WMMA tile edge, and the value columns per block
 constexpr int kStep = 8;   // WMMA depth of one TF32 product
@@ -195,16 +195,15 @@ __device__ void move_between_slots(float* states, const float* moves, const Layo
 #pragma unroll
     for (int s = 0; s < kMaxSlots; ++s)
       x[s] = s < S ? states[s * l.slot_floats() + offset] : 0.f;
+    // Only the sources are unrolled (they index x); unrolling the destinations too spills x to local memory.
+#pragma unroll 1
+    for (int r = 0; r < S; ++r) {
+      float sum = 0.f;
 #pragma unroll
-    for (int r = 0; r < kMaxSlots; ++r) {
-      if (r < S) {
-        float sum = 0.f;
-#pragma unroll
-        for (int s = 0; s < kMaxSlots; ++s) {
-          if (s < S) sum += (transposed ? moves[s * S + r] : moves[r * S + s]) * x[s];
-        }
-        states[r * l.slot_floats() + offset] = sum;
+      for (int s = 0; s < kMaxSlots; ++s) {
+        if (s < S) sum += (transposed ? moves[s * S + r] : moves[r * S + s]) * x[s];
       }
+      states[r * l.slot_floats() + offset] = sum;
     }
   }
 }
