@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/record_function.h>
@@ -235,6 +236,29 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
 #endif
 }
 
+/// X̄ = M X, the start states moved to their slots: on the move kernel where the pass runs on the CUDA
+/// kernels, else as a batched matmul.
+at::Tensor moved_states(const at::Tensor& state_move_BHNSS, const at::Tensor& x_BHNSKV,
+                        [[maybe_unused]] bool cuda_kernels) {
+#if defined(DLA_WITH_CUDA)
+  const int64_t num_slots = x_BHNSKV.size(3), entries = x_BHNSKV.size(4) * x_BHNSKV.size(5);
+  if (cuda_kernels && kernels::supports_slot_move(num_slots, entries)) {
+    const c10::cuda::CUDAGuard device_guard(x_BHNSKV.device());
+    const at::Tensor moves = ops::kernel_buffer(state_move_BHNSS.expand(
+                         {x_BHNSKV.size(0), x_BHNSKV.size(1), x_BHNSKV.size(2), num_slots, num_slots})),
+                     states = ops::kernel_buffer(x_BHNSKV);
+    const at::Tensor moved_BHNSKV = at::empty_like(states);
+    const char* error = kernels::move_slot_states(
+        {moves.data_ptr<float>(), states.data_ptr<float>(), moved_BHNSKV.data_ptr<float>(),
+         states.numel() / (num_slots * entries), num_slots, entries},
+        ops::current_cuda_stream(states));
+    TORCH_CHECK(error == nullptr, "memory slot move: CUDA kernel failed: ", error);
+    return moved_BHNSKV;
+  }
+#endif
+  return state_move_BHNSS.matmul(x_BHNSKV.flatten(-2)).view(x_BHNSKV.sizes());
+}
+
 /// The inputs' gradients from the states and their gradients, for all chunks at once. With X the start
 /// states, X̄ = M X, G and dΔ from the sequential part, L_r = m_r ⊙ v and Δ_r = T L_r − W X̄_r:
 ///   dw[c, s] = ⟨d_inter_c, (q̃ X_s)_c⟩,  dq̃ = Σ_s (w_s ⊙ d_inter) X_sᵀ,  de = Σ_r ⟨X̄_r, G_r⟩,
@@ -245,7 +269,8 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
 ///   de = Σ_{r,s} M[r, s] ⟨G_r, X_s⟩, the move matrix against the slots' Gram matrix;
 ///   Σ_r L_r G_rᵀ = Σ_r m_r ⊙ (v G_rᵀ), and with the delta rule dK̃ = T Σ_r L_r G_rᵀ − W Σ_r X̄_r G_rᵀ.
 variable_list input_gradients(const SlotPassInputs& in, const at::Tensor& start_states_BHNSKV,
-                              const StateGradients& state_grads, const at::Tensor& d_inter_BHNCV) {
+                              const StateGradients& state_grads, const at::Tensor& d_inter_BHNCV,
+                              bool cuda_kernels) {
   const at::Tensor& x_BHNSKV = start_states_BHNSKV;
   const at::Tensor& g_BHNSKV = state_grads.d_end_states_BHNSKV;
   const at::Tensor& d_written_BHNSCV = state_grads.d_written_BHNSCV;
@@ -276,7 +301,7 @@ variable_list input_gradients(const SlotPassInputs& in, const at::Tensor& start_
   const at::Tensor landed_g_BHNCK = token_move_t_BHNC1S.matmul(v_g_BHNCSK).squeeze(-2);
   at::Tensor d_landed_BHNSCV = d_written_BHNSCV;
   if (in.w_BHNCK.defined()) {
-    const at::Tensor moved_x_BHNSKV = in.state_move_BHNSS.matmul(x_BHNSKV.flatten(-2)).view(x_BHNSKV.sizes());
+    const at::Tensor moved_x_BHNSKV = moved_states(in.state_move_BHNSS, x_BHNSKV, cuda_kernels);
     const at::Tensor moved_x_g_BHNKK = moved_x_BHNSKV.matmul(g_BHNSKV.transpose(-1, -2)).sum(3);
     grads[kKToEnd] = in.t_inverse_BHNCC.matmul(landed_g_BHNCK) - in.w_BHNCK.matmul(moved_x_g_BHNKK);
     grads[kW] = -d_written_BHNSCV.matmul(moved_x_BHNSKV.transpose(-1, -2)).sum(3);
@@ -323,10 +348,10 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
         grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(in.source_v_BHNCV);
     const at::Tensor d_final_BHSKV =
         grad_outputs[1].defined() ? grad_outputs[1] : at::zeros_like(start_states_BHNSKV.select(2, 0));
-    const StateGradients state_grads = ctx->saved_data["cuda_kernels"].toBool()
-                                           ? state_gradients_kernel(in, d_inter_BHNCV, d_final_BHSKV)
-                                           : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
-    return input_gradients(in, start_states_BHNSKV, state_grads, d_inter_BHNCV);
+    const bool cuda_kernels = ctx->saved_data["cuda_kernels"].toBool();
+    const StateGradients state_grads = cuda_kernels ? state_gradients_kernel(in, d_inter_BHNCV, d_final_BHSKV)
+                                                    : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
+    return input_gradients(in, start_states_BHNSKV, state_grads, d_inter_BHNCV, cuda_kernels);
   }
 };
 

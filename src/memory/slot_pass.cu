@@ -10,6 +10,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 
 #include "../ops/cuda_launch.cuh"
@@ -195,7 +196,8 @@ __device__ void move_between_slots(float* states, const float* moves, const Layo
 #pragma unroll
     for (int s = 0; s < kMaxSlots; ++s)
       x[s] = s < S ? states[s * l.slot_floats() + offset] : 0.f;
-    // Only the sources are unrolled (they index x); unrolling the destinations too spills x to local memory.
+      // Only the sources are unrolled (they index x); unrolling the destinations too spills x to local
+      // memory.
 #pragma unroll 1
     for (int r = 0; r < S; ++r) {
       float sum = 0.f;
@@ -406,6 +408,44 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
   }
 }
 
+constexpr int kMoveThreads = 256;
+
+/// One block per kMoveThreads float4 entries of one chunk; each thread moves its entry of every slot.
+__global__ void __launch_bounds__(kMoveThreads)
+    move_slot_states_kernel(SlotMoveArgs a, int blocks_per_chunk) {
+  __shared__ float moves[kMaxSlots * kMaxSlots];
+  const int S = static_cast<int>(a.slots);
+  const int64_t chunk = blockIdx.x / blocks_per_chunk;
+  const int64_t per_slot = a.entries / 4;
+  const int64_t entry = static_cast<int64_t>(blockIdx.x % blocks_per_chunk) * kMoveThreads + threadIdx.x;
+  for (int i = threadIdx.x; i < S * S; i += kMoveThreads)
+    moves[i] = __ldg(a.moves + chunk * S * S + i);
+  __syncthreads();
+  if (entry >= per_slot) return;
+  const float4* source = reinterpret_cast<const float4*>(a.states) + chunk * S * per_slot + entry;
+  float4* sink = reinterpret_cast<float4*>(a.moved) + chunk * S * per_slot + entry;
+  float4 x[kMaxSlots];
+#pragma unroll
+  for (int s = 0; s < kMaxSlots; ++s) {
+    if (s < S) x[s] = __ldg(source + s * per_slot);
+  }
+#pragma unroll 1
+  for (int r = 0; r < S; ++r) {
+    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int s = 0; s < kMaxSlots; ++s) {
+      if (s < S) {
+        const float m = moves[r * S + s];
+        sum.x += m * x[s].x;
+        sum.y += m * x[s].y;
+        sum.z += m * x[s].z;
+        sum.w += m * x[s].w;
+      }
+    }
+    sink[r * per_slot] = sum;
+  }
+}
+
 Layout layout_of(const SlotPassDims& dims, int group, bool forward) {
   return {static_cast<int>(dims.chunks),
           static_cast<int>(dims.chunk_size),
@@ -461,6 +501,22 @@ bool supports_slot_pass(const SlotPassDims& dims) {
     return false;
   return fitting_layout(dims, /*forward=*/true).group >= 1 &&
          fitting_layout(dims, /*forward=*/false).group >= 1;
+}
+
+bool supports_slot_move(int64_t slots, int64_t entries) {
+  return slots >= 1 && slots <= kMaxSlots && entries >= 4 && entries % 4 == 0 &&
+         entries / 4 <= (int64_t{1} << 30);
+}
+
+const char* move_slot_states(const SlotMoveArgs& args, void* stream) {
+  const int64_t blocks_per_chunk = (args.entries / 4 + kMoveThreads - 1) / kMoveThreads;
+  const int64_t blocks = args.chunks * blocks_per_chunk;
+  if (blocks < 1) return nullptr;
+  if (blocks > std::numeric_limits<int>::max()) return "move_slot_states: too many chunks for one grid";
+  move_slot_states_kernel<<<static_cast<unsigned>(blocks), kMoveThreads, 0,
+                            static_cast<cudaStream_t>(stream)>>>(args, static_cast<int>(blocks_per_chunk));
+  const cudaError_t error = cudaGetLastError();
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
 const char* slot_pass_forward(const SlotPassForwardArgs& args, const SlotPassDims& dims, void* stream) {

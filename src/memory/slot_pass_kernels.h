@@ -42,6 +42,15 @@ struct SlotPassBackwardArgs {
   float* d_written;             ///< [BH, N, S, C, V]: the gradient of what each chunk writes to each slot
 };
 
+struct SlotMoveArgs {
+  const float* moves;   ///< [chunks, S, S]
+  const float* states;  ///< [chunks, S, entries]
+  float* moved;         ///< [chunks, S, entries]: moved[r] = Σ_s moves[r, s] states[s]
+  int64_t chunks;
+  int64_t slots;
+  int64_t entries;  ///< per slot, a multiple of 4
+};
+
 /// Whether the kernels can run these dims on the current device (slots ≤ 16, C and K multiples of 16, V of 4,
 /// and the shared memory they need).
 bool supports_slot_pass(const SlotPassDims& dims);
@@ -49,5 +58,11 @@ bool supports_slot_pass(const SlotPassDims& dims);
 /// nullptr on success, else the CUDA error's text.
 const char* slot_pass_forward(const SlotPassForwardArgs& args, const SlotPassDims& dims, void* stream);
 const char* slot_pass_backward(const SlotPassBackwardArgs& args, const SlotPassDims& dims, void* stream);
+
+/// Whether move_slot_states takes these dims: at most 16 slots, entries a multiple of 4.
+bool supports_slot_move(int64_t slots, int64_t entries);
+/// The states of every chunk moved to their slots, a memory-bound pass (a batched matmul of depth S would
+/// run on CUDA cores at a fraction of the bandwidth).
+const char* move_slot_states(const SlotMoveArgs& args, void* stream);
 
 }  // namespace dla::memory::kernels
