@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "../ops/cuda_launch.cuh"
 #include "../ops/tf32_fragments.cuh"
@@ -75,7 +76,9 @@ size_t shared_bytes(const Layout& l) {
 // ---- products on tensor cores ----
 
 /// acc += A B over `depth` (a multiple of 8), A 16 × depth, B depth × 16 row-major with rows b_ld apart.
-/// Row-major A is A(i, j) = a[i·a_ld + j]; column-major A is A(i, j) = a[i + j·a_ld].
+/// Row-major A is A(i, j) = a[i·a_ld + j]; column-major A is A(i, j) = a[i + j·a_ld]. A is already rounded
+/// to TF32 (load_operand rounds the left operands once, where each fragment would round them at every use);
+/// B, the states or what the products wrote, is rounded here.
 template <class ALayout>
 __device__ void multiply_accumulate(Accumulator& acc, const float* a, int a_ld, const float* b, int b_ld,
                                     int depth) {
@@ -85,7 +88,6 @@ __device__ void multiply_accumulate(Accumulator& acc, const float* a, int a_ld, 
     OperandB b_fragment;
     wmma::load_matrix_sync(a_fragment, kRowMajor ? a + j : a + j * a_ld, a_ld);
     wmma::load_matrix_sync(b_fragment, b + j * b_ld, b_ld);
-    round_to_tf32(a_fragment);
     round_to_tf32(b_fragment);
     wmma::mma_sync(acc, a_fragment, b_fragment, acc);
   }
@@ -135,14 +137,21 @@ __device__ float4 scaled(float4 x, float s) {
   return make_float4(s * x.x, s * x.y, s * x.z, s * x.w);
 }
 
-/// dst (rows dst_ld apart) = scale · src, a [rows, cols] row-major global block (cols a multiple of 4).
-__device__ void load_rows(float* dst, int dst_ld, const float* __restrict__ src, int rows, int cols,
-                          float scale) {
+__device__ float4 rounded_to_tf32(float4 x) {
+  return make_float4(wmma::__float_to_tf32(x.x), wmma::__float_to_tf32(x.y), wmma::__float_to_tf32(x.z),
+                     wmma::__float_to_tf32(x.w));
+}
+
+/// A products' left operand: dst (rows dst_ld apart) = scale · src rounded to TF32, from a [rows, cols]
+/// row-major global block (cols a multiple of 4).
+__device__ void load_operand(float* dst, int dst_ld, const float* __restrict__ src, int rows, int cols,
+                             float scale) {
   const int per_row = cols / 4;
   copy_vectors(
       rows * per_row, [&](int i) { return __ldg(reinterpret_cast<const float4*>(src) + i); },
       [&](int i, float4 x) {
-        *reinterpret_cast<float4*>(dst + (i / per_row) * dst_ld + 4 * (i % per_row)) = scaled(x, scale);
+        *reinterpret_cast<float4*>(dst + (i / per_row) * dst_ld + 4 * (i % per_row)) =
+            rounded_to_tf32(scaled(x, scale));
       });
 }
 
@@ -187,27 +196,36 @@ __device__ void load_floats(float* dst, const float* __restrict__ src, int n) {
 // ---- per-block steps ----
 
 /// Moves the states between slots, entry by entry: out_r = Σ_s M[r, s] x_s, or Σ_s M[s, r] x_s (the
-/// backward's transpose). Each thread owns its entries in every slot, so no other thread reads them.
-__device__ void move_between_slots(float* states, const float* moves, const Layout& l, bool transposed) {
-  const int S = l.slots;
+/// backward's transpose). Each thread owns its entries in every slot, so no other thread reads them. The
+/// slot count is a template argument so that the sources unroll without per-slot guards.
+template <int S>
+__device__ void move_slots(float* states, const float* moves, const Layout& l, bool transposed) {
   for (int e = threadIdx.x; e < l.key_dim * kTile; e += kThreads) {
     const int offset = (e / kTile) * l.tile_ld() + e % kTile;
-    float x[kMaxSlots];
+    float x[S];
 #pragma unroll
-    for (int s = 0; s < kMaxSlots; ++s)
-      x[s] = s < S ? states[s * l.slot_floats() + offset] : 0.f;
-      // Only the sources are unrolled (they index x); unrolling the destinations too spills x to local
-      // memory.
+    for (int s = 0; s < S; ++s)
+      x[s] = states[s * l.slot_floats() + offset];
+      // Unrolling the destinations too lets the compiler hoist the move entries' loads and spill.
 #pragma unroll 1
     for (int r = 0; r < S; ++r) {
       float sum = 0.f;
 #pragma unroll
-      for (int s = 0; s < kMaxSlots; ++s) {
-        if (s < S) sum += (transposed ? moves[s * S + r] : moves[r * S + s]) * x[s];
-      }
+      for (int s = 0; s < S; ++s)
+        sum += (transposed ? moves[s * S + r] : moves[r * S + s]) * x[s];
       states[r * l.slot_floats() + offset] = sum;
     }
   }
+}
+
+template <int... Counts>
+__device__ void move_slots_of(std::integer_sequence<int, Counts...>, float* states, const float* moves,
+                              const Layout& l, bool transposed) {
+  ((l.slots == Counts + 1 ? move_slots<Counts + 1>(states, moves, l, transposed) : void()), ...);
+}
+
+__device__ void move_between_slots(float* states, const float* moves, const Layout& l, bool transposed) {
+  move_slots_of(std::make_integer_sequence<int, kMaxSlots>{}, states, moves, l, transposed);
 }
 
 __device__ void store_states(float* dst, const float* states, const Layout& l, int first_column) {
@@ -263,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     const size_t chunk = head * l.chunks + n;
     __syncthreads();  // the states are complete and every buffer is free
     store_states(a.start_states + chunk * SKV, states, l, first_column);
-    if (delta_rule) load_rows(t_inverse, l.square_ld(), a.t_inverse + chunk * C * C, C, C, 1.f);
+    if (delta_rule) load_operand(t_inverse, l.square_ld(), a.t_inverse + chunk * C * C, C, C, 1.f);
     load_floats(moves, a.state_move + chunk * S * S, S * S);
     load_floats(tokens, a.token_move + chunk * S * C, S * C);
     const float decay = __ldg(a.chunk_decay + chunk);
@@ -287,7 +305,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     // Writes and transitions, a group of slots at a time: Δ_r = Z_r − W X̄_r, then X'_r = e X̄_r + K̃ᵀ Δ_r.
     for (int first = 0; first < S; first += l.group) {
       const int count = min(l.group, S - first);
-      if (delta_rule) load_rows(operand, l.operand_ld(), a.w + chunk * CK, C, K, -1.f);
+      if (delta_rule) load_operand(operand, l.operand_ld(), a.w + chunk * CK, C, K, -1.f);
       for (int r = first; r < first + count; ++r) {
         float* written = group_buffers + (r - first) * l.rows_floats();
         if (!has_tokens[r]) {
@@ -316,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
         }
         __syncthreads();
       }
-      load_rows(operand, l.operand_ld(), a.k_to_end + chunk * CK, C, K, 1.f);
+      load_operand(operand, l.operand_ld(), a.k_to_end + chunk * CK, C, K, 1.f);
       __syncthreads();
       for (int t = warp; t < count * k_tiles; t += kWarps) {
         const int r = first + t / k_tiles, row = (t % k_tiles) * kTile;
@@ -359,7 +377,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     // dΔ_r = K̃ G_r, then dX̄_r = e G_r − Wᵀ dΔ_r in place of G_r, a group of slots at a time.
     for (int first = 0; first < S; first += l.group) {
       const int count = min(l.group, S - first);
-      load_rows(operand, l.operand_ld(), a.k_to_end + chunk * CK, C, K, 1.f);
+      load_operand(operand, l.operand_ld(), a.k_to_end + chunk * CK, C, K, 1.f);
       __syncthreads();
       for (int t = warp; t < count * c_tiles; t += kWarps) {
         const int r = first + t / c_tiles, row = (t % c_tiles) * kTile;
@@ -372,7 +390,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
                       group_buffers + (r - first) * l.rows_floats(), ld, C);
       }
       if (delta_rule) {
-        load_rows(operand, l.operand_ld(), a.w + chunk * CK, C, K, -1.f);
+        load_operand(operand, l.operand_ld(), a.w + chunk * CK, C, K, -1.f);
         __syncthreads();
         for (int t = warp; t < count * k_tiles; t += kWarps) {
           const int r = first + t / k_tiles, row = (t % k_tiles) * kTile;
@@ -387,7 +405,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     }
 
     move_between_slots(states, moves, l, /*transposed=*/true);
-    load_rows(operand, l.operand_ld(), a.transported_q + chunk * CK, C, K, 1.f);
+    load_operand(operand, l.operand_ld(), a.transported_q + chunk * CK, C, K, 1.f);
     __syncthreads();
 
     // dX_s += q̃ᵀ (w_s ⊙ d_inter), a group of slots at a time.
