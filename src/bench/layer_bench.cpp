@@ -45,8 +45,11 @@ double time_ms(const at::Device& device, int64_t warmup, int64_t iters, Fn&& fn)
 }  // namespace
 
 nlohmann::json bench_layer(const LayerBenchOptions& o) {
-  if (o.mixer != "gdn" && o.mixer != "mamba2")
-    throw UserError("--mixer must be gdn or mamba2, got " + o.mixer);
+  const bool attention = o.mixer == "sdpa";
+  if (o.mixer != "gdn" && o.mixer != "mamba2" && !attention)
+    throw UserError("--mixer must be gdn, mamba2 or sdpa, got " + o.mixer);
+  if (attention && o.memory != "single")
+    throw UserError("--mixer sdpa is softmax attention, which has no memory policy: --memory must be single");
   if (o.dtype != "float32" && o.dtype != "bfloat16") {
     throw UserError("--dtype must be float32 or bfloat16, got " + o.dtype);
   }
@@ -82,6 +85,11 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
   const memory::Recurrence terms{q, k, v, g, o.mixer == "gdn" ? beta : at::Tensor(), scale};
 
   auto forward = [&] {
+    if (attention) {
+      return at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true)
+          .transpose(1, 2);
+    }
     if (o.memory == "single") {
       return o.mixer == "gdn" ? ops::gdn::chunk(q, k, v, g, beta, scale, {}, o.chunk_size).out
                               : ops::ssd::chunk(q, k, v, g, scale, {}, o.chunk_size).out;
@@ -103,7 +111,9 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
   nlohmann::json result = {{"mixer", o.mixer},
                            {"memory", o.memory},
                            {"levels", levels},
-                           {"op", o.mixer == "gdn" ? "gated delta rule, chunkwise" : "SSD, chunkwise"},
+                           {"op", attention          ? "causal softmax attention (SDPA)"
+                                  : o.mixer == "gdn" ? "gated delta rule, chunkwise"
+                                                     : "SSD, chunkwise"},
                            {"B", B},
                            {"T", T},
                            {"H", H},
@@ -111,7 +121,7 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
                            {"dtype", o.dtype},
                            {"device", device.str()},
                            {"chunk", o.chunk_size},
-                           {"kernels", ops::use_fused_kernels(q) ? "fused" : "aten"},
+                           {"kernels", !attention && ops::use_fused_kernels(q) ? "fused" : "aten"},
                            {"fwd_ms", fwd_ms},
                            {"fwd_bwd_ms", fwd_bwd_ms}};
   if (!o.profile.empty())

@@ -14,8 +14,10 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
 
   auto* layer = group->add_subcommand("layer", "Forward and forward+backward time of a mixer's chunkwise op");
   auto layer_args = std::make_shared<bench::LayerBenchOptions>();
-  layer->add_option("--mixer", layer_args->mixer, "gdn or mamba2")
-      ->check(CLI::IsMember({"gdn", "mamba2"}))
+  layer
+      ->add_option("--mixer", layer_args->mixer,
+                   "gdn, mamba2, or sdpa (causal softmax attention, the baseline; memory single only)")
+      ->check(CLI::IsMember({"gdn", "mamba2", "sdpa"}))
       ->capture_default_str();
   layer->add_option("--memory", layer_args->memory, "Memory policy: single, fenwick or dla")
       ->check(CLI::IsMember({"single", "fenwick", "dla"}))

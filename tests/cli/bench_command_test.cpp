@@ -1,5 +1,5 @@
-// `dla bench layer`: the kernel choice (flag and DLA_KERNELS) and the kernel profile; `dla bench model`: the
-// report and its profile.
+// `dla bench layer`: the kernel choice (flag and DLA_KERNELS), the kernel profile and the softmax-attention
+// baseline; `dla bench model`: the report and its profile.
 #include <cstdlib>
 #include <filesystem>
 
@@ -47,6 +47,18 @@ TEST_CASE("DLA_KERNELS picks the kernel path; a bad value fails any command with
   const auto bad_flag = run_dla(std::string(kSmallLayer) + " --kernels triton");
   CHECK(bad_flag.status == 2);
   CHECK_THAT(bad_flag.output, has_substr("--kernels"));
+}
+
+TEST_CASE("dla bench layer times the softmax-attention baseline, which takes no memory policy", "[cli]") {
+  const auto result = run_dla_stdout(std::string(kSmallLayer) + " --mixer sdpa");
+  INFO(result.output);
+  REQUIRE(result.status == 0);
+  const auto report = nlohmann::json::parse(result.output);
+  CHECK(report.at("op") == "causal softmax attention (SDPA)");
+  CHECK(report.at("fwd_bwd_ms").get<double>() > 0);
+  const auto with_policy = run_dla(std::string(kSmallLayer) + " --mixer sdpa --memory dla");
+  CHECK(with_policy.status == 1);
+  CHECK_THAT(with_policy.output, has_substr("--memory must be single"));
 }
 
 TEST_CASE("dla bench model reports training steps of a config and profiles one more", "[cli]") {

@@ -11,7 +11,7 @@
 namespace dla::bench {
 
 struct LayerBenchOptions {
-  std::string mixer = "gdn";      ///< gdn or mamba2
+  std::string mixer = "gdn";      ///< gdn, mamba2 or sdpa (causal softmax attention)
   std::string memory = "single";  ///< single, fenwick or dla
   int64_t capacity = 8;           ///< dla: segments M
   int64_t max_length = 16384;     ///< fenwick: λ levels = ceil(log2 max_length) + 1, as fla's 15
@@ -31,7 +31,9 @@ struct LayerBenchOptions {
 
 /// Times the mixer's chunkwise op (GDN: gated delta rule; Mamba-2: SSD) under a memory policy, forward and
 /// forward+backward on random inputs of [B,T,H,D] (dla: random scores, threshold 0.5; the boundary scan is
-/// inside the timing). Returns {"fwd_ms", "fwd_bwd_ms", ...sizes}.
+/// inside the timing). The sdpa mixer times LibTorch's causal scaled_dot_product_attention on the same
+/// inputs (flash attention on the GPU), the baseline the targets compare against. Returns
+/// {"fwd_ms", "fwd_bwd_ms", ...sizes}.
 nlohmann::json bench_layer(const LayerBenchOptions& options);
 
 struct ModelBenchOptions {
