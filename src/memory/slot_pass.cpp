@@ -29,6 +29,7 @@
 #if defined(DLA_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
 
+#include "slot_gradients_kernels.h"
 #include "slot_pass_kernels.h"
 #endif
 
@@ -268,9 +269,9 @@ at::Tensor moved_states(const at::Tensor& state_move_BHNSS, const at::Tensor& x_
 ///   P = d_inter [X_0ᵀ … X_{S−1}ᵀ] gives dw[c, s] = ⟨P_s[c], q̃[c]⟩ and dq̃[c] = Σ_s w[c, s] P_s[c];
 ///   de = Σ_{r,s} M[r, s] ⟨G_r, X_s⟩, the move matrix against the slots' Gram matrix;
 ///   Σ_r L_r G_rᵀ = Σ_r m_r ⊙ (v G_rᵀ), and with the delta rule dK̃ = T Σ_r L_r G_rᵀ − W Σ_r X̄_r G_rᵀ.
-variable_list input_gradients(const SlotPassInputs& in, const at::Tensor& start_states_BHNSKV,
-                              const StateGradients& state_grads, const at::Tensor& d_inter_BHNCV,
-                              bool cuda_kernels) {
+variable_list input_gradients_ops(const SlotPassInputs& in, const at::Tensor& start_states_BHNSKV,
+                                  const StateGradients& state_grads, const at::Tensor& d_inter_BHNCV,
+                                  bool cuda_kernels) {
   const at::Tensor& x_BHNSKV = start_states_BHNSKV;
   const at::Tensor& g_BHNSKV = state_grads.d_end_states_BHNSKV;
   const at::Tensor& d_written_BHNSCV = state_grads.d_written_BHNSCV;
@@ -319,6 +320,82 @@ variable_list input_gradients(const SlotPassInputs& in, const at::Tensor& start_
   return grads;
 }
 
+/// The same gradients from the gradient kernels (slot_gradients.cu), which read each slot's states once per
+/// chunk; dK̃ = T Σ_r L_r G_rᵀ − W Σ_r X̄_r G_rᵀ takes two small batched products after them.
+variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
+                                     [[maybe_unused]] const at::Tensor& start_states_BHNSKV,
+                                     [[maybe_unused]] const StateGradients& state_grads,
+                                     [[maybe_unused]] const at::Tensor& d_inter_BHNCV) {
+#if defined(DLA_WITH_CUDA)
+  const c10::cuda::CUDAGuard device_guard(start_states_BHNSKV.device());
+  const kernels::SlotPassDims dims = dims_of(in);
+  const at::IntArrayRef chunks_BHN = start_states_BHNSKV.sizes().slice(0, 3);
+  const auto full = [&](const at::Tensor& x) {
+    std::vector<int64_t> shape(chunks_BHN.begin(), chunks_BHN.end());
+    shape.insert(shape.end(), x.sizes().end() - 2, x.sizes().end());
+    return ops::kernel_buffer(x.expand(shape));
+  };
+  const bool delta_rule = in.w_BHNCK.defined();
+  const at::Tensor x = ops::kernel_buffer(start_states_BHNSKV),
+                   g = ops::kernel_buffer(state_grads.d_end_states_BHNSKV),
+                   d_written = ops::kernel_buffer(state_grads.d_written_BHNSCV),
+                   d_inter = ops::kernel_buffer(d_inter_BHNCV),
+                   q = ops::kernel_buffer(in.transported_q_BHNCK),
+                   read_weight = ops::kernel_buffer(in.read_weight_BHNCS),
+                   source_v = ops::kernel_buffer(in.source_v_BHNCV),
+                   t_inverse = ops::kernel_buffer(in.t_inverse_BHNCC), state_move = full(in.state_move_BHNSS),
+                   token_move = full(in.token_move_BHNSC);
+  const auto empty = [&](const at::Tensor& like) { return at::empty(like.sizes(), q.options()); };
+  const at::Tensor d_read_weight = empty(read_weight), d_q = empty(q), landed_g = empty(q),
+                   d_source_v = empty(source_v), d_chunk_decay = at::empty(chunks_BHN, q.options());
+  at::Tensor d_w, moved_x_g, d_t_inverse;
+  if (delta_rule) {
+    d_w = empty(q);
+    moved_x_g =
+        at::empty({chunks_BHN[0], chunks_BHN[1], chunks_BHN[2], dims.key_dim, dims.key_dim}, q.options());
+    d_t_inverse = empty(t_inverse);
+  }
+  const auto output = [](const at::Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
+  const char* error = kernels::slot_pass_gradients(
+      {x.data_ptr<float>(), g.data_ptr<float>(), d_written.data_ptr<float>(), d_inter.data_ptr<float>(),
+       q.data_ptr<float>(), read_weight.data_ptr<float>(), source_v.data_ptr<float>(),
+       ops::data_or_null(t_inverse), state_move.data_ptr<float>(), token_move.data_ptr<float>(),
+       d_read_weight.data_ptr<float>(), d_q.data_ptr<float>(), output(d_w), output(moved_x_g),
+       landed_g.data_ptr<float>(), output(d_t_inverse), d_source_v.data_ptr<float>(),
+       d_chunk_decay.data_ptr<float>()},
+      dims, ops::current_cuda_stream(x));
+  TORCH_CHECK(error == nullptr, "memory slot pass input gradients: CUDA kernel failed: ", error);
+
+  variable_list grads(kNumInputs);
+  grads[kQ] = d_q;
+  grads[kReadWeight] = d_read_weight;
+  grads[kChunkDecay] = d_chunk_decay;
+  grads[kSourceV] = d_source_v;
+  if (delta_rule) {
+    grads[kKToEnd] = in.t_inverse_BHNCC.matmul(landed_g) - in.w_BHNCK.matmul(moved_x_g);
+    grads[kW] = d_w;
+    grads[kTInverse] = d_t_inverse;
+  } else {
+    grads[kKToEnd] = landed_g;
+  }
+  grads.push_back(at::Tensor());  // delta_rule
+  return grads;
+#else
+  TORCH_CHECK(false, "memory slot pass: dla was built without CUDA");
+#endif
+}
+
+/// Whether the gradient kernels take this pass: it runs on the CUDA kernels and its dims suit them.
+bool uses_gradient_kernels([[maybe_unused]] const SlotPassInputs& in, [[maybe_unused]] bool cuda_kernels) {
+#if defined(DLA_WITH_CUDA)
+  if (!cuda_kernels) return false;
+  const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
+  return kernels::supports_slot_gradients(dims_of(in));
+#else
+  return false;
+#endif
+}
+
 class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
  public:
   /// `inputs` in Input order (absent W and T as empty placeholders), already in the compute dtype.
@@ -351,7 +428,9 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
     const bool cuda_kernels = ctx->saved_data["cuda_kernels"].toBool();
     const StateGradients state_grads = cuda_kernels ? state_gradients_kernel(in, d_inter_BHNCV, d_final_BHSKV)
                                                     : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
-    return input_gradients(in, start_states_BHNSKV, state_grads, d_inter_BHNCV, cuda_kernels);
+    if (uses_gradient_kernels(in, cuda_kernels))
+      return input_gradients_kernel(in, start_states_BHNSKV, state_grads, d_inter_BHNCV);
+    return input_gradients_ops(in, start_states_BHNSKV, state_grads, d_inter_BHNCV, cuda_kernels);
   }
 };
 

@@ -133,9 +133,10 @@ TEST_CASE("on the GPU the slot-pass kernels equal autograd through the float64 l
     return;
   }
   // A full [64, 128] chunk; a partial value tile (40 = 2·16 + 8); 14 slots, which do not all fit in shared
-  // memory at once and are worked in groups.
+  // memory at once and are worked in groups. The input gradients run on their kernels where C and K are
+  // multiples of 16 and V of 32 (the first and last cases), else as batched LibTorch products.
   const PassDims d = GENERATE(PassDims{2, 2, 5, 64, 128, 128, 8}, PassDims{1, 2, 3, 16, 32, 40, 3},
-                              PassDims{1, 1, 3, 64, 128, 24, 14});
+                              PassDims{1, 1, 3, 64, 128, 24, 14}, PassDims{1, 2, 3, 32, 64, 64, 14});
   const bool delta_rule = GENERATE(true, false);
   CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, d.slots, delta_rule);
   const SlotPassInputs base = random_inputs(delta_rule, d, 29 + static_cast<uint64_t>(d.slots));
