@@ -175,7 +175,8 @@ __device__ size_t block_chunk(const Dims& d) {
 
 /// The slots a kernel visits, in order, with each one's partner: where `moves` is given, the slot a source
 /// slot's state moves to (−1: none; the moves' columns hold at most one 1), else −1. With `moved_only`, slots
-/// whose state moves nowhere are left out; with `tokens`, only slots some token lands in are listed.
+/// whose state moves nowhere are left out; with `tokens`, only slots some token lands in are listed. Every
+/// thread of the block calls it, after `moves` and `tokens` are in shared memory.
 struct SlotList {
   int count;
   int slot[kMaxSlots];
@@ -184,26 +185,32 @@ struct SlotList {
 
 __device__ void list_slots(SlotList& list, const float* moves, const float* tokens, int S, int C,
                            bool moved_only) {
-  if (threadIdx.x != 0) return;
-  list.count = 0;
-  for (int s = 0; s < S; ++s) {
-    int partner = -1;
-    if (moves != nullptr) {
-      for (int r = 0; r < S; ++r)
-        partner = moves[r * S + s] != 0.f ? r : partner;
+  __shared__ int partner_of[kMaxSlots], listed[kMaxSlots];
+  // A warp per slot (S ≤ 16 warps): its lanes look at the slots it could move to and at the tokens.
+  const int warp = warp_index(), lane = threadIdx.x % 32;
+  if (warp < S) {
+    const unsigned movers = __ballot_sync(~0u, moves != nullptr && lane < S && moves[lane * S + warp] != 0.f);
+    bool token_lands = false;
+    for (int c = lane; tokens != nullptr && c < C; c += 32)
+      token_lands |= tokens[warp * C + c] != 0.f;
+    token_lands = __any_sync(~0u, token_lands);
+    if (lane == 0) {
+      const int partner = movers == 0 ? -1 : 31 - __clz(movers);
+      partner_of[warp] = partner;
+      listed[warp] = tokens != nullptr ? token_lands : !moved_only || partner >= 0;
     }
-    bool listed = !moved_only || partner >= 0;
-    if (tokens != nullptr) {
-      bool any = false;
-      for (int c = 0; c < C; ++c)
-        any |= tokens[s * C + c] != 0.f;
-      listed = any;
-    }
-    if (!listed) continue;
-    list.slot[list.count] = s;
-    list.partner[list.count] = partner;
-    ++list.count;
   }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    list.count = 0;
+    for (int s = 0; s < S; ++s) {
+      if (!listed[s]) continue;
+      list.slot[list.count] = s;
+      list.partner[list.count] = partner_of[s];
+      ++list.count;
+    }
+  }
+  __syncthreads();
 }
 
 /// dw, dq̃ and (delta rule) dW of one chunk. Stages: every slot s, 32 value columns at a time, with X_s and
@@ -232,7 +239,6 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
     d_q[i] = 0.f;
   __syncthreads();
   list_slots(list, moves, nullptr, S, C, /*moved_only=*/false);
-  __syncthreads();
 
   const int read_tiles = d.read_tiles(), total = d.read_kernel_tiles(), per_slot = d.stages_per_slot();
   Accumulator acc[kTilesPerWarp];  // P_s's tiles, then dW's
@@ -319,7 +325,6 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   load_floats(moves, a.state_move + chunk * S * S, S * S);
   __syncthreads();
   list_slots(list, moves, nullptr, S, d.C, /*moved_only=*/true);
-  __syncthreads();
   const int gram_tiles = d.gram_tiles();
   Accumulator gram[kTilesPerWarp];
 #pragma unroll
@@ -399,7 +404,6 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   load_floats(tokens, a.token_move + chunk * S * C, S * C);
   __syncthreads();
   list_slots(list, nullptr, tokens, S, C, /*moved_only=*/false);
-  __syncthreads();
 
   const int landed_tiles = d.read_tiles(), square_end = landed_tiles + d.square_tiles();
   const int total = d.write_kernel_tiles();
