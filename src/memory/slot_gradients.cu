@@ -73,6 +73,12 @@ struct Dims {
   }
 };
 
+__device__ void clear(Accumulator (&tiles)[kTilesPerWarp]) {
+#pragma unroll
+  for (int i = 0; i < kTilesPerWarp; ++i)
+    wmma::fill_fragment(tiles[i], 0.f);
+}
+
 /// acc += A B over `depth` (a multiple of 8). Row-major A(i, j) = a[i·a_ld + j], column-major a[i + j·a_ld];
 /// likewise B(j, i). Both fragments are rounded to TF32 as they load.
 template <class ALayout, class BLayout>
@@ -242,9 +248,7 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
 
   const int read_tiles = d.read_tiles(), total = d.read_kernel_tiles(), per_slot = d.stages_per_slot();
   Accumulator acc[kTilesPerWarp];  // P_s's tiles, then dW's
-#pragma unroll
-  for (int i = 0; i < kTilesPerWarp; ++i)
-    wmma::fill_fragment(acc[i], 0.f);
+  clear(acc);
 
   const auto buffer_x = [&](int b) { return stage_buffers + b * d.stage_floats(); };
   const auto buffer_rows = [&](int b) { return buffer_x(b) + K * kStageLd; };
@@ -327,9 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   list_slots(list, moves, nullptr, S, d.C, /*moved_only=*/true);
   const int gram_tiles = d.gram_tiles();
   Accumulator gram[kTilesPerWarp];
-#pragma unroll
-  for (int i = 0; i < kTilesPerWarp; ++i)
-    wmma::fill_fragment(gram[i], 0.f);
+  clear(gram);
   float decay_grad = 0.f;
 
   const auto buffer_x = [&](int b) { return stage_buffers + b * 2 * K * kStageLd; };
@@ -408,9 +410,7 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   const int landed_tiles = d.read_tiles(), square_end = landed_tiles + d.square_tiles();
   const int total = d.write_kernel_tiles();
   Accumulator acc[kTilesPerWarp];
-#pragma unroll
-  for (int i = 0; i < kTilesPerWarp; ++i)
-    wmma::fill_fragment(acc[i], 0.f);
+  clear(acc);
 
   const auto buffer_g = [&](int b) { return stage_buffers + b * d.stage_floats(); };
   const auto buffer_rows = [&](int b) { return buffer_g(b) + K * kStageLd; };

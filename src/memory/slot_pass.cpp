@@ -436,6 +436,10 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
 
 }  // namespace
 
+bool slot_pass_gradients_use_cuda_kernels(const SlotPassInputs& in) {
+  return uses_gradient_kernels(in, slot_pass_uses_cuda_kernels(in));
+}
+
 SlotPassResult slot_pass(const SlotPassInputs& in, bool fused) {
   RECORD_FUNCTION("dla::slot_pass", std::vector<c10::IValue>());
   if (!fused) return run_loop(in, /*keep_states=*/false).result;

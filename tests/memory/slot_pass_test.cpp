@@ -147,5 +147,6 @@ TEST_CASE("on the GPU the slot-pass kernels equal autograd through the float64 l
   for (at::Tensor* x : all_tensors(on_gpu))
     *x = cuda(*x);
   REQUIRE(dla::memory::slot_pass_uses_cuda_kernels(on_gpu));
+  REQUIRE(dla::memory::slot_pass_gradients_use_cuda_kernels(on_gpu) == (d.value_dim % 32 == 0));
   expect_same_pass(base, cuda, 5e-3, 5e-3);
 }

@@ -35,8 +35,12 @@ SlotPassResult slot_pass(const SlotPassInputs& in, bool fused);
 /// Whether the fused slot pass runs on these inputs as CUDA kernels: float32 CUDA tensors while TF32 is
 /// allowed (the kernels multiply on tensor cores in TF32; memory::chunkwise allows it for 16-bit inputs),
 /// at most 16 slots, C and K multiples of 16, V of 4, and shared memory for the states of 16 value columns.
-/// Otherwise it runs as loops of LibTorch ops. Its input gradients then run on their own kernels too where V
-/// is a multiple of 32 (and the shared memory suffices), else as batched LibTorch products.
+/// Otherwise it runs as loops of LibTorch ops.
 bool slot_pass_uses_cuda_kernels(const SlotPassInputs& in);
+
+/// Whether, running as CUDA kernels, the fused slot pass's backward also gets its input gradients from their
+/// own kernels: V a multiple of 32 and their buffers within shared memory. Otherwise from batched LibTorch
+/// products.
+bool slot_pass_gradients_use_cuda_kernels(const SlotPassInputs& in);
 
 }  // namespace dla::memory
