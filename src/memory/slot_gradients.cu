@@ -38,9 +38,8 @@ constexpr int kPad = 4;  // shared rows are padded by 4 floats: float4 alignment
 constexpr int kStageColumns = 32;  // value columns of the slot states a pipeline stage brings in
 constexpr int kStageLd = kStageColumns + kPad;
 constexpr int kStaticSharedBytes = 512;  // the kernels' own small shared arrays
-// Stage buffers of each kernel: all but one have their copies in flight while one computes. A stage's
-// compute is short, so the copies in flight set the bandwidth; the read kernel's other buffers leave it
-// three.
+// Stage buffers of each kernel: all but one have their copies in flight while one computes (the read
+// kernel's other buffers leave room for three).
 constexpr int kReadBuffers = 3;
 constexpr int kCarryBuffers = 4;
 constexpr int kWriteBuffers = 4;
