@@ -1,7 +1,10 @@
-// `dla bench layer|model`: speed measurements. Output: one JSON object per run on stdout.
+// `dla bench layer|model|data|suite`: speed measurements. Output: one JSON object per run on stdout; a suite
+// writes its results to files and prints its Markdown summary.
+#include <fstream>
 #include <iostream>
 
 #include "dla/bench/bench.h"
+#include "dla/bench/suite.h"
 #include "dla/cli/command.h"
 #include "dla/dist/environment.h"
 #include "dla/util/log.h"
@@ -10,7 +13,9 @@ namespace dla::cli {
 
 void add_bench_command(CLI::App& root, CommandList& commands) {
   auto* group = root.add_subcommand(
-      "bench", "Measure speed: mixer ops (layer), training steps (model) or the data loader (data)");
+      "bench",
+      "Measure speed: mixer ops (layer), training steps (model), the data loader (data), or a suite of "
+      "layers and models from a file (suite)");
 
   auto* layer = group->add_subcommand("layer", "Forward and forward+backward time of a mixer's chunkwise op");
   auto layer_args = std::make_shared<bench::LayerBenchOptions>();
@@ -79,6 +84,24 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
                         log::set_rank(env.rank, env.world_size);
                         const auto result = bench::bench_model(resolved.config, *model_args, *peak);
                         if (env.rank == 0) std::cout << result.dump() << std::endl;
+                        return kExitOk;
+                      }});
+
+  auto* suite = group->add_subcommand(
+      "suite",
+      "Run the layer and model measurements of a suite file, each set against its references; "
+      "write results.jsonl and summary.md and print the summary");
+  auto suite_file = std::make_shared<std::string>();
+  auto suite_out = std::make_shared<std::string>("runs/bench");
+  suite
+      ->add_option("file", *suite_file,
+                   "Suite file (YAML, see docs/benchmarks.md), e.g. configs/bench/issue9.yaml")
+      ->required();
+  suite->add_option("--out", *suite_out, "Directory for results.jsonl and summary.md")->capture_default_str();
+  commands.push_back({suite, [suite_file, suite_out] {
+                        const bench::BenchSuite loaded = bench::load_bench_suite(*suite_file);
+                        const std::filesystem::path summary = bench::run_bench_suite(loaded, *suite_out);
+                        std::cout << std::ifstream(summary).rdbuf();
                         return kExitOk;
                       }});
 

@@ -1,97 +1,18 @@
 // Reading evaluation suites.
 #include "dla/eval/suite.h"
 
-#include <yaml-cpp/yaml.h>
-
 #include <set>
 
 #include "dla/util/error.h"
+#include "dla/util/yaml_map.h"
 
 namespace dla::eval {
 namespace {
 
+using Reader = util::KeyReader;
+
 const std::set<std::string> kTaskTypes = {"perplexity", "cloze", "multiple_choice", "generate",
                                           "mqar",       "niah",  "passkey"};
-
-nlohmann::json to_json(const YAML::Node& node) {
-  switch (node.Type()) {
-    case YAML::NodeType::Sequence: {
-      nlohmann::json out = nlohmann::json::array();
-      for (const auto& item : node)
-        out.push_back(to_json(item));
-      return out;
-    }
-    case YAML::NodeType::Map: {
-      nlohmann::json out = nlohmann::json::object();
-      for (const auto& item : node)
-        out[item.first.as<std::string>()] = to_json(item.second);
-      return out;
-    }
-    case YAML::NodeType::Scalar: {
-      const std::string text = node.Scalar();
-      if (node.Tag() == "!") return text;  // quoted: always a string
-      if (text == "true" || text == "false") return text == "true";
-      try {
-        size_t used = 0;
-        const long long integer = std::stoll(text, &used);
-        if (used == text.size()) return integer;
-        const double number = std::stod(text, &used);
-        if (used == text.size()) return number;
-      } catch (const std::exception&) {
-      }
-      return text;
-    }
-    default:
-      return nullptr;
-  }
-}
-
-// Reads the keys of one YAML map into fields, complaining about unknown keys and wrong types.
-class Reader {
- public:
-  Reader(const nlohmann::json& map, std::string where) : map_(map), where_(std::move(where)) {
-    if (!map_.is_object()) throw UserError(fmt::format("{}: a map of keys is expected", where_));
-  }
-  template <class T>
-  void read(const std::string& key, T& value) {
-    seen_.insert(key);
-    if (!map_.contains(key)) return;
-    const auto& node = map_.at(key);
-    try {
-      if constexpr (std::is_same_v<T, std::vector<std::string>>) {
-        value.clear();
-        if (node.is_array()) {
-          for (const auto& item : node)
-            value.push_back(item.is_string() ? item.get<std::string>() : item.dump());
-        } else {
-          value.push_back(node.is_string() ? node.get<std::string>() : node.dump());
-        }
-      } else if constexpr (std::is_same_v<T, std::string>) {
-        if (node.is_object() || node.is_array()) throw std::invalid_argument("a text value");
-        value = node.is_string() ? node.get<std::string>() : node.dump();
-      } else if constexpr (std::is_same_v<T, nlohmann::json>) {
-        value = node;
-      } else {
-        value = node.get<T>();
-      }
-    } catch (const std::exception&) {
-      throw UserError(fmt::format("{}: key '{}' has the wrong type (found {})", where_, key, node.dump()));
-    }
-  }
-  void finish() const {
-    for (const auto& item : map_.items()) {
-      if (seen_.count(item.key()) == 0) {
-        throw UserError(
-            fmt::format("{}: unknown key '{}'; known keys: {}", where_, item.key(), fmt::join(seen_, ", ")));
-      }
-    }
-  }
-
- private:
-  const nlohmann::json& map_;
-  std::string where_;
-  std::set<std::string> seen_;
-};
 
 TaskSpec read_task(const nlohmann::json& node, const std::string& where) {
   TaskSpec task;
@@ -175,15 +96,7 @@ std::vector<std::string> default_metrics(const std::string& type) {
 }
 
 SuiteSpec load_suite(const std::filesystem::path& file) {
-  if (!std::filesystem::is_regular_file(file)) {
-    throw UserError(fmt::format("evaluation suite '{}' does not exist", file.string()));
-  }
-  nlohmann::json root;
-  try {
-    root = to_json(YAML::LoadFile(file.string()));
-  } catch (const YAML::Exception& e) {
-    throw UserError(fmt::format("{}:{}: not valid YAML: {}", file.string(), e.mark.line + 1, e.msg));
-  }
+  const nlohmann::json root = util::load_yaml(file, "evaluation suite");
   SuiteSpec suite;
   suite.file = file;
   nlohmann::json tasks = nlohmann::json::array();

@@ -1,5 +1,5 @@
 // `dla bench layer`: the kernel choice (flag and DLA_KERNELS), the kernel profile and the softmax-attention
-// baseline; `dla bench model`: the report and its profile.
+// baseline; `dla bench model`: the report and its profile; `dla bench suite`: its files and errors.
 #include <cstdlib>
 #include <filesystem>
 
@@ -77,6 +77,29 @@ TEST_CASE("dla bench model reports training steps of a config and profiles one m
   REQUIRE(report.at("profile").is_array());
   CHECK_FALSE(report.at("profile").empty());
   CHECK(std::filesystem::file_size(dir.path() / "step.json") > 0);
+}
+
+TEST_CASE("dla bench suite writes its files and prints the summary; a bad suite exits 1 with the key named",
+          "[cli]") {
+  const TempDir dir;
+  write_text(
+      dir / "suite.yaml",
+      "defaults: {device: cpu, dtype: float32, heads: 1, head_dim: 8, warmup: 0, iters: 1}\n"
+      "layers: [{name: gdn, shapes: [[1, 40]], compare: [{reference: fla, fwd_bwd_ms: [1000000]}]}]\n");
+  const auto result =
+      run_dla_stdout("bench suite " + (dir / "suite.yaml").string() + " --out " + (dir / "out").string());
+  INFO(result.output);
+  REQUIRE(result.status == 0);
+  CHECK_THAT(result.output, has_substr("# Benchmark suite `suite`"));
+  CHECK_THAT(result.output, has_substr("| gdn | (1, 40, 1, 8) | cpu |"));
+  CHECK(std::filesystem::file_size(dir / "out" / "results.jsonl") > 0);
+  CHECK(read_text(dir / "out" / "summary.md") == result.output);
+
+  write_text(dir / "bad.yaml", "layers: [{name: gdn, shapes: [[1, 40]], iterations: 3}]\n");
+  const auto bad = run_dla("bench suite " + (dir / "bad.yaml").string() + " --out " + (dir / "bad").string());
+  CHECK(bad.status == 1);
+  CHECK_THAT(bad.output, has_substr("unknown key 'iterations'"));
+  CHECK_FALSE(std::filesystem::exists(dir / "bad"));
 }
 
 }  // namespace dla::test
