@@ -324,6 +324,25 @@ BenchSuite load_bench_suite(const std::filesystem::path& file) {
   return suite;
 }
 
+BenchSuite only_entries(const BenchSuite& suite, const std::vector<std::string>& names) {
+  std::vector<std::string> all;
+  for (const LayerEntry& entry : suite.layers)
+    all.push_back(entry.name);
+  for (const ModelEntry& entry : suite.models)
+    all.push_back(entry.name);
+  const std::set<std::string> wanted(names.begin(), names.end());
+  for (const std::string& name : wanted) {
+    if (std::find(all.begin(), all.end(), name) == all.end()) {
+      throw UserError(fmt::format("--only '{}': {} has no entry of that name; its entries: {}", name,
+                                  suite.file.string(), fmt::join(all, ", ")));
+    }
+  }
+  BenchSuite kept = suite;
+  std::erase_if(kept.layers, [&](const LayerEntry& e) { return wanted.count(e.name) == 0; });
+  std::erase_if(kept.models, [&](const ModelEntry& e) { return wanted.count(e.name) == 0; });
+  return kept;
+}
+
 std::filesystem::path run_bench_suite(const BenchSuite& suite, const std::filesystem::path& out_dir) {
   if (std::filesystem::exists(out_dir) && !std::filesystem::is_directory(out_dir))
     throw UserError(fmt::format("--out '{}' exists and is not a directory", out_dir.string()));

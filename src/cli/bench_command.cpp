@@ -98,8 +98,12 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
                    "Suite file (YAML, see docs/benchmarks.md), e.g. configs/bench/issue9.yaml")
       ->required();
   suite->add_option("--out", *suite_out, "Directory for results.jsonl and summary.md")->capture_default_str();
-  commands.push_back({suite, [suite_file, suite_out] {
-                        const bench::BenchSuite loaded = bench::load_bench_suite(*suite_file);
+  auto suite_only = std::make_shared<std::vector<std::string>>();
+  suite->add_option("--only", *suite_only, "Run only the entry of this name (repeatable)")
+      ->allow_extra_args(false);
+  commands.push_back({suite, [suite_file, suite_out, suite_only] {
+                        bench::BenchSuite loaded = bench::load_bench_suite(*suite_file);
+                        if (!suite_only->empty()) loaded = bench::only_entries(loaded, *suite_only);
                         const std::filesystem::path summary = bench::run_bench_suite(loaded, *suite_out);
                         std::cout << std::ifstream(summary).rdbuf();
                         return kExitOk;

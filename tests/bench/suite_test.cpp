@@ -90,6 +90,20 @@ TEST_CASE("a benchmark suite runs its layers and models and sets each time again
   CHECK_THAT(summary, has_substr("| 1000000000000 | **no** |"));
 }
 
+TEST_CASE("a suite narrowed to some entries keeps them in order and refuses unknown names", "[bench]") {
+  const TempDir dir;
+  const bench::BenchSuite suite = suite_from(
+      dir, std::string(kDefaults) +
+               "layers: [{name: a, shapes: [[1, 8]]}, {name: b, shapes: [[1, 8]], compare: [{entry: a}]}]\n"
+               "models: [{name: m, config: x.yaml}]\n");
+  const bench::BenchSuite narrowed = bench::only_entries(suite, {"m", "b"});
+  REQUIRE(narrowed.layers.size() == 1);
+  CHECK(narrowed.layers[0].name == "b");
+  REQUIRE(narrowed.models.size() == 1);
+  REQUIRE_THROWS_WITH(bench::only_entries(suite, {"c"}),
+                      has_substr("--only 'c': ") && has_substr("its entries: a, b, m"));
+}
+
 TEST_CASE("the issue's suite file reads", "[bench]") {
   const bench::BenchSuite suite = bench::load_bench_suite(DLA_SOURCE_DIR "/configs/bench/issue9.yaml");
   CHECK(suite.name == "issue-9");

@@ -79,20 +79,24 @@ TEST_CASE("dla bench model reports training steps of a config and profiles one m
   CHECK(std::filesystem::file_size(dir.path() / "step.json") > 0);
 }
 
-TEST_CASE("dla bench suite writes its files and prints the summary; a bad suite exits 1 with the key named",
-          "[cli]") {
+TEST_CASE(
+    "dla bench suite runs the entries asked for, writes its files and prints the summary; a bad suite "
+    "exits 1 with the key named",
+    "[cli]") {
   const TempDir dir;
-  write_text(
-      dir / "suite.yaml",
-      "defaults: {device: cpu, dtype: float32, heads: 1, head_dim: 8, warmup: 0, iters: 1}\n"
-      "layers: [{name: gdn, shapes: [[1, 40]], compare: [{reference: fla, fwd_bwd_ms: [1000000]}]}]\n");
-  const auto result =
-      run_dla_stdout("bench suite " + (dir / "suite.yaml").string() + " --out " + (dir / "out").string());
+  write_text(dir / "suite.yaml",
+             "defaults: {device: cpu, dtype: float32, heads: 1, head_dim: 8, warmup: 0, iters: 1}\n"
+             "layers: [{name: gdn, shapes: [[1, 40]], compare: [{reference: fla, fwd_bwd_ms: [1000000]}]},\n"
+             "         {name: mamba2, mixer: mamba2, shapes: [[1, 40]]}]\n");
+  const auto result = run_dla_stdout("bench suite --only gdn " + (dir / "suite.yaml").string() + " --out " +
+                                     (dir / "out").string());
   INFO(result.output);
   REQUIRE(result.status == 0);
   CHECK_THAT(result.output, has_substr("# Benchmark suite `suite`"));
   CHECK_THAT(result.output, has_substr("| gdn | (1, 40, 1, 8) | cpu |"));
-  CHECK(std::filesystem::file_size(dir / "out" / "results.jsonl") > 0);
+  const std::string results = read_text(dir / "out" / "results.jsonl");
+  CHECK(results.find("\"entry\":\"gdn\"") != std::string::npos);
+  CHECK(results.find("\"entry\":\"mamba2\"") == std::string::npos);  // left out by --only
   CHECK(read_text(dir / "out" / "summary.md") == result.output);
 
   write_text(dir / "bad.yaml", "layers: [{name: gdn, shapes: [[1, 40]], iterations: 3}]\n");

@@ -47,6 +47,10 @@ struct BenchSuite {
 /// naming the file, the entry and the key.
 BenchSuite load_bench_suite(const std::filesystem::path& file);
 
+/// The suite with only the entries named in `names` (layers and models, in the suite's order); a comparison
+/// with an entry left out shows as not run. An unknown name is a UserError listing the entries.
+BenchSuite only_entries(const BenchSuite& suite, const std::vector<std::string>& names);
+
 /// Runs every measurement in order, logging each, and after each one rewrites out_dir/results.jsonl (one
 /// JSON object per measurement) and out_dir/summary.md (the tables with their comparisons), so that a run
 /// cut short keeps what it measured. Returns the summary's path.
