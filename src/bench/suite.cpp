@@ -35,7 +35,7 @@ void expect_positive(int64_t value, const std::string& where, const std::string&
   if (value < 1) throw UserError(fmt::format("{}: {} must be at least 1, got {}", where, key, value));
 }
 
-/// The layer options a map sets; `defaults` holds what an entry does not set.
+/// Reads the layer options a map sets into `o`, which keeps its values for the keys the map leaves out.
 void read_layer_options(util::KeyReader& r, LayerBenchOptions& o) {
   r.read("mixer", o.mixer);
   r.read("memory", o.memory);

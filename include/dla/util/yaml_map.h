@@ -67,8 +67,6 @@ class KeyReader {
     }
   }
 
-  const std::string& where() const { return where_; }
-
  private:
   const nlohmann::json& map_;
   std::string where_;
