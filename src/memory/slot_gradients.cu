@@ -54,12 +54,12 @@ struct Dims {
   __host__ __device__ int k_ld() const { return K + kPad; }
   __host__ __device__ int c_ld() const { return C + kPad; }
   __host__ __device__ int stages_per_slot() const { return V / kStageColumns; }
-  __host__ __device__ int read_tiles() const { return (C / kTile) * (K / kTile); }
-  __host__ __device__ int gram_tiles() const { return delta_rule ? (K / kTile) * (K / kTile) : 0; }
+  __host__ __device__ int chunk_key_tiles() const { return (C / kTile) * (K / kTile); }
   __host__ __device__ int square_tiles() const { return delta_rule ? (C / kTile) * (C / kTile) : 0; }
   __host__ __device__ int value_tiles() const { return (C / kTile) * (V / kTile); }
-  __host__ __device__ int read_kernel_tiles() const { return read_tiles() * (delta_rule ? 2 : 1); }
-  __host__ __device__ int write_kernel_tiles() const { return read_tiles() + square_tiles() + value_tiles(); }
+  __host__ __device__ int write_kernel_tiles() const {
+    return chunk_key_tiles() + square_tiles() + value_tiles();
+  }
   /// One stage buffer: a slot's [K, 32] state columns and a [C, 32] block of per-token rows.
   __host__ __device__ int stage_floats() const { return (K + C) * kStageLd; }
   /// Shared floats of each kernel, in the order of its buffers below.
@@ -76,6 +76,86 @@ __device__ void clear(Accumulator (&tiles)[kTilesPerWarp]) {
 #pragma unroll
   for (int i = 0; i < kTilesPerWarp; ++i)
     wmma::fill_fragment(tiles[i], 0.f);
+}
+
+/// A warp's 32 × 32 block of a product in registers, as 2 × 4 m16n8 accumulators of `mma.sync`: lane
+/// (g, t) = (lane / 4, lane % 4) holds rows g and g + 8 of each 16-row tile at columns 2t and 2t + 1 of each
+/// 8-column tile. Built from raw fragments, each loaded once per step for all eight products (WMMA loads and
+/// rounds them per tile, which made the kernels issue-bound).
+struct WarpBlock {
+  float c[2][4][4];
+};
+
+__device__ void clear(WarpBlock& block) {
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        block.c[m][n][e] = 0.f;
+}
+
+__device__ unsigned tf32_bits(float x) {
+  unsigned bits;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(x));
+  return bits;
+}
+
+/// block += A Bᵀ over `depth` (a multiple of 8): A's 32 rows at a (a_ld apart) and B's 32 rows at b (b_ld
+/// apart), both with the depth along the row.
+__device__ void multiply_accumulate_transposed(WarpBlock& block, const float* a, int a_ld, const float* b,
+                                               int b_ld, int depth) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int j = 0; j < depth; j += kStep) {
+    unsigned a_fragment[2][4], b_fragment[4][2];
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      const float* row = a + (16 * m + g) * a_ld + j + t;
+      a_fragment[m][0] = tf32_bits(row[0]);
+      a_fragment[m][1] = tf32_bits(row[8 * a_ld]);
+      a_fragment[m][2] = tf32_bits(row[4]);
+      a_fragment[m][3] = tf32_bits(row[8 * a_ld + 4]);
+    }
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      const float* row = b + (8 * n + g) * b_ld + j + t;
+      b_fragment[n][0] = tf32_bits(row[0]);
+      b_fragment[n][1] = tf32_bits(row[4]);
+    }
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        float* c = block.c[m][n];
+        asm volatile(
+            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, "
+            "%9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a_fragment[m][0]), "r"(a_fragment[m][1]), "r"(a_fragment[m][2]), "r"(a_fragment[m][3]),
+              "r"(b_fragment[n][0]), "r"(b_fragment[n][1]));
+      }
+  }
+}
+
+/// dst (rows ld apart) = scale · block.
+__device__ void store(const WarpBlock& block, float* dst, int ld, float scale) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      const float* c = block.c[m][n];
+      float* top = dst + (16 * m + g) * ld + 8 * n + 2 * t;
+      *reinterpret_cast<float2*>(top) = make_float2(scale * c[0], scale * c[1]);
+      *reinterpret_cast<float2*>(top + 8 * ld) = make_float2(scale * c[2], scale * c[3]);
+    }
+}
+
+/// The top-left corner of a warp's 32 × 32 block `b` of a matrix `columns` wide.
+__device__ int2 block_corner(int b, int columns) {
+  return make_int2((b / (columns / 32)) * 32, (b % (columns / 32)) * 32);
 }
 
 /// acc += A B over `depth` (a multiple of 8). Row-major A(i, j) = a[i·a_ld + j], column-major a[i + j·a_ld];
@@ -245,9 +325,13 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   __syncthreads();
   list_slots(list, moves, nullptr, S, C, /*moved_only=*/false);
 
-  const int read_tiles = d.read_tiles(), total = d.read_kernel_tiles(), per_slot = d.stages_per_slot();
-  Accumulator acc[kTilesPerWarp];  // P_s's tiles, then dW's
-  clear(acc);
+  // The first warps take P_s's 32 × 32 blocks, the next ones dW's.
+  const int read_blocks = (C / 32) * (K / 32), per_slot = d.stages_per_slot();
+  const bool reads_block = warp < read_blocks,
+             d_w_block = d.delta_rule && !reads_block && warp < 2 * read_blocks;
+  const int2 corner = block_corner(reads_block ? warp : warp - read_blocks, K);
+  WarpBlock block;
+  clear(block);
 
   const auto buffer_x = [&](int b) { return stage_buffers + b * d.stage_floats(); };
   const auto buffer_rows = [&](int b) { return buffer_x(b) + K * kStageLd; };
@@ -264,24 +348,15 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
       },
       [&](int k, int b) {
         const int s = k / per_slot, stage = k % per_slot, column = stage * kStageColumns;
-        const bool moved = list.partner[s] >= 0;
-#pragma unroll
-        for (int i = 0; i < kTilesPerWarp; ++i) {
-          const int t = warp + kWarps * i;
-          if (t < read_tiles) {
-            const int2 at = tile_corner(t, K);
-            if (stage == 0) wmma::fill_fragment(acc[i], 0.f);
-            multiply_accumulate<wmma::row_major, wmma::col_major>(acc[i], d_inter + at.x * v_ld + column,
-                                                                  v_ld, buffer_x(b) + at.y * kStageLd,
-                                                                  kStageLd, kStageColumns);
-            if (stage == per_slot - 1)
-              wmma::store_matrix_sync(reads + at.x * k_ld + at.y, acc[i], k_ld, wmma::mem_row_major);
-          } else if (t < total && moved) {
-            const int2 at = tile_corner(t - read_tiles, K);
-            multiply_accumulate<wmma::row_major, wmma::col_major>(acc[i], buffer_rows(b) + at.x * kStageLd,
-                                                                  kStageLd, buffer_x(b) + at.y * kStageLd,
-                                                                  kStageLd, kStageColumns);
-          }
+        const float* x_rows = buffer_x(b) + corner.y * kStageLd;
+        if (reads_block) {
+          if (stage == 0) clear(block);
+          multiply_accumulate_transposed(block, d_inter + corner.x * v_ld + column, v_ld, x_rows, kStageLd,
+                                         kStageColumns);
+          if (stage == per_slot - 1) store(block, reads + corner.x * k_ld + corner.y, k_ld, 1.f);
+        } else if (d_w_block && list.partner[s] >= 0) {
+          multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * kStageLd, kStageLd, x_rows,
+                                         kStageLd, kStageColumns);
         }
         if (stage != per_slot - 1) return;
         __syncthreads();  // P_s is complete
@@ -299,17 +374,7 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
       });
   for (int e = threadIdx.x; e < C * K; e += kThreads)
     a.d_transported_q[chunk * CK + e] = d_q[(e / K) * k_ld + e % K];
-  if (!d.delta_rule) return;
-#pragma unroll
-  for (int i = 0; i < kTilesPerWarp; ++i) {
-    const int t = warp + kWarps * i;
-    if (t < read_tiles || t >= total) continue;
-    const int2 at = tile_corner(t - read_tiles, K);
-#pragma unroll
-    for (int e = 0; e < acc[i].num_elements; ++e)
-      acc[i].x[e] = -acc[i].x[e];  // dW = −Σ_s dΔ̄_s X_sᵀ
-    wmma::store_matrix_sync(a.d_w + chunk * CK + at.x * K + at.y, acc[i], K, wmma::mem_row_major);
-  }
+  if (d_w_block) store(block, a.d_w + chunk * CK + corner.x * K + corner.y, K, -1.f);  // dW = −Σ_s dΔ̄_s X_sᵀ
 }
 
 /// de and (delta rule) Σ_s X_s Ḡ_sᵀ of one chunk. Stages: the slots whose state moves, 32 value columns at
@@ -328,8 +393,9 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   load_floats(moves, a.state_move + chunk * S * S, S * S);
   __syncthreads();
   list_slots(list, moves, nullptr, S, d.C, /*moved_only=*/true);
-  const int gram_tiles = d.gram_tiles();
-  Accumulator gram[kTilesPerWarp];
+  const bool gram_block = d.delta_rule && warp < (K / 32) * (K / 32);
+  const int2 corner = block_corner(warp, K);
+  WarpBlock gram;
   clear(gram);
   float decay_grad = 0.f;
 
@@ -349,24 +415,12 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
           const int offset = (e / kStageColumns) * kStageLd + e % kStageColumns;
           decay_grad += buffer_x(b)[offset] * buffer_g(b)[offset];
         }
-#pragma unroll
-        for (int i = 0; i < kTilesPerWarp; ++i) {
-          const int t = warp + kWarps * i;
-          if (t >= gram_tiles) continue;
-          const int2 at = tile_corner(t, K);
-          multiply_accumulate<wmma::row_major, wmma::col_major>(gram[i], buffer_x(b) + at.x * kStageLd,
-                                                                kStageLd, buffer_g(b) + at.y * kStageLd,
-                                                                kStageLd, kStageColumns);
+        if (gram_block) {
+          multiply_accumulate_transposed(gram, buffer_x(b) + corner.x * kStageLd, kStageLd,
+                                         buffer_g(b) + corner.y * kStageLd, kStageLd, kStageColumns);
         }
       });
-#pragma unroll
-  for (int i = 0; i < kTilesPerWarp; ++i) {
-    const int t = warp + kWarps * i;
-    if (t >= gram_tiles) continue;
-    const int2 at = tile_corner(t, K);
-    wmma::store_matrix_sync(a.moved_state_gram + chunk * K * K + at.x * K + at.y, gram[i], K,
-                            wmma::mem_row_major);
-  }
+  if (gram_block) store(gram, a.moved_state_gram + chunk * K * K + corner.x * K + corner.y, K, 1.f);
   decay_grad = warp_sum(decay_grad);
   if (threadIdx.x % 32 == 0) warp_sums[warp] = decay_grad;
   __syncthreads();
@@ -406,7 +460,7 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   __syncthreads();
   list_slots(list, nullptr, tokens, S, C, /*moved_only=*/false);
 
-  const int landed_tiles = d.read_tiles(), square_end = landed_tiles + d.square_tiles();
+  const int landed_tiles = d.chunk_key_tiles(), square_end = landed_tiles + d.square_tiles();
   const int total = d.write_kernel_tiles();
   Accumulator acc[kTilesPerWarp];
   clear(acc);
@@ -502,10 +556,14 @@ bool supports_slot_gradients(const SlotPassDims& dims) {
       dims.value_dim < kStageColumns || dims.value_dim > 4096 || dims.slots < 1 || dims.slots > kMaxSlots ||
       dims.batch_heads < 1 || dims.batch_heads > 65535 || dims.chunks < 1 || dims.chunks > (int64_t{1} << 30))
     return false;
+  // The read and carry kernels' warps take 32 × 32 blocks: P_s and dW, and Σ X_s Ḡ_sᵀ, one each.
+  const int64_t c_blocks = dims.chunk_size / 32, k_blocks = dims.key_dim / 32;
+  if (dims.chunk_size % 32 != 0 || dims.key_dim % 32 != 0 || 2 * c_blocks * k_blocks > kWarps ||
+      k_blocks * k_blocks > kWarps)
+    return false;
   const Dims d = dims_of(dims, /*delta_rule=*/true);  // the delta rule's buffers and tiles are the larger
   const int limit = usable_shared_bytes() / static_cast<int>(sizeof(float));
-  return d.read_kernel_tiles() <= kMaxTiles && d.gram_tiles() <= kMaxTiles &&
-         d.write_kernel_tiles() <= kMaxTiles && d.read_kernel_floats() <= limit &&
+  return d.write_kernel_tiles() <= kMaxTiles && d.read_kernel_floats() <= limit &&
          d.carry_kernel_floats() <= limit && d.write_kernel_floats() <= limit;
 }
 
