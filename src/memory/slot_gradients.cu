@@ -13,6 +13,7 @@
 
 #include <type_traits>
 
+#include "../ops/async_copy.cuh"
 #include "../ops/cuda_launch.cuh"
 #include "../ops/tf32_fragments.cuh"
 #include "slot_gradients_kernels.h"
@@ -25,7 +26,13 @@ namespace dla::memory::kernels {
 namespace {
 
 using namespace nvcuda;
+using dla::ops::kernels::commit_copies;
+using dla::ops::kernels::copy_columns_async;
+using dla::ops::kernels::copy_rows_async;
+using dla::ops::kernels::mma_tf32;
 using dla::ops::kernels::round_to_tf32;
+using dla::ops::kernels::tf32_bits;
+using dla::ops::kernels::wait_copies;
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
@@ -96,12 +103,6 @@ __device__ void clear(WarpBlock& block) {
         block.c[m][n][e] = 0.f;
 }
 
-__device__ unsigned tf32_bits(float x) {
-  unsigned bits;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(x));
-  return bits;
-}
-
 /// block += A Bᵀ over `depth` (a multiple of 8): A's 32 rows at a (a_ld apart) and B's 32 rows at b (b_ld
 /// apart), both with the depth along the row.
 __device__ void multiply_accumulate_transposed(WarpBlock& block, const float* a, int a_ld, const float* b,
@@ -126,16 +127,8 @@ __device__ void multiply_accumulate_transposed(WarpBlock& block, const float* a,
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        float* c = block.c[m][n];
-        asm volatile(
-            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, "
-            "%9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a_fragment[m][0]), "r"(a_fragment[m][1]), "r"(a_fragment[m][2]), "r"(a_fragment[m][3]),
-              "r"(b_fragment[n][0]), "r"(b_fragment[n][1]));
-      }
+      for (int n = 0; n < 4; ++n)
+        mma_tf32(block.c[m][n], a_fragment[m], b_fragment[n]);
   }
 }
 
@@ -177,37 +170,6 @@ __device__ void multiply_accumulate(Accumulator& acc, const float* a, int a_ld, 
 }
 
 // ---- copies into shared memory ----
-
-/// Starts a 16-byte copy from global to shared memory that does not pass through registers (sm_80+).
-__device__ void copy_async(float* dst, const float* src) {
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(src));
-}
-
-__device__ void commit_copies() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-
-/// Waits until at most kPending groups of this thread's copies are still in flight.
-template <int kPending>
-__device__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-/// Starts copying `columns` columns from `column` of a [rows, row_length] row-major global matrix into dst
-/// (rows dst_ld apart).
-__device__ void copy_columns_async(float* dst, int dst_ld, const float* src, int row_length, int column,
-                                   int columns, int rows) {
-  const int per_row = columns / 4;
-  for (int i = threadIdx.x; i < rows * per_row; i += kThreads) {
-    const int row = i / per_row, part = 4 * (i % per_row);
-    copy_async(dst + row * dst_ld + part, src + static_cast<size_t>(row) * row_length + column + part);
-  }
-}
-
-__device__ void copy_rows_async(float* dst, int dst_ld, const float* src, int rows, int columns) {
-  copy_columns_async(dst, dst_ld, src, columns, 0, columns, rows);
-}
 
 __device__ void load_floats(float* dst, const float* __restrict__ src, int n) {
   for (int i = threadIdx.x; i < n; i += kThreads)
@@ -316,8 +278,8 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   const size_t CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V,
                KV = static_cast<size_t>(K) * V;
   const int warp = warp_index(), lane = threadIdx.x % 32;
-  copy_rows_async(d_inter, v_ld, a.d_inter + chunk * CV, C, V);
-  copy_rows_async(q, k_ld, a.transported_q + chunk * CK, C, K);
+  copy_rows_async<kThreads>(d_inter, v_ld, a.d_inter + chunk * CV, C, V);
+  copy_rows_async<kThreads>(q, k_ld, a.transported_q + chunk * CK, C, K);
   load_floats(weights, a.read_weight + chunk * C * S, C * S);
   load_floats(moves, a.state_move + chunk * S * S, S * S);
   for (int i = threadIdx.x; i < C * k_ld; i += kThreads)
@@ -339,10 +301,10 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
       S * per_slot,
       [&](int k, int b) {
         const int s = k / per_slot, column = (k % per_slot) * kStageColumns, partner = list.partner[s];
-        copy_columns_async(buffer_x(b), kStageLd, a.start_states + (chunk * S + s) * KV, V, column,
+        copy_columns_async<kThreads>(buffer_x(b), kStageLd, a.start_states + (chunk * S + s) * KV, V, column,
                            kStageColumns, K);
         if (d.delta_rule && partner >= 0) {
-          copy_columns_async(buffer_rows(b), kStageLd, a.d_written + (chunk * S + partner) * CV, V, column,
+          copy_columns_async<kThreads>(buffer_rows(b), kStageLd, a.d_written + (chunk * S + partner) * CV, V, column,
                              kStageColumns, C);
         }
       },
@@ -405,9 +367,9 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
       list.count * per_slot,
       [&](int k, int b) {
         const int i = k / per_slot, column = (k % per_slot) * kStageColumns;
-        copy_columns_async(buffer_x(b), kStageLd, a.start_states + (chunk * S + list.slot[i]) * KV, V, column,
+        copy_columns_async<kThreads>(buffer_x(b), kStageLd, a.start_states + (chunk * S + list.slot[i]) * KV, V, column,
                            kStageColumns, K);
-        copy_columns_async(buffer_g(b), kStageLd, a.d_end_states + (chunk * S + list.partner[i]) * KV, V,
+        copy_columns_async<kThreads>(buffer_g(b), kStageLd, a.d_end_states + (chunk * S + list.partner[i]) * KV, V,
                            column, kStageColumns, K);
       },
       [&](int, int b) {
@@ -449,9 +411,9 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   const size_t CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V,
                KV = static_cast<size_t>(K) * V, CC = static_cast<size_t>(C) * C;
   const int warp = warp_index(), per_slot = d.stages_per_slot();
-  copy_rows_async(values, v_ld, a.source_v + chunk * CV, C, V);
+  copy_rows_async<kThreads>(values, v_ld, a.source_v + chunk * CV, C, V);
   if (d.delta_rule) {
-    copy_rows_async(t_inverse, c_ld, a.t_inverse + chunk * CC, C, C);
+    copy_rows_async<kThreads>(t_inverse, c_ld, a.t_inverse + chunk * CC, C, C);
   } else {
     for (int e = threadIdx.x; e < C * C; e += kThreads)
       t_inverse[(e / C) * c_ld + e % C] = e / C == e % C ? 1.f : 0.f;
@@ -471,9 +433,9 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
       list.count * per_slot,
       [&](int k, int b) {
         const int r = list.slot[k / per_slot], column = (k % per_slot) * kStageColumns;
-        copy_columns_async(buffer_g(b), kStageLd, a.d_end_states + (chunk * S + r) * KV, V, column,
+        copy_columns_async<kThreads>(buffer_g(b), kStageLd, a.d_end_states + (chunk * S + r) * KV, V, column,
                            kStageColumns, K);
-        copy_columns_async(buffer_rows(b), kStageLd, a.d_written + (chunk * S + r) * CV, V, column,
+        copy_columns_async<kThreads>(buffer_rows(b), kStageLd, a.d_written + (chunk * S + r) * CV, V, column,
                            kStageColumns, C);
       },
       [&](int k, int b) {

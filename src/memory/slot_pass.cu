@@ -4,16 +4,18 @@
 //   forward   Δ_r = Z_r − W X̄_r,   X'_r = e X̄_r + K̃ᵀ Δ_r,   Z_r = T (m_r ⊙ v)
 //   backward  dΔ_r = K̃ G_r,   dX̄_r = e G_r − Wᵀ dΔ_r,   dX_s = Σ_r M[r, s] dX̄_r + q̃ᵀ (w_s ⊙ d_inter)
 // (no W and T for SSD). The forward writes every chunk's start states; the reads from them are one batched
-// matmul outside. The products are 16 × 16 tiles on tensor cores (WMMA, TF32 in, float32 out), sixteen
-// warps taking the tiles of all slots in turn; moving states between slots is per entry, in registers.
+// matmul outside. The products are 16 × 16 tiles on tensor cores (mma.sync on raw fragments, TF32 in,
+// float32 out), sixteen warps taking the tiles of all slots in turn; moving states between slots is per
+// entry, in registers. A chunk's operands arrive by asynchronous copies, as many in flight at once as the
+// buffers allow; the fragments round them to TF32 and scale v by a slot's token mask (forward) or d_inter by
+// a slot's read weights (backward) as they load, so that all slots' products run as one parallel pass.
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <algorithm>
 #include <limits>
-#include <type_traits>
 #include <utility>
 
+#include "../ops/async_copy.cuh"
 #include "../ops/cuda_launch.cuh"
 #include "../ops/tf32_fragments.cuh"
 #include "slot_pass_kernels.h"
@@ -25,32 +27,35 @@
 namespace dla::memory::kernels {
 namespace {
 
-using namespace nvcuda;
-using dla::ops::kernels::round_to_tf32;
+using dla::ops::kernels::commit_copies;
+using dla::ops::kernels::copy_columns_async;
+using dla::ops::kernels::copy_floats_async;
+using dla::ops::kernels::copy_rows_async;
+using dla::ops::kernels::mma_tf32;
+using dla::ops::kernels::tf32_bits;
+using dla::ops::kernels::wait_copies;
 
 constexpr int kThreads = 512;  // 16 warps: within 128 registers, no spills
 constexpr int kWarps = kThreads / 32;
-constexpr int kTile = 16;  // WMMA tile edge, and the value columns per block
-constexpr int kStep = 8;   // WMMA depth of one TF32 product
+constexpr int kTile = 16;  // product tile edge, and the value columns per block
+constexpr int kStep = 8;   // depth of one TF32 mma
 constexpr int kMaxSlots = 16;
-constexpr int kPad = 4;       // shared rows are padded by 4 floats: float4 alignment, fewer bank conflicts
-constexpr int kInFlight = 4;  // float4 loads each thread keeps in flight
-
-using Accumulator = wmma::fragment<wmma::accumulator, kTile, kTile, kStep, float>;
-template <class Layout>
-using OperandA = wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, Layout>;
-using OperandB = wmma::fragment<wmma::matrix_b, kTile, kTile, kStep, wmma::precision::tf32, wmma::row_major>;
+constexpr int kPad = 4;  // shared rows are padded by 4 floats: float4 alignment, fewer bank conflicts
 
 /// Shared-memory layout in floats. Every buffer the tensor cores read starts 32-byte aligned: C and K are
 /// multiples of 16 and the padded row lengths multiples of 4. Each direction holds only its own buffers:
-/// the forward T⁻¹ and the landed values, the backward d_inter and the read weights.
+/// the forward T⁻¹ and the chunk's value columns, the backward d_inter and the read weights.
 struct Layout {
   int chunks, chunk_size, key_dim, value_dim, slots;
   int group;     ///< slots whose [C, 16] buffers are held at once
   bool forward;  ///< the forward kernel's buffers, else the backward's
 
   __host__ __device__ int tile_ld() const { return kTile + kPad; }
+  /// A [C, K] operand read along its rows (W forward, K̃ backward).
   __host__ __device__ int operand_ld() const { return key_dim + kPad; }
+  /// A [C, K] operand read down its columns (K̃ forward, W and q̃ backward): rows 8 floats longer than a
+  /// multiple of 16 keep the lanes of a fragment load on distinct banks.
+  __host__ __device__ int column_operand_ld() const { return key_dim + 2 * kPad; }
   __host__ __device__ int square_ld() const { return chunk_size + kPad; }
   __host__ __device__ int slot_floats() const { return key_dim * tile_ld(); }
   __host__ __device__ int rows_floats() const { return chunk_size * tile_ld(); }
@@ -58,11 +63,11 @@ struct Layout {
   __host__ __device__ int states() const { return 0; }
   __host__ __device__ int group_buffers() const { return states() + slots * slot_floats(); }
   __host__ __device__ int operand() const { return group_buffers() + group * rows_floats(); }
-  __host__ __device__ int square() const { return operand() + chunk_size * operand_ld(); }  // forward: T⁻¹
-  __host__ __device__ int scratch() const {  // forward: the values landing in one slot
+  __host__ __device__ int square() const { return operand() + chunk_size * column_operand_ld(); }  // T⁻¹
+  __host__ __device__ int value_columns() const {  // forward
     return square() + (forward ? chunk_size * square_ld() : 0);
   }
-  __host__ __device__ int inter() const { return scratch() + (forward ? rows_floats() : 0); }  // backward
+  __host__ __device__ int inter() const { return value_columns() + (forward ? rows_floats() : 0); }  // backward
   __host__ __device__ int weights() const { return inter() + (forward ? 0 : rows_floats()); }  // backward
   __host__ __device__ int moves() const { return weights() + (forward ? 0 : chunk_size * slots); }
   __host__ __device__ int tokens() const { return moves() + slots * slots; }  // forward
@@ -75,105 +80,61 @@ size_t shared_bytes(const Layout& l) {
 
 // ---- products on tensor cores ----
 
-/// acc += A B over `depth` (a multiple of 8), A 16 × depth, B depth × 16 row-major with rows b_ld apart.
-/// Row-major A is A(i, j) = a[i·a_ld + j]; column-major A is A(i, j) = a[i + j·a_ld]. A is already rounded
-/// to TF32 (load_operand rounds the left operands once, where each fragment would round them at every use);
-/// B, the states or what the products wrote, is rounded here.
-template <class ALayout>
-__device__ void multiply_accumulate(Accumulator& acc, const float* a, int a_ld, const float* b, int b_ld,
-                                    int depth) {
-  constexpr bool kRowMajor = std::is_same_v<ALayout, wmma::row_major>;
+/// A warp's 16 × 16 tile of a product as two m16n8 accumulators of mma.sync: lane (g, t) = (lane / 4,
+/// lane % 4) holds rows g and g + 8 at columns 2t, 2t + 1 of each 8-column half.
+struct WarpTile {
+  float c[2][4];
+};
+
+/// tile = scale · the tile at src (rows ld apart).
+__device__ void load_tile(WarpTile& tile, const float* src, int ld, float scale) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int n = 0; n < 2; ++n) {
+    const float2 top = *reinterpret_cast<const float2*>(src + g * ld + 8 * n + 2 * t);
+    const float2 bottom = *reinterpret_cast<const float2*>(src + (g + 8) * ld + 8 * n + 2 * t);
+    tile.c[n][0] = scale * top.x;
+    tile.c[n][1] = scale * top.y;
+    tile.c[n][2] = scale * bottom.x;
+    tile.c[n][3] = scale * bottom.y;
+  }
+}
+
+/// The tile at dst (rows ld apart) = scale · tile.
+__device__ void store_tile(const WarpTile& tile, float* dst, int ld, float scale) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int n = 0; n < 2; ++n) {
+    const float* c = tile.c[n];
+    *reinterpret_cast<float2*>(dst + g * ld + 8 * n + 2 * t) = make_float2(scale * c[0], scale * c[1]);
+    *reinterpret_cast<float2*>(dst + (g + 8) * ld + 8 * n + 2 * t) = make_float2(scale * c[2], scale * c[3]);
+  }
+}
+
+/// tile += A B over `depth` (a multiple of 8). A is 16 rows: A(i, j) = a[i·a_ld + j], or a[j·a_ld + i] when
+/// kAColumns; B is [depth, 16] row-major (rows b_ld apart), row j scaled by b_row_scale[j · scale_stride]
+/// when given. Both round to TF32 as they load.
+template <bool kAColumns>
+__device__ void multiply_accumulate(WarpTile& tile, const float* a, int a_ld, const float* b, int b_ld,
+                                    const float* b_row_scale, int scale_stride, int depth) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const auto a_at = [&](int i, int j) { return kAColumns ? a[j * a_ld + i] : a[i * a_ld + j]; };
+#pragma unroll 2
   for (int j = 0; j < depth; j += kStep) {
-    OperandA<ALayout> a_fragment;
-    OperandB b_fragment;
-    wmma::load_matrix_sync(a_fragment, kRowMajor ? a + j : a + j * a_ld, a_ld);
-    wmma::load_matrix_sync(b_fragment, b + j * b_ld, b_ld);
-    round_to_tf32(b_fragment);
-    wmma::mma_sync(acc, a_fragment, b_fragment, acc);
-  }
-}
-
-/// The 16 × 16 tile at `tile` (ld tile_ld) becomes scale · tile + A B.
-template <class ALayout>
-__device__ void update_tile(float* tile, int tile_ld, float scale, const float* a, int a_ld, const float* b,
-                            int b_ld, int depth) {
-  Accumulator acc;
-  wmma::load_matrix_sync(acc, tile, tile_ld, wmma::mem_row_major);
+    const unsigned a_fragment[4] = {tf32_bits(a_at(g, j + t)), tf32_bits(a_at(g + 8, j + t)),
+                                    tf32_bits(a_at(g, j + t + 4)), tf32_bits(a_at(g + 8, j + t + 4))};
+    const float low_scale = b_row_scale ? b_row_scale[(j + t) * scale_stride] : 1.f;
+    const float high_scale = b_row_scale ? b_row_scale[(j + t + 4) * scale_stride] : 1.f;
 #pragma unroll
-  for (int t = 0; t < acc.num_elements; ++t)
-    acc.x[t] *= scale;
-  multiply_accumulate<ALayout>(acc, a, a_ld, b, b_ld, depth);
-  wmma::store_matrix_sync(tile, acc, tile_ld, wmma::mem_row_major);
-}
-
-/// The 16 × 16 tile at `tile` becomes A B.
-__device__ void product_tile(float* tile, int tile_ld, const float* a, int a_ld, const float* b, int b_ld,
-                             int depth) {
-  Accumulator acc;
-  wmma::fill_fragment(acc, 0.f);
-  multiply_accumulate<wmma::row_major>(acc, a, a_ld, b, b_ld, depth);
-  wmma::store_matrix_sync(tile, acc, tile_ld, wmma::mem_row_major);
-}
-
-// ---- copies between global and shared memory, as float4s ----
-
-/// For i < n: sink(i, source(i)), keeping kInFlight loads per thread in flight.
-template <class Source, class Sink>
-__device__ void copy_vectors(int n, Source source, Sink sink) {
-  for (int base = threadIdx.x; base < n; base += kThreads * kInFlight) {
-    float4 values[kInFlight];
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      if (base + u * kThreads < n) values[u] = source(base + u * kThreads);
-    }
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      if (base + u * kThreads < n) sink(base + u * kThreads, values[u]);
+    for (int n = 0; n < 2; ++n) {
+      const unsigned b_fragment[2] = {tf32_bits(low_scale * b[(j + t) * b_ld + 8 * n + g]),
+                                      tf32_bits(high_scale * b[(j + t + 4) * b_ld + 8 * n + g])};
+      mma_tf32(tile.c[n], a_fragment, b_fragment);
     }
   }
 }
 
-__device__ float4 scaled(float4 x, float s) {
-  return make_float4(s * x.x, s * x.y, s * x.z, s * x.w);
-}
-
-__device__ float4 rounded_to_tf32(float4 x) {
-  return make_float4(wmma::__float_to_tf32(x.x), wmma::__float_to_tf32(x.y), wmma::__float_to_tf32(x.z),
-                     wmma::__float_to_tf32(x.w));
-}
-
-/// A products' left operand: dst (rows dst_ld apart) = scale · src rounded to TF32, from a [rows, cols]
-/// row-major global block (cols a multiple of 4).
-__device__ void load_operand(float* dst, int dst_ld, const float* __restrict__ src, int rows, int cols,
-                             float scale) {
-  const int per_row = cols / 4;
-  copy_vectors(
-      rows * per_row, [&](int i) { return __ldg(reinterpret_cast<const float4*>(src) + i); },
-      [&](int i, float4 x) {
-        *reinterpret_cast<float4*>(dst + (i / per_row) * dst_ld + 4 * (i % per_row)) =
-            rounded_to_tf32(scaled(x, scale));
-      });
-}
-
-/// dst (rows dst_ld apart) = the 16 columns from first_column of a [rows, value_dim] global matrix, zero
-/// past its end; row r scaled by row_scale[r] when given.
-__device__ void load_columns(float* dst, int dst_ld, const float* __restrict__ src, int rows, int value_dim,
-                             int first_column, const float* row_scale) {
-  constexpr int kPerRow = kTile / 4;
-  copy_vectors(
-      rows * kPerRow,
-      [&](int i) {
-        const int column = first_column + 4 * (i % kPerRow);
-        return column < value_dim ? __ldg(reinterpret_cast<const float4*>(
-                                        src + static_cast<size_t>(i / kPerRow) * value_dim + column))
-                                  : make_float4(0.f, 0.f, 0.f, 0.f);
-      },
-      [&](int i, float4 x) {
-        const int row = i / kPerRow;
-        *reinterpret_cast<float4*>(dst + row * dst_ld + 4 * (i % kPerRow)) =
-            row_scale != nullptr ? scaled(x, row_scale[row]) : x;
-      });
-}
+// ---- copies between shared and global memory ----
 
 /// The 16 columns from first_column of a [rows, value_dim] global matrix = src (rows src_ld apart).
 __device__ void store_columns(float* dst, int value_dim, int first_column, const float* src, int src_ld,
@@ -186,11 +147,6 @@ __device__ void store_columns(float* dst, int value_dim, int first_column, const
           *reinterpret_cast<const float4*>(src + (i / kPerRow) * src_ld + 4 * (i % kPerRow));
     }
   }
-}
-
-__device__ void load_floats(float* dst, const float* __restrict__ src, int n) {
-  for (int i = threadIdx.x; i < n; i += kThreads)
-    dst[i] = __ldg(src + i);
 }
 
 // ---- per-block steps ----
@@ -263,15 +219,16 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
   extern __shared__ __align__(128) float shared[];
   __shared__ int live[kMaxSlots], next_live[kMaxSlots], has_tokens[kMaxSlots];
   float* states = shared + l.states();
-  float* group_buffers = shared + l.group_buffers();
-  float* operand = shared + l.operand();
+  float* group_buffers = shared + l.group_buffers();  // Δ_r
+  float* operand = shared + l.operand();              // W, then K̃
   float* t_inverse = shared + l.square();
-  float* scratch = shared + l.scratch();
+  float* values = shared + l.value_columns();  // the chunk's [C, 16] block of v
   float* moves = shared + l.moves();
   float* tokens = shared + l.tokens();
 
   const auto [S, C, K, V, ld, c_tiles, k_tiles, warp, first_column, head, CK, CV, SKV] = block_frame(l);
   const bool delta_rule = a.w != nullptr;
+  const int w_ld = l.operand_ld(), k_ld = l.column_operand_ld(), t_ld = l.square_ld();
 
   for (int i = threadIdx.x; i < S * l.slot_floats(); i += kThreads)
     states[i] = 0.f;
@@ -281,10 +238,17 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     const size_t chunk = head * l.chunks + n;
     __syncthreads();  // the states are complete and every buffer is free
     store_states(a.start_states + chunk * SKV, states, l, first_column);
-    if (delta_rule) load_operand(t_inverse, l.square_ld(), a.t_inverse + chunk * C * C, C, C, 1.f);
-    load_floats(moves, a.state_move + chunk * S * S, S * S);
-    load_floats(tokens, a.token_move + chunk * S * C, S * C);
+    // The chunk's operands, all copies in flight at once; the products round them as they load.
+    if (delta_rule) {
+      copy_rows_async<kThreads>(t_inverse, t_ld, a.t_inverse + chunk * C * C, C, C);
+      copy_rows_async<kThreads>(operand, w_ld, a.w + chunk * CK, C, K);
+    }
+    copy_columns_async<kThreads>(values, ld, a.source_v + chunk * CV, V, first_column, kTile, C);
+    copy_floats_async<kThreads>(moves, a.state_move + chunk * S * S, S * S);
+    copy_floats_async<kThreads>(tokens, a.token_move + chunk * S * C, S * C);
+    commit_copies();
     const float decay = __ldg(a.chunk_decay + chunk);
+    wait_copies<0>();
     __syncthreads();
     if (static_cast<int>(threadIdx.x) < S) {
       const int s = threadIdx.x;
@@ -302,45 +266,55 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     __syncthreads();
     if (static_cast<int>(threadIdx.x) < S) live[threadIdx.x] = next_live[threadIdx.x];
 
-    // Writes and transitions, a group of slots at a time: Δ_r = Z_r − W X̄_r, then X'_r = e X̄_r + K̃ᵀ Δ_r.
+    // Writes and transitions, a group of slots at a time: Δ_r = Z_r − W X̄_r with Z_r = T (m_r ⊙ v) (m_r ⊙ v
+    // without the delta rule), then X'_r = e X̄_r + K̃ᵀ Δ_r.
     for (int first = 0; first < S; first += l.group) {
       const int count = min(l.group, S - first);
-      if (delta_rule) load_operand(operand, l.operand_ld(), a.w + chunk * CK, C, K, -1.f);
-      for (int r = first; r < first + count; ++r) {
-        float* written = group_buffers + (r - first) * l.rows_floats();
-        if (!has_tokens[r]) {
-          for (int i = threadIdx.x; i < l.rows_floats(); i += kThreads)
-            written[i] = 0.f;
-          continue;
-        }
-        // Z_r = T (m_r ⊙ v), or m_r ⊙ v without the delta rule.
-        load_columns(delta_rule ? scratch : written, ld, a.source_v + chunk * CV, C, V, first_column,
-                     tokens + r * C);
-        if (!delta_rule) continue;
-        __syncthreads();
-        for (int t = warp; t < c_tiles; t += kWarps)
-          product_tile(written + t * kTile * ld, ld, t_inverse + t * kTile * l.square_ld(), l.square_ld(),
-                       scratch, ld, C);
+      if (delta_rule && first > 0) {  // the previous group's transitions held K̃ there
+        copy_rows_async<kThreads>(operand, w_ld, a.w + chunk * CK, C, K);
+        commit_copies();
+        wait_copies<0>();
         __syncthreads();
       }
-      __syncthreads();
       if (delta_rule) {
         for (int t = warp; t < count * c_tiles; t += kWarps) {
           const int r = first + t / c_tiles, row = (t % c_tiles) * kTile;
-          if (!live[r]) continue;
-          update_tile<wmma::row_major>(group_buffers + (r - first) * l.rows_floats() + row * ld, ld, 1.f,
-                                       operand + row * l.operand_ld(), l.operand_ld(),
-                                       states + r * l.slot_floats(), ld, K);
+          WarpTile tile{};
+          if (has_tokens[r])
+            multiply_accumulate<false>(tile, t_inverse + row * t_ld, t_ld, values, ld, tokens + r * C, 1, C);
+          if (live[r]) {  // tile = W X̄_r − Z_r, stored negated
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+              for (int e = 0; e < 4; ++e)
+                tile.c[h][e] = -tile.c[h][e];
+            multiply_accumulate<false>(tile, operand + row * w_ld, w_ld, states + r * l.slot_floats(), ld,
+                                       nullptr, 1, K);
+            store_tile(tile, group_buffers + (r - first) * l.rows_floats() + row * ld, ld, -1.f);
+          } else {
+            store_tile(tile, group_buffers + (r - first) * l.rows_floats() + row * ld, ld, 1.f);
+          }
         }
-        __syncthreads();
+      } else {
+        for (int i = threadIdx.x; i < count * C * kTile; i += kThreads) {
+          const int r = first + i / (C * kTile), c = (i / kTile) % C, offset = c * ld + i % kTile;
+          group_buffers[(r - first) * l.rows_floats() + offset] = tokens[r * C + c] * values[offset];
+        }
       }
-      load_operand(operand, l.operand_ld(), a.k_to_end + chunk * CK, C, K, 1.f);
+      __syncthreads();
+      copy_rows_async<kThreads>(operand, k_ld, a.k_to_end + chunk * CK, C, K);
+      commit_copies();
+      wait_copies<0>();
       __syncthreads();
       for (int t = warp; t < count * k_tiles; t += kWarps) {
         const int r = first + t / k_tiles, row = (t % k_tiles) * kTile;
         if (!live[r]) continue;
-        update_tile<wmma::col_major>(states + r * l.slot_floats() + row * ld, ld, decay, operand + row,
-                                     l.operand_ld(), group_buffers + (r - first) * l.rows_floats(), ld, C);
+        float* state = states + r * l.slot_floats() + row * ld;
+        WarpTile tile;
+        load_tile(tile, state, ld, decay);
+        multiply_accumulate<true>(tile, operand + row, k_ld, group_buffers + (r - first) * l.rows_floats(), ld,
+                                  nullptr, 1, C);
+        store_tile(tile, state, ld, 1.f);
       }
       __syncthreads();
     }
@@ -352,77 +326,90 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
 __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPassBackwardArgs a, Layout l) {
   extern __shared__ __align__(128) float shared[];
   float* states = shared + l.states();  // G: the gradient of the states after the chunk being undone
-  float* group_buffers = shared + l.group_buffers();
-  float* operand = shared + l.operand();
+  float* group_buffers = shared + l.group_buffers();  // dΔ_r
+  float* operand = shared + l.operand();              // K̃, then W, then q̃
   float* d_inter = shared + l.inter();
   float* weights = shared + l.weights();
   float* moves = shared + l.moves();
 
   const auto [S, C, K, V, ld, c_tiles, k_tiles, warp, first_column, head, CK, CV, SKV] = block_frame(l);
   const bool delta_rule = a.w != nullptr;
+  const int k_rows_ld = l.operand_ld(), k_columns_ld = l.column_operand_ld();
+  // Starts copying a [C, K] operand of this chunk into `operand`, rows ld apart, and waits for it (and for
+  // every copy started before) once the block has done `meanwhile`.
+  const auto load_operand = [&](const float* src, int operand_ld, auto meanwhile) {
+    copy_rows_async<kThreads>(operand, operand_ld, src, C, K);
+    commit_copies();
+    meanwhile();
+    wait_copies<0>();
+    __syncthreads();
+  };
+  const auto nothing = [] {};
 
   for (int s = 0; s < S; ++s)
-    load_columns(states + s * l.slot_floats(), ld, a.d_final_states + (head * S + s) * K * V, K, V,
-                 first_column, nullptr);
+    copy_columns_async<kThreads>(states + s * l.slot_floats(), ld, a.d_final_states + (head * S + s) * K * V, V,
+                                 first_column, kTile, K);
 
   for (int n = l.chunks - 1; n >= 0; --n) {
     const size_t chunk = head * l.chunks + n;
+    copy_floats_async<kThreads>(weights, a.read_weight + chunk * C * S, C * S);
+    copy_floats_async<kThreads>(moves, a.state_move + chunk * S * S, S * S);
+    copy_columns_async<kThreads>(d_inter, ld, a.d_inter + chunk * CV, V, first_column, kTile, C);
+    const float decay = __ldg(a.chunk_decay + chunk);
+    commit_copies();
+    wait_copies<0>();
     __syncthreads();  // G is complete and every buffer is free
     store_states(a.d_end_states + chunk * SKV, states, l, first_column);
-    load_floats(weights, a.read_weight + chunk * C * S, C * S);
-    load_floats(moves, a.state_move + chunk * S * S, S * S);
-    load_columns(d_inter, ld, a.d_inter + chunk * CV, C, V, first_column, nullptr);
-    const float decay = __ldg(a.chunk_decay + chunk);
 
     // dΔ_r = K̃ G_r, then dX̄_r = e G_r − Wᵀ dΔ_r in place of G_r, a group of slots at a time.
     for (int first = 0; first < S; first += l.group) {
       const int count = min(l.group, S - first);
-      load_operand(operand, l.operand_ld(), a.k_to_end + chunk * CK, C, K, 1.f);
-      __syncthreads();
+      load_operand(a.k_to_end + chunk * CK, k_rows_ld, nothing);
       for (int t = warp; t < count * c_tiles; t += kWarps) {
         const int r = first + t / c_tiles, row = (t % c_tiles) * kTile;
-        product_tile(group_buffers + (r - first) * l.rows_floats() + row * ld, ld,
-                     operand + row * l.operand_ld(), l.operand_ld(), states + r * l.slot_floats(), ld, K);
+        WarpTile tile{};
+        multiply_accumulate<false>(tile, operand + row * k_rows_ld, k_rows_ld, states + r * l.slot_floats(), ld,
+                                   nullptr, 1, K);
+        store_tile(tile, group_buffers + (r - first) * l.rows_floats() + row * ld, ld, 1.f);
       }
       __syncthreads();
-      for (int r = first; r < first + count; ++r) {
-        store_columns(a.d_written + (chunk * S + r) * CV, V, first_column,
-                      group_buffers + (r - first) * l.rows_floats(), ld, C);
-      }
+      const auto store_written = [&] {
+        for (int r = first; r < first + count; ++r) {
+          store_columns(a.d_written + (chunk * S + r) * CV, V, first_column,
+                        group_buffers + (r - first) * l.rows_floats(), ld, C);
+        }
+      };
       if (delta_rule) {
-        load_operand(operand, l.operand_ld(), a.w + chunk * CK, C, K, -1.f);
-        __syncthreads();
+        load_operand(a.w + chunk * CK, k_columns_ld, store_written);
         for (int t = warp; t < count * k_tiles; t += kWarps) {
           const int r = first + t / k_tiles, row = (t % k_tiles) * kTile;
-          update_tile<wmma::col_major>(states + r * l.slot_floats() + row * ld, ld, decay, operand + row,
-                                       l.operand_ld(), group_buffers + (r - first) * l.rows_floats(), ld, C);
+          float* state = states + r * l.slot_floats() + row * ld;
+          WarpTile tile;
+          load_tile(tile, state, ld, -decay);  // −dX̄_r = Wᵀ dΔ_r − e G_r, stored negated
+          multiply_accumulate<true>(tile, operand + row, k_columns_ld,
+                                    group_buffers + (r - first) * l.rows_floats(), ld, nullptr, 1, C);
+          store_tile(tile, state, ld, -1.f);
         }
       } else {
+        store_written();
         for (int i = threadIdx.x; i < count * l.slot_floats(); i += kThreads)
           states[first * l.slot_floats() + i] *= decay;
       }
       __syncthreads();
     }
 
-    move_between_slots(states, moves, l, /*transposed=*/true);
-    load_operand(operand, l.operand_ld(), a.transported_q + chunk * CK, C, K, 1.f);
-    __syncthreads();
-
-    // dX_s += q̃ᵀ (w_s ⊙ d_inter), a group of slots at a time.
-    for (int first = 0; first < S; first += l.group) {
-      const int count = min(l.group, S - first);
-      for (int i = threadIdx.x; i < count * C * kTile; i += kThreads) {
-        const int s = first + i / (C * kTile), c = (i / kTile) % C, offset = c * ld + i % kTile;
-        group_buffers[(s - first) * l.rows_floats() + offset] = weights[c * S + s] * d_inter[offset];
-      }
-      __syncthreads();
-      for (int t = warp; t < count * k_tiles; t += kWarps) {
-        const int s = first + t / k_tiles, row = (t % k_tiles) * kTile;
-        update_tile<wmma::col_major>(states + s * l.slot_floats() + row * ld, ld, 1.f, operand + row,
-                                     l.operand_ld(), group_buffers + (s - first) * l.rows_floats(), ld, C);
-      }
-      __syncthreads();
+    // dX_s = Σ_r M[r, s] dX̄_r + q̃ᵀ (w_s ⊙ d_inter), the move while q̃ is copied.
+    load_operand(a.transported_q + chunk * CK, k_columns_ld,
+                 [&] { move_between_slots(states, moves, l, /*transposed=*/true); });
+    for (int t = warp; t < S * k_tiles; t += kWarps) {
+      const int s = t / k_tiles, row = (t % k_tiles) * kTile;
+      float* state = states + s * l.slot_floats() + row * ld;
+      WarpTile tile;
+      load_tile(tile, state, ld, 1.f);
+      multiply_accumulate<true>(tile, operand + row, k_columns_ld, d_inter, ld, weights + s, S, C);
+      store_tile(tile, state, ld, 1.f);
     }
+    __syncthreads();
   }
 }
 

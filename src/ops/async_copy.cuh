@@ -1,0 +1,64 @@
+// Copies from global to shared memory that do not pass through registers (cp.async, sm_80+): a block starts
+// all of a phase's copies, computes meanwhile, and waits only when it needs them.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace dla::ops::kernels {
+
+/// Starts copying 16 bytes from global src to shared dst (both 16-byte aligned); zeros instead when !valid.
+__device__ inline void copy_async(float* dst, const float* src, bool valid = true) {
+  const auto shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+
+/// Starts copying one float (4-byte aligned) from global src to shared dst.
+__device__ inline void copy_float_async(float* dst, const float* src) {
+  const auto shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address), "l"(src) : "memory");
+}
+
+/// Closes the group of copies this thread started since the last commit.
+__device__ inline void commit_copies() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+/// Waits until at most kPending of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+/// Starts dst (rows dst_ld apart) = `columns` columns from `column` of a [rows, row_length] row-major global
+/// matrix, zeros for those from row_length on; columns, column and row_length multiples of 4. The block's
+/// kThreads threads share the copies.
+template <int kThreads>
+__device__ void copy_columns_async(float* dst, int dst_ld, const float* src, int row_length, int column,
+                                   int columns, int rows) {
+  const int per_row = columns / 4;
+  for (int i = threadIdx.x; i < rows * per_row; i += kThreads) {
+    const int row = i / per_row, part = 4 * (i % per_row);
+    const float* row_start = src + static_cast<size_t>(row) * row_length;
+    const bool inside = column + part < row_length;
+    copy_async(dst + row * dst_ld + part, inside ? row_start + column + part : row_start, inside);
+  }
+}
+
+/// Starts dst (rows dst_ld apart) = a [rows, columns] row-major global matrix, columns a multiple of 4.
+template <int kThreads>
+__device__ void copy_rows_async(float* dst, int dst_ld, const float* src, int rows, int columns) {
+  copy_columns_async<kThreads>(dst, dst_ld, src, columns, 0, columns, rows);
+}
+
+/// Starts dst[i] = src[i] for i < n, any n.
+template <int kThreads>
+__device__ void copy_floats_async(float* dst, const float* src, int n) {
+  for (int i = threadIdx.x; i < n; i += kThreads)
+    copy_float_async(dst + i, src + i);
+}
+
+}  // namespace dla::ops::kernels
