@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
@@ -15,11 +16,51 @@
 
 #include "boundary_scan_kernel.h"
 #include "dla/ops/kernel_buffers.h"
+#include "key_slots_kernel.h"
 #endif
 
 namespace dla::memory {
+namespace {
+
+#if defined(DLA_WITH_CUDA)
+/// slot_of_keys on its CUDA kernel; undefined where the kernel does not take the inputs.
+at::Tensor slot_of_keys_cuda(const at::Tensor& start_rows_S, const at::Tensor& keys_N) {
+  if (!start_rows_S.is_cuda() || !keys_N.is_cuda() || start_rows_S.device() != keys_N.device() ||
+      start_rows_S.scalar_type() != at::kLong || keys_N.scalar_type() != at::kLong ||
+      !ops::use_fused_kernels(start_rows_S))
+    return {};
+  const at::Tensor rows = start_rows_S.unsqueeze(-2);
+  const std::vector<int64_t> shape = at::infer_size(rows.sizes().slice(0, rows.dim() - 1), keys_N.sizes());
+  if (shape.size() > static_cast<size_t>(kernels::kMaxKeySlotDims)) return {};
+  std::vector<int64_t> row_shape = shape;
+  row_shape.push_back(rows.size(-1));
+  const at::Tensor rows_expanded = rows.expand(row_shape);
+  const at::Tensor keys_expanded = keys_N.expand(shape);
+  at::Tensor slot = at::empty(shape, keys_N.options());
+  kernels::KeySlotDims dims{};
+  dims.dims = static_cast<int>(shape.size());
+  for (int d = 0; d < dims.dims; ++d) {
+    dims.size[d] = shape[d];
+    dims.row_stride[d] = rows_expanded.stride(d);
+    dims.key_stride[d] = keys_expanded.stride(d);
+  }
+  dims.slot_stride = rows_expanded.stride(-1);
+  dims.slots = rows_expanded.size(-1);
+  dims.count = slot.numel();
+  const c10::cuda::CUDAGuard device_guard(slot.device());
+  const char* error = kernels::slot_of_keys(rows_expanded.data_ptr<int64_t>(), keys_expanded.data_ptr<int64_t>(),
+                                            slot.data_ptr<int64_t>(), dims, ops::current_cuda_stream(slot));
+  TORCH_CHECK(error == nullptr, "slot_of_keys: CUDA kernel failed: ", error);
+  return slot;
+}
+#endif
+
+}  // namespace
 
 at::Tensor slot_of_keys(const at::Tensor& start_rows_S, const at::Tensor& keys_N) {
+#if defined(DLA_WITH_CUDA)
+  if (at::Tensor slot = slot_of_keys_cuda(start_rows_S, keys_N); slot.defined()) return slot;
+#endif
   // Slots run from the newest segment to the oldest, so the key's segment is the first one starting at or
   // before it. Ranking slot s as S − s (0 for an empty slot) makes it the highest-ranked holding slot: one
   // compare and one max over the [..., N, S] grid, in the narrowest integer type that holds the ranks.

@@ -4,14 +4,12 @@
 //   reads    P_s = d_inter X_sᵀ,  dw[c, s] = ⟨P_s[c], q̃[c]⟩,  dq̃ = Σ_s w_s ⊙ P_s,  dW = −Σ_s dΔ̄_s X_sᵀ
 //   carry    Σ_r X̄_r G_rᵀ = Σ_s X_s Ḡ_sᵀ,  de = Σ_s ⟨X_s, Ḡ_s⟩
 //   writes   Σ_r L_r G_rᵀ,  dT = Σ_r dΔ_r L_rᵀ,  dv = Σ_r m_r ⊙ (Tᵀ dΔ_r)
-// One kernel per line, one block of 16 warps per chunk, each warp with fixed output tiles whose accumulators
-// stay in registers across the slots (WMMA, TF32 in, float32 out). The slot states stream through shared
+// One kernel per line, one block of 16 warps per chunk, each warp with a fixed 32 × 32 output block whose
+// accumulators stay in registers across the slots (mma.sync on raw fragments, each loaded once per step for
+// the block's eight products; TF32 in, float32 out). The slot states stream through shared
 // memory 32 value columns at a time, the next stages' asynchronous copies in flight while one computes. Slots
 // nothing moves from, or no token lands in, are skipped.
 #include <cuda_runtime.h>
-#include <mma.h>
-
-#include <type_traits>
 
 #include "../ops/async_copy.cuh"
 #include "../ops/cuda_launch.cuh"
@@ -25,22 +23,18 @@
 namespace dla::memory::kernels {
 namespace {
 
-using namespace nvcuda;
 using dla::ops::kernels::commit_copies;
 using dla::ops::kernels::copy_columns_async;
 using dla::ops::kernels::copy_rows_async;
 using dla::ops::kernels::mma_tf32;
-using dla::ops::kernels::round_to_tf32;
 using dla::ops::kernels::tf32_bits;
 using dla::ops::kernels::wait_copies;
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTile = 16;  // WMMA tile edge
-constexpr int kStep = 8;   // WMMA depth of one TF32 product
+constexpr int kBlock = 32;  // edge of a warp's output block
+constexpr int kStep = 8;    // depth of one TF32 mma
 constexpr int kMaxSlots = 16;
-constexpr int kTilesPerWarp = 5;  // output tiles a warp accumulates: 80 per block, within 128 registers
-constexpr int kMaxTiles = kWarps * kTilesPerWarp;
 constexpr int kPad = 4;  // shared rows are padded by 4 floats: float4 alignment, fewer bank conflicts
 constexpr int kStageColumns = 32;  // value columns of the slot states a pipeline stage brings in
 constexpr int kStageLd = kStageColumns + kPad;
@@ -51,22 +45,20 @@ constexpr int kReadBuffers = 3;
 constexpr int kCarryBuffers = 4;
 constexpr int kWriteBuffers = 4;
 
-using Accumulator = wmma::fragment<wmma::accumulator, kTile, kTile, kStep, float>;
-
 struct Dims {
   int chunks, C, K, V, S;
   bool delta_rule;
 
   __host__ __device__ int v_ld() const { return V + kPad; }
   __host__ __device__ int k_ld() const { return K + kPad; }
-  __host__ __device__ int c_ld() const { return C + kPad; }
+  /// T is read down its columns: rows 8 floats longer than a multiple of 16 keep a fragment load's lanes on
+  /// distinct banks.
+  __host__ __device__ int t_ld() const { return C + 2 * kPad; }
   __host__ __device__ int stages_per_slot() const { return V / kStageColumns; }
-  __host__ __device__ int chunk_key_tiles() const { return (C / kTile) * (K / kTile); }
-  __host__ __device__ int square_tiles() const { return delta_rule ? (C / kTile) * (C / kTile) : 0; }
-  __host__ __device__ int value_tiles() const { return (C / kTile) * (V / kTile); }
-  __host__ __device__ int write_kernel_tiles() const {
-    return chunk_key_tiles() + square_tiles() + value_tiles();
-  }
+  /// The write kernel's warp blocks: Σ_r L_r G_rᵀ [C, K], dT [C, C] and one value stage's columns of dv.
+  __host__ __device__ int landed_blocks() const { return (C / kBlock) * (K / kBlock); }
+  __host__ __device__ int square_blocks() const { return delta_rule ? (C / kBlock) * (C / kBlock) : 0; }
+  __host__ __device__ int write_kernel_blocks() const { return landed_blocks() + square_blocks() + C / kBlock; }
   /// One stage buffer: a slot's [K, 32] state columns and a [C, 32] block of per-token rows.
   __host__ __device__ int stage_floats() const { return (K + C) * kStageLd; }
   /// Shared floats of each kernel, in the order of its buffers below.
@@ -75,15 +67,9 @@ struct Dims {
   }
   __host__ __device__ int carry_kernel_floats() const { return kCarryBuffers * 2 * K * kStageLd + S * S; }
   __host__ __device__ int write_kernel_floats() const {
-    return C * v_ld() + kWriteBuffers * stage_floats() + C * kStageLd + 2 * C * c_ld() + S * C;
+    return C * v_ld() + kWriteBuffers * stage_floats() + C * t_ld() + S * C;
   }
 };
-
-__device__ void clear(Accumulator (&tiles)[kTilesPerWarp]) {
-#pragma unroll
-  for (int i = 0; i < kTilesPerWarp; ++i)
-    wmma::fill_fragment(tiles[i], 0.f);
-}
 
 /// A warp's 32 × 32 block of a product in registers, as 2 × 4 m16n8 accumulators of `mma.sync`: lane
 /// (g, t) = (lane / 4, lane % 4) holds rows g and g + 8 of each 16-row tile at columns 2t and 2t + 1 of each
@@ -103,26 +89,51 @@ __device__ void clear(WarpBlock& block) {
         block.c[m][n][e] = 0.f;
 }
 
-/// block += A Bᵀ over `depth` (a multiple of 8): A's 32 rows at a (a_ld apart) and B's 32 rows at b (b_ld
-/// apart), both with the depth along the row.
-__device__ void multiply_accumulate_transposed(WarpBlock& block, const float* a, int a_ld, const float* b,
-                                               int b_ld, int depth) {
+/// How an operand of a warp block's product is stored: element (i, j), i the output row (A) or column (B)
+/// and j the depth, at p[i·ld + j] (by_row) or p[j·ld + i] (by_column).
+enum class Stored { by_row, by_column };
+
+/// One operand at p, rows ld apart; with kScaled, element (i, j) is scaled by scale[i].
+struct Operand {
+  const float* p;
+  int ld;
+  const float* scale = nullptr;
+};
+
+template <Stored kStored>
+__device__ float element(const Operand& x, int i, int j) {
+  return kStored == Stored::by_row ? x.p[i * x.ld + j] : x.p[j * x.ld + i];
+}
+
+/// block += A B over `depth` (a multiple of 8), A's 32 output rows and B's 32 output columns as Operands
+/// stored kA and kB, scaled where kScaleA and kScaleB. Both round to TF32 as they load.
+template <Stored kA, bool kScaleA, Stored kB, bool kScaleB>
+__device__ void multiply_accumulate(WarpBlock& block, const Operand& a, const Operand& b, int depth) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  float a_scale[2][2], b_scale[4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      a_scale[m][h] = kScaleA ? a.scale[16 * m + 8 * h + g] : 1.f;
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+    b_scale[n] = kScaleB ? b.scale[8 * n + g] : 1.f;
+  const auto load = [](float x, float scale, bool scaled) { return tf32_bits(scaled ? x * scale : x); };
   for (int j = 0; j < depth; j += kStep) {
     unsigned a_fragment[2][4], b_fragment[4][2];
 #pragma unroll
     for (int m = 0; m < 2; ++m) {
-      const float* row = a + (16 * m + g) * a_ld + j + t;
-      a_fragment[m][0] = tf32_bits(row[0]);
-      a_fragment[m][1] = tf32_bits(row[8 * a_ld]);
-      a_fragment[m][2] = tf32_bits(row[4]);
-      a_fragment[m][3] = tf32_bits(row[8 * a_ld + 4]);
+      const int top = 16 * m + g, bottom = top + 8;
+      a_fragment[m][0] = load(element<kA>(a, top, j + t), a_scale[m][0], kScaleA);
+      a_fragment[m][1] = load(element<kA>(a, bottom, j + t), a_scale[m][1], kScaleA);
+      a_fragment[m][2] = load(element<kA>(a, top, j + t + 4), a_scale[m][0], kScaleA);
+      a_fragment[m][3] = load(element<kA>(a, bottom, j + t + 4), a_scale[m][1], kScaleA);
     }
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
-      const float* row = b + (8 * n + g) * b_ld + j + t;
-      b_fragment[n][0] = tf32_bits(row[0]);
-      b_fragment[n][1] = tf32_bits(row[4]);
+      b_fragment[n][0] = load(element<kB>(b, 8 * n + g, j + t), b_scale[n], kScaleB);
+      b_fragment[n][1] = load(element<kB>(b, 8 * n + g, j + t + 4), b_scale[n], kScaleB);
     }
 #pragma unroll
     for (int m = 0; m < 2; ++m)
@@ -130,6 +141,12 @@ __device__ void multiply_accumulate_transposed(WarpBlock& block, const float* a,
       for (int n = 0; n < 4; ++n)
         mma_tf32(block.c[m][n], a_fragment[m], b_fragment[n]);
   }
+}
+
+/// block += A Bᵀ over `depth`: A's and B's 32 rows with the depth along the row.
+__device__ void multiply_accumulate_transposed(WarpBlock& block, const float* a, int a_ld, const float* b,
+                                               int b_ld, int depth) {
+  multiply_accumulate<Stored::by_row, false, Stored::by_row, false>(block, {a, a_ld}, {b, b_ld}, depth);
 }
 
 /// dst (rows ld apart) = scale · block.
@@ -149,24 +166,6 @@ __device__ void store(const WarpBlock& block, float* dst, int ld, float scale) {
 /// The top-left corner of a warp's 32 × 32 block `b` of a matrix `columns` wide.
 __device__ int2 block_corner(int b, int columns) {
   return make_int2((b / (columns / 32)) * 32, (b % (columns / 32)) * 32);
-}
-
-/// acc += A B over `depth` (a multiple of 8). Row-major A(i, j) = a[i·a_ld + j], column-major a[i + j·a_ld];
-/// likewise B(j, i). Both fragments are rounded to TF32 as they load.
-template <class ALayout, class BLayout>
-__device__ void multiply_accumulate(Accumulator& acc, const float* a, int a_ld, const float* b, int b_ld,
-                                    int depth) {
-  constexpr bool kARowMajor = std::is_same_v<ALayout, wmma::row_major>;
-  constexpr bool kBRowMajor = std::is_same_v<BLayout, wmma::row_major>;
-  for (int j = 0; j < depth; j += kStep) {
-    wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, ALayout> a_fragment;
-    wmma::fragment<wmma::matrix_b, kTile, kTile, kStep, wmma::precision::tf32, BLayout> b_fragment;
-    wmma::load_matrix_sync(a_fragment, kARowMajor ? a + j : a + j * a_ld, a_ld);
-    wmma::load_matrix_sync(b_fragment, kBRowMajor ? b + j * b_ld : b + j, b_ld);
-    round_to_tf32(a_fragment);
-    round_to_tf32(b_fragment);
-    wmma::mma_sync(acc, a_fragment, b_fragment, acc);
-  }
 }
 
 // ---- copies into shared memory ----
@@ -209,11 +208,6 @@ __device__ float warp_sum(float x) {
 
 __device__ int warp_index() {
   return static_cast<int>(threadIdx.x / 32);
-}
-
-/// The top-left corner of tile `t` of a matrix `columns` wide.
-__device__ int2 tile_corner(int t, int columns) {
-  return make_int2((t / (columns / kTile)) * kTile, (t % (columns / kTile)) * kTile);
 }
 
 __device__ size_t block_chunk(const Dims& d) {
@@ -394,99 +388,82 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   }
 }
 
-/// Σ_r L_r G_rᵀ, dv and (delta rule) dT of one chunk; without the delta rule T is the identity. Stages: the
-/// slots some token lands in, 32 value columns at a time, with G_r and dΔ_r.
+/// Σ_r L_r G_rᵀ, dv and (delta rule) dT of one chunk; without the delta rule T is the identity. Stages: 32
+/// value columns at a time, and for each the slots some token lands in, with G_r and dΔ_r. L_r = m_r ⊙ v is
+/// never formed: the fragments of v scale by m_r as they load. The first warps hold Σ_r L_r G_rᵀ's blocks,
+/// the next dT's, the last the current value columns of dv = Σ_r m_r ⊙ (Tᵀ dΔ_r), stored when the stage's
+/// last slot is done.
 __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradientArgs a, Dims d) {
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
-  const int C = d.C, K = d.K, V = d.V, S = d.S, v_ld = d.v_ld(), c_ld = d.c_ld();
+  const int C = d.C, K = d.K, V = d.V, S = d.S, v_ld = d.v_ld(), t_ld = d.t_ld();
   float* values = shared;                    // v [C, v_ld]
   float* stage_buffers = values + C * v_ld;  // kWriteBuffers × (G_r [K, 36], dΔ_r [C, 36])
-  float* landed = stage_buffers + kWriteBuffers * d.stage_floats();  // the stage's columns of L_r [C, 36]
-  float* t_inverse = landed + C * kStageLd;                          // T [C, c_ld]
-  float* t_landed = t_inverse + C * c_ld;  // T with column c scaled by m_r[c] [C, c_ld]
-  float* tokens = t_landed + C * c_ld;     // m [S, C]
+  float* t_inverse = stage_buffers + kWriteBuffers * d.stage_floats();  // T [C, t_ld]
+  float* tokens = t_inverse + C * t_ld;                                 // m [S, C]
 
   const size_t chunk = block_chunk(d);
   const size_t CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V,
                KV = static_cast<size_t>(K) * V, CC = static_cast<size_t>(C) * C;
-  const int warp = warp_index(), per_slot = d.stages_per_slot();
+  const int warp = warp_index();
   copy_rows_async<kThreads>(values, v_ld, a.source_v + chunk * CV, C, V);
   if (d.delta_rule) {
-    copy_rows_async<kThreads>(t_inverse, c_ld, a.t_inverse + chunk * CC, C, C);
+    copy_rows_async<kThreads>(t_inverse, t_ld, a.t_inverse + chunk * CC, C, C);
   } else {
     for (int e = threadIdx.x; e < C * C; e += kThreads)
-      t_inverse[(e / C) * c_ld + e % C] = e / C == e % C ? 1.f : 0.f;
+      t_inverse[(e / C) * t_ld + e % C] = e / C == e % C ? 1.f : 0.f;
   }
   load_floats(tokens, a.token_move + chunk * S * C, S * C);
   __syncthreads();
   list_slots(list, nullptr, tokens, S, C, /*moved_only=*/false);
 
-  const int landed_tiles = d.chunk_key_tiles(), square_end = landed_tiles + d.square_tiles();
-  const int total = d.write_kernel_tiles();
-  Accumulator acc[kTilesPerWarp];
-  clear(acc);
+  const int landed_end = d.landed_blocks(), square_end = landed_end + d.square_blocks();
+  const bool landed_block = warp < landed_end, square_block = !landed_block && warp < square_end,
+             value_block = !landed_block && !square_block && warp < d.write_kernel_blocks();
+  const int2 corner = landed_block   ? block_corner(warp, K)
+                      : square_block ? block_corner(warp - landed_end, C)
+                                     : make_int2((warp - square_end) * kBlock, 0);
+  WarpBlock block;
+  clear(block);
+  float* d_source_v = a.d_source_v + chunk * CV + corner.x * V;
+  const int count = list.count;
 
   const auto buffer_g = [&](int b) { return stage_buffers + b * d.stage_floats(); };
   const auto buffer_rows = [&](int b) { return buffer_g(b) + K * kStageLd; };
   run_stages<kWriteBuffers>(
-      list.count * per_slot,
+      count * d.stages_per_slot(),
       [&](int k, int b) {
-        const int r = list.slot[k / per_slot], column = (k % per_slot) * kStageColumns;
+        const int r = list.slot[k % count], column = (k / count) * kStageColumns;
         copy_columns_async<kThreads>(buffer_g(b), kStageLd, a.d_end_states + (chunk * S + r) * KV, V, column,
-                           kStageColumns, K);
+                                     kStageColumns, K);
         copy_columns_async<kThreads>(buffer_rows(b), kStageLd, a.d_written + (chunk * S + r) * CV, V, column,
-                           kStageColumns, C);
+                                     kStageColumns, C);
       },
       [&](int k, int b) {
-        const int r = list.slot[k / per_slot], stage = k % per_slot, column = stage * kStageColumns;
+        const int r = list.slot[k % count], column = (k / count) * kStageColumns;
         const float* m = tokens + r * C;
-        for (int e = threadIdx.x; e < C * kStageColumns; e += kThreads) {
-          const int c = e / kStageColumns, j = e % kStageColumns;
-          landed[c * kStageLd + j] = m[c] * values[c * v_ld + column + j];
-        }
-        if (stage == 0) {
-          for (int e = threadIdx.x; e < C * C; e += kThreads) {
-            const int offset = (e / C) * c_ld + e % C;
-            t_landed[offset] = t_inverse[offset] * m[e % C];
-          }
-        }
-        __syncthreads();
-#pragma unroll
-        for (int i = 0; i < kTilesPerWarp; ++i) {
-          const int t = warp + kWarps * i;
-          if (t < landed_tiles) {
-            const int2 at = tile_corner(t, K);
-            multiply_accumulate<wmma::row_major, wmma::col_major>(acc[i], landed + at.x * kStageLd, kStageLd,
-                                                                  buffer_g(b) + at.y * kStageLd, kStageLd,
-                                                                  kStageColumns);
-          } else if (t < square_end) {
-            const int2 at = tile_corner(t - landed_tiles, C);
-            multiply_accumulate<wmma::row_major, wmma::col_major>(acc[i], buffer_rows(b) + at.x * kStageLd,
-                                                                  kStageLd, landed + at.y * kStageLd,
-                                                                  kStageLd, kStageColumns);
-          } else if (t < total) {
-            const int2 at = tile_corner(t - square_end, V);
-            if (at.y < column || at.y >= column + kStageColumns) continue;
-            multiply_accumulate<wmma::col_major, wmma::row_major>(
-                acc[i], t_landed + at.x, c_ld, buffer_rows(b) + (at.y - column), kStageLd, C);
+        if (landed_block) {
+          multiply_accumulate<Stored::by_row, true, Stored::by_row, false>(
+              block, {values + corner.x * v_ld + column, v_ld, m + corner.x},
+              {buffer_g(b) + corner.y * kStageLd, kStageLd}, kStageColumns);
+        } else if (square_block) {
+          multiply_accumulate<Stored::by_row, false, Stored::by_row, true>(
+              block, {buffer_rows(b) + corner.x * kStageLd, kStageLd},
+              {values + corner.y * v_ld + column, v_ld, m + corner.y}, kStageColumns);
+        } else if (value_block) {
+          multiply_accumulate<Stored::by_column, true, Stored::by_column, false>(
+              block, {t_inverse + corner.x, t_ld, m + corner.x}, {buffer_rows(b), kStageLd}, C);
+          if (k % count == count - 1) {
+            store(block, d_source_v + column, V, 1.f);
+            clear(block);
           }
         }
       });
-#pragma unroll
-  for (int i = 0; i < kTilesPerWarp; ++i) {
-    const int t = warp + kWarps * i;
-    if (t < landed_tiles) {
-      const int2 at = tile_corner(t, K);
-      wmma::store_matrix_sync(a.landed_gradient + chunk * CK + at.x * K + at.y, acc[i], K,
-                              wmma::mem_row_major);
-    } else if (t < square_end) {
-      const int2 at = tile_corner(t - landed_tiles, C);
-      wmma::store_matrix_sync(a.d_t_inverse + chunk * CC + at.x * C + at.y, acc[i], C, wmma::mem_row_major);
-    } else if (t < total) {
-      const int2 at = tile_corner(t - square_end, V);
-      wmma::store_matrix_sync(a.d_source_v + chunk * CV + at.x * V + at.y, acc[i], V, wmma::mem_row_major);
-    }
+  if (landed_block) store(block, a.landed_gradient + chunk * CK + corner.x * K + corner.y, K, 1.f);
+  if (square_block) store(block, a.d_t_inverse + chunk * CC + corner.x * C + corner.y, C, 1.f);
+  if (value_block && count == 0) {
+    for (int column = 0; column < V; column += kStageColumns)
+      store(block, d_source_v + column, V, 1.f);
   }
 }
 
@@ -513,19 +490,17 @@ const char* launch(Kernel kernel, const SlotGradientArgs& args, const Dims& d, i
 }  // namespace
 
 bool supports_slot_gradients(const SlotPassDims& dims) {
-  const auto tiled = [](int64_t x) { return x >= kTile && x % kTile == 0 && x <= 4096; };
+  const auto tiled = [](int64_t x) { return x >= kBlock && x % kBlock == 0 && x <= 4096; };
   if (!tiled(dims.chunk_size) || !tiled(dims.key_dim) || dims.value_dim % kStageColumns != 0 ||
       dims.value_dim < kStageColumns || dims.value_dim > 4096 || dims.slots < 1 || dims.slots > kMaxSlots ||
       dims.batch_heads < 1 || dims.batch_heads > 65535 || dims.chunks < 1 || dims.chunks > (int64_t{1} << 30))
     return false;
-  // The read and carry kernels' warps take 32 × 32 blocks: P_s and dW, and Σ X_s Ḡ_sᵀ, one each.
-  const int64_t c_blocks = dims.chunk_size / 32, k_blocks = dims.key_dim / 32;
-  if (dims.chunk_size % 32 != 0 || dims.key_dim % 32 != 0 || 2 * c_blocks * k_blocks > kWarps ||
-      k_blocks * k_blocks > kWarps)
-    return false;
+  // Each warp takes one 32 × 32 block: of P_s or dW (reads), of Σ X_s Ḡ_sᵀ (carry), of the writes' outputs.
+  const int64_t c_blocks = dims.chunk_size / kBlock, k_blocks = dims.key_dim / kBlock;
+  if (2 * c_blocks * k_blocks > kWarps || k_blocks * k_blocks > kWarps) return false;
   const Dims d = dims_of(dims, /*delta_rule=*/true);  // the delta rule's buffers and tiles are the larger
   const int limit = usable_shared_bytes() / static_cast<int>(sizeof(float));
-  return d.write_kernel_tiles() <= kMaxTiles && d.read_kernel_floats() <= limit &&
+  return d.write_kernel_blocks() <= kWarps && d.read_kernel_floats() <= limit &&
          d.carry_kernel_floats() <= limit && d.write_kernel_floats() <= limit;
 }
 

@@ -67,3 +67,30 @@ TEST_CASE("slot_of_keys finds the newest segment starting at or before each key"
   CHECK(found > 0);
   CHECK(missing > 0);
 }
+
+TEST_CASE("on the GPU slot_of_keys equals the search on the CPU", "[memory][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the slot search kernel is not exercised on this machine");
+    return;
+  }
+  std::mt19937 rng(23);
+  SECTION("a row per query, every key, more slots than a narrow rank holds") {
+    const int64_t slots = GENERATE(1, 5, 300);
+    CAPTURE(slots);
+    const int64_t rows = 7, tokens = 2 * slots + 10;
+    const at::Tensor start_RS = random_start_rows(rows, slots, tokens, rng);
+    const at::Tensor keys_N = at::arange(tokens, at::kLong);
+    const at::Tensor on_gpu = dla::memory::slot_of_keys(start_RS.cuda(), keys_N.cuda());
+    REQUIRE(on_gpu.is_cuda());
+    CHECK(at::equal(on_gpu.cpu(), dla::memory::slot_of_keys(start_RS, keys_N)));
+  }
+  SECTION("the chunkwise form's broadcast: each query's row against the keys of its chunk") {
+    const int64_t batch = 2, heads = 3, chunks = 4, chunk = 8, slots = 6;
+    const at::Tensor start_RS = random_start_rows(batch * heads * chunks * chunk, slots, chunks * chunk, rng);
+    const at::Tensor rows_BHNCS = start_RS.view({batch, heads, chunks, chunk, slots});
+    const at::Tensor keys_N1C = at::arange(chunks * chunk, at::kLong).view({chunks, 1, chunk});
+    const at::Tensor on_gpu = dla::memory::slot_of_keys(rows_BHNCS.cuda(), keys_N1C.cuda());
+    REQUIRE(on_gpu.sizes() == at::IntArrayRef({batch, heads, chunks, chunk, chunk}));
+    CHECK(at::equal(on_gpu.cpu(), dla::memory::slot_of_keys(rows_BHNCS, keys_N1C)));
+  }
+}

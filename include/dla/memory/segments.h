@@ -28,7 +28,8 @@ struct SegmentTable {
 
 /// The slot (0-based, level − 1) of key s_BH_N at query t for every entry, from start rows gathered at t
 /// (start_BH_S, one row per query, broadcastable against keys [..., N]). Keys must be < their query; for a
-/// key with no slot (an empty row) the result is −1.
+/// key with no slot (an empty row) the result is −1. int64 tensors on a GPU take a CUDA kernel that writes
+/// only the result; otherwise the search is a compare and a max over the [..., N, S] grid.
 at::Tensor slot_of_keys(const at::Tensor& start_rows_S, const at::Tensor& keys_N);
 
 /// level(t, s) for every query t < T and key s, [B|1, H|1, T, T]: 0 on the diagonal, −1 above it. The full
