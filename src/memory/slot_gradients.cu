@@ -63,7 +63,7 @@ struct Dims {
   __host__ __device__ int stage_floats() const { return (K + C) * kStageLd; }
   /// Shared floats of each kernel, in the order of its buffers below.
   __host__ __device__ int read_kernel_floats() const {
-    return C * v_ld() + kReadBuffers * stage_floats() + 3 * C * k_ld() + C * S + S * S;
+    return C * v_ld() + kReadBuffers * stage_floats() + 2 * C * k_ld() + C * S + S * S + (K / kBlock) * C * S;
   }
   __host__ __device__ int carry_kernel_floats() const { return kCarryBuffers * 2 * K * kStageLd + S * S; }
   __host__ __device__ int write_kernel_floats() const {
@@ -255,18 +255,20 @@ __device__ void list_slots(SlotList& list, const float* moves, const float* toke
 }
 
 /// dw, dq̃ and (delta rule) dW of one chunk. Stages: every slot s, 32 value columns at a time, with X_s and
-/// dΔ of the slot s moves to.
+/// dΔ of the slot s moves to. The first warps hold P_s's 32 × 32 blocks: at a slot's end each adds w_s ⊙ P_s
+/// to its block of dq̃ and writes its rows' dots with q̃ over its 32 keys, summed over the key blocks at the
+/// end, so no warp waits for another between slots. The next warps hold dW's blocks.
 __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradientArgs a, Dims d) {
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
   const int C = d.C, K = d.K, V = d.V, S = d.S, v_ld = d.v_ld(), k_ld = d.k_ld();
   float* d_inter = shared;                    // [C, v_ld]
   float* stage_buffers = d_inter + C * v_ld;  // kReadBuffers × (X_s [K, 36], dΔ [C, 36])
-  float* reads = stage_buffers + kReadBuffers * d.stage_floats();  // P_s [C, k_ld]
-  float* d_q = reads + C * k_ld;                                   // [C, k_ld]
-  float* q = d_q + C * k_ld;                                       // q̃ [C, k_ld]
-  float* weights = q + C * k_ld;                                   // [C, S]
-  float* moves = weights + C * S;                                  // [S, S]
+  float* d_q = stage_buffers + kReadBuffers * d.stage_floats();  // [C, k_ld]
+  float* q = d_q + C * k_ld;                                     // q̃ [C, k_ld]
+  float* weights = q + C * k_ld;                                 // [C, S]
+  float* moves = weights + C * S;                                // [S, S]
+  float* dots = moves + S * S;  // [K / 32, C, S]: ⟨P_s[c], q̃[c]⟩ over each block of 32 keys
 
   const size_t chunk = block_chunk(d);
   const size_t CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V,
@@ -281,13 +283,36 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   __syncthreads();
   list_slots(list, moves, nullptr, S, C, /*moved_only=*/false);
 
-  // The first warps take P_s's 32 × 32 blocks, the next ones dW's.
-  const int read_blocks = (C / 32) * (K / 32), per_slot = d.stages_per_slot();
+  const int read_blocks = (C / kBlock) * (K / kBlock), per_slot = d.stages_per_slot();
   const bool reads_block = warp < read_blocks,
              d_w_block = d.delta_rule && !reads_block && warp < 2 * read_blocks;
   const int2 corner = block_corner(reads_block ? warp : warp - read_blocks, K);
   WarpBlock block;
   clear(block);
+
+  const auto take_reads = [&](int s) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = corner.x + 16 * m + 8 * h + g;
+        const float w = weights[row * S + s];
+        float dot = 0.f;
+#pragma unroll
+        for (int n = 0; n < 4; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int offset = row * k_ld + corner.y + 8 * n + 2 * t + e;
+            const float p = block.c[m][n][2 * h + e];
+            d_q[offset] += w * p;
+            dot += p * q[offset];
+          }
+        dot += __shfl_xor_sync(~0u, dot, 1);
+        dot += __shfl_xor_sync(~0u, dot, 2);
+        if (t == 0) dots[((corner.y / kBlock) * C + row) * S + s] = dot;
+      }
+  };
 
   const auto buffer_x = [&](int b) { return stage_buffers + b * d.stage_floats(); };
   const auto buffer_rows = [&](int b) { return buffer_x(b) + K * kStageLd; };
@@ -296,10 +321,10 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
       [&](int k, int b) {
         const int s = k / per_slot, column = (k % per_slot) * kStageColumns, partner = list.partner[s];
         copy_columns_async<kThreads>(buffer_x(b), kStageLd, a.start_states + (chunk * S + s) * KV, V, column,
-                           kStageColumns, K);
+                                     kStageColumns, K);
         if (d.delta_rule && partner >= 0) {
-          copy_columns_async<kThreads>(buffer_rows(b), kStageLd, a.d_written + (chunk * S + partner) * CV, V, column,
-                             kStageColumns, C);
+          copy_columns_async<kThreads>(buffer_rows(b), kStageLd, a.d_written + (chunk * S + partner) * CV, V,
+                                       column, kStageColumns, C);
         }
       },
       [&](int k, int b) {
@@ -309,27 +334,21 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
           if (stage == 0) clear(block);
           multiply_accumulate_transposed(block, d_inter + corner.x * v_ld + column, v_ld, x_rows, kStageLd,
                                          kStageColumns);
-          if (stage == per_slot - 1) store(block, reads + corner.x * k_ld + corner.y, k_ld, 1.f);
+          if (stage == per_slot - 1) take_reads(s);
         } else if (d_w_block && list.partner[s] >= 0) {
           multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * kStageLd, kStageLd, x_rows,
                                          kStageLd, kStageColumns);
         }
-        if (stage != per_slot - 1) return;
-        __syncthreads();  // P_s is complete
-        for (int e = threadIdx.x; e < C * K; e += kThreads) {
-          const int c = e / K, kk = e % K;
-          d_q[c * k_ld + kk] += weights[c * S + s] * reads[c * k_ld + kk];
-        }
-        for (int c = warp; c < C; c += kWarps) {
-          float sum = 0.f;
-          for (int kk = lane; kk < K; kk += 32)
-            sum += reads[c * k_ld + kk] * q[c * k_ld + kk];
-          sum = warp_sum(sum);
-          if (lane == 0) a.d_read_weight[(chunk * C + c) * S + s] = sum;
-        }
       });
+  __syncthreads();  // every warp's dq̃ block and dots are in
   for (int e = threadIdx.x; e < C * K; e += kThreads)
     a.d_transported_q[chunk * CK + e] = d_q[(e / K) * k_ld + e % K];
+  for (int e = threadIdx.x; e < C * S; e += kThreads) {
+    float sum = 0.f;
+    for (int key_block = 0; key_block < K / kBlock; ++key_block)
+      sum += dots[key_block * C * S + e];
+    a.d_read_weight[chunk * C * S + e] = sum;
+  }
   if (d_w_block) store(block, a.d_w + chunk * CK + corner.x * K + corner.y, K, -1.f);  // dW = −Σ_s dΔ̄_s X_sᵀ
 }
 

@@ -5,8 +5,9 @@
 //   backward  dΔ_r = K̃ G_r,   dX̄_r = e G_r − Wᵀ dΔ_r,   dX_s = Σ_r M[r, s] dX̄_r + q̃ᵀ (w_s ⊙ d_inter)
 // (no W and T for SSD). The forward writes every chunk's start states; the reads from them are one batched
 // matmul outside. The products are 16 × 16 tiles on tensor cores (mma.sync on raw fragments, TF32 in,
-// float32 out), sixteen warps taking the tiles of all slots in turn; moving states between slots is per
-// entry, in registers. A chunk's operands arrive by asynchronous copies, as many in flight at once as the
+// float32 out); the left operand is the same for every slot, so each warp takes one row tile for a batch of
+// slots and loads each of its fragments once for all of them. Moving states between slots is per entry, in
+// registers. A chunk's operands arrive by asynchronous copies, as many in flight at once as the
 // buffers allow; the fragments round them to TF32 and scale v by a slot's token mask (forward) or d_inter by
 // a slot's read weights (backward) as they load, so that all slots' products run as one parallel pass.
 #include <cuda_runtime.h>
@@ -41,6 +42,9 @@ constexpr int kTile = 16;  // product tile edge, and the value columns per block
 constexpr int kStep = 8;   // depth of one TF32 mma
 constexpr int kMaxSlots = 16;
 constexpr int kPad = 4;  // shared rows are padded by 4 floats: float4 alignment, fewer bank conflicts
+// The [*, 16] slot buffers' rows are padded by 8 floats where shared memory allows (24-float rows put the
+// lanes of a B fragment load on distinct banks), else by 4.
+constexpr int kWidePad = 8;
 
 /// Shared-memory layout in floats. Every buffer the tensor cores read starts 32-byte aligned: C and K are
 /// multiples of 16 and the padded row lengths multiples of 4. Each direction holds only its own buffers:
@@ -49,8 +53,9 @@ struct Layout {
   int chunks, chunk_size, key_dim, value_dim, slots;
   int group;     ///< slots whose [C, 16] buffers are held at once
   bool forward;  ///< the forward kernel's buffers, else the backward's
+  int pad;       ///< kWidePad or kPad
 
-  __host__ __device__ int tile_ld() const { return kTile + kPad; }
+  __host__ __device__ int tile_ld() const { return kTile + pad; }
   /// A [C, K] operand read along its rows (W forward, K̃ backward).
   __host__ __device__ int operand_ld() const { return key_dim + kPad; }
   /// A [C, K] operand read down its columns (K̃ forward, W and q̃ backward): rows 8 floats longer than a
@@ -111,26 +116,88 @@ __device__ void store_tile(const WarpTile& tile, float* dst, int ld, float scale
   }
 }
 
-/// tile += A B over `depth` (a multiple of 8). A is 16 rows: A(i, j) = a[i·a_ld + j], or a[j·a_ld + i] when
-/// kAColumns; B is [depth, 16] row-major (rows b_ld apart), row j scaled by b_row_scale[j · scale_stride]
-/// when given. Both round to TF32 as they load.
-template <bool kAColumns>
-__device__ void multiply_accumulate(WarpTile& tile, const float* a, int a_ld, const float* b, int b_ld,
-                                    const float* b_row_scale, int scale_stride, int depth) {
+/// A 16-row tile's products with the slots of a batch: tiles[i] += A B_i for the first `count` ≤ kSlots
+/// slots, over `depth` (a multiple of 8). A(i, j) = a[i·a_ld + j], or a[j·a_ld + i] when kAColumns; it is
+/// the same for every slot, so each fragment loads once for all of them. B_i is [depth, 16] row-major at
+/// b + i·b_slot_stride (rows b_ld apart; one B loaded once when the stride is 0), row j scaled by
+/// scales[i·scale_slot_stride + j·scale_stride] when scales are given. Both round to TF32 as they load.
+struct SlotOperand {
+  const float* b;
+  int b_ld;
+  int b_slot_stride;
+  const float* scales = nullptr;
+  int scale_slot_stride = 0;
+  int scale_stride = 0;
+};
+
+template <bool kAColumns, int kSlots>
+__device__ void multiply_accumulate(WarpTile (&tiles)[kSlots], int count, const float* a, int a_ld,
+                                    const SlotOperand& x, int depth) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const auto a_at = [&](int i, int j) { return kAColumns ? a[j * a_ld + i] : a[i * a_ld + j]; };
-#pragma unroll 2
   for (int j = 0; j < depth; j += kStep) {
     const unsigned a_fragment[4] = {tf32_bits(a_at(g, j + t)), tf32_bits(a_at(g + 8, j + t)),
                                     tf32_bits(a_at(g, j + t + 4)), tf32_bits(a_at(g + 8, j + t + 4))};
-    const float low_scale = b_row_scale ? b_row_scale[(j + t) * scale_stride] : 1.f;
-    const float high_scale = b_row_scale ? b_row_scale[(j + t + 4) * scale_stride] : 1.f;
+    float b_values[2][2];
 #pragma unroll
-    for (int n = 0; n < 2; ++n) {
-      const unsigned b_fragment[2] = {tf32_bits(low_scale * b[(j + t) * b_ld + 8 * n + g]),
-                                      tf32_bits(high_scale * b[(j + t + 4) * b_ld + 8 * n + g])};
-      mma_tf32(tile.c[n], a_fragment, b_fragment);
+    for (int i = 0; i < kSlots; ++i) {
+      if (i >= count) break;
+      if (i == 0 || x.b_slot_stride != 0) {
+        const float* b = x.b + i * x.b_slot_stride;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          b_values[n][0] = b[(j + t) * x.b_ld + 8 * n + g];
+          b_values[n][1] = b[(j + t + 4) * x.b_ld + 8 * n + g];
+        }
+      }
+      const int scale_at = i * x.scale_slot_stride + (j + t) * x.scale_stride;
+      const float low = x.scales ? x.scales[scale_at] : 1.f;
+      const float high = x.scales ? x.scales[scale_at + 4 * x.scale_stride] : 1.f;
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+        const unsigned b_fragment[2] = {tf32_bits(low * b_values[n][0]), tf32_bits(high * b_values[n][1])};
+        mma_tf32(tiles[i].c[n], a_fragment, b_fragment);
+      }
     }
+  }
+}
+
+/// Slots per batch in the products whose output rows are the chunk's (C / 16 row tiles, few) and the keys'
+/// (K / 16, more): enough batches for the 16 warps, each A fragment serving every slot of a batch. The
+/// forward keeps one slot per tile: it skips slots without tokens or state, which batches would compute.
+constexpr int kChunkRowBatch = 2;
+constexpr int kKeyRowBatch = 4;
+constexpr int kForwardChunkRowBatch = 1;
+constexpr int kForwardKeyRowBatch = 1;
+
+/// Calls job(first_slot, count, row) for this warp's share of the pairs (16-row tile, batch of kBatch
+/// slots) over `row_tiles` tiles and the slots [first, first + slots).
+template <int kBatch, class Job>
+__device__ void for_each_slot_batch(int row_tiles, int first, int slots, Job job) {
+  const int batches = (slots + kBatch - 1) / kBatch;
+  for (int item = static_cast<int>(threadIdx.x / 32); item < row_tiles * batches; item += kWarps) {
+    const int batch_first = first + (item / row_tiles) * kBatch;
+    job(batch_first, min(kBatch, first + slots - batch_first), (item % row_tiles) * kTile);
+  }
+}
+
+/// tiles[i] = scale · the tile at src + i·slot_stride, for the first `count`.
+template <int kSlots>
+__device__ void load_tiles(WarpTile (&tiles)[kSlots], int count, const float* src, int slot_stride, int ld,
+                           float scale) {
+#pragma unroll
+  for (int i = 0; i < kSlots; ++i) {
+    if (i < count) load_tile(tiles[i], src + i * slot_stride, ld, scale);
+  }
+}
+
+/// The tile at dst + i·slot_stride = scale · tiles[i], for the first `count`.
+template <int kSlots>
+__device__ void store_tiles(const WarpTile (&tiles)[kSlots], int count, float* dst, int slot_stride, int ld,
+                            float scale) {
+#pragma unroll
+  for (int i = 0; i < kSlots; ++i) {
+    if (i < count) store_tile(tiles[i], dst + i * slot_stride, ld, scale);
   }
 }
 
@@ -152,24 +219,39 @@ __device__ void store_columns(float* dst, int value_dim, int first_column, const
 // ---- per-block steps ----
 
 /// Moves the states between slots, entry by entry: out_r = Σ_s M[r, s] x_s, or Σ_s M[s, r] x_s (the
-/// backward's transpose). Each thread owns its entries in every slot, so no other thread reads them. The
-/// slot count is a template argument so that the sources unroll without per-slot guards.
+/// backward's transpose). Each thread owns its entries in every slot, so no other thread reads them, and
+/// moves several at once, so that each move entry it loads serves all of them. The slot count is a template
+/// argument so that the sources unroll without per-slot guards.
 template <int S>
 __device__ void move_slots(float* states, const float* moves, const Layout& l, bool transposed) {
-  for (int e = threadIdx.x; e < l.key_dim * kTile; e += kThreads) {
-    const int offset = (e / kTile) * l.tile_ld() + e % kTile;
-    float x[S];
+  constexpr int kEntries = S <= 8 ? 4 : 2;  // within the registers of 512 threads
+  const int entries = l.key_dim * kTile;
+  for (int first = threadIdx.x; first < entries; first += kEntries * kThreads) {
+    int offset[kEntries];
+    float x[kEntries][S];
 #pragma unroll
-    for (int s = 0; s < S; ++s)
-      x[s] = states[s * l.slot_floats() + offset];
-      // Unrolling the destinations too lets the compiler hoist the move entries' loads and spill.
-#pragma unroll 1
-    for (int r = 0; r < S; ++r) {
-      float sum = 0.f;
+    for (int i = 0; i < kEntries; ++i) {
+      const int e = first + i * kThreads;
+      offset[i] = e < entries ? (e / kTile) * l.tile_ld() + e % kTile : -1;
 #pragma unroll
       for (int s = 0; s < S; ++s)
-        sum += (transposed ? moves[s * S + r] : moves[r * S + s]) * x[s];
-      states[r * l.slot_floats() + offset] = sum;
+        x[i][s] = offset[i] >= 0 ? states[s * l.slot_floats() + offset[i]] : 0.f;
+    }
+    // Unrolling the destinations too lets the compiler hoist the move entries' loads and spill.
+#pragma unroll 1
+    for (int r = 0; r < S; ++r) {
+      float sum[kEntries] = {};
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        const float m = transposed ? moves[s * S + r] : moves[r * S + s];
+#pragma unroll
+        for (int i = 0; i < kEntries; ++i)
+          sum[i] += m * x[i][s];
+      }
+#pragma unroll
+      for (int i = 0; i < kEntries; ++i) {
+        if (offset[i] >= 0) states[r * l.slot_floats() + offset[i]] = sum[i];
+      }
     }
   }
 }
@@ -277,24 +359,30 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
         __syncthreads();
       }
       if (delta_rule) {
-        for (int t = warp; t < count * c_tiles; t += kWarps) {
-          const int r = first + t / c_tiles, row = (t % c_tiles) * kTile;
-          WarpTile tile{};
-          if (has_tokens[r])
-            multiply_accumulate<false>(tile, t_inverse + row * t_ld, t_ld, values, ld, tokens + r * C, 1, C);
-          if (live[r]) {  // tile = W X̄_r − Z_r, stored negated
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-              for (int e = 0; e < 4; ++e)
-                tile.c[h][e] = -tile.c[h][e];
-            multiply_accumulate<false>(tile, operand + row * w_ld, w_ld, states + r * l.slot_floats(), ld,
-                                       nullptr, 1, K);
-            store_tile(tile, group_buffers + (r - first) * l.rows_floats() + row * ld, ld, -1.f);
-          } else {
-            store_tile(tile, group_buffers + (r - first) * l.rows_floats() + row * ld, ld, 1.f);
+        for_each_slot_batch<kForwardChunkRowBatch>(c_tiles, first, count, [&](int r0, int n, int row) {
+          bool any_tokens = false, any_live = false;
+          for (int i = 0; i < n; ++i) {
+            any_tokens |= has_tokens[r0 + i] != 0;
+            any_live |= live[r0 + i] != 0;
           }
-        }
+          WarpTile tiles[kForwardChunkRowBatch] = {};
+          if (any_tokens) {
+            multiply_accumulate<false>(tiles, n, t_inverse + row * t_ld, t_ld,
+                                       {values, ld, 0, tokens + r0 * C, C, 1}, C);
+          }
+          if (any_live) {  // tiles = W X̄_r − Z_r, stored negated
+            for (WarpTile& tile : tiles)
+#pragma unroll
+              for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                  tile.c[h][e] = -tile.c[h][e];
+            multiply_accumulate<false>(tiles, n, operand + row * w_ld, w_ld,
+                                       {states + r0 * l.slot_floats(), ld, l.slot_floats()}, K);
+          }
+          store_tiles(tiles, n, group_buffers + (r0 - first) * l.rows_floats() + row * ld, l.rows_floats(), ld,
+                      any_live ? -1.f : 1.f);
+        });
       } else {
         for (int i = threadIdx.x; i < count * C * kTile; i += kThreads) {
           const int r = first + i / (C * kTile), c = (i / kTile) % C, offset = c * ld + i % kTile;
@@ -306,16 +394,18 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
       commit_copies();
       wait_copies<0>();
       __syncthreads();
-      for (int t = warp; t < count * k_tiles; t += kWarps) {
-        const int r = first + t / k_tiles, row = (t % k_tiles) * kTile;
-        if (!live[r]) continue;
-        float* state = states + r * l.slot_floats() + row * ld;
-        WarpTile tile;
-        load_tile(tile, state, ld, decay);
-        multiply_accumulate<true>(tile, operand + row, k_ld, group_buffers + (r - first) * l.rows_floats(), ld,
-                                  nullptr, 1, C);
-        store_tile(tile, state, ld, 1.f);
-      }
+      for_each_slot_batch<kForwardKeyRowBatch>(k_tiles, first, count, [&](int r0, int n, int row) {
+        bool any_live = false;
+        for (int i = 0; i < n; ++i)
+          any_live |= live[r0 + i] != 0;
+        if (!any_live) return;
+        float* state = states + r0 * l.slot_floats() + row * ld;
+        WarpTile tiles[kForwardKeyRowBatch];
+        load_tiles(tiles, n, state, l.slot_floats(), ld, decay);
+        multiply_accumulate<true>(tiles, n, operand + row, k_ld,
+                                  {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
+        store_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);
+      });
       __syncthreads();
     }
   }
@@ -365,13 +455,13 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     for (int first = 0; first < S; first += l.group) {
       const int count = min(l.group, S - first);
       load_operand(a.k_to_end + chunk * CK, k_rows_ld, nothing);
-      for (int t = warp; t < count * c_tiles; t += kWarps) {
-        const int r = first + t / c_tiles, row = (t % c_tiles) * kTile;
-        WarpTile tile{};
-        multiply_accumulate<false>(tile, operand + row * k_rows_ld, k_rows_ld, states + r * l.slot_floats(), ld,
-                                   nullptr, 1, K);
-        store_tile(tile, group_buffers + (r - first) * l.rows_floats() + row * ld, ld, 1.f);
-      }
+      for_each_slot_batch<kChunkRowBatch>(c_tiles, first, count, [&](int r0, int n, int row) {
+        WarpTile tiles[kChunkRowBatch] = {};
+        multiply_accumulate<false>(tiles, n, operand + row * k_rows_ld, k_rows_ld,
+                                   {states + r0 * l.slot_floats(), ld, l.slot_floats()}, K);
+        store_tiles(tiles, n, group_buffers + (r0 - first) * l.rows_floats() + row * ld, l.rows_floats(), ld,
+                    1.f);
+      });
       __syncthreads();
       const auto store_written = [&] {
         for (int r = first; r < first + count; ++r) {
@@ -381,15 +471,14 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
       };
       if (delta_rule) {
         load_operand(a.w + chunk * CK, k_columns_ld, store_written);
-        for (int t = warp; t < count * k_tiles; t += kWarps) {
-          const int r = first + t / k_tiles, row = (t % k_tiles) * kTile;
-          float* state = states + r * l.slot_floats() + row * ld;
-          WarpTile tile;
-          load_tile(tile, state, ld, -decay);  // −dX̄_r = Wᵀ dΔ_r − e G_r, stored negated
-          multiply_accumulate<true>(tile, operand + row, k_columns_ld,
-                                    group_buffers + (r - first) * l.rows_floats(), ld, nullptr, 1, C);
-          store_tile(tile, state, ld, -1.f);
-        }
+        for_each_slot_batch<kKeyRowBatch>(k_tiles, first, count, [&](int r0, int n, int row) {
+          float* state = states + r0 * l.slot_floats() + row * ld;
+          WarpTile tiles[kKeyRowBatch];
+          load_tiles(tiles, n, state, l.slot_floats(), ld, -decay);  // −dX̄_r = Wᵀ dΔ_r − e G_r, stored negated
+          multiply_accumulate<true>(tiles, n, operand + row, k_columns_ld,
+                                    {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
+          store_tiles(tiles, n, state, l.slot_floats(), ld, -1.f);
+        });
       } else {
         store_written();
         for (int i = threadIdx.x; i < count * l.slot_floats(); i += kThreads)
@@ -401,14 +490,13 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     // dX_s = Σ_r M[r, s] dX̄_r + q̃ᵀ (w_s ⊙ d_inter), the move while q̃ is copied.
     load_operand(a.transported_q + chunk * CK, k_columns_ld,
                  [&] { move_between_slots(states, moves, l, /*transposed=*/true); });
-    for (int t = warp; t < S * k_tiles; t += kWarps) {
-      const int s = t / k_tiles, row = (t % k_tiles) * kTile;
-      float* state = states + s * l.slot_floats() + row * ld;
-      WarpTile tile;
-      load_tile(tile, state, ld, 1.f);
-      multiply_accumulate<true>(tile, operand + row, k_columns_ld, d_inter, ld, weights + s, S, C);
-      store_tile(tile, state, ld, 1.f);
-    }
+    for_each_slot_batch<kKeyRowBatch>(k_tiles, 0, S, [&](int s0, int n, int row) {
+      float* state = states + s0 * l.slot_floats() + row * ld;
+      WarpTile tiles[kKeyRowBatch];
+      load_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);
+      multiply_accumulate<true>(tiles, n, operand + row, k_columns_ld, {d_inter, ld, 0, weights + s0, 1, S}, C);
+      store_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);
+    });
     __syncthreads();
   }
 }
@@ -451,14 +539,15 @@ __global__ void __launch_bounds__(kMoveThreads)
   }
 }
 
-Layout layout_of(const SlotPassDims& dims, int group, bool forward) {
+Layout layout_of(const SlotPassDims& dims, int group, bool forward, int pad) {
   return {static_cast<int>(dims.chunks),
           static_cast<int>(dims.chunk_size),
           static_cast<int>(dims.key_dim),
           static_cast<int>(dims.value_dim),
           static_cast<int>(dims.slots),
           group,
-          forward};
+          forward,
+          pad};
 }
 
 /// The dynamic shared memory a block may take: the kernels' static shared memory (the slot flags) comes out
@@ -467,14 +556,17 @@ int max_shared_bytes() {
   return dla::ops::kernels::max_shared_bytes() - static_cast<int>(4 * kMaxSlots * sizeof(int));
 }
 
-/// The layout with as many slots per group as fit (all of them when they do); group 0 when none fits.
+/// The first layout that fits: all slots in one group with wide padding, then with narrow padding and as
+/// many slots per group as fit; group 0 when none does.
 Layout fitting_layout(const SlotPassDims& dims, bool forward) {
   const size_t limit = static_cast<size_t>(std::max(max_shared_bytes(), 0));
-  for (int group = static_cast<int>(dims.slots); group >= 1; --group) {
-    const Layout l = layout_of(dims, group, forward);
+  const int slots = static_cast<int>(dims.slots);
+  if (const Layout wide = layout_of(dims, slots, forward, kWidePad); shared_bytes(wide) <= limit) return wide;
+  for (int group = slots; group >= 1; --group) {
+    const Layout l = layout_of(dims, group, forward, kPad);
     if (shared_bytes(l) <= limit) return l;
   }
-  return layout_of(dims, 0, forward);
+  return layout_of(dims, 0, forward, kPad);
 }
 
 dim3 grid_of(const SlotPassDims& dims) {
