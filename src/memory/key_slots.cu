@@ -1,4 +1,5 @@
-// CUDA kernel of slot_of_keys (key_slots_kernel.h): a thread per key, scanning its row's slots from the newest.
+// CUDA kernel of slot_of_keys (key_slots_kernel.h): a thread per key, scanning its row's slots from the
+// newest.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -38,8 +39,8 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-const char* slot_of_keys(const int64_t* start_rows, const int64_t* keys, int64_t* slot, const KeySlotDims& dims,
-                         void* stream) {
+const char* slot_of_keys(const int64_t* start_rows, const int64_t* keys, int64_t* slot,
+                         const KeySlotDims& dims, void* stream) {
   if (dims.count == 0) return nullptr;
   const int64_t blocks = std::min<int64_t>((dims.count + kThreads - 1) / kThreads, int64_t{1} << 20);
   slot_of_keys_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(

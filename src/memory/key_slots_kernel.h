@@ -24,7 +24,7 @@ struct KeySlotDims {
 
 /// slot[i] = the first slot s of key i's row with 0 ≤ start[s] ≤ key, else −1; the result is contiguous.
 /// nullptr on success, else the CUDA error's text. `stream` is a cudaStream_t.
-const char* slot_of_keys(const int64_t* start_rows, const int64_t* keys, int64_t* slot, const KeySlotDims& dims,
-                         void* stream);
+const char* slot_of_keys(const int64_t* start_rows, const int64_t* keys, int64_t* slot,
+                         const KeySlotDims& dims, void* stream);
 
 }  // namespace dla::memory::kernels

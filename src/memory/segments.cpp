@@ -48,8 +48,9 @@ at::Tensor slot_of_keys_cuda(const at::Tensor& start_rows_S, const at::Tensor& k
   dims.slots = rows_expanded.size(-1);
   dims.count = slot.numel();
   const c10::cuda::CUDAGuard device_guard(slot.device());
-  const char* error = kernels::slot_of_keys(rows_expanded.data_ptr<int64_t>(), keys_expanded.data_ptr<int64_t>(),
-                                            slot.data_ptr<int64_t>(), dims, ops::current_cuda_stream(slot));
+  const char* error =
+      kernels::slot_of_keys(rows_expanded.data_ptr<int64_t>(), keys_expanded.data_ptr<int64_t>(),
+                            slot.data_ptr<int64_t>(), dims, ops::current_cuda_stream(slot));
   TORCH_CHECK(error == nullptr, "slot_of_keys: CUDA kernel failed: ", error);
   return slot;
 }

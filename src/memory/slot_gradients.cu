@@ -58,7 +58,9 @@ struct Dims {
   /// The write kernel's warp blocks: Σ_r L_r G_rᵀ [C, K], dT [C, C] and one value stage's columns of dv.
   __host__ __device__ int landed_blocks() const { return (C / kBlock) * (K / kBlock); }
   __host__ __device__ int square_blocks() const { return delta_rule ? (C / kBlock) * (C / kBlock) : 0; }
-  __host__ __device__ int write_kernel_blocks() const { return landed_blocks() + square_blocks() + C / kBlock; }
+  __host__ __device__ int write_kernel_blocks() const {
+    return landed_blocks() + square_blocks() + C / kBlock;
+  }
   /// One stage buffer: a slot's [K, 32] state columns and a [C, 32] block of per-token rows.
   __host__ __device__ int stage_floats() const { return (K + C) * kStageLd; }
   /// Shared floats of each kernel, in the order of its buffers below.
@@ -262,8 +264,8 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
   const int C = d.C, K = d.K, V = d.V, S = d.S, v_ld = d.v_ld(), k_ld = d.k_ld();
-  float* d_inter = shared;                    // [C, v_ld]
-  float* stage_buffers = d_inter + C * v_ld;  // kReadBuffers × (X_s [K, 36], dΔ [C, 36])
+  float* d_inter = shared;                                       // [C, v_ld]
+  float* stage_buffers = d_inter + C * v_ld;                     // kReadBuffers × (X_s [K, 36], dΔ [C, 36])
   float* d_q = stage_buffers + kReadBuffers * d.stage_floats();  // [C, k_ld]
   float* q = d_q + C * k_ld;                                     // q̃ [C, k_ld]
   float* weights = q + C * k_ld;                                 // [C, S]
@@ -380,10 +382,11 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
       list.count * per_slot,
       [&](int k, int b) {
         const int i = k / per_slot, column = (k % per_slot) * kStageColumns;
-        copy_columns_async<kThreads>(buffer_x(b), kStageLd, a.start_states + (chunk * S + list.slot[i]) * KV, V, column,
-                           kStageColumns, K);
-        copy_columns_async<kThreads>(buffer_g(b), kStageLd, a.d_end_states + (chunk * S + list.partner[i]) * KV, V,
-                           column, kStageColumns, K);
+        copy_columns_async<kThreads>(buffer_x(b), kStageLd, a.start_states + (chunk * S + list.slot[i]) * KV,
+                                     V, column, kStageColumns, K);
+        copy_columns_async<kThreads>(buffer_g(b), kStageLd,
+                                     a.d_end_states + (chunk * S + list.partner[i]) * KV, V, column,
+                                     kStageColumns, K);
       },
       [&](int, int b) {
         for (int e = threadIdx.x; e < K * kStageColumns; e += kThreads) {

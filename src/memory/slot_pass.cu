@@ -69,11 +69,12 @@ struct Layout {
   __host__ __device__ int group_buffers() const { return states() + slots * slot_floats(); }
   __host__ __device__ int operand() const { return group_buffers() + group * rows_floats(); }
   __host__ __device__ int square() const { return operand() + chunk_size * column_operand_ld(); }  // T⁻¹
-  __host__ __device__ int value_columns() const {  // forward
+  // The forward's value columns, then the backward's d_inter and read weights.
+  __host__ __device__ int value_columns() const {
     return square() + (forward ? chunk_size * square_ld() : 0);
   }
-  __host__ __device__ int inter() const { return value_columns() + (forward ? rows_floats() : 0); }  // backward
-  __host__ __device__ int weights() const { return inter() + (forward ? 0 : rows_floats()); }  // backward
+  __host__ __device__ int inter() const { return value_columns() + (forward ? rows_floats() : 0); }
+  __host__ __device__ int weights() const { return inter() + (forward ? 0 : rows_floats()); }
   __host__ __device__ int moves() const { return weights() + (forward ? 0 : chunk_size * slots); }
   __host__ __device__ int tokens() const { return moves() + slots * slots; }  // forward
   __host__ __device__ int total() const { return tokens() + (forward ? slots * chunk_size : 0); }
@@ -380,8 +381,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
             multiply_accumulate<false>(tiles, n, operand + row * w_ld, w_ld,
                                        {states + r0 * l.slot_floats(), ld, l.slot_floats()}, K);
           }
-          store_tiles(tiles, n, group_buffers + (r0 - first) * l.rows_floats() + row * ld, l.rows_floats(), ld,
-                      any_live ? -1.f : 1.f);
+          store_tiles(tiles, n, group_buffers + (r0 - first) * l.rows_floats() + row * ld, l.rows_floats(),
+                      ld, any_live ? -1.f : 1.f);
         });
       } else {
         for (int i = threadIdx.x; i < count * C * kTile; i += kThreads) {
@@ -437,8 +438,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
   const auto nothing = [] {};
 
   for (int s = 0; s < S; ++s)
-    copy_columns_async<kThreads>(states + s * l.slot_floats(), ld, a.d_final_states + (head * S + s) * K * V, V,
-                                 first_column, kTile, K);
+    copy_columns_async<kThreads>(states + s * l.slot_floats(), ld, a.d_final_states + (head * S + s) * K * V,
+                                 V, first_column, kTile, K);
 
   for (int n = l.chunks - 1; n >= 0; --n) {
     const size_t chunk = head * l.chunks + n;
@@ -474,7 +475,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
         for_each_slot_batch<kKeyRowBatch>(k_tiles, first, count, [&](int r0, int n, int row) {
           float* state = states + r0 * l.slot_floats() + row * ld;
           WarpTile tiles[kKeyRowBatch];
-          load_tiles(tiles, n, state, l.slot_floats(), ld, -decay);  // −dX̄_r = Wᵀ dΔ_r − e G_r, stored negated
+          // −dX̄_r = Wᵀ dΔ_r − e G_r, stored negated
+          load_tiles(tiles, n, state, l.slot_floats(), ld, -decay);
           multiply_accumulate<true>(tiles, n, operand + row, k_columns_ld,
                                     {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
           store_tiles(tiles, n, state, l.slot_floats(), ld, -1.f);
@@ -494,7 +496,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
       float* state = states + s0 * l.slot_floats() + row * ld;
       WarpTile tiles[kKeyRowBatch];
       load_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);
-      multiply_accumulate<true>(tiles, n, operand + row, k_columns_ld, {d_inter, ld, 0, weights + s0, 1, S}, C);
+      multiply_accumulate<true>(tiles, n, operand + row, k_columns_ld, {d_inter, ld, 0, weights + s0, 1, S},
+                                C);
       store_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);
     });
     __syncthreads();
