@@ -11,6 +11,7 @@
 #include "dla/ops/gdn.h"
 #include "dla/ops/kernels.h"
 #include "dla/ops/ssd.h"
+#include "dla/ops/tf32_scope.h"
 #include "dla/util/error.h"
 
 namespace dla::bench {
@@ -102,6 +103,9 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
         .out_BTHV;
   };
   const at::Tensor grad_out = at::randn({B, T, H, D}, opts);
+  // As in a training step under bf16 autocast: the float32 products of the ops' autograd backward, which runs
+  // outside the ops, may use TF32 like their forward.
+  const ops::Tf32Scope tf32(ops::tf32_suits(q));
   double fwd_ms = 0;
   {
     at::NoGradGuard no_grad;
