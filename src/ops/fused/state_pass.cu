@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../async_copy.cuh"
 #include "../cuda_launch.cuh"
 #include "../tf32_fragments.cuh"
 #include "kernels.h"
@@ -24,6 +25,7 @@
 namespace dla::ops::fused::kernels {
 namespace {
 
+using dla::ops::kernels::copy_async;
 using dla::ops::kernels::launched;
 using dla::ops::kernels::max_shared_bytes;
 
@@ -448,14 +450,6 @@ __device__ void for_each_strip(int rows, Job job) {
 }
 
 // ---- copies between global and shared memory ----
-
-/// Starts copying 16 bytes from global src to shared dst (both 16-byte aligned); zeros instead when !valid.
-__device__ void copy_async(float* dst, const float* src, bool valid) {
-  const auto shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
 
 /// Waits for this thread's copies, then for the block's, so that every copied value is visible and every
 /// buffer read before is free.
