@@ -15,6 +15,7 @@
 #include "dla/model/causal_lm.h"
 #include "dla/ops/tf32_scope.h"
 #include "dla/train/fused_adamw.h"
+#include "dla/train/graphed_step.h"
 #include "dla/util/error.h"
 
 #ifdef DLA_WITH_CUDA
@@ -57,17 +58,36 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
   const at::Tensor ids = at::randint(config.model.vocab_size, {B / env.world_size, T},
                                      at::TensorOptions().device(device).dtype(at::kLong));
 
+  const auto forward_backward = [&](const at::Tensor& tokens) {
+    at::autocast::set_autocast_enabled(at::kCUDA, autocast);
+    if (autocast) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    const at::Tensor logits = model->forward(tokens);
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+    const at::Tensor loss = model::next_token_loss(logits, tokens);
+    loss.backward();
+    return loss.detach();
+  };
+  std::unique_ptr<train::GraphedStep> graphed;
+  if (train.cuda_graphs) {
+    if (!cuda) throw UserError("train.cuda_graphs needs a CUDA device");
+    if (env.distributed()) throw UserError("train.cuda_graphs runs in one process; set it to false");
+    graphed = std::make_unique<train::GraphedStep>(
+        [&](const at::Tensor& tokens, const at::Tensor&) {
+          return std::vector<at::Tensor>{forward_backward(tokens)};
+        },
+        [&] { optimizer.zero_grad(); });
+  }
   auto step = [&] {
     // As in training: TF32 for the mixers' float32 matmuls under bf16 autocast, backward included.
     const ops::Tf32Scope tf32(autocast);
-    optimizer.zero_grad();
-    at::autocast::set_autocast_enabled(at::kCUDA, autocast);
-    if (autocast) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    const at::Tensor logits = model->forward(ids);
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-    at::autocast::clear_cache();
-    model::next_token_loss(logits, ids).backward();
-    if (reducer) reducer->finish();
+    if (graphed) {
+      graphed->run(ids, ids);
+    } else {
+      optimizer.zero_grad();
+      forward_backward(ids);
+      if (reducer) reducer->finish();
+    }
     optimizer.step();
   };
   for (int64_t i = 0; i < options.warmup; ++i)
@@ -75,7 +95,8 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
   if (cuda) torch::cuda::synchronize();
   if (communicator) communicator->barrier();
 #ifdef DLA_WITH_CUDA
-  if (cuda) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+  // A graphed step's memory is the graph's private pool, filled at capture: its peak is kept.
+  if (cuda && !graphed) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
 #endif
   const auto start = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < options.steps; ++i)
@@ -95,6 +116,7 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
                            {"seq_len", T},
                            {"precision", config::enum_name(train.precision)},
                            {"activation_checkpointing", train.activation_checkpointing},
+                           {"cuda_graphs", train.cuda_graphs},
                            {"device", device.str()},
                            {"ranks", env.world_size},
                            {"backend", communicator ? communicator->backend_name() : "none"},

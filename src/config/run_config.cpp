@@ -16,6 +16,13 @@ void RunConfig::validate() const {
                       fmt::format("train.batch_size ({}) must be a multiple of train.grad_accum_steps ({})",
                                   train.batch_size, train.grad_accum_steps));
   }
+  if (train.cuda_graphs && train.grad_accum_steps != 1) {
+    throw ConfigError(
+        "train.cuda_graphs",
+        fmt::format("a CUDA graph holds one micro-batch per step: set train.grad_accum_steps to 1 "
+                    "(it is {}) or train.cuda_graphs to false",
+                    train.grad_accum_steps));
+  }
   if (data.source == data::DataSource::tokens && data.path.empty()) {
     throw ConfigError("data.path",
                       "data.source = tokens needs data.path: a directory written by `dla data prepare`");

@@ -132,6 +132,19 @@ Trainer::Trainer(const config::ResolvedConfig& resolved, run::RunDirectory run_d
         train.batch_size / train.grad_accum_steps / dist_.world_size);
   }
   optimizer_ = std::make_unique<FusedAdamW>(param_groups(*model_, config_.optim));
+  if (train.cuda_graphs) {
+    if (!device_.is_cuda()) throw UserError("train.cuda_graphs needs a CUDA device; the run is on the CPU");
+    if (dist_.distributed()) {
+      throw UserError("train.cuda_graphs runs in one process; set it to false under `dla launch`");
+    }
+    if (!cuda_graphs_available()) throw UserError("train.cuda_graphs: this build of dla has no CUDA");
+    graphed_step_ = std::make_unique<GraphedStep>(
+        [this](const at::Tensor& ids, const at::Tensor& labels) {
+          return std::vector<at::Tensor>{forward_backward(ids, labels),
+                                         clip_grad_norm(model_->parameters(), config_.optim.grad_clip)};
+        },
+        [this] { optimizer_->zero_grad(); });
+  }
   if (!config_.eval.suite.empty()) {
     eval_suite_ = eval::load_suite(config_.eval.suite);
     eval_tokenizer_ = data::load_tokenizer(config_.data.tokenizer.empty() ? "byte" : config_.data.tokenizer);
@@ -227,40 +240,51 @@ nlohmann::json Trainer::run(std::optional<int64_t> stop_at) {
   return eval;
 }
 
+at::Tensor Trainer::forward_backward(const at::Tensor& ids, const at::Tensor& labels) {
+  const auto& train = config_.train;
+  const bool autocast = train.precision == Precision::bfloat16;
+  at::autocast::set_autocast_enabled(at::kCUDA, autocast);
+  if (autocast) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  const at::Tensor logits = model_->forward(ids);
+  at::autocast::set_autocast_enabled(at::kCUDA, false);
+  at::autocast::clear_cache();
+  const at::Tensor loss = masked_loss(logits, labels);
+  // The memory's auxiliary loss (dla's ratio loss) trains with the LM loss but is not logged as part of it.
+  const at::Tensor auxiliary = model_->auxiliary_loss();
+  const double accumulation = static_cast<double>(train.grad_accum_steps);
+  (auxiliary.defined() ? (loss + auxiliary) / accumulation : loss / accumulation).backward();
+  return loss.detach() / accumulation;
+}
+
 StepResult Trainer::train_step(bool stop_requested) {
   const auto& train = config_.train;
   StepResult result;
   result.lr = lr_at(config_.optim, state_.step + 1, train.steps);
   for (auto& group : optimizer_->param_groups())
     group.options().set_lr(result.lr);
-  optimizer_->zero_grad();
-
-  const bool autocast = train.precision == Precision::bfloat16;
   // The mixers' float32 matmuls run in TF32 under bf16 autocast in the forward pass; their autograd backward
   // runs here, outside the ops, and multiplies the same way.
-  const ops::Tf32Scope tf32(autocast);
-  at::Tensor loss_sum = at::zeros({}, at::TensorOptions().device(device_));
-  for (int64_t micro = 0; micro < train.grad_accum_steps; ++micro) {
-    // Ranks exchange gradients once per step, after the last micro-batch's backward pass.
-    if (reducer_) reducer_->set_sync(micro + 1 == train.grad_accum_steps);
-    const auto [ids_cpu, labels_cpu] = this->micro_batch(state_.step, micro);
-    const at::Tensor ids = ids_cpu.to(device_, /*non_blocking=*/true);
-    const at::Tensor labels = labels_cpu.to(device_, /*non_blocking=*/true);
-    at::autocast::set_autocast_enabled(at::kCUDA, autocast);
-    if (autocast) at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    const at::Tensor logits = model_->forward(ids);
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-    at::autocast::clear_cache();
-    at::Tensor loss = masked_loss(logits, labels);
-    // The memory's auxiliary loss (dla's ratio loss) trains with the LM loss but is not logged as part of it.
-    const at::Tensor auxiliary = model_->auxiliary_loss();
-    const double accumulation = static_cast<double>(train.grad_accum_steps);
-    (auxiliary.defined() ? (loss + auxiliary) / accumulation : loss / accumulation).backward();
-    loss = loss.detach() / accumulation;
-    loss_sum += loss;
+  const ops::Tf32Scope tf32(train.precision == Precision::bfloat16);
+  at::Tensor loss_sum, grad_norm;
+  if (graphed_step_) {
+    const auto [ids_cpu, labels_cpu] = this->micro_batch(state_.step, 0);
+    const std::vector<at::Tensor> outputs = graphed_step_->run(ids_cpu.to(device_, /*non_blocking=*/true),
+                                                               labels_cpu.to(device_, /*non_blocking=*/true));
+    loss_sum = outputs[0];
+    grad_norm = outputs[1];
+  } else {
+    optimizer_->zero_grad();
+    loss_sum = at::zeros({}, at::TensorOptions().device(device_));
+    for (int64_t micro = 0; micro < train.grad_accum_steps; ++micro) {
+      // Ranks exchange gradients once per step, after the last micro-batch's backward pass.
+      if (reducer_) reducer_->set_sync(micro + 1 == train.grad_accum_steps);
+      const auto [ids_cpu, labels_cpu] = this->micro_batch(state_.step, micro);
+      loss_sum += forward_backward(ids_cpu.to(device_, /*non_blocking=*/true),
+                                   labels_cpu.to(device_, /*non_blocking=*/true));
+    }
+    if (reducer_) reducer_->finish();
+    grad_norm = clip_grad_norm(model_->parameters(), config_.optim.grad_clip);
   }
-  if (reducer_) reducer_->finish();
-  const at::Tensor grad_norm = clip_grad_norm(model_->parameters(), config_.optim.grad_clip);
   // The update is queued before anything is read back, so the device does not wait for the host inside the
   // step. A diverged loss is caught just after; no checkpoint is written from that update.
   optimizer_->step();

@@ -32,6 +32,8 @@ TEST_CASE("run config validation errors point at the key's source", "[config]") 
                     test::has_substr("--set run.name=..: run.name: expected a plain folder name"));
   CHECK_THROWS_WITH(resolve_run_config(std::nullopt, {"run.seed=-1"}),
                     test::has_substr("expected a value >= 0"));
+  CHECK_THROWS_WITH(resolve_run_config(std::nullopt, {"train.cuda_graphs=true", "train.grad_accum_steps=2"}),
+                    test::has_substr("train.cuda_graphs") && test::has_substr("train.grad_accum_steps to 1"));
 }
 
 TEST_CASE("the resolved run config round-trips through its YAML", "[config]") {

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <torch/cuda.h>
 
 #include <cmath>
 #include <fstream>
@@ -120,6 +121,36 @@ TEST_CASE("Trainer runs with the same seed give identical losses and weights", "
       run_directory(dir / "c"));
   other.run();
   CHECK(column(read_jsonl(dir / "c" / "metrics.jsonl"), "loss") != column(a, "loss"));
+}
+
+TEST_CASE("train.cuda_graphs is refused on the CPU and on the GPU trains as eager steps do",
+          "[train][cuda]") {
+  QuietLog quiet;
+  test::TempDir dir;
+  CHECK_THROWS_WITH(Trainer(tiny_config({"train.cuda_graphs=true"}), run_directory(dir / "cpu")),
+                    test::has_substr("train.cuda_graphs needs a CUDA device"));
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device: training with CUDA graphs is not exercised on this machine");
+    return;
+  }
+  // Three eager steps, the capture, then replays: the same kernels as eager training, so the same losses up
+  // to the order of reductions.
+  const std::vector<std::string> gpu = {"train.device=cuda", "train.steps=8", "train.log_every=1"};
+  std::vector<std::string> graphed = gpu;
+  graphed.push_back("train.cuda_graphs=true");
+  Trainer(tiny_config(gpu), run_directory(dir / "eager")).run();
+  Trainer(tiny_config(graphed), run_directory(dir / "graphed")).run();
+  const auto eager_rows = read_jsonl(dir / "eager" / "metrics.jsonl");
+  const auto graphed_rows = read_jsonl(dir / "graphed" / "metrics.jsonl");
+  REQUIRE(eager_rows.size() == 8);
+  REQUIRE(graphed_rows.size() == 8);
+  for (const char* key : {"loss", "grad_norm"}) {
+    const std::vector<double> a = column(eager_rows, key), b = column(graphed_rows, key);
+    for (size_t i = 0; i < a.size(); ++i) {
+      CAPTURE(key, i, a[i], b[i]);
+      CHECK(std::abs(a[i] - b[i]) <= 1e-4 * std::abs(a[i]));
+    }
+  }
 }
 
 TEST_CASE("Trainer stops with a UserError when the loss is not finite", "[train]") {

@@ -68,6 +68,7 @@ struct TrainOptions {
   DeviceKind device = DeviceKind::auto_select;
   Precision precision = Precision::float32;
   bool activation_checkpointing = false;  ///< recompute each block's activations in the backward pass
+  bool cuda_graphs = false;               ///< replay each step's forward and backward pass as a CUDA graph
 
   template <class V>
   void visit(V& v) {
@@ -89,6 +90,11 @@ struct TrainOptions {
     v.field("activation_checkpointing", activation_checkpointing,
             "Keep only each block's input in the forward pass and recompute the block in the backward pass: "
             "less memory for one more forward.");
+    v.field(
+        "cuda_graphs", cuda_graphs,
+        "Capture a step's forward and backward pass as a CUDA graph after three eager steps and replay it "
+        "at every later step: one launch per step instead of one per kernel. CUDA only, one process, "
+        "train.grad_accum_steps = 1.");
   }
 };
 

@@ -17,6 +17,7 @@
 #include "dla/eval/suite.h"
 #include "dla/model/causal_lm.h"
 #include "dla/run/run_directory.h"
+#include "dla/train/graphed_step.h"
 #include "dla/train/metrics.h"
 
 namespace dla::train {
@@ -57,6 +58,9 @@ class Trainer {
  private:
   /// One optimiser step; `stop_requested` is this rank's stop signal, combined over ranks into the result.
   StepResult train_step(bool stop_requested);
+  /// The forward and backward pass of one micro-batch on the device: gradients accumulate into the
+  /// parameters; returns the loss (detached) divided by the micro-batches per step.
+  at::Tensor forward_backward(const at::Tensor& ids, const at::Tensor& labels);
   bool is_main() const { return dist_.rank == 0; }
   /// Sums `values` (float64) over ranks; identity on one process.
   std::vector<double> sum_over_ranks(std::vector<double> values);
@@ -83,6 +87,7 @@ class Trainer {
   std::unique_ptr<data::BatchLoader> train_loader_;   ///< data.source = tokens
   std::unique_ptr<data::BatchLoader> val_loader_;     ///< data.source = tokens, when the data has a val split
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<GraphedStep> graphed_step_;        ///< train.cuda_graphs
   std::optional<eval::SuiteSpec> eval_suite_;        ///< eval.suite, read at the start
   std::unique_ptr<data::Tokenizer> eval_tokenizer_;  ///< data.tokenizer, else byte
   TrainState state_;
