@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 
+#include "dla/memory/chunk_level_weights.h"
 #include "dla/memory/mask_form.h"
 #include "dla/memory/slot_pass.h"
 #include "dla/ops/common.h"
@@ -183,30 +184,23 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
   const int64_t table_batch = shared_table ? segments.start_BHQS.size(0) : batch;
   const int64_t table_heads = shared_table ? segments.start_BHQS.size(1) : heads;
   const at::Tensor start_BHQS = table_rows(segments.start_BHQS, table_batch, table_heads, padded + 1);
-  const at::Tensor conf_BHQS = conf_rows(weights, segments, table_batch, table_heads, padded + 1, dtype);
   const at::Tensor rows_BHNCS =
       start_BHQS.narrow(2, 0, padded).view({table_batch, table_heads, num_chunks, C, S});
-  const at::Tensor conf_BHNCS =
-      conf_BHQS.narrow(2, 0, padded).view({table_batch, table_heads, num_chunks, C, S});
   const at::Tensor keys_NC = at::arange(padded, start_BHQS.options()).view({num_chunks, C});
   const at::Tensor chunk_start_N = keys_NC.select(1, 0);
   const at::Tensor chunk_end_N = (chunk_start_N + C).clamp_max(tokens);
   const at::Tensor state_keys_BHNS = start_BHQS.index_select(2, chunk_start_N);
   const at::Tensor end_rows_BHNS = start_BHQS.index_select(2, chunk_end_N);
-
-  const at::Tensor slot_in_BHNCC = slot_of_keys(rows_BHNCS, keys_NC.unsqueeze(1));
-  const at::Tensor diagonal_CC = at::eye(C, slot_in_BHNCC.options().dtype(at::kBool));
-  const at::Tensor level_in_BHNCC = (slot_in_BHNCC.clamp_min(0) + 1).masked_fill(diagonal_CC, 0);
-  const at::Tensor conf_in_BHNCC =
-      conf_BHNCS.gather(-1, slot_in_BHNCC.clamp_min(0)).masked_fill(diagonal_CC, 1);
-  // Above the diagonal the decay matrix is 0, which zeroes these (arbitrary) weights and their gradients.
-  const at::Tensor lam_in_BHNCC =
-      lam_BHNCL.gather(-1, level_in_BHNCC.expand({batch, heads, num_chunks, C, C})) * conf_in_BHNCC;
-
-  const at::Tensor slot_x_BHNCS = slot_of_keys(rows_BHNCS, state_keys_BHNS.unsqueeze(3));
-  const at::Tensor lam_x_BHNCS =
-      lam_BHNCL.gather(-1, (slot_x_BHNCS.clamp_min(0) + 1).expand({batch, heads, num_chunks, C, S})) *
-      conf_BHNCS.gather(-1, slot_x_BHNCS.clamp_min(0)) * (slot_x_BHNCS >= 0);
+  const at::Tensor conf_BHNCS = shared_table
+                                    ? at::Tensor()
+                                    : table_rows(weights.conf_BHQS.to(dtype), batch, heads, padded + 1)
+                                          .narrow(2, 0, padded)
+                                          .view({batch, heads, num_chunks, C, S});
+  const ChunkLevelWeights read_weights = chunk_level_weights(
+      {rows_BHNCS, state_keys_BHNS, lam_BHNCL, conf_BHNCS}, ops::use_fused_kernels(terms.q_BTHK));
+  // Above the diagonal the decay matrix is 0, which zeroes the intra weights there and their gradients.
+  const at::Tensor& lam_in_BHNCC = read_weights.intra_BHNCC;
+  const at::Tensor& lam_x_BHNCS = read_weights.state_BHNCS;
   const at::Tensor state_move_BHNSS = slot_matrix(slot_of_keys(end_rows_BHNS, state_keys_BHNS), S, dtype)
                                           .expand({batch, heads, num_chunks, S, S});
   const at::Tensor token_move_BHNSC =
