@@ -10,6 +10,7 @@
 #include <ATen/record_function.h>
 
 #include "dla/memory/chunk_level_weights.h"
+#include "dla/memory/intra_chunk.h"
 #include "dla/memory/mask_form.h"
 #include "dla/memory/slot_pass.h"
 #include "dla/ops/common.h"
@@ -168,14 +169,8 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
   const int64_t num_chunks = (tokens + chunk_size - 1) / chunk_size, padded = num_chunks * chunk_size;
   const int64_t C = chunk_size, S = num_slots;
 
-  const at::Tensor q_BHNCK = common::to_chunks(terms.q_BTHK, C, dtype);
-  const at::Tensor k_BHNCK = common::to_chunks(terms.k_BTHK, C, dtype);
-  const at::Tensor v_BHNCV = common::to_chunks(terms.v_BTHV, C, dtype);
+  const bool fused = ops::use_fused_kernels(terms.q_BTHK);
   const at::Tensor lam_BHNCL = common::to_chunks(weights.lam_BTHL, C, dtype);
-  const at::Tensor gamma_BHNC = common::cumsum_gates(common::to_chunks(terms.g_BTH, C, dtype));
-  const at::Tensor decay_BHNCC = common::decay_matrix(gamma_BHNC);
-  const at::Tensor gamma_last_BHN = gamma_BHNC.select(-1, -1);
-  const at::Tensor k_to_end_BHNCK = k_BHNCK * (gamma_last_BHN.unsqueeze(-1) - gamma_BHNC).exp().unsqueeze(-1);
 
   // Levels and confidences: of the chunk's own keys (intra), of the chunk-start states (inter), and the slots
   // that states and tokens move to at the chunk's end (at most token T: the final state is query T's). A
@@ -196,41 +191,25 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
                                     : table_rows(weights.conf_BHQS.to(dtype), batch, heads, padded + 1)
                                           .narrow(2, 0, padded)
                                           .view({batch, heads, num_chunks, C, S});
-  const ChunkLevelWeights read_weights = chunk_level_weights(
-      {rows_BHNCS, state_keys_BHNS, lam_BHNCL, conf_BHNCS}, ops::use_fused_kernels(terms.q_BTHK));
-  // Above the diagonal the decay matrix is 0, which zeroes the intra weights there and their gradients.
-  const at::Tensor& lam_in_BHNCC = read_weights.intra_BHNCC;
-  const at::Tensor& lam_x_BHNCS = read_weights.state_BHNCS;
+  const ChunkLevelWeights read_weights =
+      chunk_level_weights({rows_BHNCS, state_keys_BHNS, lam_BHNCL, conf_BHNCS}, fused);
   const at::Tensor state_move_BHNSS = slot_matrix(slot_of_keys(end_rows_BHNS, state_keys_BHNS), S, dtype)
                                           .expand({batch, heads, num_chunks, S, S});
   const at::Tensor token_move_BHNSC =
       slot_matrix(slot_of_keys(end_rows_BHNS, keys_NC), S, dtype).expand({batch, heads, num_chunks, S, C});
 
-  // Intra-chunk reads and the transported queries (what each query reads from a chunk-start state).
-  const at::Tensor qk_decay_BHNCC = q_BHNCK.matmul(k_BHNCK.transpose(-1, -2)) * decay_BHNCC;
-  at::Tensor intra_BHNCV, transported_q_BHNCK, t_inverse_BHNCC, w_BHNCK, source_v_BHNCV;
-  if (terms.delta_rule()) {
-    const at::Tensor beta_BHNC1 = common::to_chunks(terms.beta_BTH, C, dtype).unsqueeze(-1);
-    const at::Tensor a_BHNCC =
-        (beta_BHNC1 * k_BHNCK.matmul(k_BHNCK.transpose(-1, -2)) * decay_BHNCC).tril(/*diagonal=*/-1);
-    // T = (I + A)⁻¹ (the CUDA kernel of the fused ops on the GPU); its product with the causal reads gives
-    // each source token's effect on each query, to which Λ applies (reference/loglinear.md §4.2).
-    t_inverse_BHNCC = ops::fused::differentiable_unit_lower_inverse(a_BHNCC);
-    w_BHNCK = t_inverse_BHNCC.matmul(beta_BHNC1 * gamma_BHNC.exp().unsqueeze(-1) * k_BHNCK);
-    source_v_BHNCV = beta_BHNC1 * v_BHNCV;
-    intra_BHNCV = (qk_decay_BHNCC.matmul(t_inverse_BHNCC) * lam_in_BHNCC).matmul(source_v_BHNCV);
-    transported_q_BHNCK = q_BHNCK * gamma_BHNC.exp().unsqueeze(-1) - qk_decay_BHNCC.matmul(w_BHNCK);
-  } else {
-    source_v_BHNCV = v_BHNCV;
-    intra_BHNCV = (qk_decay_BHNCC * lam_in_BHNCC).matmul(v_BHNCV);
-    transported_q_BHNCK = q_BHNCK * gamma_BHNC.exp().unsqueeze(-1);
-  }
-
+  const IntraChunkTerms intra =
+      intra_chunk_terms({common::to_chunks(terms.q_BTHK, C, dtype), common::to_chunks(terms.k_BTHK, C, dtype),
+                         common::to_chunks(terms.v_BTHV, C, dtype), common::to_chunks(terms.g_BTH, C, dtype),
+                         terms.delta_rule() ? common::to_chunks(terms.beta_BTH, C, dtype) : at::Tensor(),
+                         read_weights.intra_BHNCC},
+                        fused);
   const SlotPassResult pass =
-      slot_pass({transported_q_BHNCK, lam_x_BHNCS, k_to_end_BHNCK, w_BHNCK, t_inverse_BHNCC, source_v_BHNCV,
-                 gamma_last_BHN.exp(), state_move_BHNSS, token_move_BHNSC},
-                ops::use_fused_kernels(terms.q_BTHK));
-  const at::Tensor out_BHNCV = (intra_BHNCV + pass.inter_BHNCV) * terms.scale;
+      slot_pass({intra.transported_q_BHNCK, read_weights.state_BHNCS, intra.k_to_end_BHNCK, intra.w_BHNCK,
+                 intra.t_inverse_BHNCC, intra.source_v_BHNCV, intra.chunk_decay_BHN, state_move_BHNSS,
+                 token_move_BHNSC},
+                fused);
+  const at::Tensor out_BHNCV = (intra.intra_BHNCV + pass.inter_BHNCV) * terms.scale;
   return {common::from_chunks(out_BHNCV, tokens).to(terms.q_BTHK.scalar_type()), pass.final_states_BHSKV};
 }
 

@@ -1,0 +1,34 @@
+// The per-chunk stages of the multi-state chunkwise form (spec/dla.md §4.2) around the slot pass: each
+// chunk's λ-weighted reads of its own keys, and the terms the slot pass carries (the queries transported to
+// the chunk's start, the keys decayed to its end, the delta rule's WY terms). One function, two
+// implementations: LibTorch ops that autograd differentiates, and an autograd function with the same forward
+// whose backward is written out (docs/memory/policies.md), which keeps only its inputs and needs a fraction
+// of the kernels and memory. Shapes: B batch, H heads, N chunks, C chunk length, K key dim, V value dim.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace dla::memory {
+
+/// Chunked inputs in the compute dtype.
+struct IntraChunkInputs {
+  at::Tensor q_BHNCK, k_BHNCK, v_BHNCV;
+  at::Tensor g_BHNC;        ///< log gates
+  at::Tensor beta_BHNC;     ///< the delta rule's write strengths; undefined for SSD
+  at::Tensor lam_in_BHNCC;  ///< each query's read weight on each key of its chunk
+};
+
+struct IntraChunkTerms {
+  at::Tensor intra_BHNCV;          ///< what each query reads from its chunk's keys (before scale)
+  at::Tensor transported_q_BHNCK;  ///< each query as it reads a chunk-start state
+  at::Tensor k_to_end_BHNCK;       ///< keys decayed to their chunk's end
+  at::Tensor w_BHNCK;              ///< the delta rule's W = T (β exp(γ) ⊙ k); undefined for SSD
+  at::Tensor t_inverse_BHNCC;      ///< the delta rule's T = (I + A)⁻¹; undefined for SSD
+  at::Tensor source_v_BHNCV;       ///< what each token writes: β v for the delta rule, else v
+  at::Tensor chunk_decay_BHN;      ///< exp(γ_last) of each chunk
+};
+
+/// `fused` picks the written-out backward.
+IntraChunkTerms intra_chunk_terms(const IntraChunkInputs& in, bool fused);
+
+}  // namespace dla::memory

@@ -1,0 +1,233 @@
+// The multi-state chunkwise form's per-chunk stages: the forward as LibTorch ops, and the autograd function
+// whose backward is written out. With γ the chunk-local cumsum of the log gates, D_ij = exp(γ_i − γ_j)
+// (j ≤ i), P = (q kᵀ) ⊙ D and, for the delta rule, A = tril₋₁(β ⊙ (k kᵀ) ⊙ D), T = (I + A)⁻¹,
+// X = β exp(γ) ⊙ k, W = T X and R = P T (R = P for SSD):
+//   intra = (R ⊙ Λ) v'        (v' = β v, or v)
+//   q̃ = exp(γ) ⊙ q − P W      (exp(γ) ⊙ q for SSD)
+//   k̃ = exp(γ_last − γ) ⊙ k,  e = exp(γ_last)
+// Shapes: B batch, H heads, N chunks, C chunk length, K key dim, V value dim.
+#include "dla/memory/intra_chunk.h"
+
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/record_function.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "dla/ops/common.h"
+#include "dla/ops/fused.h"
+#include "dla/ops/tf32_scope.h"
+
+namespace dla::memory {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+/// The chunk-local gate terms both directions use.
+struct GateTerms {
+  at::Tensor gamma_BHNC;
+  at::Tensor decay_BHNCC;      ///< D
+  at::Tensor exp_gamma_BHNC1;  ///< exp(γ)
+  at::Tensor to_end_BHNC1;     ///< exp(γ_last − γ)
+};
+
+GateTerms gate_terms(const at::Tensor& g_BHNC) {
+  GateTerms gate;
+  gate.gamma_BHNC = ops::common::cumsum_gates(g_BHNC);
+  gate.decay_BHNCC = ops::common::decay_matrix(gate.gamma_BHNC);
+  gate.to_end_BHNC1 = (gate.gamma_BHNC.select(-1, -1).unsqueeze(-1) - gate.gamma_BHNC).exp().unsqueeze(-1);
+  gate.exp_gamma_BHNC1 = gate.gamma_BHNC.exp().unsqueeze(-1);
+  return gate;
+}
+
+at::Tensor transposed(const at::Tensor& x) {
+  return x.transpose(-1, -2);
+}
+
+at::Tensor decayed_products(const at::Tensor& a_BHNCX, const at::Tensor& b_BHNCX, const GateTerms& gate) {
+  return a_BHNCX.matmul(transposed(b_BHNCX)).mul_(gate.decay_BHNCC);
+}
+
+IntraChunkTerms run_forward(const IntraChunkInputs& in, bool differentiable_inverse) {
+  IntraChunkTerms t;
+  const GateTerms gate = gate_terms(in.g_BHNC);
+  t.k_to_end_BHNCK = in.k_BHNCK * gate.to_end_BHNC1;
+  t.chunk_decay_BHN = gate.gamma_BHNC.select(-1, -1).exp();
+  const at::Tensor qk_decay_BHNCC = in.q_BHNCK.matmul(transposed(in.k_BHNCK)) * gate.decay_BHNCC;
+  at::Tensor reads_BHNCC = qk_decay_BHNCC;
+  if (in.beta_BHNC.defined()) {
+    const at::Tensor beta_BHNC1 = in.beta_BHNC.unsqueeze(-1);
+    const at::Tensor a_BHNCC =
+        (beta_BHNC1 * in.k_BHNCK.matmul(transposed(in.k_BHNCK)) * gate.decay_BHNCC).tril(/*diagonal=*/-1);
+    // T's product with the causal reads gives each source token's effect on each query, to which Λ applies
+    // (reference/loglinear.md §4.2).
+    t.t_inverse_BHNCC = differentiable_inverse ? ops::fused::differentiable_unit_lower_inverse(a_BHNCC)
+                                               : ops::fused::unit_lower_inverse(a_BHNCC);
+    t.w_BHNCK = t.t_inverse_BHNCC.matmul((beta_BHNC1 * gate.exp_gamma_BHNC1) * in.k_BHNCK);
+    t.source_v_BHNCV = beta_BHNC1 * in.v_BHNCV;
+    reads_BHNCC = qk_decay_BHNCC.matmul(t.t_inverse_BHNCC);
+    t.transported_q_BHNCK = in.q_BHNCK * gate.exp_gamma_BHNC1 - qk_decay_BHNCC.matmul(t.w_BHNCK);
+  } else {
+    t.source_v_BHNCV = in.v_BHNCV;
+    t.transported_q_BHNCK = in.q_BHNCK * gate.exp_gamma_BHNC1;
+  }
+  t.intra_BHNCV = (reads_BHNCC * in.lam_in_BHNCC).matmul(t.source_v_BHNCV);
+  return t;
+}
+
+enum Input { kQ, kK, kV, kG, kBeta, kLamIn, kNumInputs };
+enum Output { kIntra, kTransportedQ, kKToEnd, kW, kTInverse, kSourceV, kChunkDecay, kNumOutputs };
+
+IntraChunkInputs inputs_of(const variable_list& x, bool delta_rule) {
+  return {x[kQ], x[kK], x[kV], x[kG], delta_rule ? x[kBeta] : at::Tensor(), x[kLamIn]};
+}
+
+/// The input gradients from the outputs' (every one defined; SSD's W, T and v' are not outputs). `kept`
+/// holds the forward's T, W and v' (the slot pass keeps them too); the products the backward needs besides
+/// are recomputed from the inputs.
+variable_list backward_terms(const IntraChunkInputs& in, const IntraChunkTerms& kept,
+                             const variable_list& d_out) {
+  const GateTerms gate = gate_terms(in.g_BHNC);
+  const at::Tensor &d_intra = d_out[kIntra], &d_transported_q = d_out[kTransportedQ],
+                   &d_k_to_end = d_out[kKToEnd];
+  const at::Tensor exp_gamma_BHNC = gate.exp_gamma_BHNC1.squeeze(-1);
+  const at::Tensor p_BHNCC = decayed_products(in.q_BHNCK, in.k_BHNCK, gate);
+  const bool delta_rule = in.beta_BHNC.defined();
+  const at::Tensor reads_BHNCC = delta_rule ? p_BHNCC.matmul(kept.t_inverse_BHNCC) : p_BHNCC;
+  const at::Tensor& source_v_BHNCV = delta_rule ? kept.source_v_BHNCV : in.v_BHNCV;
+  variable_list grads(kNumInputs);
+
+  // intra = (R ⊙ Λ) v': dΛ, dR and dv'.
+  const at::Tensor d_weighted_reads_BHNCC = d_intra.matmul(transposed(source_v_BHNCV));
+  grads[kLamIn] = d_weighted_reads_BHNCC * reads_BHNCC;
+  const at::Tensor d_reads_BHNCC = d_weighted_reads_BHNCC.mul_(in.lam_in_BHNCC);
+  at::Tensor d_source_v_BHNCV = transposed(reads_BHNCC * in.lam_in_BHNCC).matmul(d_intra);
+  // q̃ = exp(γ) q − P W, k̃ = exp(γ_last − γ) k.
+  at::Tensor d_gamma_BHNC = (d_transported_q * in.q_BHNCK).sum(-1).mul_(exp_gamma_BHNC);
+  at::Tensor d_q_BHNCK = d_transported_q * gate.exp_gamma_BHNC1;
+  at::Tensor d_k_BHNCK = d_k_to_end * gate.to_end_BHNC1;
+  const at::Tensor to_end_terms_BHNC = (d_k_to_end * in.k_BHNCK).sum(-1).mul_(gate.to_end_BHNC1.squeeze(-1));
+  at::Tensor d_p_BHNCC, decay_terms_BHNCC;
+  if (delta_rule) {
+    const at::Tensor& inverse = kept.t_inverse_BHNCC;
+    const at::Tensor beta_BHNC1 = in.beta_BHNC.unsqueeze(-1);
+    const at::Tensor beta_exp_gamma_BHNC1 = beta_BHNC1 * gate.exp_gamma_BHNC1;
+    d_source_v_BHNCV.add_(d_out[kSourceV]);
+    // R = P T, q̃ = exp(γ) q − P W, W = T X with X = β exp(γ) k, T = (I + A)⁻¹: dA = −Tᵀ dT Tᵀ below the
+    // diagonal.
+    d_p_BHNCC =
+        d_reads_BHNCC.matmul(transposed(inverse)).sub_(d_transported_q.matmul(transposed(kept.w_BHNCK)));
+    const at::Tensor d_w_BHNCK = d_out[kW] - transposed(p_BHNCC).matmul(d_transported_q);
+    const at::Tensor d_inverse_BHNCC =
+        transposed(p_BHNCC)
+            .matmul(d_reads_BHNCC)
+            .add_(d_out[kTInverse])
+            .add_(d_w_BHNCK.matmul(transposed(in.k_BHNCK)).mul_(transposed(beta_exp_gamma_BHNC1)));
+    const at::Tensor d_x_BHNCK = transposed(inverse).matmul(d_w_BHNCK);
+    // A = β (k kᵀ ⊙ D), X and v' = β v.
+    const at::Tensor kk_decay_BHNCC = decayed_products(in.k_BHNCK, in.k_BHNCK, gate);
+    const at::Tensor d_a_BHNCC =
+        transposed(inverse).matmul(d_inverse_BHNCC).matmul(transposed(inverse)).tril_(/*diagonal=*/-1).neg_();
+    const at::Tensor d_kk_decay_BHNCC = d_a_BHNCC * beta_BHNC1;
+    const at::Tensor x_terms_BHNC = (d_x_BHNCK * in.k_BHNCK).sum(-1);
+    grads[kBeta] = (d_a_BHNCC * kk_decay_BHNCC)
+                       .sum(-1)
+                       .addcmul_(x_terms_BHNC, exp_gamma_BHNC)
+                       .add_((d_source_v_BHNCV * in.v_BHNCV).sum(-1));
+    grads[kV] = beta_BHNC1 * d_source_v_BHNCV;
+    d_k_BHNCK.addcmul_(beta_exp_gamma_BHNC1, d_x_BHNCK);
+    d_gamma_BHNC.add_(x_terms_BHNC * beta_exp_gamma_BHNC1.squeeze(-1));
+    const at::Tensor d_kk_BHNCC = d_kk_decay_BHNCC * gate.decay_BHNCC;
+    d_k_BHNCK.add_((d_kk_BHNCC + transposed(d_kk_BHNCC)).matmul(in.k_BHNCK));
+    decay_terms_BHNCC = d_p_BHNCC * p_BHNCC + d_kk_decay_BHNCC * kk_decay_BHNCC;
+  } else {
+    d_p_BHNCC = d_reads_BHNCC;
+    grads[kV] = d_source_v_BHNCV;
+    decay_terms_BHNCC = d_p_BHNCC * p_BHNCC;
+  }
+  // P = (q kᵀ) ⊙ D.
+  const at::Tensor d_qk_BHNCC = d_p_BHNCC * gate.decay_BHNCC;
+  grads[kQ] = d_q_BHNCK.add_(d_qk_BHNCC.matmul(in.k_BHNCK));
+  grads[kK] = d_k_BHNCK.add_(transposed(d_qk_BHNCC).matmul(in.q_BHNCK));
+
+  // γ: through D (dD ⊙ D adds at row i and subtracts at column j), k̃ and e; then g = γ's reverse cumsum.
+  d_gamma_BHNC.add_(decay_terms_BHNCC.sum(-1)).sub_(decay_terms_BHNCC.sum(-2)).sub_(to_end_terms_BHNC);
+  d_gamma_BHNC.select(-1, -1).add_(to_end_terms_BHNC.sum(-1) + d_out[kChunkDecay] * kept.chunk_decay_BHN);
+  grads[kG] = d_gamma_BHNC.flip(-1).cumsum(-1).flip(-1);
+  return grads;
+}
+
+class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> {
+ public:
+  /// `inputs` in Input order (β an empty placeholder for SSD), in one dtype.
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, bool delta_rule) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    variable_list saved(inputs.begin(), inputs.end());
+    const IntraChunkTerms t = run_forward(inputs_of(saved, delta_rule), /*differentiable_inverse=*/false);
+    const at::Tensor none = at::empty({0}, t.intra_BHNCV.options());
+    const variable_list out = {t.intra_BHNCV,
+                               t.transported_q_BHNCK,
+                               t.k_to_end_BHNCK,
+                               delta_rule ? t.w_BHNCK : none,
+                               delta_rule ? t.t_inverse_BHNCC : none,
+                               delta_rule ? t.source_v_BHNCV : none,
+                               t.chunk_decay_BHN};
+    // W, T and v' cost no memory of their own: the slot pass keeps them too.
+    for (const Output kept : {kW, kTInverse, kSourceV, kChunkDecay})
+      saved.push_back(out[kept]);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["delta_rule"] = delta_rule;
+    ctx->saved_data["tf32"] = ops::tf32_allowed();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    RECORD_FUNCTION("dla::intra_chunk_backward", std::vector<c10::IValue>());
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const ops::Tf32Scope tf32(ctx->saved_data["tf32"].toBool());
+    const bool delta_rule = ctx->saved_data["delta_rule"].toBool();
+    const variable_list saved = ctx->get_saved_variables();
+    const IntraChunkInputs in = inputs_of(saved, delta_rule);
+    IntraChunkTerms kept;
+    kept.w_BHNCK = saved[kNumInputs];
+    kept.t_inverse_BHNCC = saved[kNumInputs + 1];
+    kept.source_v_BHNCV = saved[kNumInputs + 2];
+    kept.chunk_decay_BHN = saved[kNumInputs + 3];
+    // Outputs the loss does not reach have no gradient; they count as zero.
+    const std::vector<at::Tensor> like = {
+        in.v_BHNCV, in.q_BHNCK, in.k_BHNCK, in.k_BHNCK, in.lam_in_BHNCC, in.v_BHNCV, in.g_BHNC.select(-1, 0)};
+    variable_list d_out(kNumOutputs);
+    for (int i = 0; i < kNumOutputs; ++i) {
+      const bool output = delta_rule || (i != kW && i != kTInverse && i != kSourceV);
+      if (output) d_out[i] = grad_outputs[i].defined() ? grad_outputs[i] : at::zeros_like(like[i]);
+    }
+    variable_list grads = backward_terms(in, kept, d_out);
+    grads.push_back(at::Tensor());  // delta_rule
+    return grads;
+  }
+};
+
+}  // namespace
+
+IntraChunkTerms intra_chunk_terms(const IntraChunkInputs& in, bool fused) {
+  RECORD_FUNCTION("dla::intra_chunk", std::vector<c10::IValue>());
+  if (!fused) return run_forward(in, /*differentiable_inverse=*/true);
+  const bool delta_rule = in.beta_BHNC.defined();
+  const at::Tensor placeholder = at::empty({0}, in.q_BHNCK.options());
+  const variable_list inputs = {
+      in.q_BHNCK,     in.k_BHNCK, in.v_BHNCV, in.g_BHNC, delta_rule ? in.beta_BHNC : placeholder,
+      in.lam_in_BHNCC};
+  const variable_list out = IntraChunkFunction::apply(at::TensorList(inputs), delta_rule);
+  IntraChunkTerms t{out[kIntra], out[kTransportedQ], out[kKToEnd], {}, {}, in.v_BHNCV, out[kChunkDecay]};
+  if (delta_rule) {
+    t.w_BHNCK = out[kW];
+    t.t_inverse_BHNCC = out[kTInverse];
+    t.source_v_BHNCV = out[kSourceV];
+  }
+  return t;
+}
+
+}  // namespace dla::memory

@@ -1,0 +1,121 @@
+// Tests of the multi-state chunkwise form's per-chunk stages: the autograd function with the written-out
+// backward against autograd through the LibTorch ops, in value and in the gradient of every input, with and
+// without the delta rule, when every output reaches the loss and when only some do; and the same on the GPU
+// in float32. Shapes: B batch, H heads, N chunks, C chunk length, K key dim, V value dim.
+#include "dla/memory/intra_chunk.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include "catch.h"
+#include "ops/op_testing.h"
+
+namespace {
+
+using dla::memory::IntraChunkInputs;
+using dla::memory::IntraChunkTerms;
+
+/// Random chunked inputs as chunkwise makes them, float64 leaves: unit-norm q and k, log gates < 0, β in (0,
+/// 1) and positive read weights, causal like the decay they meet (their values above the diagonal are
+/// zeroed).
+IntraChunkInputs random_inputs(bool delta_rule, at::Generator& gen) {
+  const int64_t B = 2, H = 2, N = 3, C = 16, K = 8, V = 6;
+  const auto options = at::TensorOptions().dtype(at::kDouble);
+  const auto leaf = [](at::Tensor x) { return x.requires_grad_(true); };
+  const at::Tensor q = at::randn({B, H, N, C, K}, gen, options), k = at::randn({B, H, N, C, K}, gen, options);
+  return {leaf(q / q.norm(2, -1, true)),
+          leaf(k / k.norm(2, -1, true)),
+          leaf(at::randn({B, H, N, C, V}, gen, options)),
+          leaf(-at::rand({B, H, N, C}, gen, options) * 0.3 - 0.01),
+          delta_rule ? leaf(at::rand({B, H, N, C}, gen, options) * 0.9 + 0.05) : at::Tensor(),
+          leaf(at::rand({B, H, N, C, C}, gen, options) + 0.25)};
+}
+
+std::vector<at::Tensor> outputs_of(const IntraChunkTerms& t) {
+  return {t.intra_BHNCV,     t.transported_q_BHNCK, t.k_to_end_BHNCK, t.w_BHNCK,
+          t.t_inverse_BHNCC, t.source_v_BHNCV,      t.chunk_decay_BHN};
+}
+
+const char* const kOutputNames[] = {"intra",     "transported_q", "k_to_end",   "w",
+                                    "t_inverse", "source_v",      "chunk_decay"};
+const char* const kInputNames[] = {"dq", "dk", "dv", "dg", "dbeta", "dlam_in"};
+
+/// sum(output · weight) over the outputs `used` picks, and its gradients with respect to every input.
+std::vector<at::Tensor> gradients(const IntraChunkInputs& in, const IntraChunkTerms& t,
+                                  const std::vector<at::Tensor>& out_weights, const std::vector<bool>& used) {
+  const std::vector<at::Tensor> outputs = outputs_of(t);
+  at::Tensor loss = at::zeros({}, in.q_BHNCK.options());
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (used[i] && outputs[i].defined()) loss = loss + (outputs[i] * out_weights[i]).sum();
+  }
+  std::vector<at::Tensor> leaves = {in.q_BHNCK, in.k_BHNCK,   in.v_BHNCV,
+                                    in.g_BHNC,  in.beta_BHNC, in.lam_in_BHNCC};
+  std::vector<at::Tensor> defined;
+  for (const at::Tensor& x : leaves) {
+    if (x.defined()) defined.push_back(x);
+  }
+  return torch::autograd::grad({loss}, defined, {}, /*retain_graph=*/true, /*create_graph=*/false,
+                               /*allow_unused=*/true);
+}
+
+void compare_forms(const IntraChunkInputs& in, double tol, at::Generator& gen) {
+  const IntraChunkTerms ops = dla::memory::intra_chunk_terms(in, /*fused=*/false);
+  const IntraChunkTerms fused = dla::memory::intra_chunk_terms(in, /*fused=*/true);
+  const std::vector<at::Tensor> ops_out = outputs_of(ops), fused_out = outputs_of(fused);
+  std::vector<at::Tensor> weights;
+  for (size_t i = 0; i < ops_out.size(); ++i) {
+    REQUIRE(ops_out[i].defined() == fused_out[i].defined());
+    if (!ops_out[i].defined()) {
+      weights.emplace_back();
+      continue;
+    }
+    dla::test::expect_close(kOutputNames[i], ops_out[i].cpu(), fused_out[i].cpu(), tol);
+    weights.push_back(at::randn(ops_out[i].sizes(), gen, at::kDouble).to(ops_out[i].options()));
+  }
+  const auto all = std::vector<bool>(ops_out.size(), true);
+  const auto some = std::vector<bool>{true, false, true, false, true, false, false};
+  for (const auto& used : {all, some}) {
+    const std::vector<at::Tensor> expected = gradients(in, ops, weights, used);
+    const std::vector<at::Tensor> got = gradients(in, fused, weights, used);
+    REQUIRE(got.size() == expected.size());
+    size_t name = 0;
+    for (size_t i = 0; i < got.size(); ++i, ++name) {
+      if (!in.beta_BHNC.defined() && name == 4) ++name;  // no β for SSD
+      REQUIRE(expected[i].defined());
+      REQUIRE(got[i].defined());
+      dla::test::expect_close(kInputNames[name], expected[i].cpu(), got[i].cpu(), tol);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the per-chunk stages' written-out backward equals autograd through their ops", "[memory]") {
+  const bool delta_rule = GENERATE(false, true);
+  CAPTURE(delta_rule);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(delta_rule ? 71 : 72);
+  compare_forms(random_inputs(delta_rule, gen), 1e-10, gen);
+}
+
+TEST_CASE("on the GPU the per-chunk stages' written-out backward equals autograd through their ops",
+          "[memory][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the per-chunk stages are not exercised on the GPU on this machine");
+    return;
+  }
+  const bool delta_rule = GENERATE(false, true);
+  CAPTURE(delta_rule);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(delta_rule ? 73 : 74);
+  const IntraChunkInputs on_cpu = random_inputs(delta_rule, gen);
+  const auto cuda = [](const at::Tensor& x) {
+    return x.defined() ? x.detach().to(at::kCUDA, at::kFloat).requires_grad_(true) : x;
+  };
+  compare_forms({cuda(on_cpu.q_BHNCK), cuda(on_cpu.k_BHNCK), cuda(on_cpu.v_BHNCV), cuda(on_cpu.g_BHNC),
+                 cuda(on_cpu.beta_BHNC), cuda(on_cpu.lam_in_BHNCC)},
+                1e-4, gen);
+}
