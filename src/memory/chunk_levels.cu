@@ -63,19 +63,28 @@ __device__ int slot_of(const QueryRow& row, int slots, int64_t key) {
   return -1;
 }
 
-__global__ void __launch_bounds__(kThreads)
-    level_weights_kernel(const int64_t* __restrict__ rows, const int64_t* __restrict__ state_keys,
-                         const float* __restrict__ lam, const float* __restrict__ conf,
-                         float* __restrict__ intra, float* __restrict__ state, ChunkLevelDims d) {
+/// Runs body(row, r, place, lane) for each query r of the warp's share, with its row staged.
+template <typename Body>
+__device__ void for_each_query(const ChunkLevelDims& d, const int64_t* rows, const float* lam,
+                               const float* conf, Body&& body) {
   __shared__ QueryRow staged[kWarps];
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int slots = static_cast<int>(d.slots), C = static_cast<int>(d.chunk_size);
   const int64_t queries = d.batch * d.heads * d.chunks * d.chunk_size;
   QueryRow& row = staged[warp];
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + warp; r < queries;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {
     const QueryPlace place = place_of(r, d);
-    stage_row(row, r, place, rows, lam, conf, slots, lane);
+    stage_row(row, r, place, rows, lam, conf, static_cast<int>(d.slots), lane);
+    body(row, r, place, lane);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    level_weights_kernel(const int64_t* __restrict__ rows, const int64_t* __restrict__ state_keys,
+                         const float* __restrict__ lam, const float* __restrict__ conf,
+                         float* __restrict__ intra, float* __restrict__ state, ChunkLevelDims d) {
+  const int slots = static_cast<int>(d.slots), C = static_cast<int>(d.chunk_size);
+  for_each_query(d, rows, lam, conf, [&](const QueryRow& row, int64_t r, const QueryPlace& place, int lane) {
     for (int j = lane; j < C; j += 32) {
       const int slot = max(slot_of(row, slots, place.first_key + j), 0);
       intra[r * C + j] = j == place.query ? row.lam[0] : row.lam[slot + 1] * row.conf[slot];
@@ -84,7 +93,7 @@ __global__ void __launch_bounds__(kThreads)
       const int slot = slot_of(row, slots, __ldg(state_keys + place.keys_row * slots + s));
       state[r * slots + s] = slot >= 0 ? row.lam[slot + 1] * row.conf[slot] : 0.0f;
     }
-  }
+  });
 }
 
 __device__ float warp_sum(float x) {
@@ -98,15 +107,8 @@ __global__ void __launch_bounds__(kThreads)
                            const float* __restrict__ lam, const float* __restrict__ conf,
                            const float* __restrict__ d_intra, const float* __restrict__ d_state,
                            float* __restrict__ d_lam, float* __restrict__ d_conf, ChunkLevelDims d) {
-  __shared__ QueryRow staged[kWarps];
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
   const int slots = static_cast<int>(d.slots), C = static_cast<int>(d.chunk_size);
-  const int64_t queries = d.batch * d.heads * d.chunks * d.chunk_size;
-  QueryRow& row = staged[warp];
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + warp; r < queries;
-       r += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const QueryPlace place = place_of(r, d);
-    stage_row(row, r, place, rows, lam, conf, slots, lane);
+  for_each_query(d, rows, lam, conf, [&](const QueryRow& row, int64_t r, const QueryPlace& place, int lane) {
     // Each of the lane's keys and states adds its gradient to one slot's λ and confidence, or (the query's
     // own key, slot −1 here) to λ_0 alone.
     int key_slot[kKeysPerLane], state_slot[kStatesPerLane];
@@ -155,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
         if (slot >= 0 && d_conf != nullptr) d_conf[r * slots + slot] = to_conf;
       }
     }
-  }
+  });
 }
 
 unsigned blocks_for(const ChunkLevelDims& d) {
