@@ -167,13 +167,14 @@ class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> 
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     variable_list saved(inputs.begin(), inputs.end());
     const IntraChunkTerms t = run_forward(inputs_of(saved, delta_rule), /*differentiable_inverse=*/false);
-    const at::Tensor none = at::empty({0}, t.intra_BHNCV.options());
+    // SSD has no W, T or v' of its own: an empty tensor each, as every output must be a tensor of its own.
+    const auto none = [&] { return at::empty({0}, t.intra_BHNCV.options()); };
     const variable_list out = {t.intra_BHNCV,
                                t.transported_q_BHNCK,
                                t.k_to_end_BHNCK,
-                               delta_rule ? t.w_BHNCK : none,
-                               delta_rule ? t.t_inverse_BHNCC : none,
-                               delta_rule ? t.source_v_BHNCV : none,
+                               delta_rule ? t.w_BHNCK : none(),
+                               delta_rule ? t.t_inverse_BHNCC : none(),
+                               delta_rule ? t.source_v_BHNCV : none(),
                                t.chunk_decay_BHN};
     // W, T and v' cost no memory of their own: the slot pass keeps them too.
     for (const Output kept : {kW, kTInverse, kSourceV, kChunkDecay})
