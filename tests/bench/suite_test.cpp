@@ -112,8 +112,10 @@ TEST_CASE("the issue's suite file reads", "[bench]") {
   REQUIRE(suite.layers.size() == 5);
   CHECK(suite.layers[4].options.memory == "dla");
   CHECK(suite.layers[4].compare.size() == 2);
-  REQUIRE(suite.models.size() == 2);
+  REQUIRE(suite.models.size() == 4);
   CHECK(suite.models[0].target_tokens_per_s == 85000);
+  CHECK(suite.models[3].name == "gdn-dla-400m graphs");
+  CHECK(suite.models[3].target_tokens_per_s == 60000);
 }
 
 TEST_CASE("a bad benchmark suite is refused with its file, entry and key named", "[bench]") {
