@@ -268,8 +268,12 @@ StepResult Trainer::train_step(bool stop_requested) {
   at::Tensor loss_sum, grad_norm;
   if (graphed_step_) {
     const auto [ids_cpu, labels_cpu] = this->micro_batch(state_.step, 0);
+    const bool was_captured = graphed_step_->captured();
     const std::vector<at::Tensor> outputs = graphed_step_->run(ids_cpu.to(device_, /*non_blocking=*/true),
                                                                labels_cpu.to(device_, /*non_blocking=*/true));
+    if (!was_captured && graphed_step_->captured())
+      spdlog::info("train.cuda_graphs: step {} captured as a CUDA graph; the later steps replay it",
+                   state_.step + 1);
     loss_sum = outputs[0];
     grad_norm = outputs[1];
   } else {
