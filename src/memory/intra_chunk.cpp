@@ -47,32 +47,87 @@ at::Tensor transposed(const at::Tensor& x) {
   return x.transpose(-1, -2);
 }
 
+/// [..., R, X] as one batch of matrices [-1, R, X] (a view; transposed operands stay strided).
+at::Tensor batched(const at::Tensor& x) {
+  return x.reshape({-1, x.size(-2), x.size(-1)});
+}
+
+/// acc += alpha · a b, accumulated by the batched GEMM itself (no product tensor, no separate add). `acc` is
+/// contiguous.
+void add_products(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha = 1) {
+  batched(acc).baddbmm_(batched(a), batched(b), /*beta=*/1, alpha);
+}
+
+/// c + alpha · a b as a new tensor shaped like c, from one batched GEMM.
+at::Tensor plus_products(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, double alpha = 1) {
+  return at::baddbmm(batched(c), batched(a), batched(b), /*beta=*/1, alpha).view(c.sizes());
+}
+
 at::Tensor decayed_products(const at::Tensor& a_BHNCX, const at::Tensor& b_BHNCX, const GateTerms& gate) {
   return a_BHNCX.matmul(transposed(b_BHNCX)).mul_(gate.decay_BHNCC);
 }
 
-IntraChunkTerms run_forward(const IntraChunkInputs& in, bool differentiable_inverse) {
+/// How the forward gets k̃, e and the delta rule's T and W.
+enum class Basis {
+  kAutogradOps,  ///< LibTorch ops that autograd differentiates
+  kOps,          ///< the same ops, inside the autograd function
+  kKernel,       ///< prepare_chunks' CUDA kernel (the single-state op's), inside the autograd function
+};
+
+/// [B, H, N, C, ...] read as [B, N·C, H, ...]: the token layout prepare_chunks takes (a view).
+at::Tensor token_view(const at::Tensor& x_BHNC_) {
+  std::vector<int64_t> shape = {x_BHNC_.size(0), x_BHNC_.size(1), x_BHNC_.size(2) * x_BHNC_.size(3)};
+  shape.insert(shape.end(), x_BHNC_.sizes().begin() + 4, x_BHNC_.sizes().end());
+  return x_BHNC_.view(shape).transpose(1, 2);
+}
+
+bool basis_kernel_applies(const IntraChunkInputs& in) {
+  return ops::fused::chunk_stages_apply(token_view(in.q_BHNCK), token_view(in.k_BHNCK),
+                                        token_view(in.v_BHNCV), in.q_BHNCK.scalar_type(), in.q_BHNCK.size(3));
+}
+
+IntraChunkTerms run_forward(const IntraChunkInputs& in, Basis basis) {
   IntraChunkTerms t;
-  const GateTerms gate = gate_terms(in.g_BHNC);
-  t.k_to_end_BHNCK = in.k_BHNCK * gate.to_end_BHNC1;
-  t.chunk_decay_BHN = gate.gamma_BHNC.select(-1, -1).exp();
-  const at::Tensor qk_decay_BHNCC = in.q_BHNCK.matmul(transposed(in.k_BHNCK)) * gate.decay_BHNCC;
+  const bool delta_rule = in.beta_BHNC.defined();
+  at::Tensor gamma_BHNC, decay_BHNCC;
+  if (basis == Basis::kKernel) {
+    ops::fused::PreparedChunks prepared =
+        ops::fused::prepare_chunks(token_view(in.k_BHNCK), token_view(in.v_BHNCV), token_view(in.g_BHNC),
+                                   delta_rule ? token_view(in.beta_BHNC) : at::Tensor(), in.q_BHNCK.size(3));
+    gamma_BHNC = prepared.gamma_BHMC;
+    decay_BHNCC = ops::common::decay_matrix(gamma_BHNC);
+    t.k_to_end_BHNCK = prepared.k_to_end_BHMCK;
+    t.chunk_decay_BHN = prepared.chunk_decay_BHM;
+    t.w_BHNCK = prepared.w_BHMCK;
+    t.t_inverse_BHNCC = prepared.inverse_BHMCC;
+  } else {
+    const GateTerms gate = gate_terms(in.g_BHNC);
+    gamma_BHNC = gate.gamma_BHNC;
+    decay_BHNCC = gate.decay_BHNCC;
+    t.k_to_end_BHNCK = in.k_BHNCK * gate.to_end_BHNC1;
+    t.chunk_decay_BHN = gamma_BHNC.select(-1, -1).exp();
+    if (delta_rule) {
+      const at::Tensor beta_BHNC1 = in.beta_BHNC.unsqueeze(-1);
+      const at::Tensor a_BHNCC =
+          (beta_BHNC1 * in.k_BHNCK.matmul(transposed(in.k_BHNCK)) * decay_BHNCC).tril(/*diagonal=*/-1);
+      t.t_inverse_BHNCC = basis == Basis::kAutogradOps
+                              ? ops::fused::differentiable_unit_lower_inverse(a_BHNCC)
+                              : ops::fused::unit_lower_inverse(a_BHNCC);
+      t.w_BHNCK = t.t_inverse_BHNCC.matmul((beta_BHNC1 * gate.exp_gamma_BHNC1) * in.k_BHNCK);
+    }
+  }
+  const at::Tensor exp_gamma_BHNC1 = gamma_BHNC.exp().unsqueeze(-1);
+  const at::Tensor qk_decay_BHNCC = in.q_BHNCK.matmul(transposed(in.k_BHNCK)) * decay_BHNCC;
   at::Tensor reads_BHNCC = qk_decay_BHNCC;
-  if (in.beta_BHNC.defined()) {
-    const at::Tensor beta_BHNC1 = in.beta_BHNC.unsqueeze(-1);
-    const at::Tensor a_BHNCC =
-        (beta_BHNC1 * in.k_BHNCK.matmul(transposed(in.k_BHNCK)) * gate.decay_BHNCC).tril(/*diagonal=*/-1);
+  if (delta_rule) {
     // T's product with the causal reads gives each source token's effect on each query, to which Λ applies
     // (reference/loglinear.md §4.2).
-    t.t_inverse_BHNCC = differentiable_inverse ? ops::fused::differentiable_unit_lower_inverse(a_BHNCC)
-                                               : ops::fused::unit_lower_inverse(a_BHNCC);
-    t.w_BHNCK = t.t_inverse_BHNCC.matmul((beta_BHNC1 * gate.exp_gamma_BHNC1) * in.k_BHNCK);
-    t.source_v_BHNCV = beta_BHNC1 * in.v_BHNCV;
+    t.source_v_BHNCV = in.beta_BHNC.unsqueeze(-1) * in.v_BHNCV;
     reads_BHNCC = qk_decay_BHNCC.matmul(t.t_inverse_BHNCC);
-    t.transported_q_BHNCK = in.q_BHNCK * gate.exp_gamma_BHNC1 - qk_decay_BHNCC.matmul(t.w_BHNCK);
+    t.transported_q_BHNCK = in.q_BHNCK * exp_gamma_BHNC1 - qk_decay_BHNCC.matmul(t.w_BHNCK);
   } else {
     t.source_v_BHNCV = in.v_BHNCV;
-    t.transported_q_BHNCK = in.q_BHNCK * gate.exp_gamma_BHNC1;
+    t.transported_q_BHNCK = in.q_BHNCK * exp_gamma_BHNC1;
   }
   t.intra_BHNCV = (reads_BHNCC * in.lam_in_BHNCC).matmul(t.source_v_BHNCV);
   return t;
@@ -104,7 +159,7 @@ variable_list backward_terms(const IntraChunkInputs& in, const IntraChunkTerms& 
   const at::Tensor d_weighted_reads_BHNCC = d_intra.matmul(transposed(source_v_BHNCV));
   grads[kLamIn] = d_weighted_reads_BHNCC * reads_BHNCC;
   const at::Tensor d_reads_BHNCC = d_weighted_reads_BHNCC.mul_(in.lam_in_BHNCC);
-  at::Tensor d_source_v_BHNCV = transposed(reads_BHNCC * in.lam_in_BHNCC).matmul(d_intra);
+  const at::Tensor weighted_reads_t_BHNCC = transposed(reads_BHNCC * in.lam_in_BHNCC);
   // q̃ = exp(γ) q − P W, k̃ = exp(γ_last − γ) k.
   at::Tensor d_gamma_BHNC = (d_transported_q * in.q_BHNCK).sum(-1).mul_(exp_gamma_BHNC);
   at::Tensor d_q_BHNCK = d_transported_q * gate.exp_gamma_BHNC1;
@@ -115,16 +170,14 @@ variable_list backward_terms(const IntraChunkInputs& in, const IntraChunkTerms& 
     const at::Tensor& inverse = kept.t_inverse_BHNCC;
     const at::Tensor beta_BHNC1 = in.beta_BHNC.unsqueeze(-1);
     const at::Tensor beta_exp_gamma_BHNC1 = beta_BHNC1 * gate.exp_gamma_BHNC1;
-    d_source_v_BHNCV.add_(d_out[kSourceV]);
+    const at::Tensor d_source_v_BHNCV = plus_products(d_out[kSourceV], weighted_reads_t_BHNCC, d_intra);
     // R = P T, q̃ = exp(γ) q − P W, W = T X with X = β exp(γ) k, T = (I + A)⁻¹: dA = −Tᵀ dT Tᵀ below the
     // diagonal.
-    d_p_BHNCC =
-        d_reads_BHNCC.matmul(transposed(inverse)).sub_(d_transported_q.matmul(transposed(kept.w_BHNCK)));
-    const at::Tensor d_w_BHNCK = d_out[kW] - transposed(p_BHNCC).matmul(d_transported_q);
+    d_p_BHNCC = d_reads_BHNCC.matmul(transposed(inverse));
+    add_products(d_p_BHNCC, d_transported_q, transposed(kept.w_BHNCK), -1);
+    const at::Tensor d_w_BHNCK = plus_products(d_out[kW], transposed(p_BHNCC), d_transported_q, -1);
     const at::Tensor d_inverse_BHNCC =
-        transposed(p_BHNCC)
-            .matmul(d_reads_BHNCC)
-            .add_(d_out[kTInverse])
+        plus_products(d_out[kTInverse], transposed(p_BHNCC), d_reads_BHNCC)
             .add_(d_w_BHNCK.matmul(transposed(in.k_BHNCK)).mul_(transposed(beta_exp_gamma_BHNC1)));
     const at::Tensor d_x_BHNCK = transposed(inverse).matmul(d_w_BHNCK);
     // A = β (k kᵀ ⊙ D), X and v' = β v.
@@ -141,17 +194,19 @@ variable_list backward_terms(const IntraChunkInputs& in, const IntraChunkTerms& 
     d_k_BHNCK.addcmul_(beta_exp_gamma_BHNC1, d_x_BHNCK);
     d_gamma_BHNC.add_(x_terms_BHNC * beta_exp_gamma_BHNC1.squeeze(-1));
     const at::Tensor d_kk_BHNCC = d_kk_decay_BHNCC * gate.decay_BHNCC;
-    d_k_BHNCK.add_((d_kk_BHNCC + transposed(d_kk_BHNCC)).matmul(in.k_BHNCK));
+    add_products(d_k_BHNCK, d_kk_BHNCC + transposed(d_kk_BHNCC), in.k_BHNCK);
     decay_terms_BHNCC = d_p_BHNCC * p_BHNCC + d_kk_decay_BHNCC * kk_decay_BHNCC;
   } else {
     d_p_BHNCC = d_reads_BHNCC;
-    grads[kV] = d_source_v_BHNCV;
+    grads[kV] = weighted_reads_t_BHNCC.matmul(d_intra);
     decay_terms_BHNCC = d_p_BHNCC * p_BHNCC;
   }
   // P = (q kᵀ) ⊙ D.
   const at::Tensor d_qk_BHNCC = d_p_BHNCC * gate.decay_BHNCC;
-  grads[kQ] = d_q_BHNCK.add_(d_qk_BHNCC.matmul(in.k_BHNCK));
-  grads[kK] = d_k_BHNCK.add_(transposed(d_qk_BHNCC).matmul(in.q_BHNCK));
+  add_products(d_q_BHNCK, d_qk_BHNCC, in.k_BHNCK);
+  add_products(d_k_BHNCK, transposed(d_qk_BHNCC), in.q_BHNCK);
+  grads[kQ] = d_q_BHNCK;
+  grads[kK] = d_k_BHNCK;
 
   // γ: through D (dD ⊙ D adds at row i and subtracts at column j), k̃ and e; then g = γ's reverse cumsum.
   d_gamma_BHNC.add_(decay_terms_BHNCC.sum(-1)).sub_(decay_terms_BHNCC.sum(-2)).sub_(to_end_terms_BHNC);
@@ -166,7 +221,8 @@ class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> 
   static variable_list forward(AutogradContext* ctx, at::TensorList inputs, bool delta_rule) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     variable_list saved(inputs.begin(), inputs.end());
-    const IntraChunkTerms t = run_forward(inputs_of(saved, delta_rule), /*differentiable_inverse=*/false);
+    const IntraChunkInputs in = inputs_of(saved, delta_rule);
+    const IntraChunkTerms t = run_forward(in, basis_kernel_applies(in) ? Basis::kKernel : Basis::kOps);
     // SSD has no W, T or v' of its own: an empty tensor each, as every output must be a tensor of its own.
     const auto none = [&] { return at::empty({0}, t.intra_BHNCV.options()); };
     const variable_list out = {t.intra_BHNCV,
@@ -215,7 +271,7 @@ class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> 
 
 IntraChunkTerms intra_chunk_terms(const IntraChunkInputs& in, bool fused) {
   RECORD_FUNCTION("dla::intra_chunk", std::vector<c10::IValue>());
-  if (!fused) return run_forward(in, /*differentiable_inverse=*/true);
+  if (!fused) return run_forward(in, Basis::kAutogradOps);
   const bool delta_rule = in.beta_BHNC.defined();
   const at::Tensor placeholder = at::empty({0}, in.q_BHNCK.options());
   const variable_list inputs = {

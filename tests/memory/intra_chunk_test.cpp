@@ -13,6 +13,8 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include "catch.h"
+#include "dla/ops/fused.h"
+#include "dla/ops/tf32_scope.h"
 #include "ops/op_testing.h"
 
 namespace {
@@ -23,8 +25,12 @@ using dla::memory::IntraChunkTerms;
 /// Random chunked inputs as chunkwise makes them, float64 leaves: unit-norm q and k, log gates < 0, β in (0,
 /// 1) and positive read weights, causal like the decay they meet (their values above the diagonal are
 /// zeroed).
-IntraChunkInputs random_inputs(bool delta_rule, at::Generator& gen) {
-  const int64_t B = 2, H = 2, N = 3, C = 16, K = 8, V = 6;
+struct ChunkSizes {
+  int64_t B = 2, H = 2, N = 3, C = 16, K = 8, V = 6;
+};
+
+IntraChunkInputs random_inputs(bool delta_rule, at::Generator& gen, const ChunkSizes& sizes = {}) {
+  const auto [B, H, N, C, K, V] = sizes;
   const auto options = at::TensorOptions().dtype(at::kDouble);
   const auto leaf = [](at::Tensor x) { return x.requires_grad_(true); };
   const at::Tensor q = at::randn({B, H, N, C, K}, gen, options), k = at::randn({B, H, N, C, K}, gen, options);
@@ -118,4 +124,27 @@ TEST_CASE("on the GPU the per-chunk stages' written-out backward equals autograd
   compare_forms({cuda(on_cpu.q_BHNCK), cuda(on_cpu.k_BHNCK), cuda(on_cpu.v_BHNCV), cuda(on_cpu.g_BHNC),
                  cuda(on_cpu.beta_BHNC), cuda(on_cpu.lam_in_BHNCC)},
                 1e-4, gen);
+}
+
+TEST_CASE("on the GPU with TF32 the per-chunk stages take the chunk kernel and agree with their ops",
+          "[memory][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the per-chunk stages' kernel is not exercised on this machine");
+    return;
+  }
+  const bool delta_rule = GENERATE(false, true);
+  CAPTURE(delta_rule);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(delta_rule ? 75 : 76);
+  const IntraChunkInputs on_cpu =
+      random_inputs(delta_rule, gen, {.B = 1, .H = 2, .N = 3, .C = 64, .K = 64, .V = 32});
+  const auto cuda = [](const at::Tensor& x) {
+    return x.defined() ? x.detach().to(at::kCUDA, at::kFloat).requires_grad_(true) : x;
+  };
+  const IntraChunkInputs in{cuda(on_cpu.q_BHNCK), cuda(on_cpu.k_BHNCK),   cuda(on_cpu.v_BHNCV),
+                            cuda(on_cpu.g_BHNC),  cuda(on_cpu.beta_BHNC), cuda(on_cpu.lam_in_BHNCC)};
+  const dla::ops::Tf32Scope tf32(true);
+  const auto tokens = [](const at::Tensor& x) { return x.flatten(2, 3).transpose(1, 2); };
+  REQUIRE(dla::ops::fused::chunk_stages_apply(tokens(in.q_BHNCK), tokens(in.k_BHNCK), tokens(in.v_BHNCV),
+                                              at::kFloat, 64));
+  compare_forms(in, 5e-3, gen);
 }
