@@ -8,8 +8,10 @@
 // float32 out); the left operand is the same for every slot, so each warp takes one row tile for a batch of
 // slots and loads each of its fragments once for all of them. Moving states between slots is per entry, in
 // registers. A chunk's operands arrive by asynchronous copies, as many in flight at once as the
-// buffers allow; the fragments round them to TF32 and scale v by a slot's token mask (forward) or d_inter by
-// a slot's read weights (backward) as they load, so that all slots' products run as one parallel pass.
+// buffers allow. The left operands are rounded to TF32 once, in shared memory, by the threads that copied
+// them, and the forward's Δ as it is stored (on sm_90 a rounding is two instructions); the fragments round
+// the states and scale v by a slot's token mask (forward) or d_inter by a slot's read weights (backward) as
+// they load, so that all slots' products run as one parallel pass.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -33,6 +35,7 @@ using dla::ops::kernels::copy_columns_async;
 using dla::ops::kernels::copy_floats_async;
 using dla::ops::kernels::copy_rows_async;
 using dla::ops::kernels::mma_tf32;
+using dla::ops::kernels::round_copied_to_tf32;
 using dla::ops::kernels::tf32_bits;
 using dla::ops::kernels::wait_copies;
 
@@ -106,22 +109,27 @@ __device__ void load_tile(WarpTile& tile, const float* src, int ld, float scale)
   }
 }
 
-/// The tile at dst (rows ld apart) = scale · tile.
+/// The tile at dst (rows ld apart) = scale · tile, rounded to TF32 when kRound (for a product's operand).
+template <bool kRound = false>
 __device__ void store_tile(const WarpTile& tile, float* dst, int ld, float scale) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const auto value = [scale](float x) { return kRound ? __uint_as_float(tf32_bits(scale * x)) : scale * x; };
 #pragma unroll
   for (int n = 0; n < 2; ++n) {
     const float* c = tile.c[n];
-    *reinterpret_cast<float2*>(dst + g * ld + 8 * n + 2 * t) = make_float2(scale * c[0], scale * c[1]);
-    *reinterpret_cast<float2*>(dst + (g + 8) * ld + 8 * n + 2 * t) = make_float2(scale * c[2], scale * c[3]);
+    *reinterpret_cast<float2*>(dst + g * ld + 8 * n + 2 * t) = make_float2(value(c[0]), value(c[1]));
+    *reinterpret_cast<float2*>(dst + (g + 8) * ld + 8 * n + 2 * t) = make_float2(value(c[2]), value(c[3]));
   }
 }
 
+/// How a product's right operand loads: rounded to TF32, already rounded, or scaled and then rounded.
+enum class RightLoad { kRound, kRounded, kScale };
+
 /// A 16-row tile's products with the slots of a batch: tiles[i] += A B_i for the first `count` ≤ kSlots
-/// slots, over `depth` (a multiple of 8). A(i, j) = a[i·a_ld + j], or a[j·a_ld + i] when kAColumns; it is
-/// the same for every slot, so each fragment loads once for all of them. B_i is [depth, 16] row-major at
-/// b + i·b_slot_stride (rows b_ld apart; one B loaded once when the stride is 0), row j scaled by
-/// scales[i·scale_slot_stride + j·scale_stride] when scales are given. Both round to TF32 as they load.
+/// slots, over `depth` (a multiple of 8). A(i, j) = a[i·a_ld + j], or a[j·a_ld + i] when kAColumns, already
+/// rounded to TF32; it is the same for every slot, so each fragment loads once for all of them. B_i is
+/// [depth, 16] row-major at b + i·b_slot_stride (rows b_ld apart; one B loaded once when the stride is 0),
+/// loaded as kLoad says; kScale scales row j by scales[i·scale_slot_stride + j·scale_stride].
 struct SlotOperand {
   const float* b;
   int b_ld;
@@ -131,35 +139,54 @@ struct SlotOperand {
   int scale_stride = 0;
 };
 
-template <bool kAColumns, int kSlots>
+template <bool kAColumns, RightLoad kLoad, int kSlots>
 __device__ void multiply_accumulate(WarpTile (&tiles)[kSlots], int count, const float* a, int a_ld,
                                     const SlotOperand& x, int depth) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const auto a_at = [&](int i, int j) { return kAColumns ? a[j * a_ld + i] : a[i * a_ld + j]; };
+  // The lane's operands as pointers that advance one depth step at a time, so that the loads take
+  // constant offsets rather than an index product each.
+  const int a_row = kAColumns ? 1 : a_ld, a_depth = kAColumns ? a_ld : 1;
+  const float* a_top = a + g * a_row + t * a_depth;  // A(g, j + t); A(g + 8, ·) is 8 rows on
+  const float* b_low = x.b + t * x.b_ld + g;         // B(j + t, g); B(j + t + 4, ·) is 4 rows on
+  const float* scale_low = kLoad == RightLoad::kScale ? x.scales + t * x.scale_stride : nullptr;
+  const auto right = [](float value, float scale) {
+    if constexpr (kLoad == RightLoad::kRounded) return __float_as_uint(value);
+    if constexpr (kLoad == RightLoad::kRound) return tf32_bits(value);
+    return tf32_bits(scale * value);
+  };
+  // A single slot's products unroll two steps, so that one step's loads overlap the other's products; a
+  // batch of slots has that already.
+#pragma unroll(kSlots == 1 ? 2 : 1)
   for (int j = 0; j < depth; j += kStep) {
-    const unsigned a_fragment[4] = {tf32_bits(a_at(g, j + t)), tf32_bits(a_at(g + 8, j + t)),
-                                    tf32_bits(a_at(g, j + t + 4)), tf32_bits(a_at(g + 8, j + t + 4))};
+    const unsigned a_fragment[4] = {__float_as_uint(a_top[0]), __float_as_uint(a_top[8 * a_row]),
+                                    __float_as_uint(a_top[4 * a_depth]),
+                                    __float_as_uint(a_top[8 * a_row + 4 * a_depth])};
     float b_values[2][2];
 #pragma unroll
     for (int i = 0; i < kSlots; ++i) {
       if (i >= count) break;
       if (i == 0 || x.b_slot_stride != 0) {
-        const float* b = x.b + i * x.b_slot_stride;
+        const float* b = b_low + i * x.b_slot_stride;
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
-          b_values[n][0] = b[(j + t) * x.b_ld + 8 * n + g];
-          b_values[n][1] = b[(j + t + 4) * x.b_ld + 8 * n + g];
+          b_values[n][0] = b[8 * n];
+          b_values[n][1] = b[4 * x.b_ld + 8 * n];
         }
       }
-      const int scale_at = i * x.scale_slot_stride + (j + t) * x.scale_stride;
-      const float low = x.scales ? x.scales[scale_at] : 1.f;
-      const float high = x.scales ? x.scales[scale_at + 4 * x.scale_stride] : 1.f;
+      float low = 1.f, high = 1.f;
+      if constexpr (kLoad == RightLoad::kScale) {
+        low = scale_low[i * x.scale_slot_stride];
+        high = scale_low[i * x.scale_slot_stride + 4 * x.scale_stride];
+      }
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
-        const unsigned b_fragment[2] = {tf32_bits(low * b_values[n][0]), tf32_bits(high * b_values[n][1])};
+        const unsigned b_fragment[2] = {right(b_values[n][0], low), right(b_values[n][1], high)};
         mma_tf32(tiles[i].c[n], a_fragment, b_fragment);
       }
     }
+    a_top += kStep * a_depth;
+    b_low += kStep * x.b_ld;
+    if constexpr (kLoad == RightLoad::kScale) scale_low += kStep * x.scale_stride;
   }
 }
 
@@ -192,13 +219,13 @@ __device__ void load_tiles(WarpTile (&tiles)[kSlots], int count, const float* sr
   }
 }
 
-/// The tile at dst + i·slot_stride = scale · tiles[i], for the first `count`.
-template <int kSlots>
+/// The tile at dst + i·slot_stride = scale · tiles[i], for the first `count`; rounded to TF32 when kRound.
+template <bool kRound = false, int kSlots>
 __device__ void store_tiles(const WarpTile (&tiles)[kSlots], int count, float* dst, int slot_stride, int ld,
                             float scale) {
 #pragma unroll
   for (int i = 0; i < kSlots; ++i) {
-    if (i < count) store_tile(tiles[i], dst + i * slot_stride, ld, scale);
+    if (i < count) store_tile<kRound>(tiles[i], dst + i * slot_stride, ld, scale);
   }
 }
 
@@ -332,6 +359,10 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     commit_copies();
     const float decay = __ldg(a.chunk_decay + chunk);
     wait_copies<0>();
+    if (delta_rule) {  // each thread rounds the pieces it copied
+      round_copied_to_tf32<kThreads>(t_inverse, t_ld, C, C);
+      round_copied_to_tf32<kThreads>(operand, w_ld, K, C);
+    }
     __syncthreads();
     if (static_cast<int>(threadIdx.x) < S) {
       const int s = threadIdx.x;
@@ -357,6 +388,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
         copy_rows_async<kThreads>(operand, w_ld, a.w + chunk * CK, C, K);
         commit_copies();
         wait_copies<0>();
+        round_copied_to_tf32<kThreads>(operand, w_ld, K, C);
         __syncthreads();
       }
       if (delta_rule) {
@@ -368,8 +400,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
           }
           WarpTile tiles[kForwardChunkRowBatch] = {};
           if (any_tokens) {
-            multiply_accumulate<false>(tiles, n, t_inverse + row * t_ld, t_ld,
-                                       {values, ld, 0, tokens + r0 * C, C, 1}, C);
+            multiply_accumulate<false, RightLoad::kScale>(tiles, n, t_inverse + row * t_ld, t_ld,
+                                                          {values, ld, 0, tokens + r0 * C, C, 1}, C);
           }
           if (any_live) {  // tiles = W X̄_r − Z_r, stored negated
             for (WarpTile& tile : tiles)
@@ -378,22 +410,25 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
                   tile.c[h][e] = -tile.c[h][e];
-            multiply_accumulate<false>(tiles, n, operand + row * w_ld, w_ld,
-                                       {states + r0 * l.slot_floats(), ld, l.slot_floats()}, K);
+            multiply_accumulate<false, RightLoad::kRound>(
+                tiles, n, operand + row * w_ld, w_ld, {states + r0 * l.slot_floats(), ld, l.slot_floats()},
+                K);
           }
-          store_tiles(tiles, n, group_buffers + (r0 - first) * l.rows_floats() + row * ld, l.rows_floats(),
-                      ld, any_live ? -1.f : 1.f);
+          store_tiles</*kRound=*/true>(tiles, n, group_buffers + (r0 - first) * l.rows_floats() + row * ld,
+                                       l.rows_floats(), ld, any_live ? -1.f : 1.f);
         });
       } else {
         for (int i = threadIdx.x; i < count * C * kTile; i += kThreads) {
           const int r = first + i / (C * kTile), c = (i / kTile) % C, offset = c * ld + i % kTile;
-          group_buffers[(r - first) * l.rows_floats() + offset] = tokens[r * C + c] * values[offset];
+          group_buffers[(r - first) * l.rows_floats() + offset] =
+              __uint_as_float(tf32_bits(tokens[r * C + c] * values[offset]));
         }
       }
       __syncthreads();
       copy_rows_async<kThreads>(operand, k_ld, a.k_to_end + chunk * CK, C, K);
       commit_copies();
       wait_copies<0>();
+      round_copied_to_tf32<kThreads>(operand, k_ld, K, C);
       __syncthreads();
       for_each_slot_batch<kForwardKeyRowBatch>(k_tiles, first, count, [&](int r0, int n, int row) {
         bool any_live = false;
@@ -403,8 +438,9 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
         float* state = states + r0 * l.slot_floats() + row * ld;
         WarpTile tiles[kForwardKeyRowBatch];
         load_tiles(tiles, n, state, l.slot_floats(), ld, decay);
-        multiply_accumulate<true>(tiles, n, operand + row, k_ld,
-                                  {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
+        multiply_accumulate<true, RightLoad::kRounded>(
+            tiles, n, operand + row, k_ld,
+            {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
         store_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);
       });
       __syncthreads();
@@ -427,39 +463,42 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
   const bool delta_rule = a.w != nullptr;
   const int k_rows_ld = l.operand_ld(), k_columns_ld = l.column_operand_ld();
   // Starts copying a [C, K] operand of this chunk into `operand`, rows ld apart, and waits for it (and for
-  // every copy started before) once the block has done `meanwhile`.
+  // every copy started before) once the block has done `meanwhile`; the copying threads round it to TF32.
   const auto load_operand = [&](const float* src, int operand_ld, auto meanwhile) {
     copy_rows_async<kThreads>(operand, operand_ld, src, C, K);
     commit_copies();
     meanwhile();
     wait_copies<0>();
+    round_copied_to_tf32<kThreads>(operand, operand_ld, K, C);
     __syncthreads();
   };
-  const auto nothing = [] {};
 
   for (int s = 0; s < S; ++s)
     copy_columns_async<kThreads>(states + s * l.slot_floats(), ld, a.d_final_states + (head * S + s) * K * V,
                                  V, first_column, kTile, K);
+  commit_copies();
+  wait_copies<0>();
+  __syncthreads();
 
   for (int n = l.chunks - 1; n >= 0; --n) {
+    // G is complete and every buffer is free. The chunk's small operands travel with K̃'s copies.
     const size_t chunk = head * l.chunks + n;
     copy_floats_async<kThreads>(weights, a.read_weight + chunk * C * S, C * S);
     copy_floats_async<kThreads>(moves, a.state_move + chunk * S * S, S * S);
     copy_columns_async<kThreads>(d_inter, ld, a.d_inter + chunk * CV, V, first_column, kTile, C);
     const float decay = __ldg(a.chunk_decay + chunk);
-    commit_copies();
-    wait_copies<0>();
-    __syncthreads();  // G is complete and every buffer is free
-    store_states(a.d_end_states + chunk * SKV, states, l, first_column);
 
     // dΔ_r = K̃ G_r, then dX̄_r = e G_r − Wᵀ dΔ_r in place of G_r, a group of slots at a time.
     for (int first = 0; first < S; first += l.group) {
       const int count = min(l.group, S - first);
-      load_operand(a.k_to_end + chunk * CK, k_rows_ld, nothing);
+      load_operand(a.k_to_end + chunk * CK, k_rows_ld, [&] {
+        if (first == 0) store_states(a.d_end_states + chunk * SKV, states, l, first_column);
+      });
       for_each_slot_batch<kChunkRowBatch>(c_tiles, first, count, [&](int r0, int n, int row) {
         WarpTile tiles[kChunkRowBatch] = {};
-        multiply_accumulate<false>(tiles, n, operand + row * k_rows_ld, k_rows_ld,
-                                   {states + r0 * l.slot_floats(), ld, l.slot_floats()}, K);
+        multiply_accumulate<false, RightLoad::kRound>(tiles, n, operand + row * k_rows_ld, k_rows_ld,
+                                                      {states + r0 * l.slot_floats(), ld, l.slot_floats()},
+                                                      K);
         store_tiles(tiles, n, group_buffers + (r0 - first) * l.rows_floats() + row * ld, l.rows_floats(), ld,
                     1.f);
       });
@@ -477,8 +516,9 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
           WarpTile tiles[kKeyRowBatch];
           // −dX̄_r = Wᵀ dΔ_r − e G_r, stored negated
           load_tiles(tiles, n, state, l.slot_floats(), ld, -decay);
-          multiply_accumulate<true>(tiles, n, operand + row, k_columns_ld,
-                                    {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
+          multiply_accumulate<true, RightLoad::kRound>(
+              tiles, n, operand + row, k_columns_ld,
+              {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
           store_tiles(tiles, n, state, l.slot_floats(), ld, -1.f);
         });
       } else {
@@ -496,8 +536,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
       float* state = states + s0 * l.slot_floats() + row * ld;
       WarpTile tiles[kKeyRowBatch];
       load_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);
-      multiply_accumulate<true>(tiles, n, operand + row, k_columns_ld, {d_inter, ld, 0, weights + s0, 1, S},
-                                C);
+      multiply_accumulate<true, RightLoad::kScale>(tiles, n, operand + row, k_columns_ld,
+                                                   {d_inter, ld, 0, weights + s0, 1, S}, C);
       store_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);
     });
     __syncthreads();

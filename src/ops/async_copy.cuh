@@ -33,19 +33,33 @@ __device__ void wait_copies() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+/// Calls piece(row, part) for this thread's share of the 16-byte pieces of a [rows, 4 · per_row] float block,
+/// part the piece's first column: piece row · per_row + part / 4 goes to thread (that index) mod kThreads.
+/// Where per_row divides kThreads each thread keeps its part, so there is one division, not one per piece.
+template <int kThreads, class Piece>
+__device__ void for_each_piece(int per_row, int rows, Piece piece) {
+  if (per_row <= 0) return;
+  if (kThreads % per_row == 0) {
+    const int part = 4 * (static_cast<int>(threadIdx.x) % per_row), row_step = kThreads / per_row;
+    for (int row = static_cast<int>(threadIdx.x) / per_row; row < rows; row += row_step)
+      piece(row, part);
+  } else {
+    for (int i = threadIdx.x; i < rows * per_row; i += kThreads)
+      piece(i / per_row, 4 * (i % per_row));
+  }
+}
+
 /// Starts dst (rows dst_ld apart) = `columns` columns from `column` of a [rows, row_length] row-major global
 /// matrix, zeros for those from row_length on; columns, column and row_length multiples of 4. The block's
-/// kThreads threads share the copies.
+/// kThreads threads share the copies (for_each_piece).
 template <int kThreads>
 __device__ void copy_columns_async(float* dst, int dst_ld, const float* src, int row_length, int column,
                                    int columns, int rows) {
-  const int per_row = columns / 4;
-  for (int i = threadIdx.x; i < rows * per_row; i += kThreads) {
-    const int row = i / per_row, part = 4 * (i % per_row);
+  for_each_piece<kThreads>(columns / 4, rows, [&](int row, int part) {
     const float* row_start = src + static_cast<size_t>(row) * row_length;
     const bool inside = column + part < row_length;
     copy_async(dst + row * dst_ld + part, inside ? row_start + column + part : row_start, inside);
-  }
+  });
 }
 
 /// Starts dst (rows dst_ld apart) = a [rows, columns] row-major global matrix, columns a multiple of 4.

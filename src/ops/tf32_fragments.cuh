@@ -5,6 +5,8 @@
 
 #include <mma.h>
 
+#include "async_copy.cuh"
+
 namespace dla::ops::kernels {
 
 /// Rounds every element of a loaded WMMA operand fragment to TF32, as the TF32 mma expects.
@@ -20,6 +22,22 @@ __device__ inline unsigned tf32_bits(float x) {
   unsigned bits;
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(x));
   return bits;
+}
+
+/// Rounds to TF32, in place, the 16-byte pieces of a [rows, columns] shared matrix (rows ld apart) that this
+/// thread started with copy_columns_async<kThreads>(dst, ld, ..., columns, rows), the same pieces by the same
+/// for_each_piece: after its own wait_copies a thread may round them without waiting for the block.
+template <int kThreads>
+__device__ void round_copied_to_tf32(float* dst, int ld, int columns, int rows) {
+  for_each_piece<kThreads>(columns / 4, rows, [&](int row, int part) {
+    float4* piece = reinterpret_cast<float4*>(dst + row * ld + part);
+    float4 x = *piece;
+    x.x = __uint_as_float(tf32_bits(x.x));
+    x.y = __uint_as_float(tf32_bits(x.y));
+    x.z = __uint_as_float(tf32_bits(x.z));
+    x.w = __uint_as_float(tf32_bits(x.w));
+    *piece = x;
+  });
 }
 
 /// c += a b for one m16n8k8 TF32 product. Lane (g, t) = (lane / 4, lane % 4) holds A at (row, column) (g, t),
