@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <utility>
 
 #include "../ops/async_copy.cuh"
@@ -44,6 +45,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;  // product tile edge, and the value columns per block
 constexpr int kStep = 8;   // depth of one TF32 mma
 constexpr int kMaxSlots = 16;
+static_assert(kMaxSlots <= kWarps, "the forward sets each slot's flags with a warp of its own");
 constexpr int kPad = 4;  // shared rows are padded by 4 floats: float4 alignment, fewer bank conflicts
 // The [*, 16] slot buffers' rows are padded by 8 floats where shared memory allows (24-float rows put the
 // lanes of a B fragment load on distinct banks), else by 4.
@@ -203,9 +205,18 @@ constexpr int kForwardKeyRowBatch = 1;
 template <int kBatch, class Job>
 __device__ void for_each_slot_batch(int row_tiles, int first, int slots, Job job) {
   const int batches = (slots + kBatch - 1) / kBatch;
-  for (int item = static_cast<int>(threadIdx.x / 32); item < row_tiles * batches; item += kWarps) {
-    const int batch_first = first + (item / row_tiles) * kBatch;
-    job(batch_first, min(kBatch, first + slots - batch_first), (item % row_tiles) * kTile);
+  // Item batch · row_tiles + row, advanced kWarps items at a time: the divisions once, not per item.
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  const int batch_step = kWarps / row_tiles, row_step = kWarps % row_tiles;
+  for (int batch = warp / row_tiles, row = warp % row_tiles; batch < batches;) {
+    const int batch_first = first + batch * kBatch;
+    job(batch_first, min(kBatch, first + slots - batch_first), row * kTile);
+    batch += batch_step;
+    row += row_step;
+    if (row >= row_tiles) {
+      row -= row_tiles;
+      ++batch;
+    }
   }
 }
 
@@ -246,40 +257,36 @@ __device__ void store_columns(float* dst, int value_dim, int first_column, const
 
 // ---- per-block steps ----
 
-/// Moves the states between slots, entry by entry: out_r = Σ_s M[r, s] x_s, or Σ_s M[s, r] x_s (the
-/// backward's transpose). Each thread owns its entries in every slot, so no other thread reads them, and
-/// moves several at once, so that each move entry it loads serves all of them. The slot count is a template
-/// argument so that the sources unroll without per-slot guards.
+/// Moves the states between slots: out_r = Σ_s M[r, s] x_s, or Σ_s M[s, r] x_s (the backward's transpose).
+/// Each thread owns its entries in every slot, so no other thread reads them, and moves kWidth adjacent ones
+/// at once, a vector load and store per slot, so that each move entry it loads serves all of them. The slot
+/// count is a template argument so that the sources unroll without per-slot guards.
 template <int S>
 __device__ void move_slots(float* states, const float* moves, const Layout& l, bool transposed) {
-  constexpr int kEntries = S <= 8 ? 4 : 2;  // within the registers of 512 threads
-  const int entries = l.key_dim * kTile;
-  for (int first = threadIdx.x; first < entries; first += kEntries * kThreads) {
-    int offset[kEntries];
-    float x[kEntries][S];
+  constexpr int kWidth = S <= 8 ? 4 : 2;  // within the registers of 512 threads
+  using Vector = std::conditional_t<kWidth == 4, float4, float2>;
+  constexpr int kPerRow = kTile / kWidth;
+  const int pieces = l.key_dim * kPerRow;
+  for (int p = threadIdx.x; p < pieces; p += kThreads) {
+    const int offset = (p / kPerRow) * l.tile_ld() + kWidth * (p % kPerRow);
+    Vector x[S];
 #pragma unroll
-    for (int i = 0; i < kEntries; ++i) {
-      const int e = first + i * kThreads;
-      offset[i] = e < entries ? (e / kTile) * l.tile_ld() + e % kTile : -1;
-#pragma unroll
-      for (int s = 0; s < S; ++s)
-        x[i][s] = offset[i] >= 0 ? states[s * l.slot_floats() + offset[i]] : 0.f;
-    }
-    // Unrolling the destinations too lets the compiler hoist the move entries' loads and spill.
+    for (int s = 0; s < S; ++s)
+      x[s] = *reinterpret_cast<const Vector*>(states + s * l.slot_floats() + offset);
+      // Unrolling the destinations too lets the compiler hoist the move entries' loads and spill.
 #pragma unroll 1
     for (int r = 0; r < S; ++r) {
-      float sum[kEntries] = {};
+      float sum[kWidth] = {};
 #pragma unroll
       for (int s = 0; s < S; ++s) {
         const float m = transposed ? moves[s * S + r] : moves[r * S + s];
+        const float* entries = reinterpret_cast<const float*>(&x[s]);
 #pragma unroll
-        for (int i = 0; i < kEntries; ++i)
-          sum[i] += m * x[i][s];
+        for (int e = 0; e < kWidth; ++e)
+          sum[e] += m * entries[e];
       }
-#pragma unroll
-      for (int i = 0; i < kEntries; ++i) {
-        if (offset[i] >= 0) states[r * l.slot_floats() + offset[i]] = sum[i];
-      }
+      *reinterpret_cast<Vector*>(states + r * l.slot_floats() + offset) =
+          *reinterpret_cast<const Vector*>(sum);
     }
   }
 }
@@ -344,19 +351,22 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     states[i] = 0.f;
   if (threadIdx.x < kMaxSlots) live[threadIdx.x] = 0;
 
-  for (int n = 0; n < l.chunks; ++n) {
-    const size_t chunk = head * l.chunks + n;
-    __syncthreads();  // the states are complete and every buffer is free
-    store_states(a.start_states + chunk * SKV, states, l, first_column);
-    // The chunk's operands, all copies in flight at once; the products round them as they load.
-    if (delta_rule) {
-      copy_rows_async<kThreads>(t_inverse, t_ld, a.t_inverse + chunk * C * C, C, C);
-      copy_rows_async<kThreads>(operand, w_ld, a.w + chunk * CK, C, K);
-    }
+  // What the moves and the writes read besides W. A chunk's copies start during the previous chunk's last
+  // transitions, which need none of these buffers.
+  const auto copy_write_operands = [&](size_t chunk) {
+    if (delta_rule) copy_rows_async<kThreads>(t_inverse, t_ld, a.t_inverse + chunk * C * C, C, C);
     copy_columns_async<kThreads>(values, ld, a.source_v + chunk * CV, V, first_column, kTile, C);
     copy_floats_async<kThreads>(moves, a.state_move + chunk * S * S, S * S);
     copy_floats_async<kThreads>(tokens, a.token_move + chunk * S * C, S * C);
+  };
+  copy_write_operands(head * l.chunks);
+
+  for (int n = 0; n < l.chunks; ++n) {
+    const size_t chunk = head * l.chunks + n;
+    __syncthreads();  // the states are complete and W's buffer is free
+    if (delta_rule) copy_rows_async<kThreads>(operand, w_ld, a.w + chunk * CK, C, K);
     commit_copies();
+    store_states(a.start_states + chunk * SKV, states, l, first_column);
     const float decay = __ldg(a.chunk_decay + chunk);
     wait_copies<0>();
     if (delta_rule) {  // each thread rounds the pieces it copied
@@ -364,15 +374,17 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
       round_copied_to_tf32<kThreads>(operand, w_ld, K, C);
     }
     __syncthreads();
-    if (static_cast<int>(threadIdx.x) < S) {
-      const int s = threadIdx.x;
-      int any_token = 0, next = 0;
-      for (int c = 0; c < C; ++c)
+    if (warp < S) {  // a warp per slot: does a token land in it, does a live state move to it
+      const int s = warp, lane = threadIdx.x % 32;
+      bool any_token = false;
+      for (int c = lane; c < C; c += 32)
         any_token |= tokens[s * C + c] != 0.f;
-      for (int source = 0; source < S; ++source)
-        next |= moves[s * S + source] != 0.f && live[source];
-      has_tokens[s] = any_token;
-      next_live[s] = next || any_token;
+      any_token = __any_sync(0xffffffffu, any_token);
+      const bool next = __any_sync(0xffffffffu, lane < S && moves[s * S + lane] != 0.f && live[lane]);
+      if (lane == 0) {
+        has_tokens[s] = any_token;
+        next_live[s] = next || any_token;
+      }
     }
     __syncthreads();
 
@@ -427,7 +439,13 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
       __syncthreads();
       copy_rows_async<kThreads>(operand, k_ld, a.k_to_end + chunk * CK, C, K);
       commit_copies();
-      wait_copies<0>();
+      if (first + count >= S && n + 1 < l.chunks) {  // the last writes are done
+        copy_write_operands(chunk + 1);
+        commit_copies();
+        wait_copies<1>();  // K̃'s copies, which were committed first
+      } else {
+        wait_copies<0>();
+      }
       round_copied_to_tf32<kThreads>(operand, k_ld, K, C);
       __syncthreads();
       for_each_slot_batch<kForwardKeyRowBatch>(k_tiles, first, count, [&](int r0, int n, int row) {
