@@ -42,6 +42,10 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
         fmt::format("train.batch_size = {} must be a multiple of the {} ranks", B, env.world_size));
   }
 
+#ifdef DLA_WITH_CUDA
+  // Entries of one suite share the process: none may report a peak of the one before.
+  if (cuda) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
   torch::manual_seed(static_cast<uint64_t>(config.run.seed));
   model::CausalLM model(config.model);
   model->to(device);
@@ -95,7 +99,8 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
   if (cuda) torch::cuda::synchronize();
   if (communicator) communicator->barrier();
 #ifdef DLA_WITH_CUDA
-  // A graphed step's memory is the graph's private pool, filled at capture: its peak is kept.
+  // A graphed step's memory is the graph's private pool, filled at capture: its peak (since this entry
+  // started) is kept.
   if (cuda && !graphed) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
 #endif
   const auto start = std::chrono::steady_clock::now();

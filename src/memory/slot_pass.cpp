@@ -31,6 +31,7 @@
 
 #include "slot_gradients_kernels.h"
 #include "slot_pass_kernels.h"
+#include "slot_reads_kernel.h"
 #endif
 
 namespace dla::memory {
@@ -177,6 +178,29 @@ bool slot_pass_uses_cuda_kernels([[maybe_unused]] const SlotPassInputs& in) {
 
 namespace {
 
+#if defined(DLA_WITH_CUDA)
+/// The reads of every chunk from its start states, inter_c = Σ_s w_cs q̃_c X_s: on the reads kernel where it
+/// runs the dims, else as one batched matmul with the slots and keys as one depth of S·K.
+at::Tensor start_state_reads(const SlotPassInputs& in, const at::Tensor& start_states_BHNSKV,
+                             const kernels::SlotPassDims& dims) {
+  if (!kernels::supports_slot_reads(dims)) {
+    const at::Tensor weighted_q_BHNCX =
+        (in.read_weight_BHNCS.unsqueeze(-1) * in.transported_q_BHNCK.unsqueeze(-2)).flatten(-2);
+    return weighted_q_BHNCX.matmul(start_states_BHNSKV.flatten(3, 4));
+  }
+  const at::Tensor q = ops::kernel_buffer(in.transported_q_BHNCK),
+                   read_weight = ops::kernel_buffer(in.read_weight_BHNCS);
+  const at::Tensor inter_BHNCV =
+      at::empty({q.size(0), q.size(1), dims.chunks, dims.chunk_size, dims.value_dim}, q.options());
+  const char* error =
+      kernels::slot_reads({q.data_ptr<float>(), read_weight.data_ptr<float>(),
+                           start_states_BHNSKV.data_ptr<float>(), inter_BHNCV.data_ptr<float>()},
+                          dims, ops::current_cuda_stream(q));
+  TORCH_CHECK(error == nullptr, "memory slot pass reads: CUDA kernel failed: ", error);
+  return inter_BHNCV;
+}
+#endif
+
 KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
@@ -198,12 +222,7 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
        final_states_BHSKV.data_ptr<float>()},
       dims, ops::current_cuda_stream(k_to_end));
   TORCH_CHECK(error == nullptr, "memory slot pass forward: CUDA kernel failed: ", error);
-  // The reads of all chunks in one matmul: inter_c = Σ_s w_cs q̃_c X_s, with the slots and keys of the start
-  // states as one depth of S·K.
-  const at::Tensor weighted_q_BHNCX =
-      (in.read_weight_BHNCS.unsqueeze(-1) * in.transported_q_BHNCK.unsqueeze(-2)).flatten(-2);
-  const at::Tensor inter_BHNCV = weighted_q_BHNCX.matmul(start_states_BHNSKV.view({B, H, N, S * K, V}));
-  return {{inter_BHNCV, final_states_BHSKV}, start_states_BHNSKV};
+  return {{start_state_reads(in, start_states_BHNSKV, dims), final_states_BHSKV}, start_states_BHNSKV};
 #else
   TORCH_CHECK(false, "memory slot pass: dla was built without CUDA");
 #endif
@@ -438,6 +457,16 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
 
 bool slot_pass_gradients_use_cuda_kernels(const SlotPassInputs& in) {
   return uses_gradient_kernels(in, slot_pass_uses_cuda_kernels(in));
+}
+
+bool slot_pass_reads_use_cuda_kernel([[maybe_unused]] const SlotPassInputs& in) {
+#if defined(DLA_WITH_CUDA)
+  if (!slot_pass_uses_cuda_kernels(in)) return false;
+  const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
+  return kernels::supports_slot_reads(dims_of(in));
+#else
+  return false;
+#endif
 }
 
 SlotPassResult slot_pass(const SlotPassInputs& in, bool fused) {

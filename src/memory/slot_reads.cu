@@ -1,0 +1,158 @@
+// CUDA kernel of the multi-state reads (slot_reads_kernel.h): inter[c] = Σ_s w[c, s] (q̃ X_s)[c] for every
+// chunk. One thread block per (chunk, 128 value columns) with a warp per 32 × 32 block of the output: it
+// holds that block of q̃ X_s in registers while the slot's states stream through shared memory 32 keys at a
+// time (the next stages' copies in flight), and as the slot ends adds it, each row scaled by its read weight,
+// to the block it writes out. The states are read once, and the weighted queries are never stored.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "../ops/async_copy.cuh"
+#include "../ops/cuda_launch.cuh"
+#include "slot_reads_kernel.h"
+#include "warp_blocks.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "dla's slot-read kernel uses TF32 tensor cores: set DLA_CUDA_ARCHITECTURES to 80 or newer"
+#endif
+
+namespace dla::memory::kernels {
+namespace {
+
+using dla::ops::kernels::copy_columns_async;
+using dla::ops::kernels::copy_rows_async;
+
+constexpr int kColumns = 128;  // value columns per block: four warp blocks across
+constexpr int kColumnBlocks = kColumns / kBlock;
+constexpr int kStageKeys = 32;  // key rows of one slot's states per stage
+constexpr int kBuffers = 4;     // stage buffers: three stages' copies in flight while one computes
+constexpr int kMaxSlots = 16;
+
+struct ReadDims {
+  int chunks, C, K, V, S;
+
+  /// q̃ rows 4 floats longer than a multiple of 32 put the lanes of an A fragment load on distinct banks, the
+  /// stage rows 8 floats longer those of a B fragment load (read down its columns).
+  __host__ __device__ int q_ld() const { return K + 4; }
+  __host__ __device__ int stage_ld() const { return kColumns + 8; }
+  __host__ __device__ int stage_floats() const { return kStageKeys * stage_ld(); }
+  __host__ __device__ int shared_floats() const { return C * q_ld() + kBuffers * stage_floats() + S * C; }
+};
+
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, ReadDims d) {
+  extern __shared__ __align__(128) float shared[];
+  const int C = d.C, K = d.K, V = d.V, S = d.S, q_ld = d.q_ld(), stage_ld = d.stage_ld();
+  float* q = shared;                                      // q̃ [C, q_ld]
+  float* stages = q + C * q_ld;                           // kBuffers × X_s [32 keys, stage_ld]
+  float* weights = stages + kBuffers * d.stage_floats();  // [S, C]: a slot's weights as one row
+
+  const size_t chunk = static_cast<size_t>(blockIdx.y) * d.chunks + blockIdx.x;
+  const int first_column = static_cast<int>(blockIdx.z) * kColumns;
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int row = (warp / kColumnBlocks) * kBlock, column = (warp % kColumnBlocks) * kBlock;
+  const bool active = first_column + column < V;  // the last column tile may be narrower
+
+  copy_rows_async<kThreads>(q, q_ld, a.transported_q + chunk * C * K, C, K);
+  const float* chunk_weights = a.read_weight + chunk * C * S;
+  for (int i = threadIdx.x; i < C * S; i += kThreads)
+    weights[(i % S) * C + i / S] = __ldg(chunk_weights + i);
+
+  WarpBlock slot_reads, reads;
+  clear(slot_reads);
+  clear(reads);
+  const int per_slot = K / kStageKeys;
+  const auto stage = [&](int b) { return stages + b * d.stage_floats(); };
+  run_stages<kBuffers>(
+      S * per_slot,
+      [&](int k, int b) {
+        const int s = k / per_slot, key = (k % per_slot) * kStageKeys;
+        copy_columns_async<kThreads>(stage(b), stage_ld,
+                                     a.start_states + ((chunk * S + s) * K + key) * static_cast<size_t>(V), V,
+                                     first_column, kColumns, kStageKeys);
+      },
+      [&](int k, int b) {
+        if (!active) return;
+        const int s = k / per_slot, key = (k % per_slot) * kStageKeys;
+        multiply_accumulate<Stored::by_row, false, Stored::by_column, false>(
+            slot_reads, {q + row * q_ld + key, q_ld}, {stage(b) + column, stage_ld}, kStageKeys);
+        if (key + kStageKeys < K) return;
+        // The slot ends: its reads join the output, each row scaled by that query's weight for the slot.
+        const float* slot_weights = weights + s * C + row;
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float w = slot_weights[16 * m + 8 * h + g];
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                reads.c[m][n][2 * h + e] += w * slot_reads.c[m][n][2 * h + e];
+                slot_reads.c[m][n][2 * h + e] = 0.f;
+              }
+          }
+      });
+  if (!active) return;
+  float* out = a.inter + chunk * C * static_cast<size_t>(V) + first_column + column;
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        const float* c = reads.c[m][n];
+        *reinterpret_cast<float2*>(out + static_cast<size_t>(row + 16 * m + 8 * h + g) * V + 8 * n + 2 * t) =
+            make_float2(c[2 * h], c[2 * h + 1]);
+      }
+}
+
+ReadDims dims_of(const SlotPassDims& dims) {
+  return {static_cast<int>(dims.chunks), static_cast<int>(dims.chunk_size), static_cast<int>(dims.key_dim),
+          static_cast<int>(dims.value_dim), static_cast<int>(dims.slots)};
+}
+
+size_t shared_bytes(const ReadDims& d) {
+  return sizeof(float) * static_cast<size_t>(d.shared_floats());
+}
+
+template <int kThreads>
+const char* launch(const SlotReadArgs& args, const SlotPassDims& dims, void* stream) {
+  const ReadDims d = dims_of(dims);
+  const size_t bytes = shared_bytes(d);
+  const auto kernel = slot_reads_kernel<kThreads>;
+  const cudaError_t error =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (error != cudaSuccess) return cudaGetErrorString(error);
+  const dim3 grid(static_cast<unsigned>(dims.chunks), static_cast<unsigned>(dims.batch_heads),
+                  static_cast<unsigned>((dims.value_dim + kColumns - 1) / kColumns));
+  kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(args, d);
+  return dla::ops::kernels::launched();
+}
+
+}  // namespace
+
+bool supports_slot_reads(const SlotPassDims& dims) {
+  const int64_t C = dims.chunk_size;
+  if ((C != 32 && C != 64 && C != 128) || dims.key_dim < kStageKeys || dims.key_dim % kStageKeys != 0 ||
+      dims.key_dim > 4096 || dims.value_dim < kBlock || dims.value_dim % kBlock != 0 ||
+      dims.value_dim > (int64_t{1} << 20) || dims.slots < 1 || dims.slots > kMaxSlots ||
+      dims.batch_heads < 1 || dims.batch_heads > 65535 || dims.chunks < 1 || dims.chunks > (int64_t{1} << 30))
+    return false;
+  return shared_bytes(dims_of(dims)) <=
+         static_cast<size_t>(std::max(dla::ops::kernels::max_shared_bytes(), 0));
+}
+
+const char* slot_reads(const SlotReadArgs& args, const SlotPassDims& dims, void* stream) {
+  // A warp per 32 × 32 output block: C / 32 rows of kColumnBlocks.
+  switch (dims.chunk_size) {
+    case 32:
+      return launch<32 * kColumnBlocks>(args, dims, stream);
+    case 64:
+      return launch<64 * kColumnBlocks>(args, dims, stream);
+    default:
+      return launch<128 * kColumnBlocks>(args, dims, stream);
+  }
+}
+
+}  // namespace dla::memory::kernels

@@ -1,0 +1,135 @@
+// A warp's 32 × 32 block of a TF32 tensor-core product held in registers, and a ring of shared stage buffers
+// that streams operands in by asynchronous copies: the building blocks of the slot kernels that work one
+// chunk per thread block (slot_gradients.cu, slot_reads.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "../ops/async_copy.cuh"
+#include "../ops/tf32_fragments.cuh"
+
+namespace dla::memory::kernels {
+
+using dla::ops::kernels::commit_copies;
+using dla::ops::kernels::mma_tf32;
+using dla::ops::kernels::tf32_bits;
+using dla::ops::kernels::wait_copies;
+
+constexpr int kBlock = 32;  // edge of a warp's output block
+constexpr int kStep = 8;    // depth of one TF32 mma
+
+/// A warp's 32 × 32 block of a product in registers, as 2 × 4 m16n8 accumulators of `mma.sync`: lane
+/// (g, t) = (lane / 4, lane % 4) holds rows g and g + 8 of each 16-row tile at columns 2t and 2t + 1 of each
+/// 8-column tile. Built from raw fragments, each loaded once per step for all eight products (WMMA loads and
+/// rounds them per tile, which made the kernels issue-bound).
+struct WarpBlock {
+  float c[2][4][4];
+};
+
+__device__ inline void clear(WarpBlock& block) {
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        block.c[m][n][e] = 0.f;
+}
+
+/// How an operand of a warp block's product is stored: element (i, j), i the output row (A) or column (B)
+/// and j the depth, at p[i·ld + j] (by_row) or p[j·ld + i] (by_column).
+enum class Stored { by_row, by_column };
+
+/// One operand at p, rows ld apart; with kScaled, element (i, j) is scaled by scale[i].
+struct Operand {
+  const float* p;
+  int ld;
+  const float* scale = nullptr;
+};
+
+template <Stored kStored>
+__device__ float element(const Operand& x, int i, int j) {
+  return kStored == Stored::by_row ? x.p[i * x.ld + j] : x.p[j * x.ld + i];
+}
+
+/// block += A B over `depth` (a multiple of 8), A's 32 output rows and B's 32 output columns as Operands
+/// stored kA and kB, scaled where kScaleA and kScaleB. Both round to TF32 as they load.
+template <Stored kA, bool kScaleA, Stored kB, bool kScaleB>
+__device__ void multiply_accumulate(WarpBlock& block, const Operand& a, const Operand& b, int depth) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  float a_scale[2][2], b_scale[4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      a_scale[m][h] = kScaleA ? a.scale[16 * m + 8 * h + g] : 1.f;
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+    b_scale[n] = kScaleB ? b.scale[8 * n + g] : 1.f;
+  const auto load = [](float x, float scale, bool scaled) { return tf32_bits(scaled ? x * scale : x); };
+  for (int j = 0; j < depth; j += kStep) {
+    unsigned a_fragment[2][4], b_fragment[4][2];
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      const int top = 16 * m + g, bottom = top + 8;
+      a_fragment[m][0] = load(element<kA>(a, top, j + t), a_scale[m][0], kScaleA);
+      a_fragment[m][1] = load(element<kA>(a, bottom, j + t), a_scale[m][1], kScaleA);
+      a_fragment[m][2] = load(element<kA>(a, top, j + t + 4), a_scale[m][0], kScaleA);
+      a_fragment[m][3] = load(element<kA>(a, bottom, j + t + 4), a_scale[m][1], kScaleA);
+    }
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      b_fragment[n][0] = load(element<kB>(b, 8 * n + g, j + t), b_scale[n], kScaleB);
+      b_fragment[n][1] = load(element<kB>(b, 8 * n + g, j + t + 4), b_scale[n], kScaleB);
+    }
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+        mma_tf32(block.c[m][n], a_fragment[m], b_fragment[n]);
+  }
+}
+
+/// block += A Bᵀ over `depth`: A's and B's 32 rows with the depth along the row.
+__device__ inline void multiply_accumulate_transposed(WarpBlock& block, const float* a, int a_ld,
+                                                      const float* b, int b_ld, int depth) {
+  multiply_accumulate<Stored::by_row, false, Stored::by_row, false>(block, {a, a_ld}, {b, b_ld}, depth);
+}
+
+/// dst (rows ld apart) = scale · block.
+__device__ inline void store(const WarpBlock& block, float* dst, int ld, float scale) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      const float* c = block.c[m][n];
+      float* top = dst + (16 * m + g) * ld + 8 * n + 2 * t;
+      *reinterpret_cast<float2*>(top) = make_float2(scale * c[0], scale * c[1]);
+      *reinterpret_cast<float2*>(top + 8 * ld) = make_float2(scale * c[2], scale * c[3]);
+    }
+}
+
+/// Runs `stages` stages in a ring of kBuffers shared buffers: the copies of the next kBuffers − 1 stages
+/// (prefetch(k, buffer)) are in flight while stage k computes (compute(k, buffer)). Every iteration commits
+/// one group of copies, empty past the last stage, so that waiting for all but the newest kBuffers − 1
+/// groups waits for stage k's (and, at k = 0, for what the kernel copied before).
+template <int kBuffers, class Prefetch, class Compute>
+__device__ void run_stages(int stages, Prefetch prefetch, Compute compute) {
+  for (int k = 0; k < kBuffers - 1; ++k) {
+    if (k < stages) prefetch(k, k);
+    commit_copies();
+  }
+  for (int k = 0; k < stages; ++k) {
+    const int ahead = k + kBuffers - 1;
+    if (ahead < stages) prefetch(ahead, ahead % kBuffers);
+    commit_copies();
+    wait_copies<kBuffers - 1>();
+    __syncthreads();
+    compute(k, k % kBuffers);
+    __syncthreads();  // the buffer is free for stage k + kBuffers
+  }
+  wait_copies<0>();
+}
+
+}  // namespace dla::memory::kernels
