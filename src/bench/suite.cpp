@@ -4,9 +4,12 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <iterator>
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <map>
+#include <optional>
 #include <set>
 #include <span>
 
@@ -177,6 +180,39 @@ const nlohmann::json* find_layer(const std::vector<nlohmann::json>& results, con
   return nullptr;
 }
 
+/// A line of the layer table: an entry's measurement at one shape against one of its comparisons (none when
+/// it has none); `theirs_ms` is empty when the entry compared with has not run.
+struct LayerLine {
+  const LayerEntry* entry;
+  const nlohmann::json* result;
+  const Comparison* comparison;
+  std::optional<double> theirs_ms;
+
+  double ours_ms() const { return result->at("fwd_bwd_ms").get<double>(); }
+  double ratio() const { return ours_ms() / *theirs_ms; }
+};
+
+std::vector<LayerLine> layer_lines(const BenchSuite& suite, const std::vector<nlohmann::json>& results) {
+  std::vector<LayerLine> lines;
+  for (const LayerEntry& entry : suite.layers) {
+    for (size_t i = 0; i < entry.shapes.size(); ++i) {
+      const nlohmann::json* r = find_layer(results, entry.name, i);
+      if (r == nullptr) continue;
+      if (entry.compare.empty()) lines.push_back({&entry, r, nullptr, std::nullopt});
+      for (const Comparison& c : entry.compare) {
+        std::optional<double> theirs;
+        if (!c.fwd_bwd_ms.empty()) {
+          theirs = c.fwd_bwd_ms[i];
+        } else if (const nlohmann::json* other = find_layer(results, c.against, i)) {
+          theirs = other->at("fwd_bwd_ms").get<double>();
+        }
+        lines.push_back({&entry, r, &c, theirs});
+      }
+    }
+  }
+  return lines;
+}
+
 std::string target_cells(double ratio, double target) {
   if (target <= 0) return "– | –";
   return fmt::format("≤ {} | {}", number(target), ratio <= target ? "yes" : "**no**");
@@ -192,26 +228,18 @@ std::string summary_markdown(const BenchSuite& suite, const std::vector<nlohmann
     md +=
         "\n## Layers\n\n| entry | (B, T, H, D) | device | fwd+bwd (fwd) ms | against | their ms | ratio | "
         "target | met |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-    for (const LayerEntry& entry : suite.layers) {
-      for (size_t i = 0; i < entry.shapes.size(); ++i) {
-        const nlohmann::json* r = find_layer(results, entry.name, i);
-        if (r == nullptr) continue;
-        const double ours = r->at("fwd_bwd_ms").get<double>();
-        const std::string cells = fmt::format("| {} | {} | {} | {} ({}) |", entry.name, shape_text(*r),
-                                              r->at("device").get<std::string>(), number(ours),
-                                              number(r->at("fwd_ms").get<double>()));
-        if (entry.compare.empty()) md += cells + " – | – | – | – | – |\n";
-        for (const Comparison& c : entry.compare) {
-          const nlohmann::json* other = c.fwd_bwd_ms.empty() ? find_layer(results, c.against, i) : nullptr;
-          if (c.fwd_bwd_ms.empty() && other == nullptr) {
-            md += cells + fmt::format(" {} | not run | – | – | – |\n", c.against);
-            continue;
-          }
-          const double theirs = other ? other->at("fwd_bwd_ms").get<double>() : c.fwd_bwd_ms[i];
-          const double ratio = ours / theirs;
-          md += cells + fmt::format(" {} | {} | {:.2f} | {} |\n", c.against, number(theirs), ratio,
-                                    target_cells(ratio, c.target_ratio));
-        }
+    for (const LayerLine& line : layer_lines(suite, results)) {
+      const nlohmann::json& r = *line.result;
+      md += fmt::format("| {} | {} | {} | {} ({}) |", line.entry->name, shape_text(r),
+                        r.at("device").get<std::string>(), number(line.ours_ms()),
+                        number(r.at("fwd_ms").get<double>()));
+      if (line.comparison == nullptr) {
+        md += " – | – | – | – | – |\n";
+      } else if (!line.theirs_ms) {
+        md += fmt::format(" {} | not run | – | – | – |\n", line.comparison->against);
+      } else {
+        md += fmt::format(" {} | {} | {:.2f} | {} |\n", line.comparison->against, number(*line.theirs_ms),
+                          line.ratio(), target_cells(line.ratio(), line.comparison->target_ratio));
       }
     }
   }
@@ -239,6 +267,67 @@ std::string summary_markdown(const BenchSuite& suite, const std::vector<nlohmann
     }
   }
   return md;
+}
+
+/// The layer comparisons as bars of ours / theirs from parity on a log₂ scale (left of the line: faster),
+/// green where the target is met, red where it is missed, grey without one; a tick marks each target. Ratios
+/// beyond the scale end at its edge and keep their value in the label. Empty without a ratio to draw.
+std::string ratios_svg(const BenchSuite& suite, const std::vector<LayerLine>& all_lines) {
+  std::vector<LayerLine> lines;
+  std::copy_if(all_lines.begin(), all_lines.end(), std::back_inserter(lines),
+               [](const LayerLine& l) { return l.theirs_ms.has_value(); });
+  if (lines.empty()) return "";
+  constexpr double kLabelWidth = 360, kPlotWidth = 420, kRowHeight = 22, kTop = 56, kMaxOctaves = 6;
+  double octaves = 1;
+  for (const LayerLine& l : lines) {
+    octaves = std::max(octaves, std::ceil(std::abs(std::log2(l.ratio()))));
+    if (l.comparison->target_ratio > 0)
+      octaves = std::max(octaves, std::ceil(std::abs(std::log2(l.comparison->target_ratio))));
+  }
+  octaves = std::min(octaves, kMaxOctaves);
+  const auto x_of = [&](double ratio) {
+    const double octave = std::clamp(std::log2(ratio), -octaves, octaves);
+    return kLabelWidth + kPlotWidth / 2 * (1 + octave / octaves);
+  };
+  const double height = kTop + kRowHeight * static_cast<double>(lines.size()) + 40;
+  const double width = kLabelWidth + kPlotWidth + 80;
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" font-family=\"sans-serif\" "
+      "font-size=\"12\">\n<rect width=\"{0}\" height=\"{1}\" fill=\"white\"/>\n<text x=\"10\" y=\"22\" "
+      "font-size=\"15\">Suite {2}: fwd+bwd time, ours / theirs (left of 1×: faster)</text>\n",
+      width, height, suite.name);
+  const double bottom = kTop + kRowHeight * static_cast<double>(lines.size());
+  for (double octave = -octaves; octave <= octaves; ++octave) {
+    const double x = x_of(std::exp2(octave));
+    const std::string label = octave >= 0 ? fmt::format("{:.0f}×", std::exp2(octave))
+                                          : fmt::format("1/{:.0f}×", std::exp2(-octave));
+    svg += fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"{3}\"/>\n<text x=\"{0:.1f}\" "
+        "y=\"{4}\" text-anchor=\"middle\">{5}</text>\n",
+        x, kTop - 8, bottom, octave == 0 ? "black" : "#ddd", bottom + 16, label);
+  }
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const LayerLine& l = lines[i];
+    const double y = kTop + kRowHeight * static_cast<double>(i), ratio = l.ratio(),
+                 target = l.comparison->target_ratio;
+    const char* colour = target <= 0 ? "#999" : ratio <= target ? "#2ca02c" : "#d62728";
+    const double x0 = std::min(x_of(1), x_of(ratio)), x1 = std::max(x_of(1), x_of(ratio));
+    svg += fmt::format(
+        "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\">{} (B {}, T {}) vs {}</text>\n<rect "
+        "class=\"bar\" "
+        "x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"{}\"/>\n<text x=\"{:.1f}\" "
+        "y=\"{:.1f}\">{:.2f}×</text>\n",
+        kLabelWidth - 8, y + 15, l.entry->name, l.result->at("B").get<int64_t>(),
+        l.result->at("T").get<int64_t>(), l.comparison->against, x0, y + 4, std::max(x1 - x0, 1.0),
+        kRowHeight - 8, colour, x_of(std::max(ratio, 1.0)) + 4, y + 15, ratio);
+    if (target > 0) {
+      svg += fmt::format(
+          "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" stroke=\"black\" "
+          "stroke-width=\"2\"/>\n",
+          x_of(target), y + 1, y + kRowHeight - 1);
+    }
+  }
+  return svg + "</svg>\n";
 }
 
 void write_file(const std::filesystem::path& file, const std::string& text) {
@@ -364,6 +453,8 @@ std::filesystem::path run_bench_suite(const BenchSuite& suite, const std::filesy
     results.push_back(std::move(result));
     write_file(out_dir / "results.jsonl", lines);
     write_file(summary, summary_markdown(suite, results, started));
+    if (const std::string svg = ratios_svg(suite, layer_lines(suite, results)); !svg.empty())
+      write_file(out_dir / "ratios.svg", svg);
   };
 
   // An entry's `kernels` holds for that entry only; the others keep the process's choice.

@@ -1,5 +1,5 @@
-// Benchmark suites: a small suite run on the CPU (its files, and each comparison's ratio and verdict), and
-// the errors that name the file, entry and key of a bad suite.
+// Benchmark suites: a small suite run on the CPU (its files, each comparison's ratio and verdict, and the
+// ratios' picture), and the errors that name the file, entry and key of a bad suite.
 #include "dla/bench/suite.h"
 
 #include <fmt/format.h>
@@ -90,6 +90,21 @@ TEST_CASE("a benchmark suite runs its layers and models and sets each time again
   CHECK_THAT(summary, has_substr("| attention | (1, 40, 1, 8) | cpu |"));
   CHECK_THAT(summary, has_substr("| quickstart | cpu | 2 × 32 |"));
   CHECK_THAT(summary, has_substr("| 1000000000000 | **no** |"));
+
+  // The ratios' picture: a bar per comparison that has both times (gdn's two against the reference, fenwick's
+  // two against gdn; attention compares with nothing), green where met and red where missed.
+  const std::string svg = read_text(dir / "out" / "ratios.svg");
+  CHECK_THAT(svg, has_substr("Suite smoke"));
+  const auto count = [&](const std::string& text) {
+    size_t n = 0;
+    for (size_t at = svg.find(text); at != std::string::npos; at = svg.find(text, at + 1))
+      ++n;
+    return n;
+  };
+  CHECK(count("class=\"bar\"") == 4);
+  CHECK(count("fill=\"#2ca02c\"") == 3);
+  CHECK(count("fill=\"#d62728\"") == 1);
+  CHECK_THAT(svg, has_substr("fenwick (B 2, T 24) vs gdn"));
 }
 
 TEST_CASE("a suite narrowed to some entries keeps them in order and refuses unknown names", "[bench]") {
