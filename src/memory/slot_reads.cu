@@ -134,7 +134,7 @@ const char* launch(const SlotReadArgs& args, const SlotPassDims& dims, void* str
 
 bool supports_slot_reads(const SlotPassDims& dims) {
   const int64_t C = dims.chunk_size;
-  if ((C != 32 && C != 64 && C != 128) || dims.key_dim < kStageKeys || dims.key_dim % kStageKeys != 0 ||
+  if ((C != 32 && C != 64) || dims.key_dim < kStageKeys || dims.key_dim % kStageKeys != 0 ||
       dims.key_dim > 4096 || dims.value_dim < kBlock || dims.value_dim % kBlock != 0 ||
       dims.value_dim > (int64_t{1} << 20) || dims.slots < 1 || dims.slots > kMaxSlots ||
       dims.batch_heads < 1 || dims.batch_heads > 65535 || dims.chunks < 1 || dims.chunks > (int64_t{1} << 30))
@@ -145,14 +145,8 @@ bool supports_slot_reads(const SlotPassDims& dims) {
 
 const char* slot_reads(const SlotReadArgs& args, const SlotPassDims& dims, void* stream) {
   // A warp per 32 × 32 output block: C / 32 rows of kColumnBlocks.
-  switch (dims.chunk_size) {
-    case 32:
-      return launch<32 * kColumnBlocks>(args, dims, stream);
-    case 64:
-      return launch<64 * kColumnBlocks>(args, dims, stream);
-    default:
-      return launch<128 * kColumnBlocks>(args, dims, stream);
-  }
+  return dims.chunk_size == 32 ? launch<32 * kColumnBlocks>(args, dims, stream)
+                               : launch<64 * kColumnBlocks>(args, dims, stream);
 }
 
 }  // namespace dla::memory::kernels

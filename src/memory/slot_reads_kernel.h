@@ -14,8 +14,8 @@ struct SlotReadArgs {
   float* inter;                ///< [BH, N, C, V]
 };
 
-/// Whether slot_reads runs these dims on the current device: C 32, 64 or 128, K and V multiples of 32, at
-/// most 16 slots, and its shared memory within the device's limit.
+/// Whether slot_reads runs these dims on the current device: C 32 or 64, K and V multiples of 32, at most 16
+/// slots, and its shared memory within the device's limit.
 bool supports_slot_reads(const SlotPassDims& dims);
 
 /// nullptr on success, else the CUDA error's text.

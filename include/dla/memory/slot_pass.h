@@ -44,7 +44,7 @@ bool slot_pass_uses_cuda_kernels(const SlotPassInputs& in);
 bool slot_pass_gradients_use_cuda_kernels(const SlotPassInputs& in);
 
 /// Whether, running as CUDA kernels, the fused slot pass's reads from the chunks' start states run on their
-/// own kernel: C 32, 64 or 128, K and V multiples of 32. Otherwise as one batched LibTorch matmul.
+/// own kernel: C 32 or 64, K and V multiples of 32. Otherwise as one batched LibTorch matmul.
 bool slot_pass_reads_use_cuda_kernel(const SlotPassInputs& in);
 
 }  // namespace dla::memory
