@@ -4,10 +4,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <iterator>
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
