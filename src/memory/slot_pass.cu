@@ -3,15 +3,15 @@
 // X̄_r = Σ_s M[r, s] X_s the states moved to their slots, each chunk is (docs/memory/policies.md)
 //   forward   Δ_r = Z_r − W X̄_r,   X'_r = e X̄_r + K̃ᵀ Δ_r,   Z_r = T (m_r ⊙ v)
 //   backward  dΔ_r = K̃ G_r,   dX̄_r = e G_r − Wᵀ dΔ_r,   dX_s = Σ_r M[r, s] dX̄_r + q̃ᵀ (w_s ⊙ d_inter)
-// (no W and T for SSD). The forward writes every chunk's start states; the reads from them are one batched
-// matmul outside. The products are 16 × 16 tiles on tensor cores (mma.sync on raw fragments, TF32 in,
+// (no W and T for SSD). The forward writes every chunk's start states; the reads from them run outside
+// (slot_reads.cu). The products are 16 × 16 tiles on tensor cores (mma.sync on raw fragments, TF32 in,
 // float32 out); the left operand is the same for every slot, so each warp takes one row tile for a batch of
-// slots and loads each of its fragments once for all of them. Moving states between slots is per entry, in
-// registers. A chunk's operands arrive by asynchronous copies, as many in flight at once as the
-// buffers allow. The left operands are rounded to TF32 once, in shared memory, by the threads that copied
-// them, and the forward's Δ as it is stored (on sm_90 a rounding is two instructions); the fragments round
-// the states and scale v by a slot's token mask (forward) or d_inter by a slot's read weights (backward) as
-// they load, so that all slots' products run as one parallel pass.
+// slots and loads each of its fragments once for all of them. Moving states between slots goes a few
+// adjacent entries at a time, in registers. A chunk's operands arrive by asynchronous copies, as many in
+// flight at once as the buffers allow. The left operands are rounded to TF32 once, in shared memory, by the
+// threads that copied them, and the forward's Δ as it is stored (on sm_90 a rounding is two instructions);
+// the fragments round the states and scale v by a slot's token mask (forward) or d_inter by a slot's read
+// weights (backward) as they load, so that all slots' products run as one parallel pass.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -40,7 +40,7 @@ using dla::ops::kernels::round_copied_to_tf32;
 using dla::ops::kernels::tf32_bits;
 using dla::ops::kernels::wait_copies;
 
-constexpr int kThreads = 512;  // 16 warps: within 128 registers, no spills
+constexpr int kThreads = 512;  // 16 warps: within 128 registers (the backward spills one)
 constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;  // product tile edge, and the value columns per block
 constexpr int kStep = 8;   // depth of one TF32 mma
