@@ -2,6 +2,7 @@
 #include "dla/bench/kernel_profile.h"
 
 #include <algorithm>
+#include <fstream>
 #include <map>
 #include <set>
 #include <string>
@@ -56,6 +57,120 @@ nlohmann::json profile_kernels(const std::function<void()>& fn, const std::files
                        {"calls", sorted[i].second.calls}});
   }
   return kernels;
+}
+
+namespace {
+
+/// A range of one thread's timeline, in the trace's microseconds.
+struct Range {
+  double start, end;
+  std::string name;
+};
+
+/// The ranges no other range of the list contains, in order; a thread's ranges nest, so these are disjoint.
+std::vector<Range> outermost(std::vector<Range> ranges) {
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
+    return a.start != b.start ? a.start < b.start : a.end > b.end;
+  });
+  std::vector<Range> out;
+  for (Range& r : ranges) {
+    if (out.empty() || r.start >= out.back().end) out.push_back(std::move(r));
+  }
+  return out;
+}
+
+/// The range of a disjoint, ordered list that holds time t, if any.
+const Range* holding(const std::vector<Range>& ranges, double t) {
+  auto after = std::upper_bound(ranges.begin(), ranges.end(), t,
+                                [](double time, const Range& r) { return time < r.start; });
+  if (after == ranges.begin()) return nullptr;
+  const Range& r = *std::prev(after);
+  return t <= r.end ? &r : nullptr;
+}
+
+}  // namespace
+
+nlohmann::json kernel_time_by_op(const std::filesystem::path& trace_path, int64_t top) {
+  std::ifstream in(trace_path);
+  if (!in) throw UserError("--profile: cannot read the trace " + trace_path.string());
+  const nlohmann::json trace = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (trace.is_discarded()) throw UserError("--profile: " + trace_path.string() + " is not a JSON trace");
+  const nlohmann::json* events = &trace;
+  if (trace.is_object()) {
+    const auto it = trace.find("traceEvents");
+    if (it == trace.end()) throw UserError("--profile: " + trace_path.string() + " has no traceEvents");
+    events = &*it;
+  }
+
+  // Fields of another type read as -1, 0 or "": an odd event is left out rather than stopping the benchmark.
+  const auto number = [](const nlohmann::json& e, const char* key) {
+    const auto it = e.find(key);
+    return it != e.end() && it->is_number() ? it->get<double>() : 0.0;
+  };
+  const auto integer = [](const nlohmann::json& e, const char* key) {
+    const auto it = e.find(key);
+    return it != e.end() && it->is_number_integer() ? it->get<int64_t>() : int64_t{-1};
+  };
+  const auto text = [](const nlohmann::json& e, const char* key) {
+    const auto it = e.find(key);
+    return it != e.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  const auto correlation = [&](const nlohmann::json& e) {
+    const auto args = e.find("args");
+    return args != e.end() && args->is_object() ? integer(*args, "correlation") : int64_t{-1};
+  };
+
+  // Host ranges by thread, the launches by correlation id, and the device's work.
+  std::map<int64_t, std::vector<Range>> ops, dla_ops;
+  std::map<int64_t, std::pair<int64_t, double>> launches;  // correlation → (thread, time)
+  std::vector<const nlohmann::json*> device_work;
+  for (const nlohmann::json& e : *events) {
+    if (!e.is_object()) continue;
+    const std::string category = text(e, "cat");
+    if (category == "cpu_op" || category == "user_annotation") {
+      const int64_t thread = integer(e, "tid");
+      const double start = number(e, "ts");
+      Range range{start, start + number(e, "dur"), text(e, "name")};
+      if (range.name.starts_with("dla::")) dla_ops[thread].push_back(range);
+      ops[thread].push_back(std::move(range));
+    } else if (category == "cuda_runtime" || category == "cuda_driver") {
+      if (const int64_t id = correlation(e); id >= 0) launches[id] = {integer(e, "tid"), number(e, "ts")};
+    } else if (category == "kernel" || category == "gpu_memcpy" || category == "gpu_memset") {
+      device_work.push_back(&e);
+    }
+  }
+  for (auto* by_thread : {&ops, &dla_ops}) {
+    for (auto& [thread, ranges] : *by_thread)
+      ranges = outermost(std::move(ranges));
+  }
+
+  struct Total {
+    double us = 0;
+    int64_t kernels = 0;
+  };
+  std::map<std::string, Total> by_op;
+  for (const nlohmann::json* e : device_work) {
+    std::string op = "(none)";
+    if (const auto launch = launches.find(correlation(*e)); launch != launches.end()) {
+      const auto [thread, time] = launch->second;
+      const Range* r = holding(dla_ops[thread], time);
+      if (r == nullptr) r = holding(ops[thread], time);
+      if (r != nullptr) op = r->name;
+    }
+    Total& total = by_op[op];
+    total.us += number(*e, "dur");
+    ++total.kernels;
+  }
+  std::vector<std::pair<std::string, Total>> sorted(by_op.begin(), by_op.end());
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.second.us > b.second.us; });
+  nlohmann::json out = nlohmann::json::array();
+  for (int64_t i = 0; i < std::min<int64_t>(top, static_cast<int64_t>(sorted.size())); ++i) {
+    out.push_back({{"op", sorted[i].first.substr(0, 160)},
+                   {"ms", sorted[i].second.us / 1e3},
+                   {"kernels", sorted[i].second.kernels}});
+  }
+  return out;
 }
 
 }  // namespace dla::bench

@@ -128,8 +128,10 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
                            {"kernels", !attention && ops::use_fused_kernels(q) ? "fused" : "aten"},
                            {"fwd_ms", fwd_ms},
                            {"fwd_bwd_ms", fwd_bwd_ms}};
-  if (!o.profile.empty())
+  if (!o.profile.empty()) {
     result["profile"] = profile_kernels([&] { forward().backward(grad_out); }, o.profile, q.is_cuda());
+    if (q.is_cuda()) result["profile_by_op"] = kernel_time_by_op(o.profile);
+  }
   return result;
 }
 

@@ -140,7 +140,10 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
         (1 << 30);
   }
 #endif
-  if (!options.profile.empty()) result["profile"] = profile_kernels(step, options.profile, device.is_cuda());
+  if (!options.profile.empty()) {
+    result["profile"] = profile_kernels(step, options.profile, device.is_cuda());
+    if (device.is_cuda()) result["profile_by_op"] = kernel_time_by_op(options.profile);
+  }
   return result;
 }
 

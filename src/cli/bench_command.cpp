@@ -53,7 +53,8 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
       ->check(CLI::IsMember({"auto", "aten", "fused"}));
   layer->add_option(
       "--profile", layer_args->profile,
-      "Write a Chrome trace of one forward+backward to this file; the top kernels go in the output");
+      "Write a Chrome trace of one forward+backward to this file; the top kernels, and on the GPU their time "
+      "by the operation that launched them, go in the output");
   layer->add_option("--warmup", layer_args->warmup, "Untimed runs first")->capture_default_str();
   layer->add_option("--iters", layer_args->iters, "Timed runs")
       ->check(CLI::PositiveNumber)
@@ -72,9 +73,10 @@ void add_bench_command(CLI::App& root, CommandList& commands) {
   model->add_option("--steps", model_args->steps, "Timed steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  model->add_option("--profile", model_args->profile,
-                    "Write a Chrome trace of one more training step to this file; the top kernels go in the "
-                    "output");
+  model->add_option(
+      "--profile", model_args->profile,
+      "Write a Chrome trace of one more training step to this file; the top kernels, and on the "
+      "GPU their time by the operation that launched them, go in the output");
   model->add_option("--peak-tflops", *peak, "Peak dense TFLOP/s of the device for MFU (H200 bf16: 989)")
       ->capture_default_str();
   commands.push_back({model, [config_args, model_args, peak] {
