@@ -15,50 +15,6 @@
 
 namespace dla::bench {
 
-nlohmann::json profile_kernels(const std::function<void()>& fn, const std::filesystem::path& trace_path,
-                               bool on_gpu, int64_t top) {
-  namespace profiler = torch::autograd::profiler;
-  using torch::profiler::impl::ActivityType;
-  const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
-  std::set<ActivityType> activities{ActivityType::CPU};
-  if (torch::cuda::is_available()) activities.insert(ActivityType::CUDA);
-  profiler::prepareProfiler(config, activities);
-  profiler::enableProfiler(config, activities);
-  fn();
-  if (torch::cuda::is_available()) torch::cuda::synchronize();
-  const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
-  if (trace_path.has_parent_path()) std::filesystem::create_directories(trace_path.parent_path());
-  try {
-    result->save(trace_path.string());
-  } catch (const std::exception& error) {
-    throw UserError("--profile: cannot write the trace to " + trace_path.string() + ": " + error.what());
-  }
-
-  struct Total {
-    uint64_t ns = 0;
-    int64_t calls = 0;
-  };
-  // GPU kernels for a benchmark on the GPU; else the CPU's ATen ops (their times include nested ops).
-  const c10::DeviceType device = on_gpu ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
-  std::map<std::string, Total> by_kernel;
-  for (const auto& event : result->events()) {
-    if (event.deviceType() != device) continue;
-    Total& total = by_kernel[event.name()];
-    total.ns += event.durationNs();
-    ++total.calls;
-  }
-  std::vector<std::pair<std::string, Total>> sorted(by_kernel.begin(), by_kernel.end());
-  std::sort(sorted.begin(), sorted.end(),
-            [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
-  nlohmann::json kernels = nlohmann::json::array();
-  for (int64_t i = 0; i < std::min<int64_t>(top, static_cast<int64_t>(sorted.size())); ++i) {
-    kernels.push_back({{"kernel", sorted[i].first.substr(0, 160)},
-                       {"ms", static_cast<double>(sorted[i].second.ns) / 1e6},
-                       {"calls", sorted[i].second.calls}});
-  }
-  return kernels;
-}
-
 namespace {
 
 /// A range of one thread's timeline, in the trace's microseconds.
@@ -88,7 +44,59 @@ const Range* holding(const std::vector<Range>& ranges, double t) {
   return t <= r.end ? &r : nullptr;
 }
 
+/// Time and count under one name.
+struct Total {
+  double ms = 0;
+  int64_t count = 0;
+};
+
+/// The `top` names by total time, as [{name_key: name cut to 160 characters, "ms", count_key}].
+nlohmann::json top_totals(const std::map<std::string, Total>& totals, int64_t top, const char* name_key,
+                          const char* count_key) {
+  std::vector<std::pair<std::string, Total>> sorted(totals.begin(), totals.end());
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  nlohmann::json out = nlohmann::json::array();
+  for (int64_t i = 0; i < std::min<int64_t>(top, static_cast<int64_t>(sorted.size())); ++i) {
+    out.push_back({{name_key, sorted[i].first.substr(0, 160)},
+                   {"ms", sorted[i].second.ms},
+                   {count_key, sorted[i].second.count}});
+  }
+  return out;
+}
+
 }  // namespace
+
+nlohmann::json profile_kernels(const std::function<void()>& fn, const std::filesystem::path& trace_path,
+                               bool on_gpu, int64_t top) {
+  namespace profiler = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+  std::set<ActivityType> activities{ActivityType::CPU};
+  if (torch::cuda::is_available()) activities.insert(ActivityType::CUDA);
+  profiler::prepareProfiler(config, activities);
+  profiler::enableProfiler(config, activities);
+  fn();
+  if (torch::cuda::is_available()) torch::cuda::synchronize();
+  const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
+  if (trace_path.has_parent_path()) std::filesystem::create_directories(trace_path.parent_path());
+  try {
+    result->save(trace_path.string());
+  } catch (const std::exception& error) {
+    throw UserError("--profile: cannot write the trace to " + trace_path.string() + ": " + error.what());
+  }
+
+  // GPU kernels for a benchmark on the GPU; else the CPU's ATen ops (their times include nested ops).
+  const c10::DeviceType device = on_gpu ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  std::map<std::string, Total> by_kernel;
+  for (const auto& event : result->events()) {
+    if (event.deviceType() != device) continue;
+    Total& total = by_kernel[event.name()];
+    total.ms += static_cast<double>(event.durationNs()) / 1e6;
+    ++total.count;
+  }
+  return top_totals(by_kernel, top, "kernel", "calls");
+}
 
 nlohmann::json kernel_time_by_op(const std::filesystem::path& trace_path, int64_t top) {
   std::ifstream in(trace_path);
@@ -144,10 +152,6 @@ nlohmann::json kernel_time_by_op(const std::filesystem::path& trace_path, int64_
       ranges = outermost(std::move(ranges));
   }
 
-  struct Total {
-    double us = 0;
-    int64_t kernels = 0;
-  };
   std::map<std::string, Total> by_op;
   for (const nlohmann::json* e : device_work) {
     std::string op = "(none)";
@@ -158,19 +162,10 @@ nlohmann::json kernel_time_by_op(const std::filesystem::path& trace_path, int64_
       if (r != nullptr) op = r->name;
     }
     Total& total = by_op[op];
-    total.us += number(*e, "dur");
-    ++total.kernels;
+    total.ms += number(*e, "dur") / 1e3;
+    ++total.count;
   }
-  std::vector<std::pair<std::string, Total>> sorted(by_op.begin(), by_op.end());
-  std::sort(sorted.begin(), sorted.end(),
-            [](const auto& a, const auto& b) { return a.second.us > b.second.us; });
-  nlohmann::json out = nlohmann::json::array();
-  for (int64_t i = 0; i < std::min<int64_t>(top, static_cast<int64_t>(sorted.size())); ++i) {
-    out.push_back({{"op", sorted[i].first.substr(0, 160)},
-                   {"ms", sorted[i].second.us / 1e3},
-                   {"kernels", sorted[i].second.kernels}});
-  }
-  return out;
+  return top_totals(by_op, top, "op", "kernels");
 }
 
 }  // namespace dla::bench
