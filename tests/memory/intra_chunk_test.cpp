@@ -69,6 +69,15 @@ std::vector<at::Tensor> gradients(const IntraChunkInputs& in, const IntraChunkTe
                                /*allow_unused=*/true);
 }
 
+/// The inputs as float32 leaves on the GPU.
+IntraChunkInputs on_gpu(const IntraChunkInputs& in) {
+  const auto cuda = [](const at::Tensor& x) {
+    return x.defined() ? x.detach().to(at::kCUDA, at::kFloat).requires_grad_(true) : x;
+  };
+  return {cuda(in.q_BHNCK), cuda(in.k_BHNCK),   cuda(in.v_BHNCV),
+          cuda(in.g_BHNC),  cuda(in.beta_BHNC), cuda(in.lam_in_BHNCC)};
+}
+
 void compare_forms(const IntraChunkInputs& in, double tol, at::Generator& gen) {
   const IntraChunkTerms ops = dla::memory::intra_chunk_terms(in, /*fused=*/false);
   const IntraChunkTerms fused = dla::memory::intra_chunk_terms(in, /*fused=*/true);
@@ -117,13 +126,7 @@ TEST_CASE("on the GPU the per-chunk stages' written-out backward equals autograd
   const bool delta_rule = GENERATE(false, true);
   CAPTURE(delta_rule);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(delta_rule ? 73 : 74);
-  const IntraChunkInputs on_cpu = random_inputs(delta_rule, gen);
-  const auto cuda = [](const at::Tensor& x) {
-    return x.defined() ? x.detach().to(at::kCUDA, at::kFloat).requires_grad_(true) : x;
-  };
-  compare_forms({cuda(on_cpu.q_BHNCK), cuda(on_cpu.k_BHNCK), cuda(on_cpu.v_BHNCV), cuda(on_cpu.g_BHNC),
-                 cuda(on_cpu.beta_BHNC), cuda(on_cpu.lam_in_BHNCC)},
-                1e-4, gen);
+  compare_forms(on_gpu(random_inputs(delta_rule, gen)), 1e-4, gen);
 }
 
 TEST_CASE("on the GPU with TF32 the per-chunk stages take the chunk kernel and agree with their ops",
@@ -135,13 +138,8 @@ TEST_CASE("on the GPU with TF32 the per-chunk stages take the chunk kernel and a
   const bool delta_rule = GENERATE(false, true);
   CAPTURE(delta_rule);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(delta_rule ? 75 : 76);
-  const IntraChunkInputs on_cpu =
-      random_inputs(delta_rule, gen, {.B = 1, .H = 2, .N = 3, .C = 64, .K = 64, .V = 32});
-  const auto cuda = [](const at::Tensor& x) {
-    return x.defined() ? x.detach().to(at::kCUDA, at::kFloat).requires_grad_(true) : x;
-  };
-  const IntraChunkInputs in{cuda(on_cpu.q_BHNCK), cuda(on_cpu.k_BHNCK),   cuda(on_cpu.v_BHNCV),
-                            cuda(on_cpu.g_BHNC),  cuda(on_cpu.beta_BHNC), cuda(on_cpu.lam_in_BHNCC)};
+  const IntraChunkInputs in =
+      on_gpu(random_inputs(delta_rule, gen, {.B = 1, .H = 2, .N = 3, .C = 64, .K = 64, .V = 32}));
   const dla::ops::Tf32Scope tf32(true);
   const auto tokens = [](const at::Tensor& x) { return x.flatten(2, 3).transpose(1, 2); };
   REQUIRE(dla::ops::fused::chunk_stages_apply(tokens(in.q_BHNCK), tokens(in.k_BHNCK), tokens(in.v_BHNCV),
