@@ -42,13 +42,14 @@ nlohmann::json bench_model(const config::RunConfig& config, const ModelBenchOpti
         fmt::format("train.batch_size = {} must be a multiple of the {} ranks", B, env.world_size));
   }
 
-#ifdef DLA_WITH_CUDA
-  // Entries of one suite share the process: none may report a peak of the one before.
-  if (cuda) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-#endif
   torch::manual_seed(static_cast<uint64_t>(config.run.seed));
   model::CausalLM model(config.model);
   model->to(device);
+#ifdef DLA_WITH_CUDA
+  // Entries of one suite share the process: none may report a peak of the one before. (Only once the
+  // model is on the device: before its first allocation the allocator refuses the reset.)
+  if (cuda) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
   model->set_activation_checkpointing(train.activation_checkpointing);
   std::unique_ptr<dist::Communicator> communicator;
   std::unique_ptr<dist::GradientReducer> reducer;

@@ -8,6 +8,7 @@
 // Shapes: B batch, H heads, N chunks, C chunk length, K key dim, V value dim.
 #include "dla/memory/intra_chunk.h"
 
+#include <cstdint>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -18,7 +19,14 @@
 
 #include "dla/ops/common.h"
 #include "dla/ops/fused.h"
+#include "dla/ops/kernel_buffers.h"
 #include "dla/ops/tf32_scope.h"
+
+#if defined(DLA_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+
+#include "intra_chunk_gradients_kernel.h"
+#endif
 
 namespace dla::memory {
 namespace {
@@ -215,6 +223,83 @@ variable_list backward_terms(const IntraChunkInputs& in, const IntraChunkTerms& 
   return grads;
 }
 
+#if defined(DLA_WITH_CUDA)
+kernels::IntraChunkGradientDims kernel_dims(const IntraChunkInputs& in) {
+  const at::Tensor& q = in.q_BHNCK;
+  return {q.size(0) * q.size(1) * q.size(2), q.size(3), q.size(4), in.v_BHNCV.size(4),
+          in.beta_BHNC.defined()};
+}
+
+/// x as the kernel reads it: contiguous float32, aligned to the 32 bytes a tensor-core fragment load needs.
+at::Tensor kernel_input(const at::Tensor& x) {
+  at::Tensor buffer = ops::kernel_buffer(x);
+  if (reinterpret_cast<std::uintptr_t>(buffer.data_ptr()) % 32 != 0) buffer = buffer.clone();
+  return buffer;
+}
+
+/// The input gradients from the CUDA kernel (grads in Input order, as backward_terms returns them).
+variable_list backward_kernel(const IntraChunkInputs& in, const IntraChunkTerms& kept,
+                              const variable_list& d_out) {
+  const kernels::IntraChunkGradientDims dims = kernel_dims(in);
+  const bool delta_rule = dims.delta_rule;
+  const auto input = [](const at::Tensor& x) { return x.defined() ? kernel_input(x) : x; };
+  const at::Tensor q = input(in.q_BHNCK), k = input(in.k_BHNCK), v = input(in.v_BHNCV), g = input(in.g_BHNC),
+                   beta = input(in.beta_BHNC), lam_in = input(in.lam_in_BHNCC);
+  const at::Tensor t_inverse = input(kept.t_inverse_BHNCC), w = input(kept.w_BHNCK),
+                   source_v = input(kept.source_v_BHNCV), chunk_decay = input(kept.chunk_decay_BHN);
+  variable_list d(kNumOutputs);
+  for (int i = 0; i < kNumOutputs; ++i)
+    d[i] = input(d_out[i]);
+  variable_list grads(kNumInputs);
+  grads[kQ] = at::empty_like(q);
+  grads[kK] = at::empty_like(k);
+  grads[kV] = at::empty_like(v);
+  grads[kG] = at::empty_like(g);
+  grads[kLamIn] = at::empty_like(lam_in);
+  if (delta_rule) grads[kBeta] = at::empty_like(beta);
+  const auto data = [](const at::Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
+  const char* error = kernels::intra_chunk_gradients({q.data_ptr<float>(),
+                                                      k.data_ptr<float>(),
+                                                      v.data_ptr<float>(),
+                                                      g.data_ptr<float>(),
+                                                      data(beta),
+                                                      lam_in.data_ptr<float>(),
+                                                      data(t_inverse),
+                                                      data(w),
+                                                      chunk_decay.data_ptr<float>(),
+                                                      d[kIntra].data_ptr<float>(),
+                                                      d[kTransportedQ].data_ptr<float>(),
+                                                      d[kKToEnd].data_ptr<float>(),
+                                                      data(d[kW]),
+                                                      data(d[kTInverse]),
+                                                      data(d[kSourceV]),
+                                                      d[kChunkDecay].data_ptr<float>(),
+                                                      data(source_v),
+                                                      grads[kQ].data_ptr<float>(),
+                                                      grads[kK].data_ptr<float>(),
+                                                      grads[kV].data_ptr<float>(),
+                                                      grads[kG].data_ptr<float>(),
+                                                      data(grads[kBeta]),
+                                                      grads[kLamIn].data_ptr<float>()},
+                                                     dims, ops::current_cuda_stream(q));
+  TORCH_CHECK(error == nullptr, "memory per-chunk stages backward: CUDA kernel failed: ", error);
+  return grads;
+}
+#endif
+
+/// Whether the backward runs as the CUDA kernel: float32 CUDA inputs, TF32 allowed where the forward ran,
+/// and dims the kernel takes.
+bool uses_gradient_kernel([[maybe_unused]] const IntraChunkInputs& in, [[maybe_unused]] bool tf32) {
+#if defined(DLA_WITH_CUDA)
+  const at::Tensor& q = in.q_BHNCK;
+  if (!tf32 || !q.is_cuda() || q.scalar_type() != at::kFloat) return false;
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  return kernels::supports_intra_chunk_gradients(kernel_dims(in));
+#else
+  return false;
+#endif
+}
+
 class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> {
  public:
   /// `inputs` in Input order (β an empty placeholder for SSD), in one dtype.
@@ -244,7 +329,8 @@ class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     RECORD_FUNCTION("dla::intra_chunk_backward", std::vector<c10::IValue>());
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    const ops::Tf32Scope tf32(ctx->saved_data["tf32"].toBool());
+    const bool tf32_allowed = ctx->saved_data["tf32"].toBool();
+    const ops::Tf32Scope tf32(tf32_allowed);
     const bool delta_rule = ctx->saved_data["delta_rule"].toBool();
     const variable_list saved = ctx->get_saved_variables();
     const IntraChunkInputs in = inputs_of(saved, delta_rule);
@@ -261,13 +347,22 @@ class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> 
       const bool output = delta_rule || (i != kW && i != kTInverse && i != kSourceV);
       if (output) d_out[i] = grad_outputs[i].defined() ? grad_outputs[i] : at::zeros_like(like[i]);
     }
+#if defined(DLA_WITH_CUDA)
+    variable_list grads = uses_gradient_kernel(in, tf32_allowed) ? backward_kernel(in, kept, d_out)
+                                                                 : backward_terms(in, kept, d_out);
+#else
     variable_list grads = backward_terms(in, kept, d_out);
+#endif
     grads.push_back(at::Tensor());  // delta_rule
     return grads;
   }
 };
 
 }  // namespace
+
+bool intra_chunk_backward_uses_cuda_kernel(const IntraChunkInputs& in) {
+  return uses_gradient_kernel(in, ops::tf32_allowed());
+}
 
 IntraChunkTerms intra_chunk_terms(const IntraChunkInputs& in, bool fused) {
   RECORD_FUNCTION("dla::intra_chunk", std::vector<c10::IValue>());

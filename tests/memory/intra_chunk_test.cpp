@@ -1,7 +1,8 @@
 // Tests of the multi-state chunkwise form's per-chunk stages: the autograd function with the written-out
 // backward against autograd through the LibTorch ops, in value and in the gradient of every input, with and
 // without the delta rule, when every output reaches the loss and when only some do; and the same on the GPU
-// in float32. Shapes: B batch, H heads, N chunks, C chunk length, K key dim, V value dim.
+// in float32, and with TF32 on the chunk kernels of both directions. Shapes: B batch, H heads, N chunks, C
+// chunk length, K key dim, V value dim.
 #include "dla/memory/intra_chunk.h"
 
 #include <cstdint>
@@ -114,7 +115,9 @@ TEST_CASE("the per-chunk stages' written-out backward equals autograd through th
   const bool delta_rule = GENERATE(false, true);
   CAPTURE(delta_rule);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(delta_rule ? 71 : 72);
-  compare_forms(random_inputs(delta_rule, gen), 1e-10, gen);
+  const IntraChunkInputs in = random_inputs(delta_rule, gen);
+  REQUIRE_FALSE(dla::memory::intra_chunk_backward_uses_cuda_kernel(in));
+  compare_forms(in, 1e-10, gen);
 }
 
 TEST_CASE("on the GPU the per-chunk stages' written-out backward equals autograd through their ops",
@@ -126,23 +129,32 @@ TEST_CASE("on the GPU the per-chunk stages' written-out backward equals autograd
   const bool delta_rule = GENERATE(false, true);
   CAPTURE(delta_rule);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(delta_rule ? 73 : 74);
-  compare_forms(on_gpu(random_inputs(delta_rule, gen)), 1e-4, gen);
+  const IntraChunkInputs in = on_gpu(random_inputs(delta_rule, gen));
+  const dla::ops::Tf32Scope exact(false);
+  // Without TF32 (float32 training) the backward stays on exact float32 LibTorch ops.
+  REQUIRE_FALSE(dla::memory::intra_chunk_backward_uses_cuda_kernel(
+      on_gpu(random_inputs(delta_rule, gen, {.B = 1, .H = 1, .N = 1, .C = 64, .K = 64, .V = 32}))));
+  compare_forms(in, 1e-4, gen);
 }
 
-TEST_CASE("on the GPU with TF32 the per-chunk stages take the chunk kernel and agree with their ops",
+TEST_CASE("on the GPU with TF32 the per-chunk stages take the chunk kernels and agree with their ops",
           "[memory][cuda]") {
   if (!at::hasCUDA()) {
-    WARN("no CUDA device: the per-chunk stages' kernel is not exercised on this machine");
+    WARN("no CUDA device: the per-chunk stages' kernels are not exercised on this machine");
     return;
   }
   const bool delta_rule = GENERATE(false, true);
-  CAPTURE(delta_rule);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(delta_rule ? 75 : 76);
-  const IntraChunkInputs in =
-      on_gpu(random_inputs(delta_rule, gen, {.B = 1, .H = 2, .N = 3, .C = 64, .K = 64, .V = 32}));
+  // Both key dims of the backward kernel; one value pass of 32 columns, two of 64, and 64 then 32.
+  const ChunkSizes sizes = GENERATE(ChunkSizes{.B = 1, .H = 2, .N = 3, .C = 64, .K = 64, .V = 32},
+                                    ChunkSizes{.B = 2, .H = 1, .N = 2, .C = 64, .K = 128, .V = 128},
+                                    ChunkSizes{.B = 1, .H = 1, .N = 3, .C = 64, .K = 128, .V = 96});
+  CAPTURE(delta_rule, sizes.K, sizes.V);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>((delta_rule ? 75 : 76) + sizes.V);
+  const IntraChunkInputs in = on_gpu(random_inputs(delta_rule, gen, sizes));
   const dla::ops::Tf32Scope tf32(true);
   const auto tokens = [](const at::Tensor& x) { return x.flatten(2, 3).transpose(1, 2); };
   REQUIRE(dla::ops::fused::chunk_stages_apply(tokens(in.q_BHNCK), tokens(in.k_BHNCK), tokens(in.v_BHNCV),
-                                              at::kFloat, 64));
+                                              at::kFloat, sizes.C));
+  REQUIRE(dla::memory::intra_chunk_backward_uses_cuda_kernel(in));
   compare_forms(in, 5e-3, gen);
 }

@@ -1,0 +1,552 @@
+// CUDA kernel of the per-chunk stages' backward (intra_chunk_gradients_kernel.h). One block of 512 threads
+// per chunk keeps the chunk's C × C terms (P, k kᵀ ⊙ D, T, Λ and the gradients formed from them) and up to
+// three C × K operands in shared memory, runs every product of intra_chunk.cpp's backward_terms on TF32
+// tensor cores (WMMA m16n16k8, operands rounded once when stored) and writes dq, dk, dv, dg, dβ and dΛ, so
+// that none of the intermediate C × C or C × K terms goes through global memory. Triangular factors (P, T,
+// R, the gradients of the decayed pairs) bound the depth of each product to the tiles that can be nonzero.
+// Gradients that only need the lower triangle (dT, dA, dP) are formed there only.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "../ops/cuda_launch.cuh"
+#include "../ops/fused/chunk_tiles.cuh"
+#include "intra_chunk_gradients_kernel.h"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "dla's per-chunk gradient kernel uses TF32 tensor cores: set DLA_CUDA_ARCHITECTURES to 80 or newer"
+#endif
+
+namespace dla::memory::kernels {
+namespace {
+
+using namespace dla::ops::fused::kernels::tiles;
+
+constexpr int kC = 64;                 // chunk length
+constexpr int kRowTiles = kC / kTile;  // 16-row tiles of a chunk
+constexpr int kLowerTiles = kRowTiles * (kRowTiles + 1) / 2;
+constexpr int kValueTile = 64;  // value columns per pass
+constexpr int kSquareLd = kC + kPad;
+constexpr int kValueLd = kValueTile + kPad;
+// 16 warps: the phases between barriers are short, and more warps keep more loads and products in flight
+// per block (its shared memory allows one block per SM).
+constexpr int kBlockThreads = 512;
+constexpr int kBlockWarps = kBlockThreads / 32;
+constexpr int kKeptTiles = (kLowerTiles + kBlockWarps - 1) / kBlockWarps;  // G's lower tiles per warp
+constexpr int kValueTilesPerWarp = (kRowTiles * (kValueTile / kTile) + kBlockWarps - 1) / kBlockWarps;
+
+template <class Layout>
+constexpr bool kRowMajor = std::is_same_v<Layout, wmma::row_major>;
+
+/// A shared-memory matrix as a tensor-core operand: M(i, j) = data[i·Ld + j] (row_major), or data[i + j·Ld]
+/// (col_major: the transpose of the row-major matrix stored there).
+template <class Layout, int Ld>
+struct Operand {
+  const float* data;
+  __device__ const float* at(int i, int j) const {
+    return kRowMajor<Layout> ? data + i * Ld + j : data + i + j * Ld;
+  }
+};
+
+template <int Ld>
+__device__ Operand<wmma::row_major, Ld> rows_of(const float* data) {
+  return {data};
+}
+
+/// The transpose of the row-major matrix at data.
+template <int Ld>
+__device__ Operand<wmma::col_major, Ld> transpose_of(const float* data) {
+  return {data};
+}
+
+/// acc += A(row tile r, depth) B(depth, column tile c) over the depth [first, last) (multiples of 8).
+template <class ALayout, int ALd, class BLayout, int BLd>
+__device__ void multiply(Accumulator& acc, Operand<ALayout, ALd> a, Operand<BLayout, BLd> b, int r, int c,
+                         int first, int last) {
+#pragma unroll 4
+  for (int j = first; j < last; j += kStep) {
+    wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, ALayout> a_fragment;
+    OperandB<BLayout> b_fragment;
+    wmma::load_matrix_sync(a_fragment, a.at(r * kTile, j), ALd);
+    wmma::load_matrix_sync(b_fragment, b.at(j, c * kTile), BLd);
+    wmma::mma_sync(acc, a_fragment, b_fragment, acc);
+  }
+}
+
+__device__ void round_to_tf32(Accumulator& acc) {
+#pragma unroll
+  for (int t = 0; t < acc.num_elements; ++t)
+    acc.x[t] = wmma::__float_to_tf32(acc.x[t]);
+}
+
+/// The lower-triangular 16 × 16 tiles of a C × C matrix, row by row: f(r, c) for the warp's share.
+template <class F>
+__device__ void for_each_lower_tile(F f) {
+  for (int tile = threadIdx.x / 32; tile < kLowerTiles; tile += kBlockWarps) {
+    int r = 0;
+    while ((r + 1) * (r + 2) / 2 <= tile)
+      ++r;
+    f(r, tile - r * (r + 1) / 2);
+  }
+}
+
+/// The lower tile the warp keeps in slot s across passes (s < kKeptTiles), or false.
+__device__ bool kept_lower_tile(int s, int& r, int& c) {
+  const int tile = static_cast<int>(threadIdx.x / 32) + s * kBlockWarps;
+  if (tile >= kLowerTiles) return false;
+  r = 0;
+  while ((r + 1) * (r + 2) / 2 <= tile)
+    ++r;
+  c = tile - r * (r + 1) / 2;
+  return true;
+}
+
+/// Sum over the `lanes` adjacent lanes of a group (a power of two, at most 32).
+__device__ float group_sum(float x, int lanes) {
+  for (int offset = lanes / 2; offset > 0; offset /= 2)
+    x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+/// f(i, c, leader) for every row i < C and every fourth column c < cols (cols / 4 a power of two, at most
+/// 32): the lanes of a row are adjacent in one warp, `leader` marks the first of them. Every thread takes
+/// part in every round, so f may shuffle across a row's lanes.
+template <class F>
+__device__ void for_each_row_vector(int cols, F f) {
+  const int per_row = cols / 4, rows_per_pass = kBlockThreads / per_row;
+  const int c = 4 * (threadIdx.x % per_row);
+  for (int i = threadIdx.x / per_row; i < kC; i += rows_per_pass)
+    f(i, c, threadIdx.x % per_row == 0);
+}
+
+inline __device__ float dot(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+inline __device__ float4 load_shared4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+
+/// Shared-memory layout in floats: three C × K slots, six C × C slots, per-row vectors.
+template <int K>
+struct Layout {
+  static constexpr int kWideLd = K + kPad;
+  static constexpr int kWide = kC * kWideLd;
+  static constexpr int kSquare = kC * kSquareLd;
+  static_assert(kC * kValueLd <= kWide, "a value tile fits a C × K slot");
+  static constexpr int kVectors = 3 * kWide + 6 * kSquare;
+  enum Vector { kGamma, kExpGamma, kToEnd, kBeta, kDGamma, kDBeta, kToEndTerm, kNumVectors };
+  static constexpr int kFloats = kVectors + kNumVectors * kC;
+};
+
+template <bool kDeltaRule, int K>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    intra_chunk_gradients_kernel(IntraChunkGradientArgs a, int V) {
+  using L = Layout<K>;
+  constexpr int kWideLd = L::kWideLd;
+  extern __shared__ float4 shared_vectors[];
+  float* shared = reinterpret_cast<float*>(shared_vectors);
+  // C × K slots: wide0 q, value tiles of dI, G, dQ̃, dX; wide1 k; wide2 value tiles of v', W, dW, q.
+  float* wide0 = shared;
+  float* keys = wide0 + L::kWide;
+  float* wide2 = keys + L::kWide;
+  // C × C slots.
+  float* pairs = wide2 + L::kWide;          // P = (q kᵀ) ⊙ D, then Σ = dKK + dKKᵀ
+  float* key_pairs = pairs + L::kSquare;    // k kᵀ ⊙ D, then dKK = β dA ⊙ D
+  float* inverse = key_pairs + L::kSquare;  // T
+  float* lam = inverse + L::kSquare;        // Λ, then dP
+  float* reads = lam + L::kSquare;          // R = P T, then dT, then dA
+  float* square5 = reads + L::kSquare;      // R ⊙ Λ, then dR, then scratch, then Tᵀ dT
+  float* vectors = shared + L::kVectors;
+  float* gamma = vectors + L::kGamma * kC;
+  float* exp_gamma = vectors + L::kExpGamma * kC;
+  float* to_end = vectors + L::kToEnd * kC;
+  float* beta = vectors + L::kBeta * kC;
+  float* d_gamma = vectors + L::kDGamma * kC;
+  float* d_beta = vectors + L::kDBeta * kC;
+  float* to_end_term = vectors + L::kToEndTerm * kC;
+
+  const size_t chunk = blockIdx.x;
+  const size_t rows_k = chunk * kC * K, rows_v = chunk * kC * V, pairs_at = chunk * kC * kC;
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+
+  // γ: one warp scans the chunk's log gates.
+  if (warp == 0) {
+    float carry = 0.f;
+    for (int first = 0; first < kC; first += 32) {
+      float y = a.g[chunk * kC + first + lane];
+#pragma unroll
+      for (int offset = 1; offset < 32; offset *= 2) {
+        const float z = __shfl_up_sync(0xffffffffu, y, offset);
+        if (lane >= offset) y += z;
+      }
+      gamma[first + lane] = carry + y;
+      carry += __shfl_sync(0xffffffffu, y, 31);
+    }
+  }
+  const auto load_operand = [&](float* dst, int dst_ld, const float* src, int src_ld, int cols, int first) {
+    copy_rows<kBlockThreads>(
+        kC, cols, [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first + c); },
+        [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
+  };
+  load_operand(wide0, kWideLd, a.q + rows_k, K, K, 0);
+  load_operand(keys, kWideLd, a.k + rows_k, K, K, 0);
+  if constexpr (kDeltaRule) load_operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC, kC, 0);
+  copy_rows<kBlockThreads>(
+      kC, kC, [&](int r, int c) { return load4(a.lam_in + pairs_at + r * kC + c); },
+      [&](int r, int c, float4 x) { store4(lam + r * kSquareLd + c, x); });
+  __syncthreads();
+  for (int i = threadIdx.x; i < kC; i += kBlockThreads) {
+    exp_gamma[i] = expf(gamma[i]);
+    to_end[i] = expf(gamma[kC - 1] - gamma[i]);
+    beta[i] = kDeltaRule ? a.beta[chunk * kC + i] : 1.f;
+    d_gamma[i] = 0.f;
+    d_beta[i] = 0.f;
+  }
+
+  // P = (q kᵀ) ⊙ D and k kᵀ ⊙ D, on and below the diagonal tiles.
+  for_each_lower_tile([&](int r, int c) {
+    Accumulator acc;
+    wmma::fill_fragment(acc, 0.f);
+    multiply(acc, rows_of<kWideLd>(wide0), transpose_of<kWideLd>(keys), r, c, 0, K);
+    wmma::store_matrix_sync(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+    if constexpr (kDeltaRule) {
+      wmma::fill_fragment(acc, 0.f);
+      multiply(acc, rows_of<kWideLd>(keys), transpose_of<kWideLd>(keys), r, c, 0, K);
+      wmma::store_matrix_sync(key_pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd,
+                              wmma::mem_row_major);
+    }
+  });
+  __syncthreads();
+  // The tiles above the diagonal were never written: zeros there, not products with what they held.
+  for_each_entry<kBlockThreads>(kC, kC, [&](int i, int j) {
+    const bool causal = j <= i;
+    const float decay = causal ? expf(gamma[i] - gamma[j]) : 0.f;
+    float& p = pairs[i * kSquareLd + j];
+    p = causal ? wmma::__float_to_tf32(p * decay) : 0.f;
+    if constexpr (kDeltaRule) {
+      float& kk = key_pairs[i * kSquareLd + j];
+      kk = causal ? kk * decay : 0.f;
+    }
+  });
+  __syncthreads();
+
+  // R = P T (lower triangular): row tile r of P ends at depth (r + 1)·16, column tile c of T starts at c·16.
+  const float* reads_of_keys = pairs;
+  if constexpr (kDeltaRule) {
+    for (int tile = warp; tile < kRowTiles * kRowTiles; tile += kBlockWarps) {
+      const int r = tile / kRowTiles, c = tile % kRowTiles;
+      Accumulator acc;
+      wmma::fill_fragment(acc, 0.f);
+      if (c <= r)
+        multiply(acc, rows_of<kSquareLd>(pairs), rows_of<kSquareLd>(inverse), r, c, c * kTile,
+                 (r + 1) * kTile);
+      wmma::store_matrix_sync(reads + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+    }
+    __syncthreads();
+    reads_of_keys = reads;
+  }
+  for_each_entry<kBlockThreads>(kC, kC, [&](int i, int j) {
+    square5[i * kSquareLd + j] =
+        wmma::__float_to_tf32(reads_of_keys[i * kSquareLd + j] * lam[i * kSquareLd + j]);
+  });
+  __syncthreads();
+
+  // Over value tiles: G = dI v'ᵀ (kept in registers, lower tiles) and dv' = dv'_out + (R ⊙ Λ)ᵀ dI.
+  Accumulator g_acc[kKeptTiles];
+  for (Accumulator& acc : g_acc)
+    wmma::fill_fragment(acc, 0.f);
+  const float* source_v = kDeltaRule ? a.source_v : a.v;
+  for (int first = 0; first < V; first += kValueTile) {
+    const int width = min(kValueTile, V - first);
+    load_operand(wide0, kValueLd, a.d_intra + rows_v, V, width, first);
+    load_operand(wide2, kValueLd, source_v + rows_v, V, width, first);
+    __syncthreads();
+    for (int s = 0; s < kKeptTiles; ++s) {
+      int r, c;
+      if (kept_lower_tile(s, r, c))
+        multiply(g_acc[s], rows_of<kValueLd>(wide0), transpose_of<kValueLd>(wide2), r, c, 0, width);
+    }
+    Accumulator dv_acc[kValueTilesPerWarp];
+    const int value_tiles = width / kTile;
+    for (int s = 0; s < kValueTilesPerWarp; ++s) {
+      const int tile = warp + s * kBlockWarps, r = tile / value_tiles, c = tile % value_tiles;
+      if (tile >= kRowTiles * value_tiles) continue;
+      if constexpr (kDeltaRule)
+        wmma::load_matrix_sync(dv_acc[s], a.d_source_v + rows_v + r * kTile * V + first + c * kTile, V,
+                               wmma::mem_row_major);
+      else
+        wmma::fill_fragment(dv_acc[s], 0.f);
+      multiply(dv_acc[s], transpose_of<kSquareLd>(square5), rows_of<kValueLd>(wide0), r, c, r * kTile, kC);
+    }
+    __syncthreads();
+    for (int s = 0; s < kValueTilesPerWarp; ++s) {
+      const int tile = warp + s * kBlockWarps, r = tile / value_tiles, c = tile % value_tiles;
+      if (tile < kRowTiles * value_tiles)
+        wmma::store_matrix_sync(wide2 + r * kTile * kValueLd + c * kTile, dv_acc[s], kValueLd,
+                                wmma::mem_row_major);
+    }
+    __syncthreads();
+    // dv = β dv'; dβ gets Σ_c dv' v.
+    for_each_row_vector(width, [&](int i, int c, bool leader) {
+      const float4 d_source = load_shared4(wide2 + i * kValueLd + c);
+      float* d_v = a.d_v + rows_v + static_cast<size_t>(i) * V + first + c;
+      if constexpr (kDeltaRule) {
+        store4(d_v, scaled(d_source, beta[i]));
+        const float part =
+            group_sum(dot(d_source, load4(a.v + rows_v + static_cast<size_t>(i) * V + first + c)), width / 4);
+        if (leader) d_beta[i] += part;
+      } else {
+        store4(d_v, d_source);
+      }
+    });
+    __syncthreads();
+  }
+  for (int s = 0; s < kKeptTiles; ++s) {
+    int r, c;
+    if (kept_lower_tile(s, r, c))
+      wmma::store_matrix_sync(wide0 + r * kTile * kSquareLd + c * kTile, g_acc[s], kSquareLd,
+                              wmma::mem_row_major);
+  }
+  __syncthreads();
+  // dΛ = G ⊙ R; dR = G ⊙ Λ (for SSD, dP).
+  for_each_entry<kBlockThreads>(kC, kC, [&](int i, int j) {
+    const float g = j <= i ? wide0[i * kSquareLd + j] : 0.f;
+    a.d_lam_in[pairs_at + i * kC + j] = g * reads_of_keys[i * kSquareLd + j];
+    const float d_reads = g * lam[i * kSquareLd + j];
+    square5[i * kSquareLd + j] = kDeltaRule ? wmma::__float_to_tf32(d_reads) : d_reads;
+  });
+  __syncthreads();
+
+  const float* d_pairs = square5;  // dP
+  if constexpr (kDeltaRule) {
+    load_operand(wide0, kWideLd, a.d_transported_q + rows_k, K, K, 0);
+    load_operand(wide2, kWideLd, a.w + rows_k, K, K, 0);
+    __syncthreads();
+    // dP = dR Tᵀ − dQ̃ Wᵀ into Λ's slot and dT = dT_out + Pᵀ dR into R's, lower tiles.
+    for_each_lower_tile([&](int r, int c) {
+      Accumulator acc, minus;
+      wmma::fill_fragment(acc, 0.f);
+      wmma::fill_fragment(minus, 0.f);
+      multiply(acc, rows_of<kSquareLd>(square5), transpose_of<kSquareLd>(inverse), r, c, 0, (c + 1) * kTile);
+      multiply(minus, rows_of<kWideLd>(wide0), transpose_of<kWideLd>(wide2), r, c, 0, K);
+#pragma unroll
+      for (int t = 0; t < acc.num_elements; ++t)
+        acc.x[t] -= minus.x[t];
+      wmma::store_matrix_sync(lam + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+      wmma::load_matrix_sync(acc, a.d_t_inverse + pairs_at + r * kTile * kC + c * kTile, kC,
+                             wmma::mem_row_major);
+      multiply(acc, transpose_of<kSquareLd>(pairs), rows_of<kSquareLd>(square5), r, c, r * kTile, kC);
+      wmma::store_matrix_sync(reads + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+    });
+    __syncthreads();
+    // dW = dW_out − Pᵀ dQ̃ over W's slot (the accumulator holds −dW).
+    for_each_tile<kBlockThreads>(kRowTiles, K / kTile, [&](int r, int c) {
+      Accumulator acc;
+      wmma::load_matrix_sync(acc, a.d_w + rows_k + r * kTile * K + c * kTile, K, wmma::mem_row_major);
+#pragma unroll
+      for (int t = 0; t < acc.num_elements; ++t)
+        acc.x[t] = -acc.x[t];
+      multiply(acc, transpose_of<kSquareLd>(pairs), rows_of<kWideLd>(wide0), r, c, r * kTile, kC);
+#pragma unroll
+      for (int t = 0; t < acc.num_elements; ++t)
+        acc.x[t] = wmma::__float_to_tf32(-acc.x[t]);
+      wmma::store_matrix_sync(wide2 + r * kTile * kWideLd + c * kTile, acc, kWideLd, wmma::mem_row_major);
+    });
+    __syncthreads();
+    // dT += (dW kᵀ) ⊙ (β exp(γ))_column, strictly below the diagonal (the only part dA reads), each warp
+    // through its own tile of scratch; dX = Tᵀ dW over dQ̃'s slot.
+    for (int tile = warp; tile < kRowTiles * kRowTiles; tile += kBlockWarps) {
+      const int r = tile / kRowTiles, c = tile % kRowTiles;
+      float* scratch = square5 + r * kTile * kSquareLd + c * kTile;
+      Accumulator acc;
+      wmma::fill_fragment(acc, 0.f);
+      if (c <= r) multiply(acc, rows_of<kWideLd>(wide2), transpose_of<kWideLd>(keys), r, c, 0, K);
+      wmma::store_matrix_sync(scratch, acc, kSquareLd, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < kTile * kTile; e += 32) {
+        const int i = r * kTile + e / kTile, j = c * kTile + e % kTile;
+        float& d_t = reads[i * kSquareLd + j];
+        d_t = j < i ? wmma::__float_to_tf32(d_t + scratch[(e / kTile) * kSquareLd + e % kTile] * beta[j] *
+                                                      exp_gamma[j])
+                    : 0.f;
+      }
+    }
+    for_each_tile<kBlockThreads>(kRowTiles, K / kTile, [&](int r, int c) {
+      Accumulator acc;
+      wmma::fill_fragment(acc, 0.f);
+      multiply(acc, transpose_of<kSquareLd>(inverse), rows_of<kWideLd>(wide2), r, c, r * kTile, kC);
+      wmma::store_matrix_sync(wide0 + r * kTile * kWideLd + c * kTile, acc, kWideLd, wmma::mem_row_major);
+    });
+    __syncthreads();
+    // M = Tᵀ dT into the scratch slot, then dA = −(M Tᵀ) below the diagonal over dT's slot.
+    for (int tile = warp; tile < kRowTiles * kRowTiles; tile += kBlockWarps) {
+      const int r = tile / kRowTiles, c = tile % kRowTiles;
+      Accumulator acc;
+      wmma::fill_fragment(acc, 0.f);
+      multiply(acc, transpose_of<kSquareLd>(inverse), rows_of<kSquareLd>(reads), r, c, max(r, c) * kTile, kC);
+      round_to_tf32(acc);
+      wmma::store_matrix_sync(square5 + r * kTile * kSquareLd + c * kTile, acc, kSquareLd,
+                              wmma::mem_row_major);
+    }
+    __syncthreads();
+    for_each_lower_tile([&](int r, int c) {
+      Accumulator acc;
+      wmma::fill_fragment(acc, 0.f);
+      multiply(acc, rows_of<kSquareLd>(square5), transpose_of<kSquareLd>(inverse), r, c, 0, (c + 1) * kTile);
+      wmma::store_matrix_sync(reads + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+    });
+    d_pairs = lam;
+  }
+  load_operand(wide2, kWideLd, a.q + rows_k, K, K, 0);
+  __syncthreads();
+
+  // The decayed pairs' gradients: dQK = dP ⊙ D (in place), dKK = β dA ⊙ D (over k kᵀ ⊙ D); γ gets each
+  // entry's dD ⊙ D at its row and minus it at its column, β the row sums of dA ⊙ (k kᵀ ⊙ D).
+  {
+    float* d_qk = kDeltaRule ? lam : square5;
+    const int j = threadIdx.x % kC;
+    float column_sum = 0.f;
+    for (int i = threadIdx.x / kC; i < kC; i += kBlockThreads / kC) {
+      const float decay = j <= i ? expf(gamma[i] - gamma[j]) : 0.f;
+      const float d_p = j <= i ? d_pairs[i * kSquareLd + j] : 0.f;
+      float term = d_p * pairs[i * kSquareLd + j];
+      float beta_term = 0.f;
+      d_qk[i * kSquareLd + j] = wmma::__float_to_tf32(d_p * decay);
+      if constexpr (kDeltaRule) {
+        const float d_a = j < i ? -reads[i * kSquareLd + j] : 0.f;
+        float& kk = key_pairs[i * kSquareLd + j];
+        beta_term = d_a * kk;
+        term += beta[i] * beta_term;
+        kk = beta[i] * d_a * decay;
+      }
+      column_sum += term;
+      const float row_terms = group_sum(term, 32), row_beta_terms = group_sum(beta_term, 32);
+      if (lane == 0) {
+        atomicAdd(d_gamma + i, row_terms);
+        if constexpr (kDeltaRule) atomicAdd(d_beta + i, row_beta_terms);
+      }
+    }
+    atomicAdd(d_gamma + j, -column_sum);
+  }
+  __syncthreads();
+  if constexpr (kDeltaRule) {
+    // Σ = dKK + dKKᵀ over P's slot.
+    for_each_entry<kBlockThreads>(kC, kC, [&](int i, int j) {
+      pairs[i * kSquareLd + j] =
+          wmma::__float_to_tf32(key_pairs[i * kSquareLd + j] + key_pairs[j * kSquareLd + i]);
+    });
+    __syncthreads();
+  }
+
+  // dq = dQ̃ ⊙ exp(γ) + dQK k; dk = dK̃ ⊙ exp(γ_last − γ) + dQKᵀ q (+ β exp(γ) ⊙ dX + Σ k).
+  {
+    const float* d_qk = kDeltaRule ? lam : square5;
+    constexpr int kTiles = kRowTiles * (K / kTile) / kBlockWarps;
+    static_assert(kTiles >= 1 && kTiles * kBlockWarps == kRowTiles * (K / kTile));
+    Accumulator dq_acc[kTiles], dk_acc[kTiles];
+#pragma unroll
+    for (int s = 0; s < kTiles; ++s) {
+      const int tile = warp + s * kBlockWarps, r = tile / (K / kTile), c = tile % (K / kTile);
+      wmma::fill_fragment(dq_acc[s], 0.f);
+      wmma::fill_fragment(dk_acc[s], 0.f);
+      multiply(dq_acc[s], rows_of<kSquareLd>(d_qk), rows_of<kWideLd>(keys), r, c, 0, (r + 1) * kTile);
+      multiply(dk_acc[s], transpose_of<kSquareLd>(d_qk), rows_of<kWideLd>(wide2), r, c, r * kTile, kC);
+      if constexpr (kDeltaRule)
+        multiply(dk_acc[s], rows_of<kSquareLd>(pairs), rows_of<kWideLd>(keys), r, c, 0, kC);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < kTiles; ++s) {
+      const int tile = warp + s * kBlockWarps, r = tile / (K / kTile), c = tile % (K / kTile);
+      wmma::store_matrix_sync(wide2 + r * kTile * kWideLd + c * kTile, dq_acc[s], kWideLd,
+                              wmma::mem_row_major);
+      wmma::store_matrix_sync(keys + r * kTile * kWideLd + c * kTile, dk_acc[s], kWideLd,
+                              wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  for_each_row_vector(K, [&](int i, int c, bool leader) {
+    const size_t at = rows_k + static_cast<size_t>(i) * K + c;
+    const float4 q = load4(a.q + at), k = load4(a.k + at), d_tq = load4(a.d_transported_q + at),
+                 d_kte = load4(a.d_k_to_end + at);
+    float4 d_q = load_shared4(wide2 + i * kWideLd + c), d_k = load_shared4(keys + i * kWideLd + c);
+    const float e = exp_gamma[i], to_end_i = to_end[i];
+    d_q = make_float4(d_q.x + e * d_tq.x, d_q.y + e * d_tq.y, d_q.z + e * d_tq.z, d_q.w + e * d_tq.w);
+    d_k = make_float4(d_k.x + to_end_i * d_kte.x, d_k.y + to_end_i * d_kte.y, d_k.z + to_end_i * d_kte.z,
+                      d_k.w + to_end_i * d_kte.w);
+    float x_terms = 0.f;
+    if constexpr (kDeltaRule) {
+      const float4 d_x = load_shared4(wide0 + i * kWideLd + c);
+      const float f = beta[i] * e;
+      d_k = make_float4(d_k.x + f * d_x.x, d_k.y + f * d_x.y, d_k.z + f * d_x.z, d_k.w + f * d_x.w);
+      x_terms = group_sum(dot(d_x, k), K / 4);
+    }
+    store4(a.d_q + at, d_q);
+    store4(a.d_k + at, d_k);
+    const float q_terms = group_sum(dot(d_tq, q), K / 4),
+                end_terms = group_sum(dot(d_kte, k), K / 4) * to_end_i;
+    if (leader) {
+      d_gamma[i] += e * q_terms + beta[i] * e * x_terms - end_terms;
+      d_beta[i] += e * x_terms;
+      to_end_term[i] = end_terms;
+    }
+  });
+  __syncthreads();
+  // g = reverse cumsum of dγ, after γ_last takes the terms of k̃ and e.
+  if (warp == 0) {
+    float end_terms = 0.f;
+    for (int i = lane; i < kC; i += 32)
+      end_terms += to_end_term[i];
+    end_terms = group_sum(end_terms, 32);
+    if (lane == 0) d_gamma[kC - 1] += end_terms + a.d_chunk_decay[chunk] * a.chunk_decay[chunk];
+    __syncwarp();
+    float carry = 0.f;
+    for (int end = kC; end > 0; end -= 32) {
+      const int i = end - 1 - lane;
+      float y = d_gamma[i];
+#pragma unroll
+      for (int offset = 1; offset < 32; offset *= 2) {
+        const float z = __shfl_up_sync(0xffffffffu, y, offset);
+        if (lane >= offset) y += z;
+      }
+      a.d_g[chunk * kC + i] = carry + y;
+      carry += __shfl_sync(0xffffffffu, y, 31);
+    }
+  }
+  if constexpr (kDeltaRule) {
+    for (int i = threadIdx.x; i < kC; i += kBlockThreads)
+      a.d_beta[chunk * kC + i] = d_beta[i];
+  }
+}
+
+template <bool kDeltaRule, int K>
+const char* launch(const IntraChunkGradientArgs& args, const IntraChunkGradientDims& dims, void* stream) {
+  const auto kernel = intra_chunk_gradients_kernel<kDeltaRule, K>;
+  const int bytes = static_cast<int>(sizeof(float) * Layout<K>::kFloats);
+  const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (error != cudaSuccess) return cudaGetErrorString(error);
+  kernel<<<static_cast<unsigned>(dims.chunks), kBlockThreads, bytes, static_cast<cudaStream_t>(stream)>>>(
+      args, static_cast<int>(dims.value_dim));
+  return dla::ops::kernels::launched();
+}
+
+}  // namespace
+
+bool supports_intra_chunk_gradients(const IntraChunkGradientDims& dims) {
+  if (dims.chunk_size != kC || (dims.key_dim != 64 && dims.key_dim != 128) || dims.value_dim < 32 ||
+      dims.value_dim % 32 != 0 || dims.value_dim > (int64_t{1} << 20) || dims.chunks < 1 ||
+      dims.chunks > (int64_t{1} << 31) - 1)
+    return false;
+  const size_t floats = dims.key_dim == 64 ? Layout<64>::kFloats : Layout<128>::kFloats;
+  return sizeof(float) * floats <= static_cast<size_t>(std::max(dla::ops::kernels::max_shared_bytes(), 0));
+}
+
+const char* intra_chunk_gradients(const IntraChunkGradientArgs& args, const IntraChunkGradientDims& dims,
+                                  void* stream) {
+  if (dims.delta_rule)
+    return dims.key_dim == 64 ? launch<true, 64>(args, dims, stream) : launch<true, 128>(args, dims, stream);
+  return dims.key_dim == 64 ? launch<false, 64>(args, dims, stream) : launch<false, 128>(args, dims, stream);
+}
+
+}  // namespace dla::memory::kernels

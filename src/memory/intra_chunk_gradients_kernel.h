@@ -1,0 +1,53 @@
+// The CUDA kernel of the per-chunk stages' backward (dla/memory/intra_chunk.h): every input gradient of a
+// chunk from the gradients of its outputs, the products of docs/memory/policies.md in one thread block per
+// chunk, on TF32 tensor cores with float32 accumulators. Behind a plain C++ interface so that only the .cu
+// file is compiled by nvcc. Every pointer is a contiguous float32 device buffer in the layout of
+// IntraChunkInputs / IntraChunkTerms with B·H·N flattened into one leading dim of chunks; `stream` is a
+// cudaStream_t.
+#pragma once
+
+#include <cstdint>
+
+namespace dla::memory::kernels {
+
+struct IntraChunkGradientDims {
+  int64_t chunks;      ///< B·H·N
+  int64_t chunk_size;  ///< C
+  int64_t key_dim;     ///< K
+  int64_t value_dim;   ///< V
+  bool delta_rule;     ///< whether β, T, W and v' (and their gradients) take part; all null for SSD
+};
+
+struct IntraChunkGradientArgs {
+  const float *q, *k;        ///< [chunks, C, K]
+  const float* v;            ///< [chunks, C, V]
+  const float* g;            ///< [chunks, C] log gates
+  const float* beta;         ///< [chunks, C]
+  const float* lam_in;       ///< Λ [chunks, C, C]
+  const float* t_inverse;    ///< T [chunks, C, C], as the forward returned it
+  const float* w;            ///< W [chunks, C, K]
+  const float* chunk_decay;  ///< exp(γ_last) [chunks]
+  // The gradients of the outputs (zeros for those the loss does not reach).
+  const float* d_intra;          ///< [chunks, C, V]
+  const float* d_transported_q;  ///< [chunks, C, K]
+  const float* d_k_to_end;       ///< [chunks, C, K]
+  const float* d_w;              ///< [chunks, C, K]
+  const float* d_t_inverse;      ///< [chunks, C, C]
+  const float* d_source_v;       ///< [chunks, C, V]
+  const float* d_chunk_decay;    ///< [chunks]
+  const float* source_v;         ///< v' = β v [chunks, C, V]
+  float *d_q, *d_k;              ///< [chunks, C, K]
+  float* d_v;                    ///< [chunks, C, V]
+  float *d_g, *d_beta;           ///< [chunks, C]
+  float* d_lam_in;               ///< [chunks, C, C]
+};
+
+/// Whether the kernel runs these dims on the current device: C = 64, K of 64 or 128, V a positive multiple
+/// of 32, and its shared memory within the device's limit.
+bool supports_intra_chunk_gradients(const IntraChunkGradientDims& dims);
+
+/// nullptr on success, else the CUDA error's text.
+const char* intra_chunk_gradients(const IntraChunkGradientArgs& args, const IntraChunkGradientDims& dims,
+                                  void* stream);
+
+}  // namespace dla::memory::kernels
