@@ -21,10 +21,13 @@ at::Tensor to_chunks(const at::Tensor& x_BTH_, int64_t chunk_size, at::ScalarTyp
   std::vector<int64_t> chunked_shape = {x_BHT_.size(0), x_BHT_.size(1), num_chunks, chunk_size};
   for (int64_t d = 3; d < x_BHT_.dim(); ++d)
     chunked_shape.push_back(x_BHT_.size(d));
+  // Without padding, one new contiguous tensor that converts and transposes: its backward is one copy, where
+  // a copy into a slice of a new tensor would clone and add its gradient.
+  if (num_tokens == num_chunks * chunk_size)
+    return x_BHT_.to(dtype, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous)
+        .view(chunked_shape);
   // Zeros first, then one copy that converts, transposes and leaves the padding: a single pass over x.
-  at::Tensor chunked = num_tokens == num_chunks * chunk_size
-                           ? at::empty(chunked_shape, x_BTH_.options().dtype(dtype))
-                           : at::zeros(chunked_shape, x_BTH_.options().dtype(dtype));
+  at::Tensor chunked = at::zeros(chunked_shape, x_BTH_.options().dtype(dtype));
   std::vector<int64_t> padded_shape(x_BHT_.sizes().begin(), x_BHT_.sizes().end());
   padded_shape[2] = num_chunks * chunk_size;
   chunked.view(padded_shape).narrow(2, 0, num_tokens).copy_(x_BHT_);
