@@ -35,7 +35,7 @@ struct IntraChunkGradientArgs {
   const float* d_t_inverse;      ///< [chunks, C, C]
   const float* d_source_v;       ///< [chunks, C, V]
   const float* d_chunk_decay;    ///< [chunks]
-  const float* source_v;         ///< v' = β v [chunks, C, V]
+  const float* source_v;         ///< v' = β v [chunks, C, V], as the forward returned it; SSD reads v
   float *d_q, *d_k;              ///< [chunks, C, K]
   float* d_v;                    ///< [chunks, C, V]
   float *d_g, *d_beta;           ///< [chunks, C]
