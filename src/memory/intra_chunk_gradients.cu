@@ -171,19 +171,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
 
   // γ: one warp scans the chunk's log gates.
-  if (warp == 0) {
-    float carry = 0.f;
-    for (int first = 0; first < kC; first += 32) {
-      float y = a.g[chunk * kC + first + lane];
-#pragma unroll
-      for (int offset = 1; offset < 32; offset *= 2) {
-        const float z = __shfl_up_sync(0xffffffffu, y, offset);
-        if (lane >= offset) y += z;
-      }
-      gamma[first + lane] = carry + y;
-      carry += __shfl_sync(0xffffffffu, y, 31);
-    }
-  }
+  for (int i = threadIdx.x; i < kC; i += kBlockThreads)
+    gamma[i] = a.g[chunk * kC + i];
+  __syncthreads();
+  cumsum_in_warp(gamma, kC);
   const auto load_operand = [&](float* dst, int dst_ld, const float* src, int src_ld, int cols, int first) {
     copy_rows<kBlockThreads>(
         kC, cols, [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first + c); },
@@ -421,7 +412,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         kk = beta[i] * d_a * decay;
       }
       column_sum += term;
-      const float row_terms = group_sum(term, 32), row_beta_terms = group_sum(beta_term, 32);
+      const float row_terms = warp_sum(term), row_beta_terms = warp_sum(beta_term);
       if (lane == 0) {
         atomicAdd(d_gamma + i, row_terms);
         if constexpr (kDeltaRule) atomicAdd(d_beta + i, row_beta_terms);
@@ -498,22 +489,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     float end_terms = 0.f;
     for (int i = lane; i < kC; i += 32)
       end_terms += to_end_term[i];
-    end_terms = group_sum(end_terms, 32);
+    end_terms = warp_sum(end_terms);
     if (lane == 0) d_gamma[kC - 1] += end_terms + a.d_chunk_decay[chunk] * a.chunk_decay[chunk];
     __syncwarp();
-    float carry = 0.f;
-    for (int end = kC; end > 0; end -= 32) {
-      const int i = end - 1 - lane;
-      float y = d_gamma[i];
-#pragma unroll
-      for (int offset = 1; offset < 32; offset *= 2) {
-        const float z = __shfl_up_sync(0xffffffffu, y, offset);
-        if (lane >= offset) y += z;
-      }
-      a.d_g[chunk * kC + i] = carry + y;
-      carry += __shfl_sync(0xffffffffu, y, 31);
-    }
+    reverse_cumsum_in_warp(d_gamma, kC);
   }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kC; i += kBlockThreads)
+    a.d_g[chunk * kC + i] = d_gamma[i];
   if constexpr (kDeltaRule) {
     for (int i = threadIdx.x; i < kC; i += kBlockThreads)
       a.d_beta[chunk * kC + i] = d_beta[i];

@@ -32,13 +32,6 @@ constexpr int kValueTile = 32;                        // value columns per pass 
 constexpr int kValueLd = kValueTile + kPad;           // tiles read as A or column-major B
 constexpr int kDVNewLd = kValueTile + kRowMajorBPad;  // dΔ, read as row-major B
 
-__device__ float warp_sum(float x) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2)
-    x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
 /// f(i, Σ_c a[i·ALd + c] · b[i·BLd + c]) for every row i < Rows of two Rows × Cols blocks by a block of
 /// Threads, called by one lane per warp with the warp's part of the sum (a row's parts add up over f's
 /// calls).
@@ -50,24 +43,6 @@ __device__ void for_each_row_dot(const float* a, const float* b, F f) {
   for (int i = threadIdx.x / Cols; i < Rows; i += kRowsPerPass) {
     const float part = warp_sum(a[i * ALd + c] * b[i * BLd + c]);
     if (threadIdx.x % 32 == 0) f(i, part);
-  }
-}
-
-/// In place: x_i = Σ_{j ≥ i} x_j over x[0, C) (C a multiple of 32), by one warp.
-__device__ void reverse_cumsum_in_warp(float* x, int C) {
-  if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x;
-  float carry = 0.f;
-  for (int end = C; end > 0; end -= 32) {
-    const int i = end - 1 - lane;
-    float y = x[i];
-#pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-      const float z = __shfl_up_sync(0xffffffffu, y, offset);
-      if (lane >= offset) y += z;
-    }
-    x[i] = carry + y;
-    carry += __shfl_sync(0xffffffffu, y, 31);
   }
 }
 

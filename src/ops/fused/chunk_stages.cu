@@ -21,23 +21,6 @@ using dla::ops::kernels::max_shared_bytes;
 
 // ---- per-block steps ----
 
-/// In place: the chunk-local inclusive cumsum of gamma[0, C), by one warp.
-__device__ void cumsum_in_warp(float* gamma, int C) {
-  if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x;
-  float carry = 0.f;
-  for (int base = 0; base < C; base += 32) {
-    float x = base + lane < C ? gamma[base + lane] : 0.f;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-      const float y = __shfl_up_sync(0xffffffffu, x, offset);
-      if (lane >= offset) x += y;
-    }
-    if (base + lane < C) gamma[base + lane] = carry + x;
-    carry += __shfl_sync(0xffffffffu, x, 31);
-  }
-}
-
 /// t = (I + a)⁻¹ from the strictly lower part of a (C × C, rows Ld apart) in float32, blocked by 16. Each
 /// diagonal block by forward substitution: column j of (I + A_dd)⁻¹ is t_ij = [i = j] − Σ_{j ≤ l < i} a_il
 /// t_lj, so a column needs only itself, and four lanes of a warp share one. Then block row by block row,

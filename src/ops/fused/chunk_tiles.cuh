@@ -60,6 +60,50 @@ __device__ void multiply(Accumulator& acc, const float* a, const float* b, int d
   }
 }
 
+// ---- warp scans and sums ----
+
+__device__ inline float warp_sum(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2)
+    x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+/// In place: the chunk-local inclusive cumsum of gamma[0, C), by one warp.
+__device__ inline void cumsum_in_warp(float* gamma, int C) {
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  float carry = 0.f;
+  for (int base = 0; base < C; base += 32) {
+    float x = base + lane < C ? gamma[base + lane] : 0.f;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const float y = __shfl_up_sync(0xffffffffu, x, offset);
+      if (lane >= offset) x += y;
+    }
+    if (base + lane < C) gamma[base + lane] = carry + x;
+    carry += __shfl_sync(0xffffffffu, x, 31);
+  }
+}
+
+/// In place: x_i = Σ_{j ≥ i} x_j over x[0, C) (C a multiple of 32), by one warp.
+__device__ inline void reverse_cumsum_in_warp(float* x, int C) {
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  float carry = 0.f;
+  for (int end = C; end > 0; end -= 32) {
+    const int i = end - 1 - lane;
+    float y = x[i];
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const float z = __shfl_up_sync(0xffffffffu, y, offset);
+      if (lane >= offset) y += z;
+    }
+    x[i] = carry + y;
+    carry += __shfl_sync(0xffffffffu, y, 31);
+  }
+}
+
 // ---- copies ----
 
 inline __device__ float4 load4(const float* p) {
