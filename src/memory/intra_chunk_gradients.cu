@@ -146,7 +146,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   constexpr int kWideLd = L::kWideLd;
   extern __shared__ float4 shared_vectors[];
   float* shared = reinterpret_cast<float*>(shared_vectors);
-  // C × K slots: wide0 q, value tiles of dI, G, dQ̃, dX; wide1 k; wide2 value tiles of v', W, dW, q.
+  // C × K slots: wide0 q, then value tiles of dI, G, dQ̃, dX; keys k, then dk's products; wide2 value tiles
+  // of v', W, dW, q, then dq's products.
   float* wide0 = shared;
   float* keys = wide0 + L::kWide;
   float* wide2 = keys + L::kWide;
