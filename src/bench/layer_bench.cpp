@@ -80,9 +80,8 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
   const at::Tensor lam = (at::rand({B, T, H, levels}, opts.dtype(at::kFloat)) + 0.5).requires_grad_();
   const at::Tensor u = at::rand({B, T, H}, opts.dtype(at::kFloat)).requires_grad_();
   const memory::SegmentTable fenwick_table =
-      o.memory == "fenwick"
-          ? memory::SegmentTable{memory::fenwick_segments(T, levels - 1).start_BHQS.to(device), {}}
-          : memory::SegmentTable{};
+      o.memory == "fenwick" ? memory::on_device(memory::fenwick_segments(T, levels - 1), device)
+                            : memory::SegmentTable{};
   const memory::Recurrence terms{q, k, v, g, o.mixer == "gdn" ? beta : at::Tensor(), scale};
 
   auto forward = [&] {

@@ -24,13 +24,13 @@ MultiStatePolicyImpl::Segmentation FenwickPolicyImpl::segment(const at::Tensor& 
   if (first == 0) {
     auto found = tables_.find(last);
     if (found == tables_.end() || found->second.start_BHQS.device() != x_BTD.device()) {
-      const SegmentTable table = fenwick_segments(last, num_levels_ - 1);
-      found = tables_.insert_or_assign(last, SegmentTable{table.start_BHQS.to(x_BTD.device()), {}}).first;
+      found =
+          tables_.insert_or_assign(last, on_device(fenwick_segments(last, num_levels_ - 1), x_BTD.device()))
+              .first;
     }
     return {found->second, at::Tensor()};
   }
-  const SegmentTable table = fenwick_segments(last, num_levels_ - 1, first);
-  return {{table.start_BHQS.to(x_BTD.device()), {}}, at::Tensor()};
+  return {on_device(fenwick_segments(last, num_levels_ - 1, first), x_BTD.device()), at::Tensor()};
 }
 
 }  // namespace dla::memory

@@ -73,6 +73,32 @@ at::Tensor slot_matrix(const at::Tensor& slot_BHXJ, int64_t num_slots, at::Scala
   return (slot_BHXJ.unsqueeze(-2) == slots_S1).to(dtype);
 }
 
+/// The slots [first, first + count) outside which no chunk boundary (table rows 0, C, 2C, … and T) has a
+/// segment: there the slot pass carries no state and no token lands. Read from the table where it is on the
+/// host, or from its host copy; all slots when neither exists (a table made on the device).
+struct SlotRange {
+  int64_t first = 0, count = 0;
+};
+
+SlotRange boundary_slots(const SegmentTable& segments, int64_t tokens, int64_t chunk_size) {
+  const int64_t num_slots = segments.num_slots();
+  const at::Tensor& host_BHQS = segments.start_BHQS.is_cpu() ? segments.start_BHQS : segments.host_start_BHQS;
+  if (!host_BHQS.defined()) return {0, num_slots};
+  std::vector<int64_t> rows;
+  for (int64_t q = 0; q < tokens; q += chunk_size)
+    rows.push_back(q);
+  rows.push_back(tokens);
+  const at::Tensor held_S =
+      (host_BHQS.index_select(2, at::tensor(rows, at::kLong)) >= 0).flatten(0, 2).any(0).contiguous();
+  const auto held = held_S.accessor<bool, 1>();
+  int64_t first = 0, last = num_slots;
+  while (first < last && !held[first])
+    ++first;
+  while (last > first && !held[last - 1])
+    --last;
+  return last > first ? SlotRange{first, last - first} : SlotRange{0, num_slots};
+}
+
 }  // namespace
 
 at::Tensor quadratic(const Recurrence& terms, const LevelWeights& weights, const SegmentTable& segments) {
@@ -204,13 +230,22 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
                          terms.delta_rule() ? common::to_chunks(terms.beta_BTH, C, dtype) : at::Tensor(),
                          read_weights.intra_BHNCC},
                         fused);
+  // The slot pass works only the slots that hold something at a chunk boundary (with Fenwick levels, those
+  // of chunk length and up to the sequence's): the others would carry zeros through every chunk.
+  const auto [first_slot, used_slots] = boundary_slots(segments, tokens, C);
   const SlotPassResult pass =
-      slot_pass({intra.transported_q_BHNCK, read_weights.state_BHNCS, intra.k_to_end_BHNCK, intra.w_BHNCK,
-                 intra.t_inverse_BHNCC, intra.source_v_BHNCV, intra.chunk_decay_BHN, state_move_BHNSS,
-                 token_move_BHNSC},
+      slot_pass({intra.transported_q_BHNCK, read_weights.state_BHNCS.narrow(-1, first_slot, used_slots),
+                 intra.k_to_end_BHNCK, intra.w_BHNCK, intra.t_inverse_BHNCC, intra.source_v_BHNCV,
+                 intra.chunk_decay_BHN,
+                 state_move_BHNSS.narrow(-2, first_slot, used_slots).narrow(-1, first_slot, used_slots),
+                 token_move_BHNSC.narrow(-2, first_slot, used_slots)},
                 fused);
   const at::Tensor out_BHNCV = (intra.intra_BHNCV + pass.inter_BHNCV) * terms.scale;
-  return {common::from_chunks(out_BHNCV, tokens).to(terms.q_BTHK.scalar_type()), pass.final_states_BHSKV};
+  const at::Tensor final_states_BHSKV =
+      used_slots == S ? pass.final_states_BHSKV
+                      : at::constant_pad_nd(pass.final_states_BHSKV,
+                                            {0, 0, 0, 0, first_slot, S - first_slot - used_slots});
+  return {common::from_chunks(out_BHNCV, tokens).to(terms.q_BTHK.scalar_type()), final_states_BHSKV};
 }
 
 }  // namespace dla::memory

@@ -102,7 +102,14 @@ SegmentTable fenwick_segments(int64_t num_tokens, int64_t num_slots, int64_t fir
     // token of a full-length sequence) has; they all start at token 0.
     if (t >> (num_slots - 1)) start[row][num_slots - 1] = 0;
   }
-  return {start_QS.view({1, 1, rows, num_slots}), at::Tensor()};
+  return {start_QS.view({1, 1, rows, num_slots}), at::Tensor(), at::Tensor()};
+}
+
+SegmentTable on_device(const SegmentTable& host_table, const at::Device& device) {
+  TORCH_CHECK(host_table.start_BHQS.is_cpu(), "memory::on_device: the table must be on the host");
+  if (device.is_cpu()) return host_table;
+  const auto moved = [&](const at::Tensor& x) { return x.defined() ? x.to(device) : x; };
+  return {moved(host_table.start_BHQS), moved(host_table.opener_BHQS), host_table.start_BHQS};
 }
 
 BoundaryCache::BoundaryCache(int64_t batch, int64_t heads, const BoundaryOptions& options)
@@ -263,7 +270,7 @@ SegmentTable dla_segments_cuda([[maybe_unused]] const at::Tensor& u_BTH,
       kernels::boundary_scan(u.data_ptr<float>(), start_BHQS.data_ptr<int64_t>(),
                              opener_BHQS.data_ptr<int64_t>(), dims, ops::current_cuda_stream(u));
   TORCH_CHECK(error == nullptr, "DLA boundary scan: CUDA kernel failed: ", error);
-  return {start_BHQS, opener_BHQS};
+  return {start_BHQS, opener_BHQS, at::Tensor()};
 #else
   TORCH_CHECK(false, "DLA boundary scan: dla was built without CUDA");
 #endif
@@ -291,7 +298,8 @@ SegmentTable dla_segments(const at::Tensor& u_BTH, BoundaryCache& cache) {
   at::Tensor opener_BHQS = at::full({batch, heads, tokens + 1, cache.capacity()}, -1, table_options);
   cache.scan(u_TBH, start_BHQS.accessor<int64_t, 4>(), opener_BHQS.accessor<int64_t, 4>());
   const at::Device device = u_BTH.device();
-  return {start_BHQS.to(device, /*non_blocking=*/true), opener_BHQS.to(device, /*non_blocking=*/true)};
+  return {start_BHQS.to(device, /*non_blocking=*/true), opener_BHQS.to(device, /*non_blocking=*/true),
+          at::Tensor()};
 }
 
 at::Tensor straight_through_confidence(const SegmentTable& segments, const at::Tensor& u_BTH) {

@@ -309,7 +309,8 @@ TEST_CASE("recurrent decoding from a chunkwise prefill continues the parallel fo
     tail_segments = dla::memory::dla_segments(tail(p.u_BTH).to(at::kFloat), cache);
   } else {
     head_segments = p.segments;
-    tail_segments = {p.segments.start_BHQS.narrow(2, prefill, tokens - prefill + 1), at::Tensor()};
+    tail_segments = {p.segments.start_BHQS.narrow(2, prefill, tokens - prefill + 1), at::Tensor(),
+                     at::Tensor()};
   }
   // Decoding reads confidences as 1 (their forward value), so λ alone weighs the states.
   const dla::memory::MultiStateResult prefilled =
@@ -344,7 +345,9 @@ TEST_CASE("on the GPU every form agrees with the float64 CPU oracle", "[memory][
     REQUIRE(segments.start_BHQS.is_cuda());
     CHECK(at::equal(segments.start_BHQS.cpu(), p.segments.start_BHQS));
   } else {
-    segments = {p.segments.start_BHQS.to(at::kCUDA), at::Tensor()};
+    // With its host copy, as the fenwick policy keeps it: chunkwise leaves out the slots no chunk boundary
+    // holds.
+    segments = dla::memory::on_device(p.segments, at::kCUDA);
   }
   const LevelWeights weights{cuda(p.lam_BTHL), policy.policy == "dla"
                                                    ? dla::memory::straight_through_confidence(segments, u_BTH)

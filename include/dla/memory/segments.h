@@ -22,6 +22,10 @@ struct SegmentTable {
   at::Tensor opener_BHQS;  ///< int64: the boundary whose score is the segment's confidence (spec §3.4), −1
                            ///< for confidence 1 (token 0's segment, empty slots); undefined when every
                            ///< confidence is 1
+  /// start_BHQS on the host, where the table was built there and then moved to a device (fenwick);
+  /// undefined otherwise. memory::chunkwise reads from it which slots hold a state at a chunk boundary
+  /// without waiting on the device.
+  at::Tensor host_start_BHQS;
   /// B and H may be 1 when every sequence and head shares the table (fenwick).
   int64_t num_slots() const { return start_BHQS.size(3); }
 };
@@ -40,6 +44,10 @@ at::Tensor level_table(const SegmentTable& segments, int64_t num_tokens);
 /// query t the bucket of level ℓ starts at (t >> ℓ) << ℓ when bit ℓ − 1 of t is set. Throws when the tokens
 /// need more slots.
 SegmentTable fenwick_segments(int64_t num_tokens, int64_t num_slots, int64_t first_query = 0);
+
+/// A table built on the host, moved to `device`, with the host copy kept in host_start_BHQS (on the host
+/// itself, the table unchanged).
+SegmentTable on_device(const SegmentTable& host_table, const at::Device& device);
 
 /// The DLA boundary cache (spec §3.2) for a batch of sequences, advanced one token at a time: the same rule
 /// as boundary_death_times, kept as the alive boundaries themselves so that decoding needs constant memory.
