@@ -298,8 +298,9 @@ SegmentTable dla_segments(const at::Tensor& u_BTH, BoundaryCache& cache) {
   at::Tensor opener_BHQS = at::full({batch, heads, tokens + 1, cache.capacity()}, -1, table_options);
   cache.scan(u_TBH, start_BHQS.accessor<int64_t, 4>(), opener_BHQS.accessor<int64_t, 4>());
   const at::Device device = u_BTH.device();
+  // The host table stays with a device copy: chunkwise reads from it which slots chunk boundaries use.
   return {start_BHQS.to(device, /*non_blocking=*/true), opener_BHQS.to(device, /*non_blocking=*/true),
-          at::Tensor()};
+          device.is_cpu() ? at::Tensor() : start_BHQS};
 }
 
 at::Tensor straight_through_confidence(const SegmentTable& segments, const at::Tensor& u_BTH) {

@@ -22,9 +22,9 @@ struct SegmentTable {
   at::Tensor opener_BHQS;  ///< int64: the boundary whose score is the segment's confidence (spec §3.4), −1
                            ///< for confidence 1 (token 0's segment, empty slots); undefined when every
                            ///< confidence is 1
-  /// start_BHQS on the host, where the table was built there and then moved to a device (fenwick);
-  /// undefined otherwise. memory::chunkwise reads from it which slots hold a state at a chunk boundary
-  /// without waiting on the device.
+  /// start_BHQS on the host, where the table was built there and then moved to a device (fenwick, and DLA's
+  /// host scan); undefined otherwise. memory::chunkwise reads from it which slots hold a state at a chunk
+  /// boundary without waiting on the device.
   at::Tensor host_start_BHQS;
   /// B and H may be 1 when every sequence and head shares the table (fenwick).
   int64_t num_slots() const { return start_BHQS.size(3); }
