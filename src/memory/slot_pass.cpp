@@ -112,6 +112,7 @@ SlotPassInputs inputs_of(const variable_list& x, bool delta_rule) {
 struct KeptForward {
   SlotPassResult result;
   at::Tensor start_states_BHNSKV;
+  at::Tensor live_slots_BHN;  ///< the CUDA kernels' live-slot masks (int32 bits); undefined for the loop
 };
 
 /// The sequential part of the backward: G, the gradient of the slot states after each chunk, and dΔ, the
@@ -123,7 +124,7 @@ struct StateGradients {
 
 KeptForward forward_loop(const SlotPassInputs& in) {
   LoopResult loop = run_loop(in, /*keep_states=*/true);
-  return {loop.result, at::stack(loop.start_states_BHSKV, /*dim=*/2)};
+  return {loop.result, at::stack(loop.start_states_BHSKV, /*dim=*/2), at::Tensor()};
 }
 
 /// With X̄ = M X the states moved to their slots, chunk by chunk from the last:
@@ -215,20 +216,24 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
                 V = dims.value_dim, S = dims.slots;
   const at::Tensor start_states_BHNSKV = at::empty({B, H, N, S, K, V}, k_to_end.options());
   const at::Tensor final_states_BHSKV = at::empty({B, H, S, K, V}, k_to_end.options());
+  const at::Tensor live_slots_BHN = at::empty({B, H, N}, k_to_end.options().dtype(at::kInt));
   const char* error = kernels::slot_pass_forward(
       {k_to_end.data_ptr<float>(), ops::data_or_null(w), ops::data_or_null(t_inverse),
        source_v.data_ptr<float>(), chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(),
        token_move.data_ptr<float>(), start_states_BHNSKV.data_ptr<float>(),
-       final_states_BHSKV.data_ptr<float>()},
+       final_states_BHSKV.data_ptr<float>(), reinterpret_cast<unsigned*>(live_slots_BHN.data_ptr<int>())},
       dims, ops::current_cuda_stream(k_to_end));
   TORCH_CHECK(error == nullptr, "memory slot pass forward: CUDA kernel failed: ", error);
-  return {{start_state_reads(in, start_states_BHNSKV, dims), final_states_BHSKV}, start_states_BHNSKV};
+  return {{start_state_reads(in, start_states_BHNSKV, dims), final_states_BHSKV},
+          start_states_BHNSKV,
+          live_slots_BHN};
 #else
   TORCH_CHECK(false, "memory slot pass: dla was built without CUDA");
 #endif
 }
 
 StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
+                                      [[maybe_unused]] const at::Tensor& live_slots_BHN,
                                       [[maybe_unused]] const at::Tensor& d_inter_BHNCV,
                                       [[maybe_unused]] const at::Tensor& d_final_BHSKV) {
 #if defined(DLA_WITH_CUDA)
@@ -247,7 +252,8 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
       {q.data_ptr<float>(), read_weight.data_ptr<float>(), k_to_end.data_ptr<float>(), ops::data_or_null(w),
        chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(), d_inter.data_ptr<float>(),
        d_final.data_ptr<float>(), out.d_end_states_BHNSKV.data_ptr<float>(),
-       out.d_written_BHNSCV.data_ptr<float>()},
+       out.d_written_BHNSCV.data_ptr<float>(),
+       reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>())},
       dims, ops::current_cuda_stream(q));
   TORCH_CHECK(error == nullptr, "memory slot pass backward: CUDA kernel failed: ", error);
   return out;
@@ -425,6 +431,7 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
     const bool cuda_kernels = slot_pass_uses_cuda_kernels(in);
     KeptForward pass = cuda_kernels ? forward_kernel(in) : forward_loop(in);
     saved.push_back(pass.start_states_BHNSKV);
+    saved.push_back(pass.live_slots_BHN);
     ctx->save_for_backward(saved);
     ctx->saved_data["delta_rule"] = delta_rule;
     ctx->saved_data["cuda_kernels"] = cuda_kernels;
@@ -445,8 +452,9 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
     const at::Tensor d_final_BHSKV =
         grad_outputs[1].defined() ? grad_outputs[1] : at::zeros_like(start_states_BHNSKV.select(2, 0));
     const bool cuda_kernels = ctx->saved_data["cuda_kernels"].toBool();
-    const StateGradients state_grads = cuda_kernels ? state_gradients_kernel(in, d_inter_BHNCV, d_final_BHSKV)
-                                                    : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
+    const StateGradients state_grads =
+        cuda_kernels ? state_gradients_kernel(in, saved[kNumInputs + 1], d_inter_BHNCV, d_final_BHSKV)
+                     : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
     if (uses_gradient_kernels(in, cuda_kernels))
       return input_gradients_kernel(in, start_states_BHNSKV, state_grads, d_inter_BHNCV);
     return input_gradients_ops(in, start_states_BHNSKV, state_grads, d_inter_BHNCV, cuda_kernels);

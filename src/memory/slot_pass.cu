@@ -387,6 +387,12 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
       }
     }
     __syncthreads();
+    if (blockIdx.x == 0 && threadIdx.x == 0) {  // the flags are the same for every value column
+      unsigned mask = 0;
+      for (int s = 0; s < S; ++s)
+        mask |= next_live[s] ? 1u << s : 0u;
+      a.live_slots[chunk] = mask;
+    }
 
     move_between_slots(states, moves, l, /*transposed=*/false);
     __syncthreads();
@@ -505,6 +511,14 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     copy_floats_async<kThreads>(moves, a.state_move + chunk * S * S, S * S);
     copy_columns_async<kThreads>(d_inter, ld, a.d_inter + chunk * CV, V, first_column, kTile, C);
     const float decay = __ldg(a.chunk_decay + chunk);
+    // Slots dead in the chunk's transitions held zero and received nothing: their dΔ_r and dX̄_r are zero. A
+    // slot dead at the chunk's start is zero and depends on no input: its gradient is never used (it meets
+    // zero factors only), so its read term is skipped.
+    const unsigned live_after = __ldg(a.live_slots + chunk),
+                   live_before = n > 0 ? __ldg(a.live_slots + chunk - 1) : 0u;
+    const auto any_live = [](unsigned mask, int first, int count) {
+      return (mask >> first) & ((1u << count) - 1u);
+    };
 
     // dΔ_r = K̃ G_r, then dX̄_r = e G_r − Wᵀ dΔ_r in place of G_r, a group of slots at a time.
     for (int first = 0; first < S; first += l.group) {
@@ -514,9 +528,11 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
       });
       for_each_slot_batch<kChunkRowBatch>(c_tiles, first, count, [&](int r0, int n, int row) {
         WarpTile tiles[kChunkRowBatch] = {};
-        multiply_accumulate<false, RightLoad::kRound>(tiles, n, operand + row * k_rows_ld, k_rows_ld,
-                                                      {states + r0 * l.slot_floats(), ld, l.slot_floats()},
-                                                      K);
+        if (any_live(live_after, r0, n)) {
+          multiply_accumulate<false, RightLoad::kRound>(tiles, n, operand + row * k_rows_ld, k_rows_ld,
+                                                        {states + r0 * l.slot_floats(), ld, l.slot_floats()},
+                                                        K);
+        }
         store_tiles(tiles, n, group_buffers + (r0 - first) * l.rows_floats() + row * ld, l.rows_floats(), ld,
                     1.f);
       });
@@ -531,12 +547,14 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
         load_operand(a.w + chunk * CK, k_columns_ld, store_written);
         for_each_slot_batch<kKeyRowBatch>(k_tiles, first, count, [&](int r0, int n, int row) {
           float* state = states + r0 * l.slot_floats() + row * ld;
-          WarpTile tiles[kKeyRowBatch];
-          // −dX̄_r = Wᵀ dΔ_r − e G_r, stored negated
-          load_tiles(tiles, n, state, l.slot_floats(), ld, -decay);
-          multiply_accumulate<true, RightLoad::kRound>(
-              tiles, n, operand + row, k_columns_ld,
-              {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
+          WarpTile tiles[kKeyRowBatch] = {};
+          if (any_live(live_after, r0, n)) {
+            // −dX̄_r = Wᵀ dΔ_r − e G_r, stored negated
+            load_tiles(tiles, n, state, l.slot_floats(), ld, -decay);
+            multiply_accumulate<true, RightLoad::kRound>(
+                tiles, n, operand + row, k_columns_ld,
+                {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
+          }
           store_tiles(tiles, n, state, l.slot_floats(), ld, -1.f);
         });
       } else {
@@ -551,6 +569,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     load_operand(a.transported_q + chunk * CK, k_columns_ld,
                  [&] { move_between_slots(states, moves, l, /*transposed=*/true); });
     for_each_slot_batch<kKeyRowBatch>(k_tiles, 0, S, [&](int s0, int n, int row) {
+      if (!any_live(live_before, s0, n)) return;
       float* state = states + s0 * l.slot_floats() + row * ld;
       WarpTile tiles[kKeyRowBatch];
       load_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);

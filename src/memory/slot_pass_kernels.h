@@ -27,6 +27,9 @@ struct SlotPassForwardArgs {
   const float* token_move;   ///< [BH, N, S, C]
   float* start_states;       ///< [BH, N, S, K, V]: the slot states at each chunk's start
   float* final_states;       ///< [BH, S, K, V]
+  /// [BH, N]: bit s set where slot s is live in the chunk's transitions (after its moves: a state moved in,
+  /// or a token written); the backward skips the others.
+  unsigned* live_slots;
 };
 
 struct SlotPassBackwardArgs {
@@ -40,6 +43,7 @@ struct SlotPassBackwardArgs {
   const float* d_final_states;  ///< [BH, S, K, V]
   float* d_end_states;          ///< [BH, N, S, K, V]: the gradient of the slot states after each chunk
   float* d_written;             ///< [BH, N, S, C, V]: the gradient of what each chunk writes to each slot
+  const unsigned* live_slots;   ///< [BH, N], as the forward wrote it
 };
 
 struct SlotMoveArgs {

@@ -7,9 +7,11 @@
 #include <string>
 #include <vector>
 
+#include <ATen/ops/cat.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/zeros.h>
 
 #include "catch.h"
 #include "dla/ops/kernels.h"
@@ -28,7 +30,9 @@ struct PassDims {
 
 /// A random slot pass in float64; moves are 0/1 matrices in which each state and token goes to at most one
 /// slot, as the segment tables make them. Keys and W are scaled by 1/√K so the states stay of order 1.
-SlotPassInputs random_inputs(bool delta_rule, const PassDims& d, uint64_t seed) {
+/// Tokens land in the first `token_slots` slots only (all when 0), so that the others hold nothing in the
+/// chunks no state moves to them, as most Fenwick levels.
+SlotPassInputs random_inputs(bool delta_rule, const PassDims& d, uint64_t seed, int64_t token_slots = 0) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   const int64_t B = d.batch, H = d.heads, N = d.chunks, C = d.chunk_size, K = d.key_dim, V = d.value_dim,
@@ -37,10 +41,10 @@ SlotPassInputs random_inputs(bool delta_rule, const PassDims& d, uint64_t seed) 
   const auto randn = [&](std::vector<int64_t> shape, double scale) {
     return at::randn(shape, gen, f64) * scale;
   };
-  const auto moves = [&](int64_t columns) {
-    // Column j goes to slot target[j], or nowhere when target[j] == S.
-    const at::Tensor target = at::randint(S + 1, {B, H, N, 1, columns}, gen, f64.dtype(at::kLong));
-    return (target == at::arange(S, f64.dtype(at::kLong)).view({S, 1})).to(at::kDouble);
+  const auto moves = [&](int64_t columns, int64_t targets) {
+    // Column j goes to slot target[j], or nowhere when target[j] ≥ targets.
+    const at::Tensor target = at::randint(targets + 1, {B, H, N, 1, columns}, gen, f64.dtype(at::kLong));
+    return (target == at::arange(targets, f64.dtype(at::kLong)).view({targets, 1})).to(at::kDouble);
   };
   SlotPassInputs in;
   in.transported_q_BHNCK = randn({B, H, N, C, K}, 0.5);
@@ -53,8 +57,9 @@ SlotPassInputs random_inputs(bool delta_rule, const PassDims& d, uint64_t seed) 
   }
   in.source_v_BHNCV = randn({B, H, N, C, V}, 0.5);
   in.chunk_decay_BHN = at::rand({B, H, N}, gen, f64) * 0.5 + 0.5;
-  in.state_move_BHNSS = moves(S);
-  in.token_move_BHNSC = moves(C);
+  in.state_move_BHNSS = moves(S, S);
+  const int64_t landing = token_slots > 0 ? token_slots : S;
+  in.token_move_BHNSC = at::cat({moves(C, landing), at::zeros({B, H, N, S - landing, C}, f64)}, -2);
   return in;
 }
 
@@ -152,5 +157,24 @@ TEST_CASE("on the GPU the slot-pass kernels equal autograd through the float64 l
   REQUIRE(dla::memory::slot_pass_gradients_use_cuda_kernels(on_gpu) == (d.value_dim % 32 == 0));
   REQUIRE(dla::memory::slot_pass_reads_use_cuda_kernel(on_gpu) ==
           ((d.chunk_size == 32 || d.chunk_size == 64) && d.key_dim % 32 == 0 && d.value_dim % 32 == 0));
+  expect_same_pass(base, cuda, 5e-3, 5e-3);
+}
+
+TEST_CASE("on the GPU the slot-pass kernels skip the slots that hold nothing and still equal the loop",
+          "[memory][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the slot-pass kernels are not exercised on this machine");
+    return;
+  }
+  // Tokens land in 3 of 14 slots: the others hold a state only in the chunks one moves to them.
+  const bool delta_rule = GENERATE(true, false);
+  CAPTURE(delta_rule);
+  const PassDims d{1, 2, 8, 64, 128, 64, 14};
+  const SlotPassInputs base = random_inputs(delta_rule, d, 41, /*token_slots=*/3);
+  const at::Tensor state_move = base.state_move_BHNSS, token_move = base.token_move_BHNSC;
+  // Some slot is dead in some chunk: it gets no token and no state.
+  REQUIRE((token_move.sum(-1) == 0).logical_and(state_move.sum(-1) == 0).any().item<bool>());
+  const dla::ops::Tf32Scope tf32(true);
+  const auto cuda = [](const at::Tensor& x) { return x.to(at::kCUDA, at::kFloat); };
   expect_same_pass(base, cuda, 5e-3, 5e-3);
 }
