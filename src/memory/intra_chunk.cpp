@@ -25,6 +25,7 @@
 #if defined(DLA_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
 
+#include "intra_chunk_forward_kernel.h"
 #include "intra_chunk_gradients_kernel.h"
 #endif
 
@@ -94,6 +95,45 @@ bool basis_kernel_applies(const IntraChunkInputs& in) {
                                         token_view(in.v_BHNCV), in.q_BHNCK.scalar_type(), in.q_BHNCK.size(3));
 }
 
+#if defined(DLA_WITH_CUDA)
+kernels::IntraChunkGradientDims kernel_dims(const IntraChunkInputs& in) {
+  const at::Tensor& q = in.q_BHNCK;
+  return {q.size(0) * q.size(1) * q.size(2), q.size(3), q.size(4), in.v_BHNCV.size(4),
+          in.beta_BHNC.defined()};
+}
+
+/// x as the kernels read it: contiguous float32, aligned to the 32 bytes a tensor-core fragment load needs.
+/// Undefined stays undefined.
+at::Tensor kernel_input(const at::Tensor& x) {
+  if (!x.defined()) return x;
+  at::Tensor buffer = ops::kernel_buffer(x);
+  if (reinterpret_cast<std::uintptr_t>(buffer.data_ptr()) % 32 != 0) buffer = buffer.clone();
+  return buffer;
+}
+
+/// intra, q̃ and v' from the forward kernel, given prepare_chunks' γ, T and W (in t); false where the kernel
+/// does not run these inputs (the caller runs prepare_chunks, so basis_kernel_applies holds).
+bool forward_kernel_terms(const IntraChunkInputs& in, const at::Tensor& gamma_BHNC, IntraChunkTerms& t) {
+  if (!intra_chunk_forward_uses_cuda_kernel(in)) return false;
+  const kernels::IntraChunkGradientDims dims = kernel_dims(in);
+  const at::Tensor q = kernel_input(in.q_BHNCK), k = kernel_input(in.k_BHNCK), v = kernel_input(in.v_BHNCV),
+                   beta = kernel_input(in.beta_BHNC), lam_in = kernel_input(in.lam_in_BHNCC),
+                   gamma = kernel_input(gamma_BHNC), t_inverse = kernel_input(t.t_inverse_BHNCC),
+                   w = kernel_input(t.w_BHNCK);
+  t.intra_BHNCV = at::empty_like(v);
+  t.transported_q_BHNCK = at::empty_like(q);
+  t.source_v_BHNCV = dims.delta_rule ? at::empty_like(v) : in.v_BHNCV;
+  const char* error = kernels::intra_chunk_forward(
+      {q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), ops::data_or_null(beta),
+       lam_in.data_ptr<float>(), gamma.data_ptr<float>(), ops::data_or_null(t_inverse), ops::data_or_null(w),
+       t.intra_BHNCV.data_ptr<float>(), t.transported_q_BHNCK.data_ptr<float>(),
+       dims.delta_rule ? t.source_v_BHNCV.data_ptr<float>() : nullptr},
+      dims, ops::current_cuda_stream(q));
+  TORCH_CHECK(error == nullptr, "memory per-chunk stages forward: CUDA kernel failed: ", error);
+  return true;
+}
+#endif
+
 IntraChunkTerms run_forward(const IntraChunkInputs& in, Basis basis) {
   IntraChunkTerms t;
   const bool delta_rule = in.beta_BHNC.defined();
@@ -103,11 +143,14 @@ IntraChunkTerms run_forward(const IntraChunkInputs& in, Basis basis) {
         ops::fused::prepare_chunks(token_view(in.k_BHNCK), token_view(in.v_BHNCV), token_view(in.g_BHNC),
                                    delta_rule ? token_view(in.beta_BHNC) : at::Tensor(), in.q_BHNCK.size(3));
     gamma_BHNC = prepared.gamma_BHMC;
-    decay_BHNCC = ops::common::decay_matrix(gamma_BHNC);
     t.k_to_end_BHNCK = prepared.k_to_end_BHMCK;
     t.chunk_decay_BHN = prepared.chunk_decay_BHM;
     t.w_BHNCK = prepared.w_BHMCK;
     t.t_inverse_BHNCC = prepared.inverse_BHMCC;
+#if defined(DLA_WITH_CUDA)
+    if (forward_kernel_terms(in, gamma_BHNC, t)) return t;
+#endif
+    decay_BHNCC = ops::common::decay_matrix(gamma_BHNC);
   } else {
     const GateTerms gate = gate_terms(in.g_BHNC);
     gamma_BHNC = gate.gamma_BHNC;
@@ -224,32 +267,20 @@ variable_list backward_terms(const IntraChunkInputs& in, const IntraChunkTerms& 
 }
 
 #if defined(DLA_WITH_CUDA)
-kernels::IntraChunkGradientDims kernel_dims(const IntraChunkInputs& in) {
-  const at::Tensor& q = in.q_BHNCK;
-  return {q.size(0) * q.size(1) * q.size(2), q.size(3), q.size(4), in.v_BHNCV.size(4),
-          in.beta_BHNC.defined()};
-}
-
-/// x as the kernel reads it: contiguous float32, aligned to the 32 bytes a tensor-core fragment load needs.
-at::Tensor kernel_input(const at::Tensor& x) {
-  at::Tensor buffer = ops::kernel_buffer(x);
-  if (reinterpret_cast<std::uintptr_t>(buffer.data_ptr()) % 32 != 0) buffer = buffer.clone();
-  return buffer;
-}
-
 /// The input gradients from the CUDA kernel (grads in Input order, as backward_terms returns them).
 variable_list backward_kernel(const IntraChunkInputs& in, const IntraChunkTerms& kept,
                               const variable_list& d_out) {
   const kernels::IntraChunkGradientDims dims = kernel_dims(in);
   const bool delta_rule = dims.delta_rule;
-  const auto input = [](const at::Tensor& x) { return x.defined() ? kernel_input(x) : x; };
-  const at::Tensor q = input(in.q_BHNCK), k = input(in.k_BHNCK), v = input(in.v_BHNCV), g = input(in.g_BHNC),
-                   beta = input(in.beta_BHNC), lam_in = input(in.lam_in_BHNCC);
-  const at::Tensor t_inverse = input(kept.t_inverse_BHNCC), w = input(kept.w_BHNCK),
-                   source_v = input(kept.source_v_BHNCV), chunk_decay = input(kept.chunk_decay_BHN);
+  const at::Tensor q = kernel_input(in.q_BHNCK), k = kernel_input(in.k_BHNCK), v = kernel_input(in.v_BHNCV),
+                   g = kernel_input(in.g_BHNC), beta = kernel_input(in.beta_BHNC),
+                   lam_in = kernel_input(in.lam_in_BHNCC);
+  const at::Tensor t_inverse = kernel_input(kept.t_inverse_BHNCC), w = kernel_input(kept.w_BHNCK),
+                   source_v = kernel_input(kept.source_v_BHNCV),
+                   chunk_decay = kernel_input(kept.chunk_decay_BHN);
   variable_list d(kNumOutputs);
   for (int i = 0; i < kNumOutputs; ++i)
-    d[i] = input(d_out[i]);
+    d[i] = kernel_input(d_out[i]);
   variable_list grads(kNumInputs);
   grads[kQ] = at::empty_like(q);
   grads[kK] = at::empty_like(k);
@@ -359,6 +390,16 @@ class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> 
 };
 
 }  // namespace
+
+bool intra_chunk_forward_uses_cuda_kernel([[maybe_unused]] const IntraChunkInputs& in) {
+#if defined(DLA_WITH_CUDA)
+  if (!basis_kernel_applies(in) || in.q_BHNCK.scalar_type() != at::kFloat) return false;
+  const c10::cuda::CUDAGuard device_guard(in.q_BHNCK.device());
+  return kernels::supports_intra_chunk_forward(kernel_dims(in));
+#else
+  return false;
+#endif
+}
 
 bool intra_chunk_backward_uses_cuda_kernel(const IntraChunkInputs& in) {
   return uses_gradient_kernel(in, ops::tf32_allowed());

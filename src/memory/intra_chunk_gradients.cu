@@ -10,7 +10,7 @@
 #include <algorithm>
 
 #include "../ops/cuda_launch.cuh"
-#include "../ops/fused/chunk_tiles.cuh"
+#include "chunk_products.cuh"
 #include "intra_chunk_gradients_kernel.h"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -20,75 +20,10 @@
 namespace dla::memory::kernels {
 namespace {
 
-using namespace dla::ops::fused::kernels::tiles;
+using namespace chunk_products;
 
-constexpr int kC = 64;                 // chunk length
-constexpr int kRowTiles = kC / kTile;  // 16-row tiles of a chunk
-constexpr int kLowerTiles = kRowTiles * (kRowTiles + 1) / 2;
-constexpr int kValueTile = 64;  // value columns per pass
-constexpr int kSquareLd = kC + kPad;
-constexpr int kValueLd = kValueTile + kPad;
-// 16 warps: the phases between barriers are short, and more warps keep more loads and products in flight
-// per block (its shared memory allows one block per SM).
-constexpr int kBlockThreads = 512;
-constexpr int kBlockWarps = kBlockThreads / 32;
 constexpr int kKeptTiles = (kLowerTiles + kBlockWarps - 1) / kBlockWarps;  // G's lower tiles per warp
 constexpr int kValueTilesPerWarp = (kRowTiles * (kValueTile / kTile) + kBlockWarps - 1) / kBlockWarps;
-
-template <class Layout>
-constexpr bool kRowMajor = std::is_same_v<Layout, wmma::row_major>;
-
-/// A shared-memory matrix as a tensor-core operand: M(i, j) = data[i·Ld + j] (row_major), or data[i + j·Ld]
-/// (col_major: the transpose of the row-major matrix stored there).
-template <class Layout, int Ld>
-struct Operand {
-  const float* data;
-  __device__ const float* at(int i, int j) const {
-    return kRowMajor<Layout> ? data + i * Ld + j : data + i + j * Ld;
-  }
-};
-
-template <int Ld>
-__device__ Operand<wmma::row_major, Ld> rows_of(const float* data) {
-  return {data};
-}
-
-/// The transpose of the row-major matrix at data.
-template <int Ld>
-__device__ Operand<wmma::col_major, Ld> transpose_of(const float* data) {
-  return {data};
-}
-
-/// acc += A(row tile r, depth) B(depth, column tile c) over the depth [first, last) (multiples of 8).
-template <class ALayout, int ALd, class BLayout, int BLd>
-__device__ void multiply(Accumulator& acc, Operand<ALayout, ALd> a, Operand<BLayout, BLd> b, int r, int c,
-                         int first, int last) {
-#pragma unroll 4
-  for (int j = first; j < last; j += kStep) {
-    wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, ALayout> a_fragment;
-    OperandB<BLayout> b_fragment;
-    wmma::load_matrix_sync(a_fragment, a.at(r * kTile, j), ALd);
-    wmma::load_matrix_sync(b_fragment, b.at(j, c * kTile), BLd);
-    wmma::mma_sync(acc, a_fragment, b_fragment, acc);
-  }
-}
-
-__device__ void round_to_tf32(Accumulator& acc) {
-#pragma unroll
-  for (int t = 0; t < acc.num_elements; ++t)
-    acc.x[t] = wmma::__float_to_tf32(acc.x[t]);
-}
-
-/// The lower-triangular 16 × 16 tiles of a C × C matrix, row by row: f(r, c) for the warp's share.
-template <class F>
-__device__ void for_each_lower_tile(F f) {
-  for (int tile = threadIdx.x / 32; tile < kLowerTiles; tile += kBlockWarps) {
-    int r = 0;
-    while ((r + 1) * (r + 2) / 2 <= tile)
-      ++r;
-    f(r, tile - r * (r + 1) / 2);
-  }
-}
 
 /// The lower tile the warp keeps in slot s across passes (s < kKeptTiles), or false.
 __device__ bool kept_lower_tile(int s, int& r, int& c) {
@@ -99,32 +34,6 @@ __device__ bool kept_lower_tile(int s, int& r, int& c) {
     ++r;
   c = tile - r * (r + 1) / 2;
   return true;
-}
-
-/// Sum over the `lanes` adjacent lanes of a group (a power of two, at most 32).
-__device__ float group_sum(float x, int lanes) {
-  for (int offset = lanes / 2; offset > 0; offset /= 2)
-    x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
-/// f(i, c, leader) for every row i < C and every fourth column c < cols (cols / 4 a power of two, at most
-/// 32): the lanes of a row are adjacent in one warp, `leader` marks the first of them. Every thread takes
-/// part in every round, so f may shuffle across a row's lanes.
-template <class F>
-__device__ void for_each_row_vector(int cols, F f) {
-  const int per_row = cols / 4, rows_per_pass = kBlockThreads / per_row;
-  const int c = 4 * (threadIdx.x % per_row);
-  for (int i = threadIdx.x / per_row; i < kC; i += rows_per_pass)
-    f(i, c, threadIdx.x % per_row == 0);
-}
-
-inline __device__ float dot(float4 a, float4 b) {
-  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-}
-
-inline __device__ float4 load_shared4(const float* p) {
-  return *reinterpret_cast<const float4*>(p);
 }
 
 /// Shared-memory layout in floats: three C × K slots, six C × C slots, per-row vectors.
@@ -176,11 +85,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     gamma[i] = a.g[chunk * kC + i];
   __syncthreads();
   cumsum_in_warp(gamma, kC);
-  const auto load_operand = [&](float* dst, int dst_ld, const float* src, int src_ld, int cols, int first) {
-    copy_rows<kBlockThreads>(
-        kC, cols, [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first + c); },
-        [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
-  };
   load_operand(wide0, kWideLd, a.q + rows_k, K, K, 0);
   load_operand(keys, kWideLd, a.k + rows_k, K, K, 0);
   if constexpr (kDeltaRule) load_operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC, kC, 0);

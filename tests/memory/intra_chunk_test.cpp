@@ -116,6 +116,7 @@ TEST_CASE("the per-chunk stages' written-out backward equals autograd through th
   CAPTURE(delta_rule);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(delta_rule ? 71 : 72);
   const IntraChunkInputs in = random_inputs(delta_rule, gen);
+  REQUIRE_FALSE(dla::memory::intra_chunk_forward_uses_cuda_kernel(in));
   REQUIRE_FALSE(dla::memory::intra_chunk_backward_uses_cuda_kernel(in));
   compare_forms(in, 1e-10, gen);
 }
@@ -132,8 +133,10 @@ TEST_CASE("on the GPU the per-chunk stages' written-out backward equals autograd
   const IntraChunkInputs in = on_gpu(random_inputs(delta_rule, gen));
   const dla::ops::Tf32Scope exact(false);
   // Without TF32 (float32 training) the backward stays on exact float32 LibTorch ops.
-  REQUIRE_FALSE(dla::memory::intra_chunk_backward_uses_cuda_kernel(
-      on_gpu(random_inputs(delta_rule, gen, {.B = 1, .H = 1, .N = 1, .C = 64, .K = 64, .V = 32}))));
+  const IntraChunkInputs kernel_sized =
+      on_gpu(random_inputs(delta_rule, gen, {.B = 1, .H = 1, .N = 1, .C = 64, .K = 64, .V = 32}));
+  REQUIRE_FALSE(dla::memory::intra_chunk_forward_uses_cuda_kernel(kernel_sized));
+  REQUIRE_FALSE(dla::memory::intra_chunk_backward_uses_cuda_kernel(kernel_sized));
   compare_forms(in, 1e-4, gen);
 }
 
@@ -155,6 +158,7 @@ TEST_CASE("on the GPU with TF32 the per-chunk stages take the chunk kernels and 
   const auto tokens = [](const at::Tensor& x) { return x.flatten(2, 3).transpose(1, 2); };
   REQUIRE(dla::ops::fused::chunk_stages_apply(tokens(in.q_BHNCK), tokens(in.k_BHNCK), tokens(in.v_BHNCV),
                                               at::kFloat, sizes.C));
+  REQUIRE(dla::memory::intra_chunk_forward_uses_cuda_kernel(in));
   REQUIRE(dla::memory::intra_chunk_backward_uses_cuda_kernel(in));
   compare_forms(in, 5e-3, gen);
 }

@@ -31,6 +31,11 @@ struct IntraChunkTerms {
 /// `fused` picks the written-out backward.
 IntraChunkTerms intra_chunk_terms(const IntraChunkInputs& in, bool fused);
 
+/// Whether the forward of intra_chunk_terms(in, true), called now, forms its products (intra, q̃, v') in one
+/// CUDA kernel after prepare_chunks: as intra_chunk_backward_uses_cuda_kernel, and prepare_chunks applies
+/// (ops::fused::chunk_stages_apply). Otherwise as LibTorch ops.
+bool intra_chunk_forward_uses_cuda_kernel(const IntraChunkInputs& in);
+
 /// Whether the written-out backward of intra_chunk_terms(in, true), called now, runs as one CUDA kernel:
 /// float32 CUDA inputs while TF32 is allowed (its products run on tensor cores in TF32, as the forward's
 /// chunk kernel), C = 64, K of 64 or 128, V a multiple of 32. Otherwise as LibTorch ops.

@@ -1,0 +1,116 @@
+// Device-side building blocks of the per-chunk kernels of the multi-state forms (intra_chunk_forward.cu,
+// intra_chunk_gradients.cu): one block of 512 threads per chunk of C = 64 tokens, shared-memory operands
+// already rounded to TF32, products on tensor cores (WMMA m16n16k8, float32 accumulators) over depth ranges
+// that triangular factors cut short.
+#pragma once
+
+#include <type_traits>
+
+#include "../ops/fused/chunk_tiles.cuh"
+
+namespace dla::memory::kernels::chunk_products {
+
+using namespace dla::ops::fused::kernels::tiles;
+
+constexpr int kC = 64;                 // chunk length
+constexpr int kRowTiles = kC / kTile;  // 16-row tiles of a chunk
+constexpr int kLowerTiles = kRowTiles * (kRowTiles + 1) / 2;
+constexpr int kValueTile = 64;  // value columns per pass
+constexpr int kSquareLd = kC + kPad;
+constexpr int kValueLd = kValueTile + kPad;
+// 16 warps: the phases between barriers are short, and more warps keep more loads and products in flight
+// per block (its shared memory allows one block per SM).
+constexpr int kBlockThreads = 512;
+constexpr int kBlockWarps = kBlockThreads / 32;
+
+template <class Layout>
+constexpr bool kRowMajor = std::is_same_v<Layout, wmma::row_major>;
+
+/// A shared-memory matrix as a tensor-core operand: M(i, j) = data[i·Ld + j] (row_major), or data[i + j·Ld]
+/// (col_major: the transpose of the row-major matrix stored there).
+template <class Layout, int Ld>
+struct Operand {
+  const float* data;
+  __device__ const float* at(int i, int j) const {
+    return kRowMajor<Layout> ? data + i * Ld + j : data + i + j * Ld;
+  }
+};
+
+template <int Ld>
+__device__ inline Operand<wmma::row_major, Ld> rows_of(const float* data) {
+  return {data};
+}
+
+/// The transpose of the row-major matrix at data.
+template <int Ld>
+__device__ inline Operand<wmma::col_major, Ld> transpose_of(const float* data) {
+  return {data};
+}
+
+/// acc += A(row tile r, depth) B(depth, column tile c) over the depth [first, last) (multiples of 8).
+template <class ALayout, int ALd, class BLayout, int BLd>
+__device__ inline void multiply(Accumulator& acc, Operand<ALayout, ALd> a, Operand<BLayout, BLd> b, int r,
+                                int c, int first, int last) {
+#pragma unroll 4
+  for (int j = first; j < last; j += kStep) {
+    wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, ALayout> a_fragment;
+    OperandB<BLayout> b_fragment;
+    wmma::load_matrix_sync(a_fragment, a.at(r * kTile, j), ALd);
+    wmma::load_matrix_sync(b_fragment, b.at(j, c * kTile), BLd);
+    wmma::mma_sync(acc, a_fragment, b_fragment, acc);
+  }
+}
+
+__device__ inline void round_to_tf32(Accumulator& acc) {
+#pragma unroll
+  for (int t = 0; t < acc.num_elements; ++t)
+    acc.x[t] = wmma::__float_to_tf32(acc.x[t]);
+}
+
+/// The lower-triangular 16 × 16 tiles of a C × C matrix, row by row: f(r, c) for the warp's share.
+template <class F>
+__device__ inline void for_each_lower_tile(F f) {
+  for (int tile = threadIdx.x / 32; tile < kLowerTiles; tile += kBlockWarps) {
+    int r = 0;
+    while ((r + 1) * (r + 2) / 2 <= tile)
+      ++r;
+    f(r, tile - r * (r + 1) / 2);
+  }
+}
+
+/// Sum over the `lanes` adjacent lanes of a group (a power of two, at most 32).
+__device__ inline float group_sum(float x, int lanes) {
+  for (int offset = lanes / 2; offset > 0; offset /= 2)
+    x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+/// f(i, c, leader) for every row i < C and every fourth column c < cols (cols / 4 a power of two, at most
+/// 32): the lanes of a row are adjacent in one warp, `leader` marks the first of them. Every thread takes
+/// part in every round, so f may shuffle across a row's lanes.
+template <class F>
+__device__ inline void for_each_row_vector(int cols, F f) {
+  const int per_row = cols / 4, rows_per_pass = kBlockThreads / per_row;
+  const int c = 4 * (threadIdx.x % per_row);
+  for (int i = threadIdx.x / per_row; i < kC; i += rows_per_pass)
+    f(i, c, threadIdx.x % per_row == 0);
+}
+
+inline __device__ float dot(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+inline __device__ float4 load_shared4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+
+/// dst (rows dst_ld apart) = columns [first, first + cols) of the C rows of a row-major global matrix with
+/// rows src_ld apart, rounded to TF32 (an operand).
+__device__ inline void load_operand(float* dst, int dst_ld, const float* src, int src_ld, int cols,
+                                    int first) {
+  copy_rows<kBlockThreads>(
+      kC, cols, [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first + c); },
+      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
+}
+
+}  // namespace dla::memory::kernels::chunk_products
