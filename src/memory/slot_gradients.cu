@@ -98,9 +98,10 @@ __device__ size_t block_chunk(const Dims& d) {
 }
 
 /// The slots a kernel visits, in order, with each one's partner: where `moves` is given, the slot a source
-/// slot's state moves to (−1: none; the moves' columns hold at most one 1), else −1. With `moved_only`, slots
-/// whose state moves nowhere are left out; with `tokens`, only slots some token lands in are listed. Every
-/// thread of the block calls it, after `moves` and `tokens` are in shared memory.
+/// slot's state moves to (−1: none; the moves' columns hold at most one 1), else −1. Only slots in
+/// `candidates` (a bit per slot) are listed; with `moved_only`, not those whose state moves nowhere; with
+/// `tokens`, only those some token lands in. Every thread of the block calls it, after `moves` and `tokens`
+/// are in shared memory.
 struct SlotList {
   int count;
   int slot[kMaxSlots];
@@ -108,7 +109,7 @@ struct SlotList {
 };
 
 __device__ void list_slots(SlotList& list, const float* moves, const float* tokens, int S, int C,
-                           bool moved_only) {
+                           unsigned candidates, bool moved_only) {
   __shared__ int partner_of[kMaxSlots], listed[kMaxSlots];
   // A warp per slot (S ≤ 16 warps): its lanes look at the slots it could move to and at the tokens.
   const int warp = warp_index(), lane = threadIdx.x % 32;
@@ -121,7 +122,8 @@ __device__ void list_slots(SlotList& list, const float* moves, const float* toke
     if (lane == 0) {
       const int partner = movers == 0 ? -1 : 31 - __clz(movers);
       partner_of[warp] = partner;
-      listed[warp] = tokens != nullptr ? token_lands : !moved_only || partner >= 0;
+      listed[warp] =
+          ((candidates >> warp) & 1u) && (tokens != nullptr ? token_lands : !moved_only || partner >= 0);
     }
   }
   __syncthreads();
@@ -163,8 +165,12 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   load_floats(moves, a.state_move + chunk * S * S, S * S);
   for (int i = threadIdx.x; i < C * k_ld; i += kThreads)
     d_q[i] = 0.f;
+  for (int i = threadIdx.x; i < (K / kBlock) * C * S; i += kThreads)  // the unlisted slots' dots stay zero
+    dots[i] = 0.f;
   __syncthreads();
-  list_slots(list, moves, nullptr, S, C, /*moved_only=*/false);
+  // Slots dead at the chunk's start hold zero: their reads and dW terms vanish.
+  list_slots(list, moves, nullptr, S, C, slots_live_at_start(a.live_slots, chunk, blockIdx.x, S),
+             /*moved_only=*/false);
 
   const int read_blocks = (C / kBlock) * (K / kBlock), per_slot = d.stages_per_slot();
   const bool reads_block = warp < read_blocks,
@@ -200,9 +206,10 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   const auto buffer_x = [&](int b) { return stage_buffers + b * d.stage_floats(); };
   const auto buffer_rows = [&](int b) { return buffer_x(b) + K * kStageLd; };
   run_stages<kReadBuffers>(
-      S * per_slot,
+      list.count * per_slot,
       [&](int k, int b) {
-        const int s = k / per_slot, column = (k % per_slot) * kStageColumns, partner = list.partner[s];
+        const int i = k / per_slot, s = list.slot[i], column = (k % per_slot) * kStageColumns,
+                  partner = list.partner[i];
         copy_columns_async<kThreads>(buffer_x(b), kStageLd, a.start_states + (chunk * S + s) * KV, V, column,
                                      kStageColumns, K);
         if (d.delta_rule && partner >= 0) {
@@ -211,14 +218,14 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
         }
       },
       [&](int k, int b) {
-        const int s = k / per_slot, stage = k % per_slot, column = stage * kStageColumns;
+        const int i = k / per_slot, stage = k % per_slot, column = stage * kStageColumns;
         const float* x_rows = buffer_x(b) + corner.y * kStageLd;
         if (reads_block) {
           if (stage == 0) clear(block);
           multiply_accumulate_transposed(block, d_inter + corner.x * v_ld + column, v_ld, x_rows, kStageLd,
                                          kStageColumns);
-          if (stage == per_slot - 1) take_reads(s);
-        } else if (d_w_block && list.partner[s] >= 0) {
+          if (stage == per_slot - 1) take_reads(list.slot[i]);
+        } else if (d_w_block && list.partner[i] >= 0) {
           multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * kStageLd, kStageLd, x_rows,
                                          kStageLd, kStageColumns);
         }
@@ -250,7 +257,8 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   const int warp = warp_index(), per_slot = d.stages_per_slot();
   load_floats(moves, a.state_move + chunk * S * S, S * S);
   __syncthreads();
-  list_slots(list, moves, nullptr, S, d.C, /*moved_only=*/true);
+  list_slots(list, moves, nullptr, S, d.C, slots_live_at_start(a.live_slots, chunk, blockIdx.x, S),
+             /*moved_only=*/true);
   const bool gram_block = d.delta_rule && warp < (K / 32) * (K / 32);
   const int2 corner = block_corner(warp, K);
   WarpBlock gram;
@@ -318,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   }
   load_floats(tokens, a.token_move + chunk * S * C, S * C);
   __syncthreads();
-  list_slots(list, nullptr, tokens, S, C, /*moved_only=*/false);
+  list_slots(list, nullptr, tokens, S, C, ~0u, /*moved_only=*/false);
 
   const int landed_end = d.landed_blocks(), square_end = landed_end + d.square_blocks();
   const bool landed_block = warp < landed_end, square_block = !landed_block && warp < square_end,

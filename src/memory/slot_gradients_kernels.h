@@ -28,6 +28,9 @@ struct SlotGradientArgs {
   float* d_t_inverse;          ///< [BH, N, C, C]: Σ_r dΔ_r L_rᵀ; null for SSD
   float* d_source_v;           ///< [BH, N, C, V]: Σ_r m_r ⊙ (Tᵀ dΔ_r)
   float* d_chunk_decay;        ///< [BH, N]: Σ_r ⟨X̄_r, G_r⟩
+  /// [BH, N], as the slot-pass forward wrote them: slots dead at a chunk's start are skipped, so their X_s,
+  /// and G_r and dΔ_r of slots dead in the chunk, need not be set. Null: every slot is visited.
+  const unsigned* live_slots;
 };
 
 /// Whether slot_pass_gradients runs these dims on the current device: C and K multiples of 16, V of 32, at

@@ -183,7 +183,7 @@ namespace {
 /// The reads of every chunk from its start states, inter_c = Σ_s w_cs q̃_c X_s: on the reads kernel where it
 /// runs the dims, else as one batched matmul with the slots and keys as one depth of S·K.
 at::Tensor start_state_reads(const SlotPassInputs& in, const at::Tensor& start_states_BHNSKV,
-                             const kernels::SlotPassDims& dims) {
+                             const at::Tensor& live_slots_BHN, const kernels::SlotPassDims& dims) {
   if (!kernels::supports_slot_reads(dims)) {
     const at::Tensor weighted_q_BHNCX =
         (in.read_weight_BHNCS.unsqueeze(-1) * in.transported_q_BHNCK.unsqueeze(-2)).flatten(-2);
@@ -193,10 +193,10 @@ at::Tensor start_state_reads(const SlotPassInputs& in, const at::Tensor& start_s
                    read_weight = ops::kernel_buffer(in.read_weight_BHNCS);
   const at::Tensor inter_BHNCV =
       at::empty({q.size(0), q.size(1), dims.chunks, dims.chunk_size, dims.value_dim}, q.options());
-  const char* error =
-      kernels::slot_reads({q.data_ptr<float>(), read_weight.data_ptr<float>(),
-                           start_states_BHNSKV.data_ptr<float>(), inter_BHNCV.data_ptr<float>()},
-                          dims, ops::current_cuda_stream(q));
+  const char* error = kernels::slot_reads(
+      {q.data_ptr<float>(), read_weight.data_ptr<float>(), start_states_BHNSKV.data_ptr<float>(),
+       inter_BHNCV.data_ptr<float>(), reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>())},
+      dims, ops::current_cuda_stream(q));
   TORCH_CHECK(error == nullptr, "memory slot pass reads: CUDA kernel failed: ", error);
   return inter_BHNCV;
 }
@@ -217,14 +217,18 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
   const at::Tensor start_states_BHNSKV = at::empty({B, H, N, S, K, V}, k_to_end.options());
   const at::Tensor final_states_BHSKV = at::empty({B, H, S, K, V}, k_to_end.options());
   const at::Tensor live_slots_BHN = at::empty({B, H, N}, k_to_end.options().dtype(at::kInt));
+  // The start states of dead slots stay unset where every reader of them is a kernel that skips them.
+  const bool write_dead_slots =
+      !kernels::supports_slot_reads(dims) || !kernels::supports_slot_gradients(dims);
   const char* error = kernels::slot_pass_forward(
       {k_to_end.data_ptr<float>(), ops::data_or_null(w), ops::data_or_null(t_inverse),
        source_v.data_ptr<float>(), chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(),
        token_move.data_ptr<float>(), start_states_BHNSKV.data_ptr<float>(),
-       final_states_BHSKV.data_ptr<float>(), reinterpret_cast<unsigned*>(live_slots_BHN.data_ptr<int>())},
+       final_states_BHSKV.data_ptr<float>(), reinterpret_cast<unsigned*>(live_slots_BHN.data_ptr<int>()),
+       write_dead_slots},
       dims, ops::current_cuda_stream(k_to_end));
   TORCH_CHECK(error == nullptr, "memory slot pass forward: CUDA kernel failed: ", error);
-  return {{start_state_reads(in, start_states_BHNSKV, dims), final_states_BHSKV},
+  return {{start_state_reads(in, start_states_BHNSKV, live_slots_BHN, dims), final_states_BHSKV},
           start_states_BHNSKV,
           live_slots_BHN};
 #else
@@ -253,7 +257,8 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
        chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(), d_inter.data_ptr<float>(),
        d_final.data_ptr<float>(), out.d_end_states_BHNSKV.data_ptr<float>(),
        out.d_written_BHNSCV.data_ptr<float>(),
-       reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>())},
+       reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>()),
+       /*write_dead_slots=*/!kernels::supports_slot_gradients(dims)},
       dims, ops::current_cuda_stream(q));
   TORCH_CHECK(error == nullptr, "memory slot pass backward: CUDA kernel failed: ", error);
   return out;
@@ -349,6 +354,7 @@ variable_list input_gradients_ops(const SlotPassInputs& in, const at::Tensor& st
 /// chunk; dK̃ = T Σ_r L_r G_rᵀ − W Σ_r X̄_r G_rᵀ takes two small batched products after them.
 variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
                                      [[maybe_unused]] const at::Tensor& start_states_BHNSKV,
+                                     [[maybe_unused]] const at::Tensor& live_slots_BHN,
                                      [[maybe_unused]] const StateGradients& state_grads,
                                      [[maybe_unused]] const at::Tensor& d_inter_BHNCV) {
 #if defined(DLA_WITH_CUDA)
@@ -387,7 +393,7 @@ variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
        ops::data_or_null(t_inverse), state_move.data_ptr<float>(), token_move.data_ptr<float>(),
        d_read_weight.data_ptr<float>(), d_q.data_ptr<float>(), output(d_w), output(moved_x_g),
        landed_g.data_ptr<float>(), output(d_t_inverse), d_source_v.data_ptr<float>(),
-       d_chunk_decay.data_ptr<float>()},
+       d_chunk_decay.data_ptr<float>(), reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>())},
       dims, ops::current_cuda_stream(x));
   TORCH_CHECK(error == nullptr, "memory slot pass input gradients: CUDA kernel failed: ", error);
 
@@ -456,7 +462,8 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
         cuda_kernels ? state_gradients_kernel(in, saved[kNumInputs + 1], d_inter_BHNCV, d_final_BHSKV)
                      : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
     if (uses_gradient_kernels(in, cuda_kernels))
-      return input_gradients_kernel(in, start_states_BHNSKV, state_grads, d_inter_BHNCV);
+      return input_gradients_kernel(in, start_states_BHNSKV, saved[kNumInputs + 1], state_grads,
+                                    d_inter_BHNCV);
     return input_gradients_ops(in, start_states_BHNSKV, state_grads, d_inter_BHNCV, cuda_kernels);
   }
 };

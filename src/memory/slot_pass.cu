@@ -301,11 +301,14 @@ __device__ void move_between_slots(float* states, const float* moves, const Layo
   move_slots_of(std::make_integer_sequence<int, kMaxSlots>{}, states, moves, l, transposed);
 }
 
-__device__ void store_states(float* dst, const float* states, const Layout& l, int first_column) {
+/// Stores the states of the slots in `slots` (a bit per slot).
+__device__ void store_states(float* dst, const float* states, const Layout& l, int first_column,
+                             unsigned slots) {
   const size_t slot_stride = static_cast<size_t>(l.key_dim) * l.value_dim;
   for (int s = 0; s < l.slots; ++s)
-    store_columns(dst + s * slot_stride, l.value_dim, first_column, states + s * l.slot_floats(), l.tile_ld(),
-                  l.key_dim);
+    if ((slots >> s) & 1u)
+      store_columns(dst + s * slot_stride, l.value_dim, first_column, states + s * l.slot_floats(),
+                    l.tile_ld(), l.key_dim);
 }
 
 /// What both kernels work out first: the dims, the block's place (its batch·head and first value column), the
@@ -366,7 +369,13 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     __syncthreads();  // the states are complete and W's buffer is free
     if (delta_rule) copy_rows_async<kThreads>(operand, w_ld, a.w + chunk * CK, C, K);
     commit_copies();
-    store_states(a.start_states + chunk * SKV, states, l, first_column);
+    unsigned stored = ~0u;  // the slots live at the chunk's start, unless dead ones are written too
+    if (!a.write_dead_slots) {
+      stored = 0;
+      for (int s = 0; s < S; ++s)
+        stored |= live[s] != 0 ? 1u << s : 0u;
+    }
+    store_states(a.start_states + chunk * SKV, states, l, first_column, stored);
     const float decay = __ldg(a.chunk_decay + chunk);
     wait_copies<0>();
     if (delta_rule) {  // each thread rounds the pieces it copied
@@ -471,7 +480,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     }
   }
   __syncthreads();
-  store_states(a.final_states + head * SKV, states, l, first_column);
+  store_states(a.final_states + head * SKV, states, l, first_column, ~0u);
 }
 
 __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPassBackwardArgs a, Layout l) {
@@ -516,6 +525,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     // zero factors only), so its read term is skipped.
     const unsigned live_after = __ldg(a.live_slots + chunk),
                    live_before = n > 0 ? __ldg(a.live_slots + chunk - 1) : 0u;
+    const unsigned stored = a.write_dead_slots ? ~0u : live_after;  // G_r and dΔ_r that are read
     const auto any_live = [](unsigned mask, int first, int count) {
       return (mask >> first) & ((1u << count) - 1u);
     };
@@ -524,7 +534,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     for (int first = 0; first < S; first += l.group) {
       const int count = min(l.group, S - first);
       load_operand(a.k_to_end + chunk * CK, k_rows_ld, [&] {
-        if (first == 0) store_states(a.d_end_states + chunk * SKV, states, l, first_column);
+        if (first == 0) store_states(a.d_end_states + chunk * SKV, states, l, first_column, stored);
       });
       for_each_slot_batch<kChunkRowBatch>(c_tiles, first, count, [&](int r0, int n, int row) {
         WarpTile tiles[kChunkRowBatch] = {};
@@ -539,6 +549,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
       __syncthreads();
       const auto store_written = [&] {
         for (int r = first; r < first + count; ++r) {
+          if (((stored >> r) & 1u) == 0) continue;
           store_columns(a.d_written + (chunk * S + r) * CV, V, first_column,
                         group_buffers + (r - first) * l.rows_floats(), ld, C);
         }

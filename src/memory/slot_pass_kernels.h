@@ -28,8 +28,12 @@ struct SlotPassForwardArgs {
   float* start_states;       ///< [BH, N, S, K, V]: the slot states at each chunk's start
   float* final_states;       ///< [BH, S, K, V]
   /// [BH, N]: bit s set where slot s is live in the chunk's transitions (after its moves: a state moved in,
-  /// or a token written); the backward skips the others.
+  /// or a token written); the backward skips the others, and a slot live at a chunk's start is one live in
+  /// the previous chunk.
   unsigned* live_slots;
+  /// Whether the start states of slots dead at a chunk's start are written (zeros); else they are left
+  /// unset, for readers that skip them by live_slots (the reads and gradient kernels).
+  bool write_dead_slots;
 };
 
 struct SlotPassBackwardArgs {
@@ -44,6 +48,9 @@ struct SlotPassBackwardArgs {
   float* d_end_states;          ///< [BH, N, S, K, V]: the gradient of the slot states after each chunk
   float* d_written;             ///< [BH, N, S, C, V]: the gradient of what each chunk writes to each slot
   const unsigned* live_slots;   ///< [BH, N], as the forward wrote it
+  /// Whether d_end_states and d_written are written for slots dead in the chunk; else they are left unset,
+  /// for the gradient kernels, which never read them.
+  bool write_dead_slots;
 };
 
 struct SlotMoveArgs {

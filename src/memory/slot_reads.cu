@@ -47,6 +47,8 @@ __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, Re
   float* stages = q + C * q_ld;                           // kBuffers × X_s [32 keys, stage_ld]
   float* weights = stages + kBuffers * d.stage_floats();  // [S, C]: a slot's weights as one row
 
+  __shared__ int read_slots[kMaxSlots];  // the slots live at the chunk's start: the others hold zero
+  __shared__ int read_count;
   const size_t chunk = static_cast<size_t>(blockIdx.y) * d.chunks + blockIdx.x;
   const int first_column = static_cast<int>(blockIdx.z) * kColumns;
   const int warp = static_cast<int>(threadIdx.x / 32), lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -57,6 +59,14 @@ __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, Re
   const float* chunk_weights = a.read_weight + chunk * C * S;
   for (int i = threadIdx.x; i < C * S; i += kThreads)
     weights[(i % S) * C + i / S] = __ldg(chunk_weights + i);
+  if (threadIdx.x == 0) {
+    const unsigned live = slots_live_at_start(a.live_slots, chunk, static_cast<int>(blockIdx.x), S);
+    int count = 0;
+    for (int s = 0; s < S; ++s)
+      if ((live >> s) & 1u) read_slots[count++] = s;
+    read_count = count;
+  }
+  __syncthreads();
 
   WarpBlock slot_reads, reads;
   clear(slot_reads);
@@ -64,16 +74,16 @@ __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, Re
   const int per_slot = K / kStageKeys;
   const auto stage = [&](int b) { return stages + b * d.stage_floats(); };
   run_stages<kBuffers>(
-      S * per_slot,
+      read_count * per_slot,
       [&](int k, int b) {
-        const int s = k / per_slot, key = (k % per_slot) * kStageKeys;
+        const int s = read_slots[k / per_slot], key = (k % per_slot) * kStageKeys;
         copy_columns_async<kThreads>(stage(b), stage_ld,
                                      a.start_states + ((chunk * S + s) * K + key) * static_cast<size_t>(V), V,
                                      first_column, kColumns, kStageKeys);
       },
       [&](int k, int b) {
         if (!active) return;
-        const int s = k / per_slot, key = (k % per_slot) * kStageKeys;
+        const int s = read_slots[k / per_slot], key = (k % per_slot) * kStageKeys;
         multiply_accumulate<Stored::by_row, false, Stored::by_column, false>(
             slot_reads, {q + row * q_ld + key, q_ld}, {stage(b) + column, stage_ld}, kStageKeys);
         if (key + kStageKeys < K) return;

@@ -12,6 +12,9 @@ struct SlotReadArgs {
   const float* read_weight;    ///< w [BH, N, C, S]
   const float* start_states;   ///< X [BH, N, S, K, V]
   float* inter;                ///< [BH, N, C, V]
+  /// [BH, N], as the slot-pass forward wrote them: only slots live at a chunk's start are read (their
+  /// states alone need be set). Null: every slot is read.
+  const unsigned* live_slots;
 };
 
 /// Whether slot_reads runs these dims on the current device: C 32 or 64, K and V multiples of 32, at most 16

@@ -4,10 +4,12 @@
 #include "dla/memory/slot_pass.h"
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include <ATen/ops/cat.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
@@ -176,5 +178,22 @@ TEST_CASE("on the GPU the slot-pass kernels skip the slots that hold nothing and
   REQUIRE((token_move.sum(-1) == 0).logical_and(state_move.sum(-1) == 0).any().item<bool>());
   const dla::ops::Tf32Scope tf32(true);
   const auto cuda = [](const at::Tensor& x) { return x.to(at::kCUDA, at::kFloat); };
+  SlotPassInputs on_gpu = base;
+  for (at::Tensor* x : all_tensors(on_gpu))
+    *x = cuda(*x);
+  REQUIRE(dla::memory::slot_pass_reads_use_cuda_kernel(on_gpu));
+  REQUIRE(dla::memory::slot_pass_gradients_use_cuda_kernels(on_gpu));
+  // Here the kernels leave the states of dead slots unset, which no reader may use. Blocks of NaN of the
+  // sizes of the per-chunk states and their gradients, freed, are what the caching allocator hands back.
+  {
+    const auto nan = [](std::vector<int64_t> shape) {
+      return at::full(shape, std::numeric_limits<float>::quiet_NaN(),
+                      at::device(at::kCUDA).dtype(at::kFloat));
+    };
+    const std::vector<at::Tensor> poison = {
+        nan({d.batch, d.heads, d.chunks, d.slots, d.key_dim, d.value_dim}),
+        nan({d.batch, d.heads, d.chunks, d.slots, d.key_dim, d.value_dim}),
+        nan({d.batch, d.heads, d.chunks, d.slots, d.chunk_size, d.value_dim})};
+  }
   expect_same_pass(base, cuda, 5e-3, 5e-3);
 }
