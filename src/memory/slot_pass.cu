@@ -363,18 +363,11 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     copy_floats_async<kThreads>(tokens, a.token_move + chunk * S * C, S * C);
   };
   copy_write_operands(head * l.chunks);
-  commit_copies();
 
   for (int n = 0; n < l.chunks; ++n) {
     const size_t chunk = head * l.chunks + n;
-    __syncthreads();  // the states are complete and the operand buffer is free
-    // W, the delta rule's first operand; without it K̃, the only one, whose copies then run behind the moves
-    // and the writes.
-    if (delta_rule) {
-      copy_rows_async<kThreads>(operand, w_ld, a.w + chunk * CK, C, K);
-    } else {
-      copy_rows_async<kThreads>(operand, k_ld, a.k_to_end + chunk * CK, C, K);
-    }
+    __syncthreads();  // the states are complete and W's buffer is free
+    if (delta_rule) copy_rows_async<kThreads>(operand, w_ld, a.w + chunk * CK, C, K);
     commit_copies();
     unsigned stored = ~0u;  // the slots live at the chunk's start, unless dead ones are written too
     if (!a.write_dead_slots) {
@@ -384,12 +377,10 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     }
     store_states(a.start_states + chunk * SKV, states, l, first_column, stored);
     const float decay = __ldg(a.chunk_decay + chunk);
+    wait_copies<0>();
     if (delta_rule) {  // each thread rounds the pieces it copied
-      wait_copies<0>();
       round_copied_to_tf32<kThreads>(t_inverse, t_ld, C, C);
       round_copied_to_tf32<kThreads>(operand, w_ld, K, C);
-    } else {
-      wait_copies<1>();  // the moves and the tokens, committed before K̃
     }
     __syncthreads();
     if (warp < S) {  // a warp per slot: does a token land in it, does a live state move to it
@@ -408,7 +399,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
     if (blockIdx.x == 0 && threadIdx.x == 0) {  // the flags are the same for every value column
       unsigned mask = 0;
       for (int s = 0; s < S; ++s)
-        mask |= (next_live[s] ? 1u << s : 0u) | (has_tokens[s] ? 1u << (kTokenBit + s) : 0u);
+        mask |= next_live[s] ? 1u << s : 0u;
       a.live_slots[chunk] = mask;
     }
 
@@ -461,10 +452,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
         }
       }
       __syncthreads();
-      if (delta_rule) {  // W's buffer takes K̃
-        copy_rows_async<kThreads>(operand, k_ld, a.k_to_end + chunk * CK, C, K);
-        commit_copies();
-      }
+      copy_rows_async<kThreads>(operand, k_ld, a.k_to_end + chunk * CK, C, K);
+      commit_copies();
       if (first + count >= S && n + 1 < l.chunks) {  // the last writes are done
         copy_write_operands(chunk + 1);
         commit_copies();
@@ -472,25 +461,19 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
       } else {
         wait_copies<0>();
       }
-      // Without the delta rule K̃ stays in place for every group, rounded once.
-      if (delta_rule || first == 0) round_copied_to_tf32<kThreads>(operand, k_ld, K, C);
+      round_copied_to_tf32<kThreads>(operand, k_ld, K, C);
       __syncthreads();
       for_each_slot_batch<kForwardKeyRowBatch>(k_tiles, first, count, [&](int r0, int n, int row) {
         bool any_live = false;
         for (int i = 0; i < n; ++i)
           any_live |= live[r0 + i] != 0;
         if (!any_live) return;
-        bool any_write = delta_rule;  // without the delta rule, Δ_r is zero where no token lands
-        for (int i = 0; i < n; ++i)
-          any_write |= has_tokens[r0 + i] != 0;
         float* state = states + r0 * l.slot_floats() + row * ld;
         WarpTile tiles[kForwardKeyRowBatch];
         load_tiles(tiles, n, state, l.slot_floats(), ld, decay);
-        if (any_write) {
-          multiply_accumulate<true, RightLoad::kRounded>(
-              tiles, n, operand + row, k_ld,
-              {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
-        }
+        multiply_accumulate<true, RightLoad::kRounded>(
+            tiles, n, operand + row, k_ld,
+            {group_buffers + (r0 - first) * l.rows_floats(), ld, l.rows_floats()}, C);
         store_tiles(tiles, n, state, l.slot_floats(), ld, 1.f);
       });
       __syncthreads();
@@ -514,19 +497,13 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
   const int k_rows_ld = l.operand_ld(), k_columns_ld = l.column_operand_ld();
   // Starts copying a [C, K] operand of this chunk into `operand`, rows ld apart, and waits for it (and for
   // every copy started before) once the block has done `meanwhile`; the copying threads round it to TF32.
-  const auto start_operand = [&](const float* src, int operand_ld) {
+  const auto load_operand = [&](const float* src, int operand_ld, auto meanwhile) {
     copy_rows_async<kThreads>(operand, operand_ld, src, C, K);
     commit_copies();
-  };
-  const auto finish_operand = [&](int operand_ld, auto meanwhile) {
     meanwhile();
     wait_copies<0>();
     round_copied_to_tf32<kThreads>(operand, operand_ld, K, C);
     __syncthreads();
-  };
-  const auto load_operand = [&](const float* src, int operand_ld, auto meanwhile) {
-    start_operand(src, operand_ld);
-    finish_operand(operand_ld, meanwhile);
   };
 
   for (int s = 0; s < S; ++s)
@@ -543,16 +520,12 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     copy_floats_async<kThreads>(moves, a.state_move + chunk * S * S, S * S);
     copy_columns_async<kThreads>(d_inter, ld, a.d_inter + chunk * CV, V, first_column, kTile, C);
     const float decay = __ldg(a.chunk_decay + chunk);
-    // Slots dead in the chunk's transitions held zero and received nothing: their dΔ_r and dX̄_r are zero.
-    // Without the delta rule dΔ_r only meets the tokens that land in slot r (there is no Wᵀ dΔ_r), so it is
-    // formed for those slots alone. A slot dead at the chunk's start is zero and depends on no input: its
-    // gradient is never used (it meets zero factors only), so its read term is skipped.
-    const unsigned flags = __ldg(a.live_slots + chunk), live_after = flags & kLiveBits,
-                   live_before = n > 0 ? __ldg(a.live_slots + chunk - 1) & kLiveBits : 0u,
-                   written = delta_rule ? live_after : flags >> kTokenBit;
-    // The G_r and dΔ_r that are read.
-    const unsigned stored_states = a.write_dead_slots ? ~0u : live_after,
-                   stored_written = a.write_dead_slots ? ~0u : written;
+    // Slots dead in the chunk's transitions held zero and received nothing: their dΔ_r and dX̄_r are zero. A
+    // slot dead at the chunk's start is zero and depends on no input: its gradient is never used (it meets
+    // zero factors only), so its read term is skipped.
+    const unsigned live_after = __ldg(a.live_slots + chunk),
+                   live_before = n > 0 ? __ldg(a.live_slots + chunk - 1) : 0u;
+    const unsigned stored = a.write_dead_slots ? ~0u : live_after;  // G_r and dΔ_r that are read
     const auto any_live = [](unsigned mask, int first, int count) {
       return (mask >> first) & ((1u << count) - 1u);
     };
@@ -561,11 +534,11 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     for (int first = 0; first < S; first += l.group) {
       const int count = min(l.group, S - first);
       load_operand(a.k_to_end + chunk * CK, k_rows_ld, [&] {
-        if (first == 0) store_states(a.d_end_states + chunk * SKV, states, l, first_column, stored_states);
+        if (first == 0) store_states(a.d_end_states + chunk * SKV, states, l, first_column, stored);
       });
       for_each_slot_batch<kChunkRowBatch>(c_tiles, first, count, [&](int r0, int n, int row) {
         WarpTile tiles[kChunkRowBatch] = {};
-        if (any_live(written, r0, n)) {
+        if (any_live(live_after, r0, n)) {
           multiply_accumulate<false, RightLoad::kRound>(tiles, n, operand + row * k_rows_ld, k_rows_ld,
                                                         {states + r0 * l.slot_floats(), ld, l.slot_floats()},
                                                         K);
@@ -576,7 +549,7 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
       __syncthreads();
       const auto store_written = [&] {
         for (int r = first; r < first + count; ++r) {
-          if (((stored_written >> r) & 1u) == 0) continue;
+          if (((stored >> r) & 1u) == 0) continue;
           store_columns(a.d_written + (chunk * S + r) * CV, V, first_column,
                         group_buffers + (r - first) * l.rows_floats(), ld, C);
         }
@@ -596,8 +569,6 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
           store_tiles(tiles, n, state, l.slot_floats(), ld, -1.f);
         });
       } else {
-        // K̃ is done with: after the last group q̃'s copies run behind the stores and the move.
-        if (first + count >= S) start_operand(a.transported_q + chunk * CK, k_columns_ld);
         store_written();
         for (int i = threadIdx.x; i < count * l.slot_floats(); i += kThreads)
           states[first * l.slot_floats() + i] *= decay;
@@ -606,8 +577,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     }
 
     // dX_s = Σ_r M[r, s] dX̄_r + q̃ᵀ (w_s ⊙ d_inter), the move while q̃ is copied.
-    if (delta_rule) start_operand(a.transported_q + chunk * CK, k_columns_ld);
-    finish_operand(k_columns_ld, [&] { move_between_slots(states, moves, l, /*transposed=*/true); });
+    load_operand(a.transported_q + chunk * CK, k_columns_ld,
+                 [&] { move_between_slots(states, moves, l, /*transposed=*/true); });
     for_each_slot_batch<kKeyRowBatch>(k_tiles, 0, S, [&](int s0, int n, int row) {
       if (!any_live(live_before, s0, n)) return;
       float* state = states + s0 * l.slot_floats() + row * ld;

@@ -8,11 +8,6 @@
 
 namespace dla::memory::kernels {
 
-/// Where the live-slot masks (SlotPassForwardArgs::live_slots) flag the slots a token lands in; the bits
-/// below are those of the live slots.
-constexpr int kTokenBit = 16;
-constexpr unsigned kLiveBits = (1u << kTokenBit) - 1u;
-
 struct SlotPassDims {
   int64_t batch_heads;  ///< B·H
   int64_t chunks;       ///< N
@@ -33,8 +28,8 @@ struct SlotPassForwardArgs {
   float* start_states;       ///< [BH, N, S, K, V]: the slot states at each chunk's start
   float* final_states;       ///< [BH, S, K, V]
   /// [BH, N]: bit s set where slot s is live in the chunk's transitions (after its moves: a state moved in,
-  /// or a token written), and bit kTokenBit + s where a token lands in it; the backward skips the others,
-  /// and a slot live at a chunk's start is one live in the previous chunk.
+  /// or a token written); the backward skips the others, and a slot live at a chunk's start is one live in
+  /// the previous chunk.
   unsigned* live_slots;
   /// Whether the start states of slots dead at a chunk's start are written (zeros); else they are left
   /// unset, for readers that skip them by live_slots (the reads and gradient kernels).

@@ -114,7 +114,7 @@ __device__ inline void store(const WarpBlock& block, float* dst, int ld, float s
 /// the previous chunk's transitions, and none at the first. Without masks, every one of the S slots.
 __device__ inline unsigned slots_live_at_start(const unsigned* live_slots, size_t chunk, int n, int S) {
   if (live_slots == nullptr) return (1u << S) - 1u;
-  return n > 0 ? __ldg(live_slots + chunk - 1) & kLiveBits : 0u;
+  return n > 0 ? __ldg(live_slots + chunk - 1) : 0u;
 }
 
 /// Runs `stages` stages in a ring of kBuffers shared buffers: the copies of the next kBuffers − 1 stages
