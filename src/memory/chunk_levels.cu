@@ -150,8 +150,12 @@ __global__ void __launch_bounds__(kThreads)
           to_conf += state_grad[t] * row.lam[slot + 1];
         }
       }
-      to_lam = warp_sum(to_lam);
-      to_conf = warp_sum(to_conf);
+      // Most slots get nothing from a query (no key or state of the chunk in them): one vote, not two sums.
+      // Without confidences there is no second sum.
+      if (__any_sync(kFullMask, to_lam != 0.0f || to_conf != 0.0f)) {
+        to_lam = warp_sum(to_lam);
+        if (d_conf != nullptr) to_conf = warp_sum(to_conf);
+      }
       if (lane == 0) {
         d_lam[r * (slots + 1) + slot + 1] = to_lam;
         if (slot >= 0 && d_conf != nullptr) d_conf[r * slots + slot] = to_conf;

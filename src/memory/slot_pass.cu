@@ -445,10 +445,12 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
                                        l.rows_floats(), ld, any_live ? -1.f : 1.f);
         });
       } else {
-        for (int i = threadIdx.x; i < count * C * kTile; i += kThreads) {
-          const int r = first + i / (C * kTile), c = (i / kTile) % C, offset = c * ld + i % kTile;
-          group_buffers[(r - first) * l.rows_floats() + offset] =
-              __uint_as_float(tf32_bits(tokens[r * C + c] * values[offset]));
+        for (int r = first; r < first + count; ++r) {  // a slot at a time: no division by C per entry
+          for (int i = threadIdx.x; i < C * kTile; i += kThreads) {
+            const int c = i / kTile, offset = c * ld + i % kTile;
+            group_buffers[(r - first) * l.rows_floats() + offset] =
+                __uint_as_float(tf32_bits(tokens[r * C + c] * values[offset]));
+          }
         }
       }
       __syncthreads();

@@ -11,6 +11,7 @@
 #include <ATen/ops/zeros.h>
 
 #include "dla/ops/common.h"
+#include "dla/ops/head_major.h"
 
 namespace dla::ops::common {
 
@@ -23,9 +24,7 @@ at::Tensor to_chunks(const at::Tensor& x_BTH_, int64_t chunk_size, at::ScalarTyp
     chunked_shape.push_back(x_BHT_.size(d));
   // Without padding, one new contiguous tensor that converts and transposes: its backward is one copy, where
   // a copy into a slice of a new tensor would clone and add its gradient.
-  if (num_tokens == num_chunks * chunk_size)
-    return x_BHT_.to(dtype, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous)
-        .view(chunked_shape);
+  if (num_tokens == num_chunks * chunk_size) return to_head_major(x_BTH_, dtype).view(chunked_shape);
   // Zeros first, then one copy that converts, transposes and leaves the padding: a single pass over x.
   at::Tensor chunked = at::zeros(chunked_shape, x_BTH_.options().dtype(dtype));
   std::vector<int64_t> padded_shape(x_BHT_.sizes().begin(), x_BHT_.sizes().end());

@@ -1,0 +1,75 @@
+// Tests of ops::to_head_major: on the CPU the layout and the gradient against movedim, and on the GPU the
+// kernel against LibTorch's copy, exactly (it converts and moves entries, it does no arithmetic), for each
+// input dtype, a last dim of vectors and of single entries, and a view that starts off the vector alignment.
+#include "dla/ops/head_major.h"
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "catch.h"
+
+namespace {
+
+at::Tensor random(std::vector<int64_t> shape, uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randn(shape, gen, at::kDouble);
+}
+
+/// x's values, its gradient under the loss Σ y ⊙ weight, y = to_head_major(x, float32).
+struct Pass {
+  at::Tensor y, grad;
+};
+
+Pass run(const at::Tensor& x_in, const at::Tensor& weight) {
+  const at::Tensor x = x_in.detach().requires_grad_(true);
+  const at::Tensor y = dla::ops::to_head_major(x, at::kFloat);
+  (y * weight.to(y.device(), at::kFloat)).sum().backward();
+  return {y.detach().cpu(), x.grad().cpu()};
+}
+
+}  // namespace
+
+TEST_CASE("to_head_major swaps tokens and heads, converts, and sends the gradient back", "[ops]") {
+  const at::Tensor x = random({2, 5, 3, 4}, 1).to(at::kBFloat16);
+  const at::Tensor weight = random({2, 3, 5, 4}, 2);
+  const Pass pass = run(x, weight);
+  REQUIRE(pass.y.is_contiguous());
+  REQUIRE(pass.y.scalar_type() == at::kFloat);
+  REQUIRE(pass.y.sizes() == at::IntArrayRef({2, 3, 5, 4}));
+  REQUIRE(at::equal(pass.y, x.movedim(1, 2).to(at::kFloat)));
+  REQUIRE(pass.grad.scalar_type() == at::kBFloat16);
+  REQUIRE(at::equal(pass.grad, weight.to(at::kFloat).movedim(1, 2).to(at::kBFloat16)));
+  REQUIRE_THROWS_WITH(dla::ops::to_head_major(at::zeros({2, 3}), at::kFloat),
+                      dla::test::has_substr("expected [B, T, H, ...]"));
+}
+
+TEST_CASE("on the GPU to_head_major's kernel equals LibTorch's copy, both ways", "[ops][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the head-major kernel is not exercised on this machine");
+    return;
+  }
+  const at::ScalarType dtype = GENERATE(at::kBFloat16, at::kHalf, at::kFloat);
+  // [B, T, H, E]: E a multiple of the kernel's vectors, E = 6 entry by entry, [B, T, H] (E = 1).
+  const std::vector<int64_t> shape = GENERATE(
+      std::vector<int64_t>{3, 37, 5, 128}, std::vector<int64_t>{2, 9, 4, 6}, std::vector<int64_t>{2, 33, 7});
+  const bool offset_view = GENERATE(false, true);
+  CAPTURE(dtype, shape, offset_view);
+  int64_t numel = 1;
+  for (int64_t size : shape)
+    numel *= size;
+  // An offset view starts one entry into its storage: off the 16-byte vectors the kernel loads.
+  const at::Tensor storage = random({numel + 1}, 3).to(at::kCUDA, dtype);
+  const at::Tensor x = (offset_view ? storage.narrow(0, 1, numel) : storage.narrow(0, 0, numel)).view(shape);
+  REQUIRE(dla::ops::to_head_major_uses_cuda_kernel(x, at::kFloat));
+  std::vector<int64_t> swapped = shape;
+  std::swap(swapped[1], swapped[2]);
+  const at::Tensor weight = random(swapped, 4);
+  const Pass got = run(x, weight);
+  const at::Tensor x_cpu = x.cpu();
+  REQUIRE(at::equal(got.y, x_cpu.movedim(1, 2).to(at::kFloat)));
+  REQUIRE(got.grad.scalar_type() == dtype);
+  REQUIRE(at::equal(got.grad, weight.to(at::kFloat).movedim(1, 2).to(dtype)));
+}
