@@ -40,7 +40,7 @@ using dla::ops::kernels::round_copied_to_tf32;
 using dla::ops::kernels::tf32_bits;
 using dla::ops::kernels::wait_copies;
 
-constexpr int kThreads = 512;  // 16 warps: within 128 registers (the backward spills one)
+constexpr int kThreads = 512;  // 16 warps: within 128 registers, without spills
 constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;  // product tile edge, and the value columns per block
 constexpr int kStep = 8;   // depth of one TF32 mma
