@@ -14,6 +14,7 @@
 #include "dla/memory/mask_form.h"
 #include "dla/memory/slot_pass.h"
 #include "dla/ops/common.h"
+#include "dla/ops/head_major.h"
 #include "dla/ops/fused.h"
 #include "dla/ops/kernels.h"
 #include "dla/ops/tf32_scope.h"
@@ -240,12 +241,18 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
                  state_move_BHNSS.narrow(-2, first_slot, used_slots).narrow(-1, first_slot, used_slots),
                  token_move_BHNSC.narrow(-2, first_slot, used_slots)},
                 fused);
-  const at::Tensor out_BHNCV = (intra.intra_BHNCV + pass.inter_BHNCV) * terms.scale;
+  // Without padding the two parts are summed, scaled and moved back to tokens-major in one pass.
+  const at::ScalarType out_dtype = terms.q_BTHK.scalar_type();
+  const at::Tensor out_BTHV =
+      tokens == padded
+          ? ops::from_head_major(intra.intra_BHNCV.flatten(2, 3), pass.inter_BHNCV.flatten(2, 3), terms.scale,
+                                 out_dtype)
+          : common::from_chunks((intra.intra_BHNCV + pass.inter_BHNCV) * terms.scale, tokens).to(out_dtype);
   const at::Tensor final_states_BHSKV =
       used_slots == S ? pass.final_states_BHSKV
                       : at::constant_pad_nd(pass.final_states_BHSKV,
                                             {0, 0, 0, 0, first_slot, S - first_slot - used_slots});
-  return {common::from_chunks(out_BHNCV, tokens).to(terms.q_BTHK.scalar_type()), final_states_BHSKV};
+  return {out_BTHV, final_states_BHSKV};
 }
 
 }  // namespace dla::memory

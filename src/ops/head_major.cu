@@ -1,7 +1,7 @@
-// CUDA kernel of ops::to_head_major (head_major_kernels.h): one thread per run of kWidth entries along the
-// last dim (one where E is not a multiple of it), so that each loads and stores whole vectors. Threads run
-// through the output in order, so its stores are coalesced; each group of E / kWidth threads reads one
-// contiguous row of the input.
+// CUDA kernel of ops::to_head_major and ops::from_head_major (head_major_kernels.h): one thread per run of
+// kWidth entries along the last dim (one where E is not a multiple of it), so that each loads and stores
+// whole vectors. Threads run through the output in order, so its stores are coalesced; each group of E /
+// kWidth threads reads one contiguous row of the input.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -51,28 +51,37 @@ struct alignas(sizeof(T) * kWidth) Vector {
 /// Index is 32-bit where every offset fits, else 64-bit: the divisions are most of the kernel's work.
 template <class In, class Out, int kRun, class Index>
 __global__ void __launch_bounds__(kThreads)
-    swap_middle_dims_kernel(const In* __restrict__ in, Out* __restrict__ out, Index I, Index J, Index runs,
-                            Index total) {
+    swap_middle_dims_kernel(const In* __restrict__ in, const In* __restrict__ added, float scale,
+                            Out* __restrict__ out, Index I, Index J, Index runs, Index total) {
+  // (in + added) · scale in float32, in that order, as the same LibTorch ops would round it.
+  const auto value = [&](In x, const In* y) {
+    float sum = to_float(x);
+    if (added != nullptr) sum = sum + to_float(*y);
+    return from_float<Out>(sum * scale);
+  };
   for (Index o = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; o < total;
        o += static_cast<Index>(gridDim.x) * kThreads) {
     const Index run = o % runs, row = o / runs;  // row of out: (b, i, j)
     const Index j = row % J, bi = row / J, i = bi % I, b = bi / I;
     const Index source = ((b * J + j) * I + i) * runs + run;
     if constexpr (kRun == 1) {
-      out[o] = from_float<Out>(to_float(in[source]));
+      out[o] = value(in[source], added != nullptr ? added + source : nullptr);
     } else {
       const Vector<In> x = reinterpret_cast<const Vector<In>*>(in)[source];
-      Vector<Out> y;
+      Vector<In> y;
+      if (added != nullptr) y = reinterpret_cast<const Vector<In>*>(added)[source];
+      Vector<Out> z;
 #pragma unroll
       for (int e = 0; e < kRun; ++e)
-        y.x[e] = from_float<Out>(to_float(x.x[e]));
-      reinterpret_cast<Vector<Out>*>(out)[o] = y;
+        z.x[e] = value(x.x[e], &y.x[e]);
+      reinterpret_cast<Vector<Out>*>(out)[o] = z;
     }
   }
 }
 
 template <class In, class Out>
-const char* launch(const void* in, void* out, int64_t B, int64_t I, int64_t J, int64_t E, void* stream) {
+const char* launch(const void* in, const void* added, float scale, void* out, int64_t B, int64_t I, int64_t J,
+                   int64_t E, void* stream) {
   const bool vectors = E % kWidth == 0;
   const int64_t runs = vectors ? E / kWidth : E, total = B * I * J * runs;
   if (total == 0) return nullptr;
@@ -81,8 +90,8 @@ const char* launch(const void* in, void* out, int64_t B, int64_t I, int64_t J, i
   const auto run = [&](auto kernel, auto index) {
     using Index = decltype(index);
     kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const In*>(in), static_cast<Out*>(out), static_cast<Index>(I), static_cast<Index>(J),
-        static_cast<Index>(runs), static_cast<Index>(total));
+        static_cast<const In*>(in), static_cast<const In*>(added), scale, static_cast<Out*>(out),
+        static_cast<Index>(I), static_cast<Index>(J), static_cast<Index>(runs), static_cast<Index>(total));
   };
   // 32-bit indices where the largest offset, of entries, fits in them.
   const bool narrow = B * I * J * E < (int64_t{1} << 31);
@@ -94,30 +103,30 @@ const char* launch(const void* in, void* out, int64_t B, int64_t I, int64_t J, i
 }
 
 template <class In>
-const char* launch_to(const void* in, void* out, ElementType out_type, int64_t B, int64_t I, int64_t J,
-                      int64_t E, void* stream) {
+const char* launch_to(const void* in, const void* added, float scale, void* out, ElementType out_type,
+                      int64_t B, int64_t I, int64_t J, int64_t E, void* stream) {
   switch (out_type) {
     case ElementType::float32:
-      return launch<In, float>(in, out, B, I, J, E, stream);
+      return launch<In, float>(in, added, scale, out, B, I, J, E, stream);
     case ElementType::bfloat16:
-      return launch<In, __nv_bfloat16>(in, out, B, I, J, E, stream);
+      return launch<In, __nv_bfloat16>(in, added, scale, out, B, I, J, E, stream);
     case ElementType::float16:
-      return launch<In, __half>(in, out, B, I, J, E, stream);
+      return launch<In, __half>(in, added, scale, out, B, I, J, E, stream);
   }
   return "swap_middle_dims: unknown element type";
 }
 
 }  // namespace
 
-const char* swap_middle_dims(const void* in, ElementType in_type, void* out, ElementType out_type, int64_t B,
-                             int64_t I, int64_t J, int64_t E, void* stream) {
+const char* swap_middle_dims(const void* in, const void* added, float scale, ElementType in_type, void* out,
+                             ElementType out_type, int64_t B, int64_t I, int64_t J, int64_t E, void* stream) {
   switch (in_type) {
     case ElementType::float32:
-      return launch_to<float>(in, out, out_type, B, I, J, E, stream);
+      return launch_to<float>(in, added, scale, out, out_type, B, I, J, E, stream);
     case ElementType::bfloat16:
-      return launch_to<__nv_bfloat16>(in, out, out_type, B, I, J, E, stream);
+      return launch_to<__nv_bfloat16>(in, added, scale, out, out_type, B, I, J, E, stream);
     case ElementType::float16:
-      return launch_to<__half>(in, out, out_type, B, I, J, E, stream);
+      return launch_to<__half>(in, added, scale, out, out_type, B, I, J, E, stream);
   }
   return "swap_middle_dims: unknown element type";
 }
