@@ -4,9 +4,13 @@
 // that triangular factors cut short.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <type_traits>
 
+#include "../ops/cuda_launch.cuh"
 #include "../ops/fused/chunk_tiles.cuh"
+#include "intra_chunk_gradients_kernel.h"
 
 namespace dla::memory::kernels::chunk_products {
 
@@ -111,6 +115,42 @@ __device__ inline void load_operand(float* dst, int dst_ld, const float* src, in
   copy_rows<kBlockThreads>(
       kC, cols, [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first + c); },
       [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
+}
+
+// ---- host side of both kernels ----
+
+/// Whether the per-chunk kernels take these dims (C = kC, K of 64 or 128, V a multiple of 32), given the
+/// shared floats their layout needs for 64 and for 128 keys.
+inline bool supports_chunk_dims(const IntraChunkGradientDims& dims, size_t floats_64, size_t floats_128) {
+  if (dims.chunk_size != kC || (dims.key_dim != 64 && dims.key_dim != 128) || dims.value_dim < 32 ||
+      dims.value_dim % 32 != 0 || dims.value_dim > (int64_t{1} << 20) || dims.chunks < 1 ||
+      dims.chunks > (int64_t{1} << 31) - 1)
+    return false;
+  const size_t floats = dims.key_dim == 64 ? floats_64 : floats_128;
+  return sizeof(float) * floats <= static_cast<size_t>(std::max(dla::ops::kernels::max_shared_bytes(), 0));
+}
+
+/// launch(delta_rule, key_dim) with both as compile-time constants (std::bool_constant,
+/// std::integral_constant) for the dims' delta rule and K (64 or 128).
+template <class Launch>
+const char* with_chunk_kernel(const IntraChunkGradientDims& dims, Launch launch) {
+  using K64 = std::integral_constant<int, 64>;
+  using K128 = std::integral_constant<int, 128>;
+  if (dims.delta_rule)
+    return dims.key_dim == 64 ? launch(std::true_type{}, K64{}) : launch(std::true_type{}, K128{});
+  return dims.key_dim == 64 ? launch(std::false_type{}, K64{}) : launch(std::false_type{}, K128{});
+}
+
+/// One block of kBlockThreads per chunk, with `floats` of dynamic shared memory.
+template <class Kernel, class Args>
+const char* launch_per_chunk(Kernel kernel, const Args& args, const IntraChunkGradientDims& dims,
+                             size_t floats, void* stream) {
+  const int bytes = static_cast<int>(sizeof(float) * floats);
+  const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (error != cudaSuccess) return cudaGetErrorString(error);
+  kernel<<<static_cast<unsigned>(dims.chunks), kBlockThreads, bytes, static_cast<cudaStream_t>(stream)>>>(
+      args, static_cast<int>(dims.value_dim));
+  return dla::ops::kernels::launched();
 }
 
 }  // namespace dla::memory::kernels::chunk_products

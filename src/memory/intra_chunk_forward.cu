@@ -147,33 +147,19 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   }
 }
 
-template <bool kDeltaRule, int K>
-const char* launch(const IntraChunkForwardArgs& args, const IntraChunkGradientDims& dims, void* stream) {
-  const auto kernel = intra_chunk_forward_kernel<kDeltaRule, K>;
-  const int bytes = static_cast<int>(sizeof(float) * Layout<K>::kFloats);
-  const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (error != cudaSuccess) return cudaGetErrorString(error);
-  kernel<<<static_cast<unsigned>(dims.chunks), kBlockThreads, bytes, static_cast<cudaStream_t>(stream)>>>(
-      args, static_cast<int>(dims.value_dim));
-  return dla::ops::kernels::launched();
-}
-
 }  // namespace
 
 bool supports_intra_chunk_forward(const IntraChunkGradientDims& dims) {
-  if (dims.chunk_size != kC || (dims.key_dim != 64 && dims.key_dim != 128) || dims.value_dim < 32 ||
-      dims.value_dim % 32 != 0 || dims.value_dim > (int64_t{1} << 20) || dims.chunks < 1 ||
-      dims.chunks > (int64_t{1} << 31) - 1)
-    return false;
-  const size_t floats = dims.key_dim == 64 ? Layout<64>::kFloats : Layout<128>::kFloats;
-  return sizeof(float) * floats <= static_cast<size_t>(std::max(dla::ops::kernels::max_shared_bytes(), 0));
+  return chunk_products::supports_chunk_dims(dims, Layout<64>::kFloats, Layout<128>::kFloats);
 }
 
 const char* intra_chunk_forward(const IntraChunkForwardArgs& args, const IntraChunkGradientDims& dims,
                                 void* stream) {
-  if (dims.delta_rule)
-    return dims.key_dim == 64 ? launch<true, 64>(args, dims, stream) : launch<true, 128>(args, dims, stream);
-  return dims.key_dim == 64 ? launch<false, 64>(args, dims, stream) : launch<false, 128>(args, dims, stream);
+  return chunk_products::with_chunk_kernel(dims, [&](auto delta_rule, auto key_dim) {
+    return chunk_products::launch_per_chunk(
+        intra_chunk_forward_kernel<decltype(delta_rule)::value, decltype(key_dim)::value>, args, dims,
+        Layout<decltype(key_dim)::value>::kFloats, stream);
+  });
 }
 
 }  // namespace dla::memory::kernels
