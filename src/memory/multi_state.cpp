@@ -14,8 +14,8 @@
 #include "dla/memory/mask_form.h"
 #include "dla/memory/slot_pass.h"
 #include "dla/ops/common.h"
-#include "dla/ops/head_major.h"
 #include "dla/ops/fused.h"
+#include "dla/ops/head_major.h"
 #include "dla/ops/kernels.h"
 #include "dla/ops/tf32_scope.h"
 

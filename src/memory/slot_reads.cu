@@ -2,7 +2,8 @@
 // chunk. One thread block per (chunk, 128 value columns) with a warp per 32 × 32 block of the output: it
 // holds that block of q̃ X_s in registers while the slot's states stream through shared memory 32 keys at a
 // time (the next stages' copies in flight), and as the slot ends adds it, each row scaled by its read weight,
-// to the block it writes out. The states are read once, and the weighted queries are never stored.
+// to the block it writes out. The states are read once, and only those of slots live at the chunk's start
+// (the others hold zero); the weighted queries are never stored.
 #include <cuda_runtime.h>
 
 #include <algorithm>
