@@ -71,6 +71,19 @@ __device__ inline void round_to_tf32(Accumulator& acc) {
     acc.x[t] = wmma::__float_to_tf32(acc.x[t]);
 }
 
+/// out = P T for lower-triangular C × C matrices P and T in shared memory (rows kSquareLd apart): row tile r
+/// of P ends at depth (r + 1)·16 and column tile c of T starts at c·16, so tiles above the diagonal are zero.
+/// Every warp takes part; out is complete after the block's next barrier.
+__device__ inline void lower_product(float* out, const float* p, const float* t) {
+  for (int tile = threadIdx.x / 32; tile < kRowTiles * kRowTiles; tile += kBlockWarps) {
+    const int r = tile / kRowTiles, c = tile % kRowTiles;
+    Accumulator acc;
+    wmma::fill_fragment(acc, 0.f);
+    if (c <= r) multiply(acc, rows_of<kSquareLd>(p), rows_of<kSquareLd>(t), r, c, c * kTile, (r + 1) * kTile);
+    wmma::store_matrix_sync(out + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+  }
+}
+
 /// The lower-triangular 16 × 16 tiles of a C × C matrix, row by row: f(r, c) for the warp's share.
 template <class F>
 __device__ inline void for_each_lower_tile(F f) {

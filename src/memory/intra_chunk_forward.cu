@@ -4,9 +4,6 @@
 // straight to global memory. The products' depths stop where the triangular factors are zero.
 #include <cuda_runtime.h>
 
-#include <algorithm>
-
-#include "../ops/cuda_launch.cuh"
 #include "chunk_products.cuh"
 #include "intra_chunk_forward_kernel.h"
 
@@ -52,7 +49,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 
   const size_t chunk = blockIdx.x;
   const size_t rows_k = chunk * kC * K, rows_v = chunk * kC * V, pairs_at = chunk * kC * kC;
-  const int warp = static_cast<int>(threadIdx.x / 32);
 
   for (int i = threadIdx.x; i < kC; i += kBlockThreads) {
     const float g = a.gamma[chunk * kC + i];
@@ -83,19 +79,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   if constexpr (kDeltaRule) load_operand(keys, kWideLd, a.w + rows_k, K, K, 0);  // k's products are done
   __syncthreads();
 
-  // R ⊙ Λ, with R = P T: row tile r of P ends at depth (r + 1)·16, column tile c of T starts at c·16.
+  // R ⊙ Λ, with R = P T.
   const float* reads = pairs;
   if constexpr (kDeltaRule) {
-    for (int tile = warp; tile < kRowTiles * kRowTiles; tile += kBlockWarps) {
-      const int r = tile / kRowTiles, c = tile % kRowTiles;
-      Accumulator acc;
-      wmma::fill_fragment(acc, 0.f);
-      if (c <= r)
-        multiply(acc, rows_of<kSquareLd>(pairs), rows_of<kSquareLd>(inverse), r, c, c * kTile,
-                 (r + 1) * kTile);
-      wmma::store_matrix_sync(values + r * kTile * kSquareLd + c * kTile, acc, kSquareLd,
-                              wmma::mem_row_major);
-    }
+    lower_product(values, pairs, inverse);
     __syncthreads();
     reads = values;
   }

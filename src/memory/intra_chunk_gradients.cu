@@ -7,9 +7,6 @@
 // Gradients that only need the lower triangle (dT, dA, dP) are formed there only.
 #include <cuda_runtime.h>
 
-#include <algorithm>
-
-#include "../ops/cuda_launch.cuh"
 #include "chunk_products.cuh"
 #include "intra_chunk_gradients_kernel.h"
 
@@ -127,18 +124,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   });
   __syncthreads();
 
-  // R = P T (lower triangular): row tile r of P ends at depth (r + 1)·16, column tile c of T starts at c·16.
+  // R = P T (lower triangular).
   const float* reads_of_keys = pairs;
   if constexpr (kDeltaRule) {
-    for (int tile = warp; tile < kRowTiles * kRowTiles; tile += kBlockWarps) {
-      const int r = tile / kRowTiles, c = tile % kRowTiles;
-      Accumulator acc;
-      wmma::fill_fragment(acc, 0.f);
-      if (c <= r)
-        multiply(acc, rows_of<kSquareLd>(pairs), rows_of<kSquareLd>(inverse), r, c, c * kTile,
-                 (r + 1) * kTile);
-      wmma::store_matrix_sync(reads + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
-    }
+    lower_product(reads, pairs, inverse);
     __syncthreads();
     reads_of_keys = reads;
   }
