@@ -83,6 +83,14 @@ std::vector<at::Tensor*> all_tensors(SlotPassInputs& in) {
   return out;
 }
 
+/// `in` with every tensor placed by to_device.
+template <class ToDevice>
+SlotPassInputs placed(SlotPassInputs in, ToDevice to_device) {
+  for (at::Tensor* x : all_tensors(in))
+    *x = to_device(*x);
+  return in;
+}
+
 /// Runs the loop under autograd on `base` and the fused pass on to_device(base), both with a loss on both
 /// outputs, and compares the outputs (to value_tol) and every input gradient (to grad_tol).
 template <class ToDevice>
@@ -92,9 +100,7 @@ void expect_same_pass(const SlotPassInputs& base, ToDevice to_device, double val
   const at::Tensor state_weight = dla::test::random_weight(probe.final_states_BHSKV.sizes(), 2);
   const auto run = [&](bool fused) {
     const auto place = [&](const at::Tensor& x) { return fused ? to_device(x) : x; };
-    SlotPassInputs in = base;
-    for (at::Tensor* x : all_tensors(in))
-      *x = place(*x);
+    SlotPassInputs in = placed(base, place);
     for (at::Tensor* x : differentiable(in))
       *x = x->detach().clone().requires_grad_(true);
     const SlotPassResult r = dla::memory::slot_pass(in, fused);
@@ -152,9 +158,7 @@ TEST_CASE("on the GPU the slot-pass kernels equal autograd through the float64 l
   // The kernels multiply in TF32 (10-bit mantissas), against float64 products.
   const dla::ops::Tf32Scope tf32(true);
   const auto cuda = [](const at::Tensor& x) { return x.to(at::kCUDA, at::kFloat); };
-  SlotPassInputs on_gpu = base;
-  for (at::Tensor* x : all_tensors(on_gpu))
-    *x = cuda(*x);
+  const SlotPassInputs on_gpu = placed(base, cuda);
   REQUIRE(dla::memory::slot_pass_uses_cuda_kernels(on_gpu));
   REQUIRE(dla::memory::slot_pass_gradients_use_cuda_kernels(on_gpu) == (d.value_dim % 32 == 0));
   REQUIRE(dla::memory::slot_pass_reads_use_cuda_kernel(on_gpu) ==
@@ -178,9 +182,7 @@ TEST_CASE("on the GPU the slot-pass kernels skip the slots that hold nothing and
   REQUIRE((token_move.sum(-1) == 0).logical_and(state_move.sum(-1) == 0).any().item<bool>());
   const dla::ops::Tf32Scope tf32(true);
   const auto cuda = [](const at::Tensor& x) { return x.to(at::kCUDA, at::kFloat); };
-  SlotPassInputs on_gpu = base;
-  for (at::Tensor* x : all_tensors(on_gpu))
-    *x = cuda(*x);
+  const SlotPassInputs on_gpu = placed(base, cuda);
   REQUIRE(dla::memory::slot_pass_reads_use_cuda_kernel(on_gpu));
   REQUIRE(dla::memory::slot_pass_gradients_use_cuda_kernels(on_gpu));
   // Here the kernels leave the states of dead slots unset, which no reader may use. Blocks of NaN of the

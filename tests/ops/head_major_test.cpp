@@ -24,6 +24,23 @@ struct Pass {
   at::Tensor y, grad;
 };
 
+/// A random CUDA tensor of `shape` and `dtype`; with offset_view, a view that starts one entry into its
+/// storage, off the 16-byte vectors the kernel moves.
+at::Tensor gpu_random(const std::vector<int64_t>& shape, at::ScalarType dtype, uint64_t seed,
+                      bool offset_view) {
+  int64_t numel = 1;
+  for (int64_t size : shape)
+    numel *= size;
+  const at::Tensor storage = random({numel + 1}, seed).to(at::kCUDA, dtype);
+  return storage.narrow(0, offset_view ? 1 : 0, numel).view(shape);
+}
+
+/// shape with dims 1 and 2 swapped.
+std::vector<int64_t> swapped(std::vector<int64_t> shape) {
+  std::swap(shape[1], shape[2]);
+  return shape;
+}
+
 Pass run(const at::Tensor& x_in, const at::Tensor& weight) {
   const at::Tensor x = x_in.detach().requires_grad_(true);
   const at::Tensor y = dla::ops::to_head_major(x, at::kFloat);
@@ -58,16 +75,9 @@ TEST_CASE("on the GPU to_head_major's kernel equals LibTorch's copy, both ways",
       std::vector<int64_t>{3, 37, 5, 128}, std::vector<int64_t>{2, 9, 4, 6}, std::vector<int64_t>{2, 33, 7});
   const bool offset_view = GENERATE(false, true);
   CAPTURE(dtype, shape, offset_view);
-  int64_t numel = 1;
-  for (int64_t size : shape)
-    numel *= size;
-  // An offset view starts one entry into its storage: off the 16-byte vectors the kernel loads.
-  const at::Tensor storage = random({numel + 1}, 3).to(at::kCUDA, dtype);
-  const at::Tensor x = (offset_view ? storage.narrow(0, 1, numel) : storage.narrow(0, 0, numel)).view(shape);
+  const at::Tensor x = gpu_random(shape, dtype, 3, offset_view);
   REQUIRE(dla::ops::to_head_major_uses_cuda_kernel(x, at::kFloat));
-  std::vector<int64_t> swapped = shape;
-  std::swap(swapped[1], swapped[2]);
-  const at::Tensor weight = random(swapped, 4);
+  const at::Tensor weight = random(swapped(shape), 4);
   const Pass got = run(x, weight);
   const at::Tensor x_cpu = x.cpu();
   REQUIRE(at::equal(got.y, x_cpu.movedim(1, 2).to(at::kFloat)));
@@ -118,16 +128,10 @@ TEST_CASE("on the GPU from_head_major's kernel equals the LibTorch ops, both way
       GENERATE(std::vector<int64_t>{3, 5, 37, 128}, std::vector<int64_t>{2, 4, 9, 6});
   const bool offset_view = GENERATE(false, true);
   CAPTURE(dtype, shape, offset_view);
-  int64_t numel = 1;
-  for (int64_t size : shape)
-    numel *= size;
-  const at::Tensor storage = random({numel + 1}, 8).to(at::kCUDA, at::kFloat);
-  const at::Tensor a = (offset_view ? storage.narrow(0, 1, numel) : storage.narrow(0, 0, numel)).view(shape);
-  const at::Tensor b = random(shape, 9).to(at::kCUDA, at::kFloat);
+  const at::Tensor a = gpu_random(shape, at::kFloat, 8, offset_view);
+  const at::Tensor b = gpu_random(shape, at::kFloat, 9, false);
   REQUIRE(dla::ops::from_head_major_uses_cuda_kernel(a, b, dtype));
-  std::vector<int64_t> swapped = shape;
-  std::swap(swapped[1], swapped[2]);
-  const at::Tensor weight = random(swapped, 10);
+  const at::Tensor weight = random(swapped(shape), 10);
   const SumPass got = run_sum(a, b, 0.125, dtype, weight, false);
   const SumPass want = run_sum(a, b, 0.125, dtype, weight, true);
   REQUIRE(at::equal(got.y, want.y));
