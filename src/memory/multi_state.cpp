@@ -239,7 +239,8 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
                  intra.k_to_end_BHNCK, intra.w_BHNCK, intra.t_inverse_BHNCC, intra.source_v_BHNCV,
                  intra.chunk_decay_BHN,
                  state_move_BHNSS.narrow(-2, first_slot, used_slots).narrow(-1, first_slot, used_slots),
-                 token_move_BHNSC.narrow(-2, first_slot, used_slots)},
+                 token_move_BHNSC.narrow(-2, first_slot, used_slots),
+                 /*compact_states=*/ops::tf32_suits(terms.q_BTHK)},
                 fused);
   // Without padding the two parts are summed, scaled and moved back to tokens-major in one pass.
   const at::ScalarType out_dtype = terms.q_BTHK.scalar_type();

@@ -9,7 +9,10 @@
 // the block's eight products; TF32 in, float32 out). The slot states stream through shared
 // memory 32 value columns at a time, the next stages' asynchronous copies in flight while one computes. Slots
 // nothing moves from, or no token lands in, are skipped.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "../ops/async_copy.cuh"
 #include "../ops/cuda_launch.cuh"
@@ -24,7 +27,6 @@
 namespace dla::memory::kernels {
 namespace {
 
-using dla::ops::kernels::copy_columns_async;
 using dla::ops::kernels::copy_rows_async;
 
 constexpr int kThreads = 512;
@@ -33,6 +35,10 @@ constexpr int kMaxSlots = 16;
 constexpr int kPad = 4;  // shared rows are padded by 4 floats: float4 alignment, fewer bank conflicts
 constexpr int kStageColumns = 32;  // value columns of the slot states a pipeline stage brings in
 constexpr int kStageLd = kStageColumns + kPad;
+/// A stage row of slot states in T: kStageLd floats, or 40 bf16 (80 bytes: 16-byte aligned rows whose
+/// fragment loads stay on distinct banks), within the same float buffers.
+template <class T>
+constexpr int kStateLd = std::is_same_v<T, float> ? kStageLd : kStageColumns + 8;
 constexpr int kStaticSharedBytes = 512;  // the kernels' own small shared arrays
 // Stage buffers of each kernel: all but one have their copies in flight while one computes (the read
 // kernel's other buffers leave room for three).
@@ -143,6 +149,7 @@ __device__ void list_slots(SlotList& list, const float* moves, const float* toke
 /// dΔ of the slot s moves to. The first warps hold P_s's 32 × 32 blocks: at a slot's end each adds w_s ⊙ P_s
 /// to its block of dq̃ and writes its rows' dots with q̃ over its 32 keys, summed over the key blocks at the
 /// end, so no warp waits for another between slots. The next warps hold dW's blocks.
+template <class TState>
 __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradientArgs a, Dims d) {
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
@@ -203,31 +210,38 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
       }
   };
 
-  const auto buffer_x = [&](int b) { return stage_buffers + b * d.stage_floats(); };
-  const auto buffer_rows = [&](int b) { return buffer_x(b) + K * kStageLd; };
+  constexpr int x_ld = kStateLd<TState>;
+  const auto* start_states = static_cast<const TState*>(a.start_states);
+  const auto buffer_x = [&](int b) {
+    return reinterpret_cast<TState*>(stage_buffers + b * d.stage_floats());
+  };
+  const auto* d_written = static_cast<const TState*>(a.d_written);
+  const auto buffer_rows = [&](int b) {
+    return reinterpret_cast<TState*>(stage_buffers + b * d.stage_floats() + K * kStageLd);
+  };
   run_stages<kReadBuffers>(
       list.count * per_slot,
       [&](int k, int b) {
         const int i = k / per_slot, s = list.slot[i], column = (k % per_slot) * kStageColumns,
                   partner = list.partner[i];
-        copy_columns_async<kThreads>(buffer_x(b), kStageLd, a.start_states + (chunk * S + s) * KV, V, column,
-                                     kStageColumns, K);
+        copy_state_columns_async<kThreads>(buffer_x(b), x_ld, start_states + (chunk * S + s) * KV, V, column,
+                                           kStageColumns, K);
         if (d.delta_rule && partner >= 0) {
-          copy_columns_async<kThreads>(buffer_rows(b), kStageLd, a.d_written + (chunk * S + partner) * CV, V,
-                                       column, kStageColumns, C);
+          copy_state_columns_async<kThreads>(buffer_rows(b), x_ld, d_written + (chunk * S + partner) * CV, V,
+                                             column, kStageColumns, C);
         }
       },
       [&](int k, int b) {
         const int i = k / per_slot, stage = k % per_slot, column = stage * kStageColumns;
-        const float* x_rows = buffer_x(b) + corner.y * kStageLd;
+        const TState* x_rows = buffer_x(b) + corner.y * x_ld;
         if (reads_block) {
           if (stage == 0) clear(block);
-          multiply_accumulate_transposed(block, d_inter + corner.x * v_ld + column, v_ld, x_rows, kStageLd,
+          multiply_accumulate_transposed(block, d_inter + corner.x * v_ld + column, v_ld, x_rows, x_ld,
                                          kStageColumns);
           if (stage == per_slot - 1) take_reads(list.slot[i]);
         } else if (d_w_block && list.partner[i] >= 0) {
-          multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * kStageLd, kStageLd, x_rows,
-                                         kStageLd, kStageColumns);
+          multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * x_ld, x_ld, x_rows, x_ld,
+                                         kStageColumns);
         }
       });
   __syncthreads();  // every warp's dq̃ block and dots are in
@@ -244,6 +258,7 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
 
 /// de and (delta rule) Σ_s X_s Ḡ_sᵀ of one chunk. Stages: the slots whose state moves, 32 value columns at
 /// a time, with X_s and G of the slot it moves to.
+template <class TState>
 __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradientArgs a, Dims d) {
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
@@ -265,26 +280,32 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   clear(gram);
   float decay_grad = 0.f;
 
-  const auto buffer_x = [&](int b) { return stage_buffers + b * 2 * K * kStageLd; };
-  const auto buffer_g = [&](int b) { return buffer_x(b) + K * kStageLd; };
+  constexpr int ld = kStateLd<TState>;
+  const auto* start_states = static_cast<const TState*>(a.start_states);
+  const auto* d_end_states = static_cast<const TState*>(a.d_end_states);
+  const auto buffer_x = [&](int b) {
+    return reinterpret_cast<TState*>(stage_buffers + b * 2 * K * kStageLd);
+  };
+  const auto buffer_g = [&](int b) {
+    return reinterpret_cast<TState*>(stage_buffers + b * 2 * K * kStageLd + K * kStageLd);
+  };
   run_stages<kCarryBuffers>(
       list.count * per_slot,
       [&](int k, int b) {
         const int i = k / per_slot, column = (k % per_slot) * kStageColumns;
-        copy_columns_async<kThreads>(buffer_x(b), kStageLd, a.start_states + (chunk * S + list.slot[i]) * KV,
-                                     V, column, kStageColumns, K);
-        copy_columns_async<kThreads>(buffer_g(b), kStageLd,
-                                     a.d_end_states + (chunk * S + list.partner[i]) * KV, V, column,
-                                     kStageColumns, K);
+        copy_state_columns_async<kThreads>(buffer_x(b), ld, start_states + (chunk * S + list.slot[i]) * KV, V,
+                                           column, kStageColumns, K);
+        copy_state_columns_async<kThreads>(buffer_g(b), ld, d_end_states + (chunk * S + list.partner[i]) * KV,
+                                           V, column, kStageColumns, K);
       },
       [&](int, int b) {
         for (int e = threadIdx.x; e < K * kStageColumns; e += kThreads) {
-          const int offset = (e / kStageColumns) * kStageLd + e % kStageColumns;
-          decay_grad += buffer_x(b)[offset] * buffer_g(b)[offset];
+          const int offset = (e / kStageColumns) * ld + e % kStageColumns;
+          decay_grad += to_float(buffer_x(b)[offset]) * to_float(buffer_g(b)[offset]);
         }
         if (gram_block) {
-          multiply_accumulate_transposed(gram, buffer_x(b) + corner.x * kStageLd, kStageLd,
-                                         buffer_g(b) + corner.y * kStageLd, kStageLd, kStageColumns);
+          multiply_accumulate_transposed(gram, buffer_x(b) + corner.x * ld, ld, buffer_g(b) + corner.y * ld,
+                                         ld, kStageColumns);
         }
       });
   if (gram_block) store(gram, a.moved_state_gram + chunk * K * K + corner.x * K + corner.y, K, 1.f);
@@ -304,6 +325,7 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
 /// never formed: the fragments of v scale by m_r as they load. The first warps hold Σ_r L_r G_rᵀ's blocks,
 /// the next dT's, the last the current value columns of dv = Σ_r m_r ⊙ (Tᵀ dΔ_r), stored when the stage's
 /// last slot is done.
+template <class TState>
 __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradientArgs a, Dims d) {
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
@@ -339,31 +361,39 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   float* d_source_v = a.d_source_v + chunk * CV + corner.x * V;
   const int count = list.count;
 
-  const auto buffer_g = [&](int b) { return stage_buffers + b * d.stage_floats(); };
-  const auto buffer_rows = [&](int b) { return buffer_g(b) + K * kStageLd; };
+  constexpr int g_ld = kStateLd<TState>;
+  const auto* d_end_states = static_cast<const TState*>(a.d_end_states);
+  const auto buffer_g = [&](int b) {
+    return reinterpret_cast<TState*>(stage_buffers + b * d.stage_floats());
+  };
+  const auto* d_written = static_cast<const TState*>(a.d_written);
+  const auto buffer_rows = [&](int b) {
+    return reinterpret_cast<TState*>(stage_buffers + b * d.stage_floats() + K * kStageLd);
+  };
   run_stages<kWriteBuffers>(
       count * d.stages_per_slot(),
       [&](int k, int b) {
         const int r = list.slot[k % count], column = (k / count) * kStageColumns;
-        copy_columns_async<kThreads>(buffer_g(b), kStageLd, a.d_end_states + (chunk * S + r) * KV, V, column,
-                                     kStageColumns, K);
-        copy_columns_async<kThreads>(buffer_rows(b), kStageLd, a.d_written + (chunk * S + r) * CV, V, column,
-                                     kStageColumns, C);
+        copy_state_columns_async<kThreads>(buffer_g(b), g_ld, d_end_states + (chunk * S + r) * KV, V, column,
+                                           kStageColumns, K);
+        copy_state_columns_async<kThreads>(buffer_rows(b), g_ld, d_written + (chunk * S + r) * CV, V, column,
+                                           kStageColumns, C);
       },
       [&](int k, int b) {
         const int r = list.slot[k % count], column = (k / count) * kStageColumns;
         const float* m = tokens + r * C;
         if (landed_block) {
-          multiply_accumulate<Stored::by_row, true, Stored::by_row, false>(
-              block, {values + corner.x * v_ld + column, v_ld, m + corner.x},
-              {buffer_g(b) + corner.y * kStageLd, kStageLd}, kStageColumns);
+          multiply_accumulate<Stored::by_row, true, Stored::by_row, false, float, TState>(
+              block, Operand<float>{values + corner.x * v_ld + column, v_ld, m + corner.x},
+              Operand<TState>{buffer_g(b) + corner.y * g_ld, g_ld}, kStageColumns);
         } else if (square_block) {
-          multiply_accumulate<Stored::by_row, false, Stored::by_row, true>(
-              block, {buffer_rows(b) + corner.x * kStageLd, kStageLd},
-              {values + corner.y * v_ld + column, v_ld, m + corner.y}, kStageColumns);
+          multiply_accumulate<Stored::by_row, false, Stored::by_row, true, TState, float>(
+              block, Operand<TState>{buffer_rows(b) + corner.x * g_ld, g_ld},
+              Operand<float>{values + corner.y * v_ld + column, v_ld, m + corner.y}, kStageColumns);
         } else if (value_block) {
-          multiply_accumulate<Stored::by_column, true, Stored::by_column, false>(
-              block, {t_inverse + corner.x, t_ld, m + corner.x}, {buffer_rows(b), kStageLd}, C);
+          multiply_accumulate<Stored::by_column, true, Stored::by_column, false, float, TState>(
+              block, Operand<float>{t_inverse + corner.x, t_ld, m + corner.x},
+              Operand<TState>{buffer_rows(b), g_ld}, C);
           if (k % count == count - 1) {
             store(block, d_source_v + column, V, 1.f);
             clear(block);
@@ -418,10 +448,16 @@ bool supports_slot_gradients(const SlotPassDims& dims) {
 const char* slot_pass_gradients(const SlotGradientArgs& args, const SlotPassDims& dims, void* stream) {
   const Dims d = dims_of(dims, args.t_inverse != nullptr);
   const int64_t bh = dims.batch_heads;
-  const char* error = launch(read_gradients_kernel, args, d, bh, d.read_kernel_floats(), stream);
-  if (error == nullptr) error = launch(carry_gradients_kernel, args, d, bh, d.carry_kernel_floats(), stream);
-  if (error == nullptr) error = launch(write_gradients_kernel, args, d, bh, d.write_kernel_floats(), stream);
-  return error;
+  const auto run = [&](auto state) {
+    using TState = decltype(state);
+    const char* error = launch(read_gradients_kernel<TState>, args, d, bh, d.read_kernel_floats(), stream);
+    if (error == nullptr)
+      error = launch(carry_gradients_kernel<TState>, args, d, bh, d.carry_kernel_floats(), stream);
+    if (error == nullptr)
+      error = launch(write_gradients_kernel<TState>, args, d, bh, d.write_kernel_floats(), stream);
+    return error;
+  };
+  return args.compact_states ? run(__nv_bfloat16{}) : run(float{});
 }
 
 }  // namespace dla::memory::kernels

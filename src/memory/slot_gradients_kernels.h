@@ -10,9 +10,9 @@
 namespace dla::memory::kernels {
 
 struct SlotGradientArgs {
-  const float* start_states;   ///< X [BH, N, S, K, V]
-  const float* d_end_states;   ///< G [BH, N, S, K, V]
-  const float* d_written;      ///< dΔ [BH, N, S, C, V]
+  const void* start_states;    ///< X [BH, N, S, K, V]: float32, or bf16 with compact_states
+  const void* d_end_states;    ///< G [BH, N, S, K, V]: as X
+  const void* d_written;       ///< dΔ [BH, N, S, C, V]: as X
   const float* d_inter;        ///< [BH, N, C, V]
   const float* transported_q;  ///< [BH, N, C, K]
   const float* read_weight;    ///< [BH, N, C, S]
@@ -31,6 +31,7 @@ struct SlotGradientArgs {
   /// [BH, N], as the slot-pass forward wrote them: slots dead at a chunk's start are skipped, so their X_s,
   /// and G_r and dΔ_r of slots dead in the chunk, need not be set. Null: every slot is visited.
   const unsigned* live_slots;
+  bool compact_states;  ///< whether start_states, d_end_states and d_written hold bf16
 };
 
 /// Whether slot_pass_gradients runs these dims on the current device: C and K multiples of 16, V of 32, at

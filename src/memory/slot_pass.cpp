@@ -194,8 +194,9 @@ at::Tensor start_state_reads(const SlotPassInputs& in, const at::Tensor& start_s
   const at::Tensor inter_BHNCV =
       at::empty({q.size(0), q.size(1), dims.chunks, dims.chunk_size, dims.value_dim}, q.options());
   const char* error = kernels::slot_reads(
-      {q.data_ptr<float>(), read_weight.data_ptr<float>(), start_states_BHNSKV.data_ptr<float>(),
-       inter_BHNCV.data_ptr<float>(), reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>())},
+      {q.data_ptr<float>(), read_weight.data_ptr<float>(), start_states_BHNSKV.data_ptr(),
+       inter_BHNCV.data_ptr<float>(), reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>()),
+       start_states_BHNSKV.scalar_type() == at::kBFloat16},
       dims, ops::current_cuda_stream(q));
   TORCH_CHECK(error == nullptr, "memory slot pass reads: CUDA kernel failed: ", error);
   return inter_BHNCV;
@@ -214,18 +215,20 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
                    token_move = ops::kernel_buffer(in.token_move_BHNSC);
   const int64_t B = k_to_end.size(0), H = k_to_end.size(1), N = dims.chunks, K = dims.key_dim,
                 V = dims.value_dim, S = dims.slots;
-  const at::Tensor start_states_BHNSKV = at::empty({B, H, N, S, K, V}, k_to_end.options());
-  const at::Tensor final_states_BHSKV = at::empty({B, H, S, K, V}, k_to_end.options());
-  const at::Tensor live_slots_BHN = at::empty({B, H, N}, k_to_end.options().dtype(at::kInt));
-  // The start states of dead slots stay unset where every reader of them is a kernel that skips them.
+  // The start states of dead slots stay unset, and all of them may be bf16, where every reader of them is a
+  // kernel (which skips dead slots and takes bf16).
   const bool write_dead_slots =
       !kernels::supports_slot_reads(dims) || !kernels::supports_slot_gradients(dims);
+  const bool compact = in.compact_states && !write_dead_slots;
+  const at::Tensor start_states_BHNSKV =
+      at::empty({B, H, N, S, K, V}, k_to_end.options().dtype(compact ? at::kBFloat16 : at::kFloat));
+  const at::Tensor final_states_BHSKV = at::empty({B, H, S, K, V}, k_to_end.options());
+  const at::Tensor live_slots_BHN = at::empty({B, H, N}, k_to_end.options().dtype(at::kInt));
   const char* error = kernels::slot_pass_forward(
       {k_to_end.data_ptr<float>(), ops::data_or_null(w), ops::data_or_null(t_inverse),
        source_v.data_ptr<float>(), chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(),
-       token_move.data_ptr<float>(), start_states_BHNSKV.data_ptr<float>(),
-       final_states_BHSKV.data_ptr<float>(), reinterpret_cast<unsigned*>(live_slots_BHN.data_ptr<int>()),
-       write_dead_slots},
+       token_move.data_ptr<float>(), start_states_BHNSKV.data_ptr(), final_states_BHSKV.data_ptr<float>(),
+       reinterpret_cast<unsigned*>(live_slots_BHN.data_ptr<int>()), write_dead_slots, compact},
       dims, ops::current_cuda_stream(k_to_end));
   TORCH_CHECK(error == nullptr, "memory slot pass forward: CUDA kernel failed: ", error);
   return {{start_state_reads(in, start_states_BHNSKV, live_slots_BHN, dims), final_states_BHSKV},
@@ -239,7 +242,8 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
 StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
                                       [[maybe_unused]] const at::Tensor& live_slots_BHN,
                                       [[maybe_unused]] const at::Tensor& d_inter_BHNCV,
-                                      [[maybe_unused]] const at::Tensor& d_final_BHSKV) {
+                                      [[maybe_unused]] const at::Tensor& d_final_BHSKV,
+                                      [[maybe_unused]] bool compact) {
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
   const kernels::SlotPassDims dims = dims_of(in);
@@ -251,14 +255,14 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
                    d_inter = ops::kernel_buffer(d_inter_BHNCV), d_final = ops::kernel_buffer(d_final_BHSKV);
   const int64_t B = q.size(0), H = q.size(1), N = dims.chunks, C = dims.chunk_size, K = dims.key_dim,
                 V = dims.value_dim, S = dims.slots;
-  StateGradients out{at::empty({B, H, N, S, K, V}, q.options()), at::empty({B, H, N, S, C, V}, q.options())};
+  StateGradients out{at::empty({B, H, N, S, K, V}, q.options().dtype(compact ? at::kBFloat16 : at::kFloat)),
+                     at::empty({B, H, N, S, C, V}, q.options().dtype(compact ? at::kBFloat16 : at::kFloat))};
   const char* error = kernels::slot_pass_backward(
       {q.data_ptr<float>(), read_weight.data_ptr<float>(), k_to_end.data_ptr<float>(), ops::data_or_null(w),
        chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(), d_inter.data_ptr<float>(),
-       d_final.data_ptr<float>(), out.d_end_states_BHNSKV.data_ptr<float>(),
-       out.d_written_BHNSCV.data_ptr<float>(),
+       d_final.data_ptr<float>(), out.d_end_states_BHNSKV.data_ptr(), out.d_written_BHNSCV.data_ptr(),
        reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>()),
-       /*write_dead_slots=*/!kernels::supports_slot_gradients(dims)},
+       /*write_dead_slots=*/!kernels::supports_slot_gradients(dims), compact},
       dims, ops::current_cuda_stream(q));
   TORCH_CHECK(error == nullptr, "memory slot pass backward: CUDA kernel failed: ", error);
   return out;
@@ -347,6 +351,7 @@ variable_list input_gradients_ops(const SlotPassInputs& in, const at::Tensor& st
   }
   grads[kSourceV] = (in.token_move_BHNSC.unsqueeze(-1) * d_landed_BHNSCV).sum(3);
   grads.push_back(at::Tensor());  // delta_rule
+  grads.push_back(at::Tensor());  // compact_states
   return grads;
 }
 
@@ -387,14 +392,28 @@ variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
     d_t_inverse = empty(t_inverse);
   }
   const auto output = [](const at::Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
-  const char* error = kernels::slot_pass_gradients(
-      {x.data_ptr<float>(), g.data_ptr<float>(), d_written.data_ptr<float>(), d_inter.data_ptr<float>(),
-       q.data_ptr<float>(), read_weight.data_ptr<float>(), source_v.data_ptr<float>(),
-       ops::data_or_null(t_inverse), state_move.data_ptr<float>(), token_move.data_ptr<float>(),
-       d_read_weight.data_ptr<float>(), d_q.data_ptr<float>(), output(d_w), output(moved_x_g),
-       landed_g.data_ptr<float>(), output(d_t_inverse), d_source_v.data_ptr<float>(),
-       d_chunk_decay.data_ptr<float>(), reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>())},
-      dims, ops::current_cuda_stream(x));
+  const char* error =
+      kernels::slot_pass_gradients({x.data_ptr(),
+                                    g.data_ptr(),
+                                    d_written.data_ptr(),
+                                    d_inter.data_ptr<float>(),
+                                    q.data_ptr<float>(),
+                                    read_weight.data_ptr<float>(),
+                                    source_v.data_ptr<float>(),
+                                    ops::data_or_null(t_inverse),
+                                    state_move.data_ptr<float>(),
+                                    token_move.data_ptr<float>(),
+                                    d_read_weight.data_ptr<float>(),
+                                    d_q.data_ptr<float>(),
+                                    output(d_w),
+                                    output(moved_x_g),
+                                    landed_g.data_ptr<float>(),
+                                    output(d_t_inverse),
+                                    d_source_v.data_ptr<float>(),
+                                    d_chunk_decay.data_ptr<float>(),
+                                    reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>()),
+                                    x.scalar_type() == at::kBFloat16},
+                                   dims, ops::current_cuda_stream(x));
   TORCH_CHECK(error == nullptr, "memory slot pass input gradients: CUDA kernel failed: ", error);
 
   variable_list grads(kNumInputs);
@@ -410,6 +429,7 @@ variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
     grads[kKToEnd] = landed_g;
   }
   grads.push_back(at::Tensor());  // delta_rule
+  grads.push_back(at::Tensor());  // compact_states
   return grads;
 #else
   TORCH_CHECK(false, "memory slot pass: dla was built without CUDA");
@@ -430,10 +450,12 @@ bool uses_gradient_kernels([[maybe_unused]] const SlotPassInputs& in, [[maybe_un
 class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
  public:
   /// `inputs` in Input order (absent W and T as empty placeholders), already in the compute dtype.
-  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, bool delta_rule) {
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, bool delta_rule,
+                               bool compact_states) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     variable_list saved(inputs.begin(), inputs.end());
-    const SlotPassInputs in = inputs_of(saved, delta_rule);
+    SlotPassInputs in = inputs_of(saved, delta_rule);
+    in.compact_states = compact_states;
     const bool cuda_kernels = slot_pass_uses_cuda_kernels(in);
     KeptForward pass = cuda_kernels ? forward_kernel(in) : forward_loop(in);
     saved.push_back(pass.start_states_BHNSKV);
@@ -456,10 +478,13 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
     const at::Tensor d_inter_BHNCV =
         grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(in.source_v_BHNCV);
     const at::Tensor d_final_BHSKV =
-        grad_outputs[1].defined() ? grad_outputs[1] : at::zeros_like(start_states_BHNSKV.select(2, 0));
+        grad_outputs[1].defined()
+            ? grad_outputs[1]
+            : at::zeros(start_states_BHNSKV.select(2, 0).sizes(), in.source_v_BHNCV.options());
     const bool cuda_kernels = ctx->saved_data["cuda_kernels"].toBool();
     const StateGradients state_grads =
-        cuda_kernels ? state_gradients_kernel(in, saved[kNumInputs + 1], d_inter_BHNCV, d_final_BHSKV)
+        cuda_kernels ? state_gradients_kernel(in, saved[kNumInputs + 1], d_inter_BHNCV, d_final_BHSKV,
+                                              /*compact=*/start_states_BHNSKV.scalar_type() == at::kBFloat16)
                      : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
     if (uses_gradient_kernels(in, cuda_kernels))
       return input_gradients_kernel(in, start_states_BHNSKV, saved[kNumInputs + 1], state_grads,
@@ -484,6 +509,10 @@ bool slot_pass_reads_use_cuda_kernel([[maybe_unused]] const SlotPassInputs& in) 
 #endif
 }
 
+bool slot_pass_compacts_states(const SlotPassInputs& in) {
+  return in.compact_states && slot_pass_reads_use_cuda_kernel(in) && slot_pass_gradients_use_cuda_kernels(in);
+}
+
 SlotPassResult slot_pass(const SlotPassInputs& in, bool fused) {
   RECORD_FUNCTION("dla::slot_pass", std::vector<c10::IValue>());
   if (!fused) return run_loop(in, /*keep_states=*/false).result;
@@ -501,7 +530,8 @@ SlotPassResult slot_pass(const SlotPassInputs& in, bool fused) {
                                 in_dtype(in.t_inverse_BHNCC),     in_dtype(in.source_v_BHNCV),
                                 in_dtype(in.chunk_decay_BHN),     in_dtype(in.state_move_BHNSS),
                                 in_dtype(in.token_move_BHNSC)};
-  const variable_list out = SlotPassFunction::apply(at::TensorList(inputs), in.w_BHNCK.defined());
+  const variable_list out =
+      SlotPassFunction::apply(at::TensorList(inputs), in.w_BHNCK.defined(), in.compact_states);
   return {out[0], out[1]};
 }
 

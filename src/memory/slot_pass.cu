@@ -12,6 +12,7 @@
 // threads that copied them, and the forward's Δ as it is stored (on sm_90 a rounding is two instructions);
 // the fragments round the states and scale v by a slot's token mask (forward) or d_inter by a slot's read
 // weights (backward) as they load, so that all slots' products run as one parallel pass.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -242,15 +243,26 @@ __device__ void store_tiles(const WarpTile (&tiles)[kSlots], int count, float* d
 
 // ---- copies between shared and global memory ----
 
-/// The 16 columns from first_column of a [rows, value_dim] global matrix = src (rows src_ld apart).
-__device__ void store_columns(float* dst, int value_dim, int first_column, const float* src, int src_ld,
+/// 4 floats to global dst as T: one 16-byte store of floats, or one 8-byte store of bf16.
+__device__ void store4(float* dst, float4 x) {
+  *reinterpret_cast<float4*>(dst) = x;
+}
+__device__ void store4(__nv_bfloat16* dst, float4 x) {
+  const __nv_bfloat162 low = __floats2bfloat162_rn(x.x, x.y), high = __floats2bfloat162_rn(x.z, x.w);
+  *reinterpret_cast<uint2*>(dst) =
+      make_uint2(*reinterpret_cast<const unsigned*>(&low), *reinterpret_cast<const unsigned*>(&high));
+}
+
+/// The 16 columns from first_column of a [rows, value_dim] global matrix of T = src (rows src_ld apart).
+template <class T>
+__device__ void store_columns(T* dst, int value_dim, int first_column, const float* src, int src_ld,
                               int rows) {
   constexpr int kPerRow = kTile / 4;
   for (int i = threadIdx.x; i < rows * kPerRow; i += kThreads) {
     const int column = first_column + 4 * (i % kPerRow);
     if (column < value_dim) {
-      *reinterpret_cast<float4*>(dst + static_cast<size_t>(i / kPerRow) * value_dim + column) =
-          *reinterpret_cast<const float4*>(src + (i / kPerRow) * src_ld + 4 * (i % kPerRow));
+      store4(dst + static_cast<size_t>(i / kPerRow) * value_dim + column,
+             *reinterpret_cast<const float4*>(src + (i / kPerRow) * src_ld + 4 * (i % kPerRow)));
     }
   }
 }
@@ -301,9 +313,9 @@ __device__ void move_between_slots(float* states, const float* moves, const Layo
   move_slots_of(std::make_integer_sequence<int, kMaxSlots>{}, states, moves, l, transposed);
 }
 
-/// Stores the states of the slots in `slots` (a bit per slot).
-__device__ void store_states(float* dst, const float* states, const Layout& l, int first_column,
-                             unsigned slots) {
+/// Stores the states of the slots in `slots` (a bit per slot), as T.
+template <class T>
+__device__ void store_states(T* dst, const float* states, const Layout& l, int first_column, unsigned slots) {
   const size_t slot_stride = static_cast<size_t>(l.key_dim) * l.value_dim;
   for (int s = 0; s < l.slots; ++s)
     if ((slots >> s) & 1u)
@@ -375,7 +387,12 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
       for (int s = 0; s < S; ++s)
         stored |= live[s] != 0 ? 1u << s : 0u;
     }
-    store_states(a.start_states + chunk * SKV, states, l, first_column, stored);
+    if (a.compact_states) {
+      store_states(static_cast<__nv_bfloat16*>(a.start_states) + chunk * SKV, states, l, first_column,
+                   stored);
+    } else {
+      store_states(static_cast<float*>(a.start_states) + chunk * SKV, states, l, first_column, stored);
+    }
     const float decay = __ldg(a.chunk_decay + chunk);
     wait_copies<0>();
     if (delta_rule) {  // each thread rounds the pieces it copied
@@ -485,6 +502,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_forward_kernel(SlotPass
   store_states(a.final_states + head * SKV, states, l, first_column, ~0u);
 }
 
+/// TState: the element type of the G and dΔ it stores (float, or bf16 with compact states).
+template <class TState>
 __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPassBackwardArgs a, Layout l) {
   extern __shared__ __align__(128) float shared[];
   float* states = shared + l.states();  // G: the gradient of the states after the chunk being undone
@@ -536,7 +555,8 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
     for (int first = 0; first < S; first += l.group) {
       const int count = min(l.group, S - first);
       load_operand(a.k_to_end + chunk * CK, k_rows_ld, [&] {
-        if (first == 0) store_states(a.d_end_states + chunk * SKV, states, l, first_column, stored);
+        if (first != 0) return;
+        store_states(static_cast<TState*>(a.d_end_states) + chunk * SKV, states, l, first_column, stored);
       });
       for_each_slot_batch<kChunkRowBatch>(c_tiles, first, count, [&](int r0, int n, int row) {
         WarpTile tiles[kChunkRowBatch] = {};
@@ -552,8 +572,9 @@ __global__ void __launch_bounds__(kThreads, 1) slot_pass_backward_kernel(SlotPas
       const auto store_written = [&] {
         for (int r = first; r < first + count; ++r) {
           if (((stored >> r) & 1u) == 0) continue;
-          store_columns(a.d_written + (chunk * S + r) * CV, V, first_column,
-                        group_buffers + (r - first) * l.rows_floats(), ld, C);
+          const float* written = group_buffers + (r - first) * l.rows_floats();
+          store_columns(static_cast<TState*>(a.d_written) + (chunk * S + r) * CV, V, first_column, written,
+                        ld, C);
         }
       };
       if (delta_rule) {
@@ -714,7 +735,9 @@ const char* slot_pass_forward(const SlotPassForwardArgs& args, const SlotPassDim
 }
 
 const char* slot_pass_backward(const SlotPassBackwardArgs& args, const SlotPassDims& dims, void* stream) {
-  return launch(slot_pass_backward_kernel, args, dims, /*forward=*/false, stream);
+  return args.compact_states
+             ? launch(slot_pass_backward_kernel<__nv_bfloat16>, args, dims, /*forward=*/false, stream)
+             : launch(slot_pass_backward_kernel<float>, args, dims, /*forward=*/false, stream);
 }
 
 }  // namespace dla::memory::kernels

@@ -25,7 +25,7 @@ struct SlotPassForwardArgs {
   const float* chunk_decay;  ///< [BH, N]
   const float* state_move;   ///< [BH, N, S, S]
   const float* token_move;   ///< [BH, N, S, C]
-  float* start_states;       ///< [BH, N, S, K, V]: the slot states at each chunk's start
+  void* start_states;        ///< [BH, N, S, K, V]: the slot states at each chunk's start (float32, or bf16)
   float* final_states;       ///< [BH, S, K, V]
   /// [BH, N]: bit s set where slot s is live in the chunk's transitions (after its moves: a state moved in,
   /// or a token written); the backward skips the others, and a slot live at a chunk's start is one live in
@@ -34,6 +34,7 @@ struct SlotPassForwardArgs {
   /// Whether the start states of slots dead at a chunk's start are written (zeros); else they are left
   /// unset, for readers that skip them by live_slots (the reads and gradient kernels).
   bool write_dead_slots;
+  bool compact_states;  ///< whether start_states is bf16
 };
 
 struct SlotPassBackwardArgs {
@@ -45,12 +46,15 @@ struct SlotPassBackwardArgs {
   const float* state_move;      ///< [BH, N, S, S]
   const float* d_inter;         ///< [BH, N, C, V]
   const float* d_final_states;  ///< [BH, S, K, V]
-  float* d_end_states;          ///< [BH, N, S, K, V]: the gradient of the slot states after each chunk
-  float* d_written;             ///< [BH, N, S, C, V]: the gradient of what each chunk writes to each slot
-  const unsigned* live_slots;   ///< [BH, N], as the forward wrote it
+  void* d_end_states;  ///< [BH, N, S, K, V]: the gradient of the slot states after each chunk (float32, or
+                       ///< bf16)
+  void*
+      d_written;  ///< [BH, N, S, C, V]: the gradient of what each chunk writes to each slot (as d_end_states)
+  const unsigned* live_slots;  ///< [BH, N], as the forward wrote it
   /// Whether d_end_states and d_written are written for slots dead in the chunk; else they are left unset,
   /// for the gradient kernels, which never read them.
   bool write_dead_slots;
+  bool compact_states;  ///< whether d_end_states and d_written are bf16
 };
 
 struct SlotMoveArgs {

@@ -20,7 +20,6 @@
 namespace dla::memory::kernels {
 namespace {
 
-using dla::ops::kernels::copy_columns_async;
 using dla::ops::kernels::copy_rows_async;
 
 constexpr int kColumns = 128;  // value columns per block: four warp blocks across
@@ -40,7 +39,7 @@ struct ReadDims {
   __host__ __device__ int shared_floats() const { return C * q_ld() + kBuffers * stage_floats() + S * C; }
 };
 
-template <int kThreads>
+template <int kThreads, class TState>
 __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, ReadDims d) {
   extern __shared__ __align__(128) float shared[];
   const int C = d.C, K = d.K, V = d.V, S = d.S, q_ld = d.q_ld(), stage_ld = d.stage_ld();
@@ -73,20 +72,23 @@ __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, Re
   clear(slot_reads);
   clear(reads);
   const int per_slot = K / kStageKeys;
-  const auto stage = [&](int b) { return stages + b * d.stage_floats(); };
+  // A stage holds stage_ld elements of the states' type a row (half its floats for bf16).
+  const auto stage = [&](int b) { return reinterpret_cast<TState*>(stages + b * d.stage_floats()); };
+  const auto* start_states = static_cast<const TState*>(a.start_states);
   run_stages<kBuffers>(
       read_count * per_slot,
       [&](int k, int b) {
         const int s = read_slots[k / per_slot], key = (k % per_slot) * kStageKeys;
-        copy_columns_async<kThreads>(stage(b), stage_ld,
-                                     a.start_states + ((chunk * S + s) * K + key) * static_cast<size_t>(V), V,
-                                     first_column, kColumns, kStageKeys);
+        copy_state_columns_async<kThreads>(
+            stage(b), stage_ld, start_states + ((chunk * S + s) * K + key) * static_cast<size_t>(V), V,
+            first_column, kColumns, kStageKeys);
       },
       [&](int k, int b) {
         if (!active) return;
         const int s = read_slots[k / per_slot], key = (k % per_slot) * kStageKeys;
-        multiply_accumulate<Stored::by_row, false, Stored::by_column, false>(
-            slot_reads, {q + row * q_ld + key, q_ld}, {stage(b) + column, stage_ld}, kStageKeys);
+        multiply_accumulate<Stored::by_row, false, Stored::by_column, false, float, TState>(
+            slot_reads, Operand<float>{q + row * q_ld + key, q_ld},
+            Operand<TState>{stage(b) + column, stage_ld}, kStageKeys);
         if (key + kStageKeys < K) return;
         // The slot ends: its reads join the output, each row scaled by that query's weight for the slot.
         const float* slot_weights = weights + s * C + row;
@@ -127,11 +129,11 @@ size_t shared_bytes(const ReadDims& d) {
   return sizeof(float) * static_cast<size_t>(d.shared_floats());
 }
 
-template <int kThreads>
+template <int kThreads, class TState>
 const char* launch(const SlotReadArgs& args, const SlotPassDims& dims, void* stream) {
   const ReadDims d = dims_of(dims);
   const size_t bytes = shared_bytes(d);
-  const auto kernel = slot_reads_kernel<kThreads>;
+  const auto kernel = slot_reads_kernel<kThreads, TState>;
   const cudaError_t error =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (error != cudaSuccess) return cudaGetErrorString(error);
@@ -156,8 +158,12 @@ bool supports_slot_reads(const SlotPassDims& dims) {
 
 const char* slot_reads(const SlotReadArgs& args, const SlotPassDims& dims, void* stream) {
   // A warp per 32 × 32 output block: C / 32 rows of kColumnBlocks.
-  return dims.chunk_size == 32 ? launch<32 * kColumnBlocks>(args, dims, stream)
-                               : launch<64 * kColumnBlocks>(args, dims, stream);
+  if (args.compact_states) {
+    return dims.chunk_size == 32 ? launch<32 * kColumnBlocks, __nv_bfloat16>(args, dims, stream)
+                                 : launch<64 * kColumnBlocks, __nv_bfloat16>(args, dims, stream);
+  }
+  return dims.chunk_size == 32 ? launch<32 * kColumnBlocks, float>(args, dims, stream)
+                               : launch<64 * kColumnBlocks, float>(args, dims, stream);
 }
 
 }  // namespace dla::memory::kernels

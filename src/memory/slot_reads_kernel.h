@@ -10,11 +10,12 @@ namespace dla::memory::kernels {
 struct SlotReadArgs {
   const float* transported_q;  ///< q̃ [BH, N, C, K]
   const float* read_weight;    ///< w [BH, N, C, S]
-  const float* start_states;   ///< X [BH, N, S, K, V]
+  const void* start_states;    ///< X [BH, N, S, K, V]: float32, or bf16 with compact_states
   float* inter;                ///< [BH, N, C, V]
   /// [BH, N], as the slot-pass forward wrote them: only slots live at a chunk's start are read (their
   /// states alone need be set). Null: every slot is read.
   const unsigned* live_slots;
+  bool compact_states;  ///< whether start_states holds bf16
 };
 
 /// Whether slot_reads runs these dims on the current device: C 32 or 64, K and V multiples of 32, at most 16

@@ -3,7 +3,10 @@
 // chunk per thread block (slot_gradients.cu, slot_reads.cu).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "../ops/async_copy.cuh"
 #include "../ops/tf32_fragments.cuh"
@@ -40,22 +43,39 @@ __device__ inline void clear(WarpBlock& block) {
 /// and j the depth, at p[i·ld + j] (by_row) or p[j·ld + i] (by_column).
 enum class Stored { by_row, by_column };
 
-/// One operand at p, rows ld apart; with kScaled, element (i, j) is scaled by scale[i].
+/// One operand at p, rows ld apart (in elements of T: float, or bf16 for compact states); with kScaled,
+/// element (i, j) is scaled by scale[i].
+template <class T = float>
 struct Operand {
-  const float* p;
+  const T* p;
   int ld;
   const float* scale = nullptr;
 };
 
-template <Stored kStored>
-__device__ float element(const Operand& x, int i, int j) {
-  return kStored == Stored::by_row ? x.p[i * x.ld + j] : x.p[j * x.ld + i];
+__device__ inline float to_float(float x) {
+  return x;
+}
+__device__ inline float to_float(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+
+template <Stored kStored, class T>
+__device__ float element(const Operand<T>& x, int i, int j) {
+  return to_float(kStored == Stored::by_row ? x.p[i * x.ld + j] : x.p[j * x.ld + i]);
+}
+
+/// The TF32 bits of an operand's element: rounded, unless it came from bf16 unscaled (then already exact).
+template <class T>
+__device__ unsigned operand_bits(float x, float scale, bool scaled) {
+  if (std::is_same_v<T, __nv_bfloat16> && !scaled) return __float_as_uint(x);
+  return tf32_bits(scaled ? x * scale : x);
 }
 
 /// block += A B over `depth` (a multiple of 8), A's 32 output rows and B's 32 output columns as Operands
-/// stored kA and kB, scaled where kScaleA and kScaleB. Both round to TF32 as they load.
-template <Stored kA, bool kScaleA, Stored kB, bool kScaleB>
-__device__ void multiply_accumulate(WarpBlock& block, const Operand& a, const Operand& b, int depth) {
+/// stored kA and kB, scaled where kScaleA and kScaleB. Both round to TF32 as they load. The element types
+/// are float unless given (a braced operand takes the default).
+template <Stored kA, bool kScaleA, Stored kB, bool kScaleB, class TA = float, class TB = float>
+__device__ void multiply_accumulate(WarpBlock& block, const Operand<TA>& a, const Operand<TB>& b, int depth) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   float a_scale[2][2], b_scale[4];
 #pragma unroll
@@ -66,21 +86,20 @@ __device__ void multiply_accumulate(WarpBlock& block, const Operand& a, const Op
 #pragma unroll
   for (int n = 0; n < 4; ++n)
     b_scale[n] = kScaleB ? b.scale[8 * n + g] : 1.f;
-  const auto load = [](float x, float scale, bool scaled) { return tf32_bits(scaled ? x * scale : x); };
   for (int j = 0; j < depth; j += kStep) {
     unsigned a_fragment[2][4], b_fragment[4][2];
 #pragma unroll
     for (int m = 0; m < 2; ++m) {
       const int top = 16 * m + g, bottom = top + 8;
-      a_fragment[m][0] = load(element<kA>(a, top, j + t), a_scale[m][0], kScaleA);
-      a_fragment[m][1] = load(element<kA>(a, bottom, j + t), a_scale[m][1], kScaleA);
-      a_fragment[m][2] = load(element<kA>(a, top, j + t + 4), a_scale[m][0], kScaleA);
-      a_fragment[m][3] = load(element<kA>(a, bottom, j + t + 4), a_scale[m][1], kScaleA);
+      a_fragment[m][0] = operand_bits<TA>(element<kA>(a, top, j + t), a_scale[m][0], kScaleA);
+      a_fragment[m][1] = operand_bits<TA>(element<kA>(a, bottom, j + t), a_scale[m][1], kScaleA);
+      a_fragment[m][2] = operand_bits<TA>(element<kA>(a, top, j + t + 4), a_scale[m][0], kScaleA);
+      a_fragment[m][3] = operand_bits<TA>(element<kA>(a, bottom, j + t + 4), a_scale[m][1], kScaleA);
     }
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
-      b_fragment[n][0] = load(element<kB>(b, 8 * n + g, j + t), b_scale[n], kScaleB);
-      b_fragment[n][1] = load(element<kB>(b, 8 * n + g, j + t + 4), b_scale[n], kScaleB);
+      b_fragment[n][0] = operand_bits<TB>(element<kB>(b, 8 * n + g, j + t), b_scale[n], kScaleB);
+      b_fragment[n][1] = operand_bits<TB>(element<kB>(b, 8 * n + g, j + t + 4), b_scale[n], kScaleB);
     }
 #pragma unroll
     for (int m = 0; m < 2; ++m)
@@ -91,9 +110,11 @@ __device__ void multiply_accumulate(WarpBlock& block, const Operand& a, const Op
 }
 
 /// block += A Bᵀ over `depth`: A's and B's 32 rows with the depth along the row.
-__device__ inline void multiply_accumulate_transposed(WarpBlock& block, const float* a, int a_ld,
-                                                      const float* b, int b_ld, int depth) {
-  multiply_accumulate<Stored::by_row, false, Stored::by_row, false>(block, {a, a_ld}, {b, b_ld}, depth);
+template <class TA = float, class TB = float>
+__device__ void multiply_accumulate_transposed(WarpBlock& block, const TA* a, int a_ld, const TB* b, int b_ld,
+                                               int depth) {
+  multiply_accumulate<Stored::by_row, false, Stored::by_row, false, TA, TB>(block, Operand<TA>{a, a_ld},
+                                                                            Operand<TB>{b, b_ld}, depth);
 }
 
 /// dst (rows ld apart) = scale · block.
@@ -108,6 +129,18 @@ __device__ inline void store(const WarpBlock& block, float* dst, int ld, float s
       *reinterpret_cast<float2*>(top) = make_float2(scale * c[0], scale * c[1]);
       *reinterpret_cast<float2*>(top + 8 * ld) = make_float2(scale * c[2], scale * c[3]);
     }
+}
+
+/// Starts dst = `columns` columns from `column` of a [rows, row_length] row-major global matrix of T (float,
+/// or bf16 for compact states), dst's rows dst_ld elements apart; in floats, every count must be a multiple
+/// of 4 (of 8 bf16). The copies move bytes: two bf16 travel as one float.
+template <int kThreads, class T>
+__device__ void copy_state_columns_async(T* dst, int dst_ld, const T* src, int row_length, int column,
+                                         int columns, int rows) {
+  constexpr int kPerFloat = static_cast<int>(sizeof(float) / sizeof(T));
+  dla::ops::kernels::copy_columns_async<kThreads>(reinterpret_cast<float*>(dst), dst_ld / kPerFloat,
+                                                  reinterpret_cast<const float*>(src), row_length / kPerFloat,
+                                                  column / kPerFloat, columns / kPerFloat, rows);
 }
 
 /// Bit s set where slot s is live at the start of the chunk at `chunk` (its n-th of a [BH, N] mask): live in

@@ -20,6 +20,11 @@ struct SlotPassInputs {
   at::Tensor chunk_decay_BHN;      ///< exp(γ_last) of each chunk
   at::Tensor state_move_BHNSS;     ///< [r, s] = 1 when slot s's state moves to slot r at the chunk's end
   at::Tensor token_move_BHNSC;     ///< [r, c] = 1 when token c's write lands in slot r
+  /// Keep the per-chunk slot states and their gradients in bf16 where the CUDA kernels alone read them (the
+  /// reads and gradient kernels both run): half their memory and traffic, at bf16's precision. The states are
+  /// still carried, and every product still accumulates, in float32. memory::chunkwise asks for it for
+  /// 16-bit inputs.
+  bool compact_states = false;
 };
 
 struct SlotPassResult {
@@ -46,5 +51,9 @@ bool slot_pass_gradients_use_cuda_kernels(const SlotPassInputs& in);
 /// Whether, running as CUDA kernels, the fused slot pass's reads from the chunks' start states run on their
 /// own kernel: C 32 or 64, K and V multiples of 32. Otherwise as one batched LibTorch matmul.
 bool slot_pass_reads_use_cuda_kernel(const SlotPassInputs& in);
+
+/// Whether the fused slot pass keeps its per-chunk states in bf16: compact_states is asked for, and both the
+/// reads and the input gradients run on their kernels.
+bool slot_pass_compacts_states(const SlotPassInputs& in);
 
 }  // namespace dla::memory
