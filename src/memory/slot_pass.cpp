@@ -180,6 +180,11 @@ bool slot_pass_uses_cuda_kernels([[maybe_unused]] const SlotPassInputs& in) {
 namespace {
 
 #if defined(DLA_WITH_CUDA)
+/// A float32 kernel buffer as a contiguous bf16 copy (the bf16 kernels' operands); undefined stays undefined.
+at::Tensor bf16_buffer(const at::Tensor& x) {
+  return x.defined() ? ops::kernel_buffer(x.to(at::kBFloat16)) : x;
+}
+
 /// The reads of every chunk from its start states, inter_c = Σ_s w_cs q̃_c X_s: on the reads kernel where it
 /// runs the dims, else as one batched matmul with the slots and keys as one depth of S·K.
 at::Tensor start_state_reads(const SlotPassInputs& in, const at::Tensor& start_states_BHNSKV,
@@ -224,12 +229,25 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
       at::empty({B, H, N, S, K, V}, k_to_end.options().dtype(compact ? at::kBFloat16 : at::kFloat));
   const at::Tensor final_states_BHSKV = at::empty({B, H, S, K, V}, k_to_end.options());
   const at::Tensor live_slots_BHN = at::empty({B, H, N}, k_to_end.options().dtype(at::kInt));
-  const char* error = kernels::slot_pass_forward(
-      {k_to_end.data_ptr<float>(), ops::data_or_null(w), ops::data_or_null(t_inverse),
-       source_v.data_ptr<float>(), chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(),
-       token_move.data_ptr<float>(), start_states_BHNSKV.data_ptr(), final_states_BHSKV.data_ptr<float>(),
-       reinterpret_cast<unsigned*>(live_slots_BHN.data_ptr<int>()), write_dead_slots, compact},
-      dims, ops::current_cuda_stream(k_to_end));
+  auto* live_slots = reinterpret_cast<unsigned*>(live_slots_BHN.data_ptr<int>());
+  const char* error = nullptr;
+  if (compact && kernels::supports_slot_pass_forward_bf16(dims)) {
+    const at::Tensor k_to_end_bf16 = bf16_buffer(k_to_end), w_bf16 = bf16_buffer(w),
+                     t_inverse_bf16 = bf16_buffer(t_inverse), source_v_bf16 = bf16_buffer(source_v);
+    error = kernels::slot_pass_forward_bf16(
+        {k_to_end_bf16.data_ptr(), ops::untyped_data_or_null(w_bf16),
+         ops::untyped_data_or_null(t_inverse_bf16), source_v_bf16.data_ptr(), chunk_decay.data_ptr<float>(),
+         state_move.data_ptr<float>(), token_move.data_ptr<float>(), start_states_BHNSKV.data_ptr(),
+         final_states_BHSKV.data_ptr<float>(), live_slots},
+        dims, ops::current_cuda_stream(k_to_end));
+  } else {
+    error = kernels::slot_pass_forward(
+        {k_to_end.data_ptr<float>(), ops::data_or_null(w), ops::data_or_null(t_inverse),
+         source_v.data_ptr<float>(), chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(),
+         token_move.data_ptr<float>(), start_states_BHNSKV.data_ptr(), final_states_BHSKV.data_ptr<float>(),
+         live_slots, write_dead_slots, compact},
+        dims, ops::current_cuda_stream(k_to_end));
+  }
   TORCH_CHECK(error == nullptr, "memory slot pass forward: CUDA kernel failed: ", error);
   return {{start_state_reads(in, start_states_BHNSKV, live_slots_BHN, dims), final_states_BHSKV},
           start_states_BHNSKV,
@@ -511,6 +529,16 @@ bool slot_pass_reads_use_cuda_kernel([[maybe_unused]] const SlotPassInputs& in) 
 
 bool slot_pass_compacts_states(const SlotPassInputs& in) {
   return in.compact_states && slot_pass_reads_use_cuda_kernel(in) && slot_pass_gradients_use_cuda_kernels(in);
+}
+
+bool slot_pass_forward_uses_bf16_operands([[maybe_unused]] const SlotPassInputs& in) {
+#if defined(DLA_WITH_CUDA)
+  if (!slot_pass_compacts_states(in)) return false;
+  const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
+  return kernels::supports_slot_pass_forward_bf16(dims_of(in));
+#else
+  return false;
+#endif
 }
 
 SlotPassResult slot_pass(const SlotPassInputs& in, bool fused) {

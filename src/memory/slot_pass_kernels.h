@@ -37,6 +37,22 @@ struct SlotPassForwardArgs {
   bool compact_states;  ///< whether start_states is bf16
 };
 
+/// The forward with bf16 operands (slot_pass_bf16.cu), for compact states: the same chunk inputs and outputs
+/// as SlotPassForwardArgs, with W, K̃, T⁻¹ and v given in bf16 (16-byte aligned) and the start states of dead
+/// slots always left unset.
+struct SlotPassForwardBf16Args {
+  const void* k_to_end;      ///< [BH, N, C, K] bf16
+  const void* w;             ///< [BH, N, C, K] bf16; null for SSD
+  const void* t_inverse;     ///< [BH, N, C, C] bf16; null for SSD
+  const void* source_v;      ///< [BH, N, C, V] bf16
+  const float* chunk_decay;  ///< [BH, N]
+  const float* state_move;   ///< [BH, N, S, S]
+  const float* token_move;   ///< [BH, N, S, C]
+  void* start_states;        ///< [BH, N, S, K, V] bf16
+  float* final_states;       ///< [BH, S, K, V]
+  unsigned* live_slots;      ///< [BH, N], as SlotPassForwardArgs::live_slots
+};
+
 struct SlotPassBackwardArgs {
   const float* transported_q;   ///< [BH, N, C, K]
   const float* read_weight;     ///< [BH, N, C, S]
@@ -72,6 +88,11 @@ bool supports_slot_pass(const SlotPassDims& dims);
 
 /// nullptr on success, else the CUDA error's text.
 const char* slot_pass_forward(const SlotPassForwardArgs& args, const SlotPassDims& dims, void* stream);
+/// Whether slot_pass_forward_bf16 runs these dims: C = 64, K = 128, at most 8 slots, V a multiple of 16.
+bool supports_slot_pass_forward_bf16(const SlotPassDims& dims);
+/// The forward on bf16 tensor cores, the states carried in float32 (slot_pass_bf16.cu).
+const char* slot_pass_forward_bf16(const SlotPassForwardBf16Args& args, const SlotPassDims& dims,
+                                   void* stream);
 const char* slot_pass_backward(const SlotPassBackwardArgs& args, const SlotPassDims& dims, void* stream);
 
 /// Whether move_slot_states takes these dims: at most 16 slots, entries a multiple of 4.

@@ -184,6 +184,7 @@ TEST_CASE(
   const auto cuda = [](const at::Tensor& x) { return x.to(at::kCUDA, at::kFloat); };
   const SlotPassInputs on_gpu = placed(base, cuda);
   REQUIRE(dla::memory::slot_pass_compacts_states(on_gpu));
+  REQUIRE(dla::memory::slot_pass_forward_uses_bf16_operands(on_gpu) == (d.slots <= 8));
   // bf16 keeps 8 bits of each state entry (TF32 operands keep 11): 1e-2, as for the ops' bf16 inputs.
   expect_same_pass(base, cuda, 1e-2, 1e-2);
 }
@@ -194,11 +195,14 @@ TEST_CASE("on the GPU the slot-pass kernels skip the slots that hold nothing and
     WARN("no CUDA device: the slot-pass kernels are not exercised on this machine");
     return;
   }
-  // Tokens land in 3 of 14 slots: the others hold a state only in the chunks one moves to them.
+  // Tokens land in 3 of 14 slots, or with compact states (the forward on bf16 tensor cores) in 2 of 6: the
+  // others hold a state only in the chunks one moves to them.
   const bool delta_rule = GENERATE(true, false);
-  CAPTURE(delta_rule);
-  const PassDims d{1, 2, 8, 64, 128, 64, 14};
-  const SlotPassInputs base = random_inputs(delta_rule, d, 41, /*token_slots=*/3);
+  const bool compact = GENERATE(false, true);
+  CAPTURE(delta_rule, compact);
+  const PassDims d{1, 2, 8, 64, 128, 64, compact ? 6 : 14};
+  SlotPassInputs base = random_inputs(delta_rule, d, 41, /*token_slots=*/compact ? 2 : 3);
+  base.compact_states = compact;
   const at::Tensor state_move = base.state_move_BHNSS, token_move = base.token_move_BHNSC;
   // Some slot is dead in some chunk: it gets no token and no state.
   REQUIRE((token_move.sum(-1) == 0).logical_and(state_move.sum(-1) == 0).any().item<bool>());
@@ -207,17 +211,19 @@ TEST_CASE("on the GPU the slot-pass kernels skip the slots that hold nothing and
   const SlotPassInputs on_gpu = placed(base, cuda);
   REQUIRE(dla::memory::slot_pass_reads_use_cuda_kernel(on_gpu));
   REQUIRE(dla::memory::slot_pass_gradients_use_cuda_kernels(on_gpu));
+  REQUIRE(dla::memory::slot_pass_forward_uses_bf16_operands(on_gpu) == compact);
   // Here the kernels leave the states of dead slots unset, which no reader may use. Blocks of NaN of the
   // sizes of the per-chunk states and their gradients, freed, are what the caching allocator hands back.
   {
-    const auto nan = [](std::vector<int64_t> shape) {
+    const auto nan = [compact](std::vector<int64_t> shape) {
       return at::full(shape, std::numeric_limits<float>::quiet_NaN(),
-                      at::device(at::kCUDA).dtype(at::kFloat));
+                      at::device(at::kCUDA).dtype(compact ? at::kBFloat16 : at::kFloat));
     };
     const std::vector<at::Tensor> poison = {
         nan({d.batch, d.heads, d.chunks, d.slots, d.key_dim, d.value_dim}),
         nan({d.batch, d.heads, d.chunks, d.slots, d.key_dim, d.value_dim}),
         nan({d.batch, d.heads, d.chunks, d.slots, d.chunk_size, d.value_dim})};
   }
-  expect_same_pass(base, cuda, 5e-3, 5e-3);
+  const double tolerance = compact ? 1e-2 : 5e-3;  // as in the tests above
+  expect_same_pass(base, cuda, tolerance, tolerance);
 }
