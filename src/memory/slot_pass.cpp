@@ -231,7 +231,7 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
   const at::Tensor live_slots_BHN = at::empty({B, H, N}, k_to_end.options().dtype(at::kInt));
   auto* live_slots = reinterpret_cast<unsigned*>(live_slots_BHN.data_ptr<int>());
   const char* error = nullptr;
-  if (compact && kernels::supports_slot_pass_forward_bf16(dims)) {
+  if (compact && kernels::supports_slot_pass_bf16(dims)) {
     const at::Tensor k_to_end_bf16 = bf16_buffer(k_to_end), w_bf16 = bf16_buffer(w),
                      t_inverse_bf16 = bf16_buffer(t_inverse), source_v_bf16 = bf16_buffer(source_v);
     error = kernels::slot_pass_forward_bf16(
@@ -275,13 +275,25 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
                 V = dims.value_dim, S = dims.slots;
   StateGradients out{at::empty({B, H, N, S, K, V}, q.options().dtype(compact ? at::kBFloat16 : at::kFloat)),
                      at::empty({B, H, N, S, C, V}, q.options().dtype(compact ? at::kBFloat16 : at::kFloat))};
-  const char* error = kernels::slot_pass_backward(
-      {q.data_ptr<float>(), read_weight.data_ptr<float>(), k_to_end.data_ptr<float>(), ops::data_or_null(w),
-       chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(), d_inter.data_ptr<float>(),
-       d_final.data_ptr<float>(), out.d_end_states_BHNSKV.data_ptr(), out.d_written_BHNSCV.data_ptr(),
-       reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>()),
-       /*write_dead_slots=*/!kernels::supports_slot_gradients(dims), compact},
-      dims, ops::current_cuda_stream(q));
+  const auto* live_slots = reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>());
+  const char* error = nullptr;
+  if (compact && kernels::supports_slot_pass_bf16(dims)) {
+    const at::Tensor q_bf16 = bf16_buffer(q), k_to_end_bf16 = bf16_buffer(k_to_end), w_bf16 = bf16_buffer(w),
+                     d_inter_bf16 = bf16_buffer(d_inter);
+    error = kernels::slot_pass_backward_bf16(
+        {q_bf16.data_ptr(), read_weight.data_ptr<float>(), k_to_end_bf16.data_ptr(),
+         ops::untyped_data_or_null(w_bf16), chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(),
+         d_inter_bf16.data_ptr(), d_final.data_ptr<float>(), out.d_end_states_BHNSKV.data_ptr(),
+         out.d_written_BHNSCV.data_ptr(), live_slots},
+        dims, ops::current_cuda_stream(q));
+  } else {
+    error = kernels::slot_pass_backward(
+        {q.data_ptr<float>(), read_weight.data_ptr<float>(), k_to_end.data_ptr<float>(), ops::data_or_null(w),
+         chunk_decay.data_ptr<float>(), state_move.data_ptr<float>(), d_inter.data_ptr<float>(),
+         d_final.data_ptr<float>(), out.d_end_states_BHNSKV.data_ptr(), out.d_written_BHNSCV.data_ptr(),
+         live_slots, /*write_dead_slots=*/!kernels::supports_slot_gradients(dims), compact},
+        dims, ops::current_cuda_stream(q));
+  }
   TORCH_CHECK(error == nullptr, "memory slot pass backward: CUDA kernel failed: ", error);
   return out;
 #else
@@ -531,11 +543,11 @@ bool slot_pass_compacts_states(const SlotPassInputs& in) {
   return in.compact_states && slot_pass_reads_use_cuda_kernel(in) && slot_pass_gradients_use_cuda_kernels(in);
 }
 
-bool slot_pass_forward_uses_bf16_operands([[maybe_unused]] const SlotPassInputs& in) {
+bool slot_pass_uses_bf16_operands([[maybe_unused]] const SlotPassInputs& in) {
 #if defined(DLA_WITH_CUDA)
   if (!slot_pass_compacts_states(in)) return false;
   const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
-  return kernels::supports_slot_pass_forward_bf16(dims_of(in));
+  return kernels::supports_slot_pass_bf16(dims_of(in));
 #else
   return false;
 #endif

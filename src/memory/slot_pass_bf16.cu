@@ -10,6 +10,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "../ops/async_copy.cuh"
 #include "../ops/bf16_fragments.cuh"
 #include "../ops/cuda_launch.cuh"
@@ -46,12 +48,12 @@ static_assert(kMaxSlots <= kWarps, "the flags take a warp per slot");
 
 // Row lengths in bf16 entries: a multiple of 8 (16-byte rows for ldmatrix and cp.async) whose byte length is
 // 16 mod 32 or 8 words apart in banks, so that the 8 rows of an ldmatrix block fall on distinct banks.
-constexpr int kWideLd = kKeys + 8;     // W and K̃: 272 bytes
+constexpr int kWideLd = kKeys + 8;     // [C, K] operands: 272 bytes
 constexpr int kSquareLd = kChunk + 8;  // T⁻¹: 144 bytes
 constexpr int kTileLd = kColumns + 8;  // [*, 16] blocks: 48 bytes
 
-/// One chunk's operands, copied a chunk ahead into the other of two.
-struct ChunkOperands {
+/// One forward chunk's operands, copied a chunk ahead into the other of two.
+struct ForwardOperands {
   bf16 w[kChunk * kWideLd];
   bf16 k_to_end[kChunk * kWideLd];
   bf16 t_inverse[kChunk * kSquareLd];
@@ -59,14 +61,42 @@ struct ChunkOperands {
   float tokens[kMaxSlots * kChunk];
   float moves[kMaxSlots * kMaxSlots];
 };
-
-struct Shared {
-  ChunkOperands chunks[2];
-  bf16 moved[kMaxSlots][kKeys * kTileLd];     // X̄_r, the right operand of W X̄_r
-  bf16 written[kMaxSlots][kChunk * kTileLd];  // Δ_r, the right operand of K̃ᵀ Δ_r
-  int has_tokens[kMaxSlots], moved_live[kMaxSlots], identity_row[kMaxSlots];
+/// One backward chunk's.
+struct BackwardOperands {
+  bf16 k_to_end[kChunk * kWideLd];
+  bf16 w[kChunk * kWideLd];
+  bf16 q[kChunk * kWideLd];
+  bf16 d_inter[kChunk * kTileLd];
+  float weights[kChunk * kMaxSlots];  // [C, S]
+  float moves[kMaxSlots * kMaxSlots];
 };
-static_assert(sizeof(ChunkOperands) % 16 == 0, "each buffer starts 16-byte aligned");
+static_assert(sizeof(ForwardOperands) % 16 == 0 && sizeof(BackwardOperands) % 16 == 0,
+              "each buffer starts 16-byte aligned");
+
+/// The products' right operands: the states (forward X̄, backward G) and the chunk's rows of each slot
+/// (forward Δ, backward −dΔ); before them, while the states move, the states in float32.
+struct SlotOperands {
+  bf16 states[kMaxSlots][kKeys * kTileLd];
+  bf16 rows[kMaxSlots][kChunk * kTileLd];
+};
+union SlotBuffers {
+  SlotOperands operands;
+  float staged[kMaxSlots][kKeys * kColumns];  // rows swizzled (staged_entry)
+};
+
+/// What a warp per slot works out of a chunk's moves, for every thread.
+struct MoveFlags {
+  unsigned sources[kMaxSlots];  ///< bit s of sources[r] set where slot s moves to slot r
+  int kept[kMaxSlots];          ///< whether slot r keeps its own state only
+};
+
+template <class Operands>
+struct Shared {
+  Operands chunks[2];
+  SlotBuffers slots;
+  MoveFlags moves;
+  int has_tokens[kMaxSlots], moved_live[kMaxSlots];  // forward
+};
 
 /// Starts copying `columns` (a multiple of 8) bf16 columns of `rows` rows, src_ld apart, to dst (rows dst_ld
 /// apart), 16 bytes a copy.
@@ -78,6 +108,13 @@ __device__ void copy_bf16_async(bf16* dst, int dst_ld, const bf16* src, size_t s
     copy_async(reinterpret_cast<float*>(dst + row * dst_ld + part),
                reinterpret_cast<const float*>(src + row * src_ld + part));
   }
+}
+
+/// Entry (row, column) of a staged [K, 16] float32 state: rows 16 floats long, with the two 8-column halves
+/// swapped in rows 2 and 3 mod 4, so that the float2 accesses of an accumulator's lanes fall on distinct
+/// banks.
+__device__ int staged_entry(int row, int column) {
+  return row * kColumns + (column ^ (((row >> 1) & 1) * 8));
 }
 
 /// The row address lane `lane` gives ldmatrix for the 16 × 16 block at (row, column) of a row-major bf16
@@ -92,13 +129,168 @@ __device__ const bf16* transposed_block_rows(const bf16* m, int ld, int row, int
   return m + (row + lane % 8 + (lane / 16) * 8) * ld + column + ((lane / 8) % 2) * 8;
 }
 
+/// A thread's entries of every slot's [K, 16] state, held as the accumulator of an m16n8 product: warp w owns
+/// rows 16 (w mod 8) .. + 15 and columns 8 (w / 8) .. + 7; lane (g, t) rows row and row + 8, columns column
+/// and column + 1.
+struct StateTiles {
+  float x[kMaxSlots][4] = {};
+  int row, column;
+
+  __device__ StateTiles() {
+    const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+    row = 16 * (warp % kKeyTiles) + lane / 4;
+    column = 8 * (warp / kKeyTiles) + 2 * (lane % 4);
+  }
+
+  /// Stores the slots in `slots` (a bit each) to a [S, K, V] global buffer at the block's first column, as
+  /// bf16.
+  __device__ void store(bf16* dst, int value_dim, unsigned slots, int S) const {
+#pragma unroll
+    for (int s = 0; s < kMaxSlots; ++s) {
+      if (s >= S || ((slots >> s) & 1u) == 0) continue;
+      bf16* at = dst + (static_cast<size_t>(s) * kKeys + row) * value_dim + column;
+      *reinterpret_cast<unsigned*>(at) = bf16_pair(x[s][0], x[s][1]);
+      *reinterpret_cast<unsigned*>(at + 8 * value_dim) = bf16_pair(x[s][2], x[s][3]);
+    }
+  }
+
+  /// Stores the slots in `slots` as the bf16 right operands of the next products.
+  __device__ void store_operands(SlotOperands& operands, unsigned slots, int S) const {
+#pragma unroll
+    for (int s = 0; s < kMaxSlots; ++s) {
+      if (s >= S || ((slots >> s) & 1u) == 0) continue;
+      bf16* at = operands.states[s] + row * kTileLd + column;
+      *reinterpret_cast<unsigned*>(at) = bf16_pair(x[s][0], x[s][1]);
+      *reinterpret_cast<unsigned*>(at + 8 * kTileLd) = bf16_pair(x[s][2], x[s][3]);
+    }
+  }
+
+  /// x_r = Σ_s moves(r, s) x_s, with moves(r, s) = M[r, s], or M[s, r] when kTransposed: the states staged in
+  /// shared memory and each slot gathered from its sources (a slot moves to at most one other), except the
+  /// slots that keep their own state. Starts and ends with a barrier of the block.
+  template <bool kTransposed>
+  __device__ void move(SlotBuffers& buffers, const MoveFlags& flags, const float* moves, int S) {
+    __syncthreads();  // the buffers' last readers are done
+#pragma unroll
+    for (int s = 0; s < kMaxSlots; ++s) {
+      if (s >= S) continue;
+      *reinterpret_cast<float2*>(buffers.staged[s] + staged_entry(row, column)) =
+          make_float2(x[s][0], x[s][1]);
+      *reinterpret_cast<float2*>(buffers.staged[s] + staged_entry(row + 8, column)) =
+          make_float2(x[s][2], x[s][3]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kMaxSlots; ++r) {
+      if (r >= S || flags.kept[r]) continue;
+      float sum[4] = {};
+      for (unsigned sources = flags.sources[r]; sources != 0; sources &= sources - 1) {
+        const int s = __ffs(static_cast<int>(sources)) - 1;
+        const float m = kTransposed ? moves[s * S + r] : moves[r * S + s];
+        const float2 top = *reinterpret_cast<const float2*>(buffers.staged[s] + staged_entry(row, column));
+        const float2 bottom =
+            *reinterpret_cast<const float2*>(buffers.staged[s] + staged_entry(row + 8, column));
+        sum[0] += m * top.x;
+        sum[1] += m * top.y;
+        sum[2] += m * bottom.x;
+        sum[3] += m * bottom.y;
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        x[r][e] = sum[e];
+    }
+    __syncthreads();  // the staged states' space holds the products' operands next
+  }
+};
+
+/// Warp r < S of the block: the sources of slot r under the moves (row r of M, or column r when kTransposed)
+/// and whether they are r alone with weight 1. Returns the move weight of source `lane` (0 past S).
+template <bool kTransposed>
+__device__ float find_sources(MoveFlags& flags, const float* moves, int S, int r, int lane) {
+  const float move = lane < S ? (kTransposed ? moves[lane * S + r] : moves[r * S + lane]) : 0.f;
+  const bool kept = __all_sync(0xffffffffu, lane >= S || move == (lane == r ? 1.f : 0.f));
+  const unsigned sources = __ballot_sync(0xffffffffu, lane < S && move != 0.f);
+  if (lane == 0) {
+    flags.kept[r] = kept;
+    flags.sources[r] = sources;
+  }
+  return move;
+}
+
+/// Whether every slot keeps its own state (M = I), from the flags after a barrier.
+__device__ bool all_kept(const MoveFlags& flags, int S) {
+  bool kept = true;
+  for (int s = 0; s < S; ++s)
+    kept = kept && flags.kept[s];
+  return kept;
+}
+
+/// The 16 × 16 tile `tile` (an accumulator pair: columns 0..7, 8..15) times sign, as bf16 at dst (rows ld
+/// apart): lane (g, t) writes rows g and g + 8, columns 2t, 2t + 1 of each half.
+__device__ void store_tile(bf16* dst, size_t ld, const float (&tile)[2][4], float sign, int lane) {
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    bf16* at = dst + g * ld + 8 * h + 2 * t;
+    *reinterpret_cast<unsigned*>(at) = bf16_pair(sign * tile[h][0], sign * tile[h][1]);
+    *reinterpret_cast<unsigned*>(at + 8 * ld) = bf16_pair(sign * tile[h][2], sign * tile[h][3]);
+  }
+}
+
+/// x_s += Aᵀ B_s for the slots in `slots`, A a [C, K] bf16 operand whose rows 16 · key tile .. + 15 of the
+/// transpose this warp takes, and B_s = rows(s) [C, 16] bf16 at this warp's 8 columns; scale(s, c, pair)
+/// scales B_s's fragment registers as they load (the identity when it returns pair unchanged).
+template <class Rows, class Scale>
+__device__ void add_transposed_products(StateTiles& states, const bf16* a, unsigned slots, int S, Rows rows,
+                                        Scale scale) {
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  const int key_tile = warp % kKeyTiles, half = warp / kKeyTiles;
+  unsigned a_fragments[kChunkTiles][4];  // the same for every slot
+#pragma unroll
+  for (int c = 0; c < kChunkTiles; ++c)
+    load_blocks<4, true>(a_fragments[c], transposed_block_rows(a, kWideLd, 16 * c, 16 * key_tile, lane));
+#pragma unroll
+  for (int s = 0; s < kMaxSlots; ++s) {
+    if (s >= S || ((slots >> s) & 1u) == 0) continue;
+#pragma unroll
+    for (int c = 0; c < kChunkTiles; c += 2) {
+      // B_s's rows 16c .. 16c + 31 at this warp's 8 columns: the B fragments of two depth steps.
+      unsigned b[4];
+      load_blocks<4, true>(b, rows(s) + (16 * c + lane) * kTileLd + 8 * half);
+      mma_bf16(states.x[s], a_fragments[c], scale(s, 16 * c, 0, b[0]), scale(s, 16 * c, 1, b[1]));
+      mma_bf16(states.x[s], a_fragments[c + 1], scale(s, 16 * c + 16, 0, b[2]),
+               scale(s, 16 * c + 16, 1, b[3]));
+    }
+  }
+}
+
+/// tile += A B for a 16-row tile: A rows `row` .. + 15 of a [*, depth] bf16 operand (rows a_ld apart), B a
+/// [depth, 16] bf16 operand (rows kTileLd apart), both 8-column halves.
+template <int kDepth>
+__device__ void add_row_products(float (&tile)[2][4], const bf16* a, int a_ld, int row, const bf16* b,
+                                 int lane) {
+#pragma unroll 2
+  for (int k = 0; k < kDepth; k += 16) {
+    unsigned a_fragment[4], b_fragments[4];
+    load_blocks<4, false>(a_fragment, block_rows(a, a_ld, row, k, lane));
+    load_blocks<4, true>(b_fragments, block_rows(b, kTileLd, k, 0, lane));
+    mma_bf16(tile[0], a_fragment, b_fragments[0], b_fragments[1]);
+    mma_bf16(tile[1], a_fragment, b_fragments[2], b_fragments[3]);
+  }
+}
+
+/// The scale of add_transposed_products that leaves the fragments as loaded.
+struct Unscaled {
+  __device__ unsigned operator()(int, int, int, unsigned pair) const { return pair; }
+};
+
 __global__ void __launch_bounds__(kThreads, 1)
     slot_pass_forward_bf16_kernel(SlotPassForwardBf16Args a, int chunks, int slots, int value_dim) {
   extern __shared__ __align__(128) unsigned char shared_bytes[];
-  Shared& sh = *reinterpret_cast<Shared*>(shared_bytes);
+  auto& sh = *reinterpret_cast<Shared<ForwardOperands>*>(shared_bytes);
   const int S = slots, V = value_dim;
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int g = lane / 4, t = lane % 4;
+  const int t = lane % 4;
   const int first_column = static_cast<int>(blockIdx.x) * kColumns;
   const size_t head = blockIdx.y;
   const bool delta_rule = a.w != nullptr;
@@ -106,16 +298,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const auto* k_to_end = static_cast<const bf16*>(a.k_to_end);
   const auto* t_inverse = static_cast<const bf16*>(a.t_inverse);
   const auto* source_v = static_cast<const bf16*>(a.source_v);
-
-  // This warp's part of every slot's state, the accumulator of an m16n8 product: rows key_row and key_row +
-  // 8, columns column and column + 1 of the block's 16.
-  const int key_tile = warp % kKeyTiles, half = warp / kKeyTiles;
-  const int key_row = 16 * key_tile + g, column = 8 * half + 2 * t;
-  float state[kMaxSlots][4] = {};
+  StateTiles states;
   unsigned live = 0;  // the slots live at the chunk's start; the same in every thread
 
   const auto copy_chunk = [&](int buffer, size_t chunk) {
-    ChunkOperands& o = sh.chunks[buffer];
+    ForwardOperands& o = sh.chunks[buffer];
     if (delta_rule) {
       copy_bf16_async(o.w, kWideLd, w + chunk * kChunk * kKeys, kKeys, kKeys, kChunk);
       copy_bf16_async(o.t_inverse, kSquareLd, t_inverse + chunk * kChunk * kChunk, kChunk, kChunk, kChunk);
@@ -130,75 +317,43 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   for (int n = 0; n < chunks; ++n) {
     const size_t chunk = head * chunks + n;
-    const ChunkOperands& o = sh.chunks[n % 2];
+    const ForwardOperands& o = sh.chunks[n % 2];
     // The start states of the live slots; those of dead slots are left unset (their readers skip them).
-    bf16* start = static_cast<bf16*>(a.start_states) + chunk * S * kKeys * V + first_column + column;
-#pragma unroll
-    for (int s = 0; s < kMaxSlots; ++s) {
-      if (s >= S || ((live >> s) & 1u) == 0) continue;
-      bf16* row = start + (static_cast<size_t>(s) * kKeys + key_row) * V;
-      *reinterpret_cast<unsigned*>(row) = bf16_pair(state[s][0], state[s][1]);
-      *reinterpret_cast<unsigned*>(row + 8 * V) = bf16_pair(state[s][2], state[s][3]);
-    }
+    states.store(static_cast<bf16*>(a.start_states) + chunk * S * kKeys * V + first_column, V, live, S);
     const float decay = __ldg(a.chunk_decay + chunk);
     wait_copies<0>();
     __syncthreads();  // the chunk's operands are in, and every warp is done with the previous chunk
 
     if (warp < S) {  // a warp per slot: does a token land in it, does a live state move to it
-      const int s = warp;
+      const int r = warp;
+      const float move = find_sources<false>(sh.moves, o.moves, S, r, lane);
+      const bool moved_in = __any_sync(0xffffffffu, move != 0.f && ((live >> lane) & 1u));
       bool any_token = false;
       for (int c = lane; c < kChunk; c += 32)
-        any_token |= o.tokens[s * kChunk + c] != 0.f;
-      const float move = lane < S ? o.moves[s * S + lane] : 0.f;
-      const bool moved_in = __any_sync(0xffffffffu, move != 0.f && ((live >> lane) & 1u));
-      const bool identity_row = __all_sync(0xffffffffu, lane >= S || move == (lane == s ? 1.f : 0.f));
+        any_token |= o.tokens[r * kChunk + c] != 0.f;
       any_token = __any_sync(0xffffffffu, any_token);
       if (lane == 0) {
-        sh.has_tokens[s] = any_token;
-        sh.moved_live[s] = moved_in;
-        sh.identity_row[s] = identity_row;
+        sh.has_tokens[r] = any_token;
+        sh.moved_live[r] = moved_in;
       }
     }
     __syncthreads();
     unsigned tokens = 0, moved_live = 0;
-    bool identity = true;
     for (int s = 0; s < S; ++s) {
       tokens |= sh.has_tokens[s] ? 1u << s : 0u;
       moved_live |= sh.moved_live[s] ? 1u << s : 0u;
-      identity = identity && sh.identity_row[s];
     }
     const unsigned next_live = tokens | moved_live;
     if (blockIdx.x == 0 && threadIdx.x == 0) a.live_slots[chunk] = next_live;
     if (n + 1 < chunks) copy_chunk((n + 1) % 2, chunk + 1);  // into the buffer the previous chunk used
 
-    // X̄_r = Σ_s M[r, s] X_s, in registers, an entry of every slot at a time (within the registers).
-    if (!identity) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float entries[kMaxSlots];
-#pragma unroll
-        for (int s = 0; s < kMaxSlots; ++s)
-          entries[s] = state[s][e];
-#pragma unroll
-        for (int r = 0; r < kMaxSlots; ++r) {
-          float sum = 0.f;
-#pragma unroll
-          for (int s = 0; s < kMaxSlots; ++s)
-            if (r < S && s < S) sum += o.moves[r * S + s] * entries[s];
-          state[r][e] = sum;
-        }
-      }
-    }
+    // X̄_r = Σ_s M[r, s] X_s.
+    if (!all_kept(sh.moves, S)) states.move<false>(sh.slots, sh.moves, o.moves, S);
 
     // Δ_r = Z_r − W X̄_r, stored in bf16.
+    SlotOperands& operands = sh.slots.operands;
     if (delta_rule) {
-#pragma unroll
-      for (int s = 0; s < kMaxSlots; ++s) {
-        if (s >= S || ((moved_live >> s) & 1u) == 0) continue;
-        bf16* row = sh.moved[s] + key_row * kTileLd + column;
-        *reinterpret_cast<unsigned*>(row) = bf16_pair(state[s][0], state[s][1]);
-        *reinterpret_cast<unsigned*>(row + 8 * kTileLd) = bf16_pair(state[s][2], state[s][3]);
-      }
+      states.store_operands(operands, moved_live, S);
       __syncthreads();
       for (int item = warp; item < kChunkTiles * S; item += kWarps) {
         const int row = 16 * (item % kChunkTiles), r = item / kChunkTiles;
@@ -226,22 +381,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int e = 0; e < 4; ++e)
               tile[h][e] = -tile[h][e];
-#pragma unroll 2
-          for (int k = 0; k < kKeys; k += 16) {
-            unsigned w_fragment[4], x_fragments[4];
-            load_blocks<4, false>(w_fragment, block_rows(o.w, kWideLd, row, k, lane));
-            load_blocks<4, true>(x_fragments, block_rows(sh.moved[r], kTileLd, k, 0, lane));
-            mma_bf16(tile[0], w_fragment, x_fragments[0], x_fragments[1]);
-            mma_bf16(tile[1], w_fragment, x_fragments[2], x_fragments[3]);
-          }
+          add_row_products<kKeys>(tile, o.w, kWideLd, row, operands.states[r], lane);
         }
-        const float sign = has_state ? -1.f : 1.f;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          bf16* out = sh.written[r] + (row + g) * kTileLd + 8 * h + 2 * t;
-          *reinterpret_cast<unsigned*>(out) = bf16_pair(sign * tile[h][0], sign * tile[h][1]);
-          *reinterpret_cast<unsigned*>(out + 8 * kTileLd) = bf16_pair(sign * tile[h][2], sign * tile[h][3]);
-        }
+        store_tile(operands.rows[r] + row * kTileLd, kTileLd, tile, has_state ? -1.f : 1.f, lane);
       }
     } else {  // Δ_r = m_r ⊙ v for the slots tokens land in
       for (int r = 0; r < S; ++r) {
@@ -249,70 +391,171 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int i = threadIdx.x; i < kChunk * kColumns / 2; i += kThreads) {
           const int c = i / (kColumns / 2), offset = c * kTileLd + 2 * (i % (kColumns / 2));
           const float m = o.tokens[r * kChunk + c];
-          *reinterpret_cast<unsigned*>(sh.written[r] + offset) =
+          *reinterpret_cast<unsigned*>(operands.rows[r] + offset) =
               multiply_pairs(*reinterpret_cast<const unsigned*>(o.values + offset), bf16_pair(m, m));
         }
       }
     }
     __syncthreads();
 
-    // X'_r = e X̄_r + K̃ᵀ Δ_r, into the registers that hold X̄_r: K̃ᵀ's fragments are the same for every slot.
-    unsigned k_fragments[kChunkTiles][4];
+    // X'_r = e X̄_r + K̃ᵀ Δ_r, into the registers that hold X̄_r (a dead slot holds zeros).
 #pragma unroll
-    for (int c = 0; c < kChunkTiles; ++c)
-      load_blocks<4, true>(k_fragments[c],
-                           transposed_block_rows(o.k_to_end, kWideLd, 16 * c, 16 * key_tile, lane));
-    const unsigned written = delta_rule ? next_live : tokens;
-#pragma unroll
-    for (int s = 0; s < kMaxSlots; ++s) {
-      if (s >= S || ((next_live >> s) & 1u) == 0) continue;  // a dead slot holds zeros
+    for (int s = 0; s < kMaxSlots; ++s)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        state[s][e] *= decay;
-      if (((written >> s) & 1u) == 0) continue;
-#pragma unroll
-      for (int c = 0; c < kChunkTiles; c += 2) {
-        // Δ_s's rows 16c .. 16c + 31 at this warp's 8 columns: B fragments of two depth steps.
-        unsigned d_fragments[4];
-        load_blocks<4, true>(d_fragments, sh.written[s] + (16 * c + lane) * kTileLd + 8 * half);
-        mma_bf16(state[s], k_fragments[c], d_fragments[0], d_fragments[1]);
-        mma_bf16(state[s], k_fragments[c + 1], d_fragments[2], d_fragments[3]);
-      }
-    }
+        states.x[s][e] *= decay;
+    add_transposed_products(
+        states, o.k_to_end, delta_rule ? next_live : tokens, S, [&](int r) { return operands.rows[r]; },
+        Unscaled{});
     live = next_live;
   }
 
-  float* final_states = a.final_states + head * S * kKeys * V + first_column + column;
+  float* final_states = a.final_states + head * S * kKeys * V + first_column + states.column;
 #pragma unroll
   for (int s = 0; s < kMaxSlots; ++s) {
     if (s >= S) continue;
-    float* row = final_states + (static_cast<size_t>(s) * kKeys + key_row) * V;
-    *reinterpret_cast<float2*>(row) = make_float2(state[s][0], state[s][1]);
-    *reinterpret_cast<float2*>(row + 8 * V) = make_float2(state[s][2], state[s][3]);
+    float* row = final_states + (static_cast<size_t>(s) * kKeys + states.row) * V;
+    *reinterpret_cast<float2*>(row) = make_float2(states.x[s][0], states.x[s][1]);
+    *reinterpret_cast<float2*>(row + 8 * V) = make_float2(states.x[s][2], states.x[s][3]);
+  }
+}
+
+/// The backward, chunk by chunk from the last, with G the gradient of the states after the chunk (in the
+/// registers, as the forward's states): dΔ_r = K̃ G_r, dX̄_r = e G_r − Wᵀ dΔ_r, dX_s = Σ_r M[r, s] dX̄_r +
+/// q̃ᵀ (w_s ⊙ d_inter), which is the G of the chunk before.
+__global__ void __launch_bounds__(kThreads, 1)
+    slot_pass_backward_bf16_kernel(SlotPassBackwardBf16Args a, int chunks, int slots, int value_dim) {
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  auto& sh = *reinterpret_cast<Shared<BackwardOperands>*>(shared_bytes);
+  const int S = slots, V = value_dim;
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  const int t = lane % 4;
+  const int first_column = static_cast<int>(blockIdx.x) * kColumns;
+  const size_t head = blockIdx.y;
+  const bool delta_rule = a.w != nullptr;
+  const auto* w = static_cast<const bf16*>(a.w);
+  const auto* k_to_end = static_cast<const bf16*>(a.k_to_end);
+  const auto* q = static_cast<const bf16*>(a.transported_q);
+  const auto* d_inter = static_cast<const bf16*>(a.d_inter);
+
+  StateTiles states;
+  {
+    const float* d_final = a.d_final_states + head * S * kKeys * V + first_column + states.column;
+#pragma unroll
+    for (int s = 0; s < kMaxSlots; ++s) {
+      if (s >= S) continue;
+      const float* row = d_final + (static_cast<size_t>(s) * kKeys + states.row) * V;
+      const float2 top = *reinterpret_cast<const float2*>(row),
+                   bottom = *reinterpret_cast<const float2*>(row + 8 * V);
+      states.x[s][0] = top.x;
+      states.x[s][1] = top.y;
+      states.x[s][2] = bottom.x;
+      states.x[s][3] = bottom.y;
+    }
+  }
+
+  const auto copy_chunk = [&](int buffer, size_t chunk) {
+    BackwardOperands& o = sh.chunks[buffer];
+    copy_bf16_async(o.k_to_end, kWideLd, k_to_end + chunk * kChunk * kKeys, kKeys, kKeys, kChunk);
+    if (delta_rule) copy_bf16_async(o.w, kWideLd, w + chunk * kChunk * kKeys, kKeys, kKeys, kChunk);
+    copy_bf16_async(o.q, kWideLd, q + chunk * kChunk * kKeys, kKeys, kKeys, kChunk);
+    copy_bf16_async(o.d_inter, kTileLd, d_inter + chunk * kChunk * V + first_column, V, kColumns, kChunk);
+    copy_floats_async<kThreads>(o.weights, a.read_weight + chunk * kChunk * S, kChunk * S);
+    copy_floats_async<kThreads>(o.moves, a.state_move + chunk * S * S, S * S);
+    commit_copies();
+  };
+  copy_chunk((chunks - 1) % 2, head * chunks + chunks - 1);
+
+  for (int n = chunks - 1; n >= 0; --n) {
+    const size_t chunk = head * chunks + n;
+    const BackwardOperands& o = sh.chunks[n % 2];
+    // Slots dead in the chunk's transitions held zeros and received nothing: their dΔ_r and dX̄_r are zero.
+    // A slot dead at the chunk's start depends on no input: its gradient is never used.
+    const unsigned live_after = __ldg(a.live_slots + chunk),
+                   live_before = n > 0 ? __ldg(a.live_slots + chunk - 1) : 0u;
+    states.store(static_cast<bf16*>(a.d_end_states) + chunk * S * kKeys * V + first_column, V, live_after, S);
+    const float decay = __ldg(a.chunk_decay + chunk);
+    wait_copies<0>();
+    __syncthreads();  // the chunk's operands are in, and every warp is done with the chunk after it
+    if (warp < S) find_sources<true>(sh.moves, o.moves, S, warp, lane);
+    if (n > 0) copy_chunk((n + 1) % 2, chunk - 1);  // into the buffer the chunk after used
+
+    // dΔ_r = K̃ G_r: to the global buffer, and negated as the right operand of Wᵀ dΔ_r.
+    SlotOperands& operands = sh.slots.operands;
+    states.store_operands(operands, live_after, S);
+    __syncthreads();
+    bf16* d_written = static_cast<bf16*>(a.d_written) + chunk * S * kChunk * V + first_column;
+    for (int item = warp; item < kChunkTiles * S; item += kWarps) {
+      const int row = 16 * (item % kChunkTiles), r = item / kChunkTiles;
+      if (((live_after >> r) & 1u) == 0) continue;
+      float tile[2][4] = {};
+      add_row_products<kKeys>(tile, o.k_to_end, kWideLd, row, operands.states[r], lane);
+      store_tile(d_written + (static_cast<size_t>(r) * kChunk + row) * V, V, tile, 1.f, lane);
+      if (delta_rule) store_tile(operands.rows[r] + row * kTileLd, kTileLd, tile, -1.f, lane);
+    }
+    __syncthreads();
+
+    // dX̄_r = e G_r − Wᵀ dΔ_r; zero for slots dead in the chunk.
+#pragma unroll
+    for (int s = 0; s < kMaxSlots; ++s) {
+      const float scale = ((live_after >> s) & 1u) != 0 ? decay : 0.f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        states.x[s][e] *= scale;
+    }
+    if (delta_rule) {
+      add_transposed_products(
+          states, o.w, live_after, S, [&](int r) { return operands.rows[r]; }, Unscaled{});
+    }
+
+    // dX_s = Σ_r M[r, s] dX̄_r, then + q̃ᵀ (w_s ⊙ d_inter) for the slots live at the chunk's start: d_inter's
+    // fragments scaled by the read weights of their rows.
+    if (!all_kept(sh.moves, S)) states.move<true>(sh.slots, sh.moves, o.moves, S);
+    add_transposed_products(
+        states, o.q, live_before, S, [&](int) { return o.d_inter; },
+        [&](int s, int c, int high, unsigned pair) {
+          const int first = c + 2 * t + 8 * high;
+          return multiply_pairs(pair, bf16_pair(o.weights[first * S + s], o.weights[(first + 1) * S + s]));
+        });
   }
 }
 
 }  // namespace
 
-bool supports_slot_pass_forward_bf16(const SlotPassDims& dims) {
+bool supports_slot_pass_bf16(const SlotPassDims& dims) {
+  const int bytes =
+      static_cast<int>(std::max(sizeof(Shared<ForwardOperands>), sizeof(Shared<BackwardOperands>)));
   return dims.chunk_size == kChunk && dims.key_dim == kKeys && dims.slots >= 1 && dims.slots <= kMaxSlots &&
          dims.value_dim >= kColumns && dims.value_dim % kColumns == 0 && dims.value_dim <= (1 << 30) &&
          dims.batch_heads >= 1 && dims.batch_heads <= 65535 && dims.chunks >= 1 &&
-         dims.chunks <= (int64_t{1} << 30) &&
-         static_cast<int>(sizeof(Shared)) <= dla::ops::kernels::max_shared_bytes();
+         dims.chunks <= (int64_t{1} << 30) && bytes <= dla::ops::kernels::max_shared_bytes();
 }
 
-const char* slot_pass_forward_bf16(const SlotPassForwardBf16Args& args, const SlotPassDims& dims,
-                                   void* stream) {
-  const int bytes = static_cast<int>(sizeof(Shared));
+namespace {
+
+template <class Kernel, class Args>
+const char* launch_bf16(Kernel kernel, const Args& args, const SlotPassDims& dims, size_t bytes,
+                        void* stream) {
   cudaError_t error =
-      cudaFuncSetAttribute(slot_pass_forward_bf16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (error != cudaSuccess) return cudaGetErrorString(error);
   const dim3 grid(static_cast<unsigned>(dims.value_dim / kColumns), static_cast<unsigned>(dims.batch_heads));
-  slot_pass_forward_bf16_kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(
+  kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(
       args, static_cast<int>(dims.chunks), static_cast<int>(dims.slots), static_cast<int>(dims.value_dim));
   error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
+}  // namespace
+
+const char* slot_pass_forward_bf16(const SlotPassForwardBf16Args& args, const SlotPassDims& dims,
+                                   void* stream) {
+  return launch_bf16(slot_pass_forward_bf16_kernel, args, dims, sizeof(Shared<ForwardOperands>), stream);
+}
+
+const char* slot_pass_backward_bf16(const SlotPassBackwardBf16Args& args, const SlotPassDims& dims,
+                                    void* stream) {
+  return launch_bf16(slot_pass_backward_bf16_kernel, args, dims, sizeof(Shared<BackwardOperands>), stream);
 }
 
 }  // namespace dla::memory::kernels

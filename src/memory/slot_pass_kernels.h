@@ -73,6 +73,22 @@ struct SlotPassBackwardArgs {
   bool compact_states;  ///< whether d_end_states and d_written are bf16
 };
 
+/// The backward with bf16 operands, for compact states: the inputs of SlotPassBackwardArgs with q̃, K̃, W and
+/// d_inter given in bf16 (16-byte aligned); d_end_states and d_written are bf16, dead slots' left unset.
+struct SlotPassBackwardBf16Args {
+  const void* transported_q;    ///< [BH, N, C, K] bf16
+  const float* read_weight;     ///< [BH, N, C, S]
+  const void* k_to_end;         ///< [BH, N, C, K] bf16
+  const void* w;                ///< [BH, N, C, K] bf16; null for SSD
+  const float* chunk_decay;     ///< [BH, N]
+  const float* state_move;      ///< [BH, N, S, S]
+  const void* d_inter;          ///< [BH, N, C, V] bf16
+  const float* d_final_states;  ///< [BH, S, K, V]
+  void* d_end_states;           ///< [BH, N, S, K, V] bf16
+  void* d_written;              ///< [BH, N, S, C, V] bf16
+  const unsigned* live_slots;   ///< [BH, N], as the forward wrote it
+};
+
 struct SlotMoveArgs {
   const float* moves;   ///< [chunks, S, S]
   const float* states;  ///< [chunks, S, entries]
@@ -88,11 +104,14 @@ bool supports_slot_pass(const SlotPassDims& dims);
 
 /// nullptr on success, else the CUDA error's text.
 const char* slot_pass_forward(const SlotPassForwardArgs& args, const SlotPassDims& dims, void* stream);
-/// Whether slot_pass_forward_bf16 runs these dims: C = 64, K = 128, at most 8 slots, V a multiple of 16.
-bool supports_slot_pass_forward_bf16(const SlotPassDims& dims);
-/// The forward on bf16 tensor cores, the states carried in float32 (slot_pass_bf16.cu).
+/// Whether the bf16 kernels (slot_pass_bf16.cu) run these dims: C = 64, K = 128, at most 8 slots, V a
+/// multiple of 16.
+bool supports_slot_pass_bf16(const SlotPassDims& dims);
+/// The forward and backward on bf16 tensor cores, the states carried in float32 (slot_pass_bf16.cu).
 const char* slot_pass_forward_bf16(const SlotPassForwardBf16Args& args, const SlotPassDims& dims,
                                    void* stream);
+const char* slot_pass_backward_bf16(const SlotPassBackwardBf16Args& args, const SlotPassDims& dims,
+                                    void* stream);
 const char* slot_pass_backward(const SlotPassBackwardArgs& args, const SlotPassDims& dims, void* stream);
 
 /// Whether move_slot_states takes these dims: at most 16 slots, entries a multiple of 4.

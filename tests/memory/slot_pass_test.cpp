@@ -184,7 +184,7 @@ TEST_CASE(
   const auto cuda = [](const at::Tensor& x) { return x.to(at::kCUDA, at::kFloat); };
   const SlotPassInputs on_gpu = placed(base, cuda);
   REQUIRE(dla::memory::slot_pass_compacts_states(on_gpu));
-  REQUIRE(dla::memory::slot_pass_forward_uses_bf16_operands(on_gpu) == (d.slots <= 8));
+  REQUIRE(dla::memory::slot_pass_uses_bf16_operands(on_gpu) == (d.slots <= 8));
   // bf16 keeps 8 bits of each state entry (TF32 operands keep 11): 1e-2, as for the ops' bf16 inputs.
   expect_same_pass(base, cuda, 1e-2, 1e-2);
 }
@@ -211,7 +211,7 @@ TEST_CASE("on the GPU the slot-pass kernels skip the slots that hold nothing and
   const SlotPassInputs on_gpu = placed(base, cuda);
   REQUIRE(dla::memory::slot_pass_reads_use_cuda_kernel(on_gpu));
   REQUIRE(dla::memory::slot_pass_gradients_use_cuda_kernels(on_gpu));
-  REQUIRE(dla::memory::slot_pass_forward_uses_bf16_operands(on_gpu) == compact);
+  REQUIRE(dla::memory::slot_pass_uses_bf16_operands(on_gpu) == compact);
   // Here the kernels leave the states of dead slots unset, which no reader may use. Blocks of NaN of the
   // sizes of the per-chunk states and their gradients, freed, are what the caching allocator hands back.
   {

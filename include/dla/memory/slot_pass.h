@@ -56,8 +56,9 @@ bool slot_pass_reads_use_cuda_kernel(const SlotPassInputs& in);
 /// reads and the input gradients run on their kernels.
 bool slot_pass_compacts_states(const SlotPassInputs& in);
 
-/// Whether the fused slot pass's forward runs on bf16 tensor cores (its states still carried in float32): it
-/// compacts its states, and C = 64, K = 128, S ≤ 8 and V is a multiple of 16.
-bool slot_pass_forward_uses_bf16_operands(const SlotPassInputs& in);
+/// Whether the fused slot pass's sequential kernels, forward and backward, run on bf16 tensor cores (the
+/// states still carried in float32): it compacts its states, and C = 64, K = 128, S ≤ 8 and V is a multiple
+/// of 16.
+bool slot_pass_uses_bf16_operands(const SlotPassInputs& in);
 
 }  // namespace dla::memory
