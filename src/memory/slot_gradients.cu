@@ -154,8 +154,10 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
   const int C = d.C, K = d.K, V = d.V, S = d.S, v_ld = d.v_ld(), k_ld = d.k_ld();
-  float* d_inter = shared;                                       // [C, v_ld]
-  float* stage_buffers = d_inter + C * v_ld;                     // kReadBuffers × (X_s [K, 36], dΔ [C, 36])
+  // d_inter in the states' type: with bf16 states, the products P_s = d_inter X_sᵀ run on bf16 tensor cores.
+  auto* d_inter = reinterpret_cast<TState*>(shared);  // [C, inter_ld]
+  const int inter_ld = std::is_same_v<TState, float> ? v_ld : V + 8;
+  float* stage_buffers = shared + C * v_ld;                      // kReadBuffers × (X_s [K, 36], dΔ [C, 36])
   float* d_q = stage_buffers + kReadBuffers * d.stage_floats();  // [C, k_ld]
   float* q = d_q + C * k_ld;                                     // q̃ [C, k_ld]
   float* weights = q + C * k_ld;                                 // [C, S]
@@ -166,7 +168,11 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   const size_t CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V,
                KV = static_cast<size_t>(K) * V;
   const int warp = warp_index(), lane = threadIdx.x % 32;
-  copy_rows_async<kThreads>(d_inter, v_ld, a.d_inter + chunk * CV, C, V);
+  if constexpr (std::is_same_v<TState, float>) {
+    copy_rows_async<kThreads>(d_inter, v_ld, a.d_inter + chunk * CV, C, V);
+  } else {
+    load_as_bf16<kThreads>(d_inter, inter_ld, a.d_inter + chunk * CV, C, V);
+  }
   copy_rows_async<kThreads>(q, k_ld, a.transported_q + chunk * CK, C, K);
   load_floats(weights, a.read_weight + chunk * C * S, C * S);
   load_floats(moves, a.state_move + chunk * S * S, S * S);
@@ -236,8 +242,8 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
         const TState* x_rows = buffer_x(b) + corner.y * x_ld;
         if (reads_block) {
           if (stage == 0) clear(block);
-          multiply_accumulate_transposed(block, d_inter + corner.x * v_ld + column, v_ld, x_rows, x_ld,
-                                         kStageColumns);
+          multiply_accumulate_transposed(block, d_inter + corner.x * inter_ld + column, inter_ld, x_rows,
+                                         x_ld, kStageColumns);
           if (stage == per_slot - 1) take_reads(list.slot[i]);
         } else if (d_w_block && list.partner[i] >= 0) {
           multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * x_ld, x_ld, x_rows, x_ld,

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../ops/async_copy.cuh"
 #include "../ops/cuda_launch.cuh"
@@ -43,8 +44,10 @@ template <int kThreads, class TState>
 __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, ReadDims d) {
   extern __shared__ __align__(128) float shared[];
   const int C = d.C, K = d.K, V = d.V, S = d.S, q_ld = d.q_ld(), stage_ld = d.stage_ld();
-  float* q = shared;                                      // q̃ [C, q_ld]
-  float* stages = q + C * q_ld;                           // kBuffers × X_s [32 keys, stage_ld]
+  // q̃ in the states' type: with bf16 states, the products q̃ X_s run on bf16 tensor cores.
+  auto* q = reinterpret_cast<TState*>(shared);  // q̃ [C, q_ld], or [C, K + 8] in bf16
+  const int q_ld_of_state = std::is_same_v<TState, float> ? q_ld : K + 8;
+  float* stages = shared + C * q_ld;                      // kBuffers × X_s [32 keys, stage_ld]
   float* weights = stages + kBuffers * d.stage_floats();  // [S, C]: a slot's weights as one row
 
   __shared__ int read_slots[kMaxSlots];  // the slots live at the chunk's start: the others hold zero
@@ -55,7 +58,11 @@ __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, Re
   const int row = (warp / kColumnBlocks) * kBlock, column = (warp % kColumnBlocks) * kBlock;
   const bool active = first_column + column < V;  // the last column tile may be narrower
 
-  copy_rows_async<kThreads>(q, q_ld, a.transported_q + chunk * C * K, C, K);
+  if constexpr (std::is_same_v<TState, float>) {
+    copy_rows_async<kThreads>(q, q_ld, a.transported_q + chunk * C * K, C, K);
+  } else {
+    load_as_bf16<kThreads>(q, q_ld_of_state, a.transported_q + chunk * C * K, C, K);
+  }
   const float* chunk_weights = a.read_weight + chunk * C * S;
   for (int i = threadIdx.x; i < C * S; i += kThreads)
     weights[(i % S) * C + i / S] = __ldg(chunk_weights + i);
@@ -86,9 +93,13 @@ __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, Re
       [&](int k, int b) {
         if (!active) return;
         const int s = read_slots[k / per_slot], key = (k % per_slot) * kStageKeys;
-        multiply_accumulate<Stored::by_row, false, Stored::by_column, false, float, TState>(
-            slot_reads, Operand<float>{q + row * q_ld + key, q_ld},
-            Operand<TState>{stage(b) + column, stage_ld}, kStageKeys);
+        if constexpr (std::is_same_v<TState, float>) {
+          multiply_accumulate<Stored::by_row, false, Stored::by_column, false>(
+              slot_reads, {q + row * q_ld + key, q_ld}, {stage(b) + column, stage_ld}, kStageKeys);
+        } else {
+          multiply_accumulate_bf16<Stored::by_column>(slot_reads, q + row * q_ld_of_state + key,
+                                                      q_ld_of_state, stage(b) + column, stage_ld, kStageKeys);
+        }
         if (key + kStageKeys < K) return;
         // The slot ends: its reads join the output, each row scaled by that query's weight for the slot.
         const float* slot_weights = weights + s * C + row;

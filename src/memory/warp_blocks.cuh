@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "../ops/async_copy.cuh"
+#include "../ops/bf16_fragments.cuh"
 #include "../ops/tf32_fragments.cuh"
 
 namespace dla::memory::kernels {
@@ -115,6 +116,60 @@ __device__ void multiply_accumulate_transposed(WarpBlock& block, const TA* a, in
                                                int depth) {
   multiply_accumulate<Stored::by_row, false, Stored::by_row, false, TA, TB>(block, Operand<TA>{a, a_ld},
                                                                             Operand<TB>{b, b_ld}, depth);
+}
+
+/// block += A B over `depth` (a multiple of 16) for bf16 operands (compact states), A's 32 rows stored by row
+/// and B stored kB, rows 16-byte aligned: on bf16 tensor cores (m16n8k16; the products of bf16 entries are
+/// exact, as in TF32), every fragment loaded by ldmatrix, a step's two A and four B fragments in four loads.
+template <Stored kB>
+__device__ void multiply_accumulate_bf16(WarpBlock& block, const __nv_bfloat16* a, int a_ld,
+                                         const __nv_bfloat16* b, int b_ld, int depth) {
+  using dla::ops::kernels::load_blocks;
+  using dla::ops::kernels::mma_bf16;
+  const int lane = threadIdx.x % 32;
+  // A's 8 × 8 blocks (0, 0), (8, 0), (0, 8), (8, 8) of a 16-row tile. B's, for 16 output columns, such that
+  // r[0], r[1] are the first 8 columns' fragment and r[2], r[3] the next 8's: by row (output column, depth)
+  // (0, 0), (0, 8), (8, 0), (8, 8), loaded as stored; by column (depth, output column) (0, 0), (8, 0),
+  // (0, 8), (8, 8), loaded transposed.
+  const __nv_bfloat16* a_rows = a + (lane % 16) * a_ld + (lane / 16) * 8;
+  const __nv_bfloat16* b_rows = kB == Stored::by_row
+                                    ? b + (lane % 8 + (lane / 16) * 8) * b_ld + ((lane / 8) % 2) * 8
+                                    : b + (lane % 16) * b_ld + (lane / 16) * 8;
+  const int b_tile = kB == Stored::by_row ? 16 * b_ld : 16, b_step = kB == Stored::by_row ? 16 : 16 * b_ld;
+  for (int k = 0; k < depth; k += 16) {
+    unsigned a_fragments[2][4], b_fragments[2][4];
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+      load_blocks<4, false>(a_fragments[m], a_rows + 16 * m * a_ld + k);
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+      load_blocks<4, kB == Stored::by_column>(b_fragments[p], b_rows + p * b_tile + (k / 16) * b_step);
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+        mma_bf16(block.c[m][n], a_fragments[m], b_fragments[n / 2][2 * (n % 2)],
+                 b_fragments[n / 2][2 * (n % 2) + 1]);
+  }
+}
+
+/// multiply_accumulate_transposed for bf16 operands (compact states), on bf16 tensor cores.
+__device__ inline void multiply_accumulate_transposed(WarpBlock& block, const __nv_bfloat16* a, int a_ld,
+                                                      const __nv_bfloat16* b, int b_ld, int depth) {
+  multiply_accumulate_bf16<Stored::by_row>(block, a, a_ld, b, b_ld, depth);
+}
+
+/// dst (rows ld apart) = a [rows, columns] row-major global float matrix rounded to bf16 (the left operand of
+/// the bf16 products); columns and ld multiples of 4. The block's kThreads threads share the work.
+template <int kThreads>
+__device__ void load_as_bf16(__nv_bfloat16* dst, int ld, const float* __restrict__ src, int rows,
+                             int columns) {
+  for (int i = threadIdx.x; i < rows * columns / 4; i += kThreads) {
+    const float4 x = __ldg(reinterpret_cast<const float4*>(src) + i);
+    const int row = 4 * i / columns, column = 4 * i % columns;
+    *reinterpret_cast<uint2*>(dst + row * ld + column) =
+        make_uint2(dla::ops::kernels::bf16_pair(x.x, x.y), dla::ops::kernels::bf16_pair(x.z, x.w));
+  }
 }
 
 /// dst (rows ld apart) = scale · block.
