@@ -326,6 +326,16 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   }
 }
 
+/// block += A B with both operands of type T: on bf16 tensor cores for bf16 (compact states), else TF32.
+template <Stored kA, bool kScaleA, Stored kB, bool kScaleB, class T>
+__device__ void multiply(WarpBlock& block, const Operand<T>& a, const Operand<T>& b, int depth) {
+  if constexpr (std::is_same_v<T, float>) {
+    multiply_accumulate<kA, kScaleA, kB, kScaleB>(block, a, b, depth);
+  } else {
+    multiply_accumulate_bf16<kA, kScaleA, kB, kScaleB>(block, a, b, depth);
+  }
+}
+
 /// Σ_r L_r G_rᵀ, dv and (delta rule) dT of one chunk; without the delta rule T is the identity. Stages: 32
 /// value columns at a time, and for each the slots some token lands in, with G_r and dΔ_r. L_r = m_r ⊙ v is
 /// never formed: the fragments of v scale by m_r as they load. The first warps hold Σ_r L_r G_rᵀ's blocks,
@@ -336,21 +346,28 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
   const int C = d.C, K = d.K, V = d.V, S = d.S, v_ld = d.v_ld(), t_ld = d.t_ld();
-  float* values = shared;                    // v [C, v_ld]
-  float* stage_buffers = values + C * v_ld;  // kWriteBuffers × (G_r [K, 36], dΔ_r [C, 36])
-  float* t_inverse = stage_buffers + kWriteBuffers * d.stage_floats();  // T [C, t_ld]
-  float* tokens = t_inverse + C * t_ld;                                 // m [S, C]
+  // v and T in the states' type: with bf16 states, the products run on bf16 tensor cores.
+  constexpr bool kFloat = std::is_same_v<TState, float>;
+  auto* values = reinterpret_cast<TState*>(shared);  // v [C, values_ld]
+  float* stage_buffers = shared + C * v_ld;          // kWriteBuffers × (G_r [K, 36], dΔ_r [C, 36])
+  auto* t_inverse = reinterpret_cast<TState*>(stage_buffers + kWriteBuffers * d.stage_floats());  // T
+  float* tokens = stage_buffers + kWriteBuffers * d.stage_floats() + C * t_ld;                    // m [S, C]
+  const int values_ld = kFloat ? v_ld : V + 8, square_ld = kFloat ? t_ld : C + 8;
 
   const size_t chunk = block_chunk(d);
   const size_t CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V,
                KV = static_cast<size_t>(K) * V, CC = static_cast<size_t>(C) * C;
   const int warp = warp_index();
-  copy_rows_async<kThreads>(values, v_ld, a.source_v + chunk * CV, C, V);
-  if (d.delta_rule) {
-    copy_rows_async<kThreads>(t_inverse, t_ld, a.t_inverse + chunk * CC, C, C);
+  if constexpr (kFloat) {
+    copy_rows_async<kThreads>(values, v_ld, a.source_v + chunk * CV, C, V);
+    if (d.delta_rule) copy_rows_async<kThreads>(t_inverse, t_ld, a.t_inverse + chunk * CC, C, C);
   } else {
+    load_as_bf16<kThreads>(values, values_ld, a.source_v + chunk * CV, C, V);
+    if (d.delta_rule) load_as_bf16<kThreads>(t_inverse, square_ld, a.t_inverse + chunk * CC, C, C);
+  }
+  if (!d.delta_rule) {
     for (int e = threadIdx.x; e < C * C; e += kThreads)
-      t_inverse[(e / C) * t_ld + e % C] = e / C == e % C ? 1.f : 0.f;
+      t_inverse[(e / C) * square_ld + e % C] = static_cast<TState>(e / C == e % C ? 1.f : 0.f);
   }
   load_floats(tokens, a.token_move + chunk * S * C, S * C);
   __syncthreads();
@@ -389,17 +406,16 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
         const int r = list.slot[k % count], column = (k / count) * kStageColumns;
         const float* m = tokens + r * C;
         if (landed_block) {
-          multiply_accumulate<Stored::by_row, true, Stored::by_row, false, float, TState>(
-              block, Operand<float>{values + corner.x * v_ld + column, v_ld, m + corner.x},
-              Operand<TState>{buffer_g(b) + corner.y * g_ld, g_ld}, kStageColumns);
+          multiply<Stored::by_row, true, Stored::by_row, false, TState>(
+              block, {values + corner.x * values_ld + column, values_ld, m + corner.x},
+              {buffer_g(b) + corner.y * g_ld, g_ld}, kStageColumns);
         } else if (square_block) {
-          multiply_accumulate<Stored::by_row, false, Stored::by_row, true, TState, float>(
-              block, Operand<TState>{buffer_rows(b) + corner.x * g_ld, g_ld},
-              Operand<float>{values + corner.y * v_ld + column, v_ld, m + corner.y}, kStageColumns);
+          multiply<Stored::by_row, false, Stored::by_row, true, TState>(
+              block, {buffer_rows(b) + corner.x * g_ld, g_ld},
+              {values + corner.y * values_ld + column, values_ld, m + corner.y}, kStageColumns);
         } else if (value_block) {
-          multiply_accumulate<Stored::by_column, true, Stored::by_column, false, float, TState>(
-              block, Operand<float>{t_inverse + corner.x, t_ld, m + corner.x},
-              Operand<TState>{buffer_rows(b), g_ld}, C);
+          multiply<Stored::by_column, true, Stored::by_column, false, TState>(
+              block, {t_inverse + corner.x, square_ld, m + corner.x}, {buffer_rows(b), g_ld}, C);
           if (k % count == count - 1) {
             store(block, d_source_v + column, V, 1.f);
             clear(block);

@@ -97,6 +97,10 @@ struct Shared {
   MoveFlags moves;
   int has_tokens[kMaxSlots], moved_live[kMaxSlots];  // forward
 };
+/// The backward's, with the right operands of its reads, w_s ⊙ d_inter for each slot s.
+struct BackwardShared : Shared<BackwardOperands> {
+  bf16 weighted[kMaxSlots][kChunk * kTileLd];
+};
 
 /// Starts copying `columns` (a multiple of 8) bf16 columns of `rows` rows, src_ld apart, to dst (rows dst_ld
 /// apart), 16 bytes a copy.
@@ -167,10 +171,10 @@ struct StateTiles {
 
   /// x_r = Σ_s moves(r, s) x_s, with moves(r, s) = M[r, s], or M[s, r] when kTransposed: the states staged in
   /// shared memory and each slot gathered from its sources (a slot moves to at most one other), except the
-  /// slots that keep their own state. Starts and ends with a barrier of the block.
+  /// slots that keep their own state. The buffers' last readers must be done; ends with a barrier of the
+  /// block.
   template <bool kTransposed>
   __device__ void move(SlotBuffers& buffers, const MoveFlags& flags, const float* moves, int S) {
-    __syncthreads();  // the buffers' last readers are done
 #pragma unroll
     for (int s = 0; s < kMaxSlots; ++s) {
       if (s >= S) continue;
@@ -249,12 +253,14 @@ __device__ void add_transposed_products(StateTiles& states, const bf16* a, unsig
 #pragma unroll
   for (int c = 0; c < kChunkTiles; ++c)
     load_blocks<4, true>(a_fragments[c], transposed_block_rows(a, kWideLd, 16 * c, 16 * key_tile, lane));
+    // Two depth steps at a time for every slot, so that consecutive products are of different slots and do
+    // not wait for each other.
 #pragma unroll
-  for (int s = 0; s < kMaxSlots; ++s) {
-    if (s >= S || ((slots >> s) & 1u) == 0) continue;
+  for (int c = 0; c < kChunkTiles; c += 2) {
 #pragma unroll
-    for (int c = 0; c < kChunkTiles; c += 2) {
-      // B_s's rows 16c .. 16c + 31 at this warp's 8 columns: the B fragments of two depth steps.
+    for (int s = 0; s < kMaxSlots; ++s) {
+      if (s >= S || ((slots >> s) & 1u) == 0) continue;
+      // B_s's rows 16c .. 16c + 31 at this warp's 8 columns: the B fragments of the two steps.
       unsigned b[4];
       load_blocks<4, true>(b, rows(s) + (16 * c + lane) * kTileLd + 8 * half);
       mma_bf16(states.x[s], a_fragments[c], scale(s, 16 * c, 0, b[0]), scale(s, 16 * c, 1, b[1]));
@@ -269,14 +275,22 @@ __device__ void add_transposed_products(StateTiles& states, const bf16* a, unsig
 template <int kDepth>
 __device__ void add_row_products(float (&tile)[2][4], const bf16* a, int a_ld, int row, const bf16* b,
                                  int lane) {
+  // Alternate steps into two sets of accumulators: chains half as long.
+  float odd[2][4] = {};
 #pragma unroll 2
   for (int k = 0; k < kDepth; k += 16) {
     unsigned a_fragment[4], b_fragments[4];
     load_blocks<4, false>(a_fragment, block_rows(a, a_ld, row, k, lane));
     load_blocks<4, true>(b_fragments, block_rows(b, kTileLd, k, 0, lane));
-    mma_bf16(tile[0], a_fragment, b_fragments[0], b_fragments[1]);
-    mma_bf16(tile[1], a_fragment, b_fragments[2], b_fragments[3]);
+    float(&sum)[2][4] = (k / 16) % 2 == 0 ? tile : odd;
+    mma_bf16(sum[0], a_fragment, b_fragments[0], b_fragments[1]);
+    mma_bf16(sum[1], a_fragment, b_fragments[2], b_fragments[3]);
   }
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      tile[h][e] += odd[h][e];
 }
 
 /// The scale of add_transposed_products that leaves the fragments as loaded.
@@ -426,10 +440,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 __global__ void __launch_bounds__(kThreads, 1)
     slot_pass_backward_bf16_kernel(SlotPassBackwardBf16Args a, int chunks, int slots, int value_dim) {
   extern __shared__ __align__(128) unsigned char shared_bytes[];
-  auto& sh = *reinterpret_cast<Shared<BackwardOperands>*>(shared_bytes);
+  auto& sh = *reinterpret_cast<BackwardShared*>(shared_bytes);
   const int S = slots, V = value_dim;
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int t = lane % 4;
   const int first_column = static_cast<int>(blockIdx.x) * kColumns;
   const size_t head = blockIdx.y;
   const bool delta_rule = a.w != nullptr;
@@ -479,6 +492,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();  // the chunk's operands are in, and every warp is done with the chunk after it
     if (warp < S) find_sources<true>(sh.moves, o.moves, S, warp, lane);
     if (n > 0) copy_chunk((n + 1) % 2, chunk - 1);  // into the buffer the chunk after used
+    // w_s ⊙ d_inter for the slots read at the chunk's start, the right operands of the reads' gradients.
+    for (int s = 0; s < S; ++s) {
+      if (((live_before >> s) & 1u) == 0) continue;
+      for (int i = threadIdx.x; i < kChunk * kColumns / 2; i += kThreads) {
+        const int c = i / (kColumns / 2), offset = c * kTileLd + 2 * (i % (kColumns / 2));
+        const float weight = o.weights[c * S + s];
+        *reinterpret_cast<unsigned*>(sh.weighted[s] + offset) =
+            multiply_pairs(*reinterpret_cast<const unsigned*>(o.d_inter + offset), bf16_pair(weight, weight));
+      }
+    }
 
     // dΔ_r = K̃ G_r: to the global buffer, and negated as the right operand of Wᵀ dΔ_r.
     SlotOperands& operands = sh.slots.operands;
@@ -510,21 +533,19 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     // dX_s = Σ_r M[r, s] dX̄_r, then + q̃ᵀ (w_s ⊙ d_inter) for the slots live at the chunk's start: d_inter's
     // fragments scaled by the read weights of their rows.
-    if (!all_kept(sh.moves, S)) states.move<true>(sh.slots, sh.moves, o.moves, S);
+    if (!all_kept(sh.moves, S)) {
+      __syncthreads();  // the products above are done with the buffers
+      states.move<true>(sh.slots, sh.moves, o.moves, S);
+    }
     add_transposed_products(
-        states, o.q, live_before, S, [&](int) { return o.d_inter; },
-        [&](int s, int c, int high, unsigned pair) {
-          const int first = c + 2 * t + 8 * high;
-          return multiply_pairs(pair, bf16_pair(o.weights[first * S + s], o.weights[(first + 1) * S + s]));
-        });
+        states, o.q, live_before, S, [&](int s) { return sh.weighted[s]; }, Unscaled{});
   }
 }
 
 }  // namespace
 
 bool supports_slot_pass_bf16(const SlotPassDims& dims) {
-  const int bytes =
-      static_cast<int>(std::max(sizeof(Shared<ForwardOperands>), sizeof(Shared<BackwardOperands>)));
+  const int bytes = static_cast<int>(std::max(sizeof(Shared<ForwardOperands>), sizeof(BackwardShared)));
   return dims.chunk_size == kChunk && dims.key_dim == kKeys && dims.slots >= 1 && dims.slots <= kMaxSlots &&
          dims.value_dim >= kColumns && dims.value_dim % kColumns == 0 && dims.value_dim <= (1 << 30) &&
          dims.batch_heads >= 1 && dims.batch_heads <= 65535 && dims.chunks >= 1 &&
@@ -555,7 +576,7 @@ const char* slot_pass_forward_bf16(const SlotPassForwardBf16Args& args, const Sl
 
 const char* slot_pass_backward_bf16(const SlotPassBackwardBf16Args& args, const SlotPassDims& dims,
                                     void* stream) {
-  return launch_bf16(slot_pass_backward_bf16_kernel, args, dims, sizeof(Shared<BackwardOperands>), stream);
+  return launch_bf16(slot_pass_backward_bf16_kernel, args, dims, sizeof(BackwardShared), stream);
 }
 
 }  // namespace dla::memory::kernels

@@ -97,8 +97,9 @@ __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, Re
           multiply_accumulate<Stored::by_row, false, Stored::by_column, false>(
               slot_reads, {q + row * q_ld + key, q_ld}, {stage(b) + column, stage_ld}, kStageKeys);
         } else {
-          multiply_accumulate_bf16<Stored::by_column>(slot_reads, q + row * q_ld_of_state + key,
-                                                      q_ld_of_state, stage(b) + column, stage_ld, kStageKeys);
+          multiply_accumulate_bf16<Stored::by_row, false, Stored::by_column, false>(
+              slot_reads, {q + row * q_ld_of_state + key, q_ld_of_state}, {stage(b) + column, stage_ld},
+              kStageKeys);
         }
         if (key + kStageKeys < K) return;
         // The slot ends: its reads join the output, each row scaled by that query's weight for the slot.

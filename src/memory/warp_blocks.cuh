@@ -118,32 +118,65 @@ __device__ void multiply_accumulate_transposed(WarpBlock& block, const TA* a, in
                                                                             Operand<TB>{b, b_ld}, depth);
 }
 
-/// block += A B over `depth` (a multiple of 16) for bf16 operands (compact states), A's 32 rows stored by row
-/// and B stored kB, rows 16-byte aligned: on bf16 tensor cores (m16n8k16; the products of bf16 entries are
-/// exact, as in TF32), every fragment loaded by ldmatrix, a step's two A and four B fragments in four loads.
-template <Stored kB>
-__device__ void multiply_accumulate_bf16(WarpBlock& block, const __nv_bfloat16* a, int a_ld,
-                                         const __nv_bfloat16* b, int b_ld, int depth) {
+/// block += A B over `depth` (a multiple of 16) for bf16 operands (compact states), stored kA and kB and
+/// scaled where kScaleA and kScaleB as in multiply_accumulate, rows 16-byte aligned: on bf16 tensor cores
+/// (m16n8k16; the products of bf16 entries are exact, as in TF32; a scaled entry is rounded to bf16), every
+/// fragment loaded by ldmatrix, a step's two A and four B fragments in four loads.
+template <Stored kA, bool kScaleA, Stored kB, bool kScaleB>
+__device__ void multiply_accumulate_bf16(WarpBlock& block, const Operand<__nv_bfloat16>& a,
+                                         const Operand<__nv_bfloat16>& b, int depth) {
+  using dla::ops::kernels::bf16_pair;
   using dla::ops::kernels::load_blocks;
   using dla::ops::kernels::mma_bf16;
-  const int lane = threadIdx.x % 32;
-  // A's 8 × 8 blocks (0, 0), (8, 0), (0, 8), (8, 8) of a 16-row tile. B's, for 16 output columns, such that
-  // r[0], r[1] are the first 8 columns' fragment and r[2], r[3] the next 8's: by row (output column, depth)
-  // (0, 0), (0, 8), (8, 0), (8, 8), loaded as stored; by column (depth, output column) (0, 0), (8, 0),
-  // (0, 8), (8, 8), loaded transposed.
-  const __nv_bfloat16* a_rows = a + (lane % 16) * a_ld + (lane / 16) * 8;
-  const __nv_bfloat16* b_rows = kB == Stored::by_row
-                                    ? b + (lane % 8 + (lane / 16) * 8) * b_ld + ((lane / 8) % 2) * 8
-                                    : b + (lane % 16) * b_ld + (lane / 16) * 8;
-  const int b_tile = kB == Stored::by_row ? 16 * b_ld : 16, b_step = kB == Stored::by_row ? 16 : 16 * b_ld;
+  using dla::ops::kernels::multiply_pairs;
+  const int lane = threadIdx.x % 32, g = lane / 4;
+  // The lane's row address for a 16 × 16 block of blocks (0, 0), (8, 0), (0, 8), (8, 8) in (row, depth),
+  // loaded as stored from a by-row operand or transposed from a by-column one: an A fragment, or for B the
+  // fragments of 16 output columns, r[0], r[1] the first 8's and r[2], r[3] the next 8's. B's blocks are
+  // ordered (0, 0), (0, 8), (8, 0), (8, 8) by row and (0, 0), (8, 0), (0, 8), (8, 8) by column.
+  const auto rows_of = [&](const Operand<__nv_bfloat16>& x, Stored stored, bool is_b) {
+    const bool across = (stored == Stored::by_row) == is_b;  // the blocks' first index runs down x's rows
+    return across ? x.p + (lane % 8 + (lane / 16) * 8) * x.ld + ((lane / 8) % 2) * 8
+                  : x.p + (lane % 16) * x.ld + (lane / 16) * 8;
+  };
+  const __nv_bfloat16* a_rows = rows_of(a, kA, false);
+  const __nv_bfloat16* b_rows = rows_of(b, kB, true);
+  // Steps along the output rows (A) or columns (B), 16 at a time, and along the depth.
+  const int a_tile = kA == Stored::by_row ? 16 * a.ld : 16, a_step = kA == Stored::by_row ? 16 : 16 * a.ld;
+  const int b_tile = kB == Stored::by_row ? 16 * b.ld : 16, b_step = kB == Stored::by_row ? 16 : 16 * b.ld;
+  unsigned a_scale[2][2], b_scale[4];  // bf16 pairs of a row's (A) or column's (B) scale
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float x = kScaleA ? a.scale[16 * m + 8 * h + g] : 1.f;
+      a_scale[m][h] = bf16_pair(x, x);
+    }
+#pragma unroll
+  for (int n = 0; n < 4; ++n) {
+    const float x = kScaleB ? b.scale[8 * n + g] : 1.f;
+    b_scale[n] = bf16_pair(x, x);
+  }
   for (int k = 0; k < depth; k += 16) {
     unsigned a_fragments[2][4], b_fragments[2][4];
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
-      load_blocks<4, false>(a_fragments[m], a_rows + 16 * m * a_ld + k);
+    for (int m = 0; m < 2; ++m) {
+      load_blocks<4, kA == Stored::by_column>(a_fragments[m], a_rows + m * a_tile + (k / 16) * a_step);
+      if constexpr (kScaleA) {
 #pragma unroll
-    for (int p = 0; p < 2; ++p)
+        for (int r = 0; r < 4; ++r)  // registers 0 and 2 hold row g, 1 and 3 row g + 8
+          a_fragments[m][r] = multiply_pairs(a_fragments[m][r], a_scale[m][r % 2]);
+      }
+    }
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
       load_blocks<4, kB == Stored::by_column>(b_fragments[p], b_rows + p * b_tile + (k / 16) * b_step);
+      if constexpr (kScaleB) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r)  // registers 0, 1 hold output column g of tile 2p, 2 and 3 of 2p + 1
+          b_fragments[p][r] = multiply_pairs(b_fragments[p][r], b_scale[2 * p + r / 2]);
+      }
+    }
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -156,7 +189,7 @@ __device__ void multiply_accumulate_bf16(WarpBlock& block, const __nv_bfloat16* 
 /// multiply_accumulate_transposed for bf16 operands (compact states), on bf16 tensor cores.
 __device__ inline void multiply_accumulate_transposed(WarpBlock& block, const __nv_bfloat16* a, int a_ld,
                                                       const __nv_bfloat16* b, int b_ld, int depth) {
-  multiply_accumulate_bf16<Stored::by_row>(block, a, a_ld, b, b_ld, depth);
+  multiply_accumulate_bf16<Stored::by_row, false, Stored::by_row, false>(block, {a, a_ld}, {b, b_ld}, depth);
 }
 
 /// dst (rows ld apart) = a [rows, columns] row-major global float matrix rounded to bf16 (the left operand of
