@@ -64,6 +64,15 @@ struct Dims {
   }
   /// One stage buffer: a slot's [K, 32] state columns and a [C, 32] block of per-token rows.
   __host__ __device__ int stage_floats() const { return (K + C) * kStageLd; }
+  /// Stage buffer b of those at `buffers`: a slot's state columns, then the per-token rows, as T.
+  template <class T>
+  __device__ T* stage_states(float* buffers, int b) const {
+    return reinterpret_cast<T*>(buffers + b * stage_floats());
+  }
+  template <class T>
+  __device__ T* stage_rows(float* buffers, int b) const {
+    return reinterpret_cast<T*>(buffers + b * stage_floats() + K * kStageLd);
+  }
   /// Shared floats of each kernel, in the order of its buffers below.
   __host__ __device__ int read_kernel_floats() const {
     return C * v_ld() + kReadBuffers * stage_floats() + 2 * C * k_ld() + C * S + S * S + (K / kBlock) * C * S;
@@ -218,13 +227,9 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
 
   constexpr int x_ld = kStateLd<TState>;
   const auto* start_states = static_cast<const TState*>(a.start_states);
-  const auto buffer_x = [&](int b) {
-    return reinterpret_cast<TState*>(stage_buffers + b * d.stage_floats());
-  };
+  const auto buffer_x = [&](int b) { return d.stage_states<TState>(stage_buffers, b); };
   const auto* d_written = static_cast<const TState*>(a.d_written);
-  const auto buffer_rows = [&](int b) {
-    return reinterpret_cast<TState*>(stage_buffers + b * d.stage_floats() + K * kStageLd);
-  };
+  const auto buffer_rows = [&](int b) { return d.stage_rows<TState>(stage_buffers, b); };
   run_stages<kReadBuffers>(
       list.count * per_slot,
       [&](int k, int b) {
@@ -386,13 +391,9 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
 
   constexpr int g_ld = kStateLd<TState>;
   const auto* d_end_states = static_cast<const TState*>(a.d_end_states);
-  const auto buffer_g = [&](int b) {
-    return reinterpret_cast<TState*>(stage_buffers + b * d.stage_floats());
-  };
+  const auto buffer_g = [&](int b) { return d.stage_states<TState>(stage_buffers, b); };
   const auto* d_written = static_cast<const TState*>(a.d_written);
-  const auto buffer_rows = [&](int b) {
-    return reinterpret_cast<TState*>(stage_buffers + b * d.stage_floats() + K * kStageLd);
-  };
+  const auto buffer_rows = [&](int b) { return d.stage_rows<TState>(stage_buffers, b); };
   run_stages<kWriteBuffers>(
       count * d.stages_per_slot(),
       [&](int k, int b) {
