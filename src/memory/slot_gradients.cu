@@ -6,9 +6,9 @@
 //   writes   Σ_r L_r G_rᵀ,  dT = Σ_r dΔ_r L_rᵀ,  dv = Σ_r m_r ⊙ (Tᵀ dΔ_r)
 // One kernel per line, one block of 16 warps per chunk, each warp with a fixed 32 × 32 output block whose
 // accumulators stay in registers across the slots (mma.sync on raw fragments, each loaded once per step for
-// the block's eight products; TF32 in, float32 out). The slot states stream through shared
-// memory 32 value columns at a time, the next stages' asynchronous copies in flight while one computes. Slots
-// nothing moves from, or no token lands in, are skipped.
+// the block's eight products; TF32 in, or bf16 with compact states, float32 out). The slot states stream
+// through shared memory 32 value columns at a time, the next stages' asynchronous copies in flight while one
+// computes. Slots nothing moves from, or no token lands in, are skipped.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

@@ -2,7 +2,7 @@
 // their gradients G and the gradients dΔ of the writes, every input's gradient for all chunks, one thread
 // block per chunk, reading each slot's states once instead of through several batched products with
 // temporaries of the states' size. Same conventions as slot_pass_kernels.h: contiguous float32 device buffers
-// with B·H flattened, TF32 tensor-core products with float32 accumulation.
+// with B·H flattened, TF32 tensor-core products with float32 accumulation (bf16 with compact states).
 #pragma once
 
 #include "slot_pass_kernels.h"

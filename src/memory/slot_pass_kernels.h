@@ -1,7 +1,8 @@
 // The CUDA kernels of the multi-state slot pass (dla/memory/slot_pass.h), behind a plain C++ interface so
 // that only the .cu file is compiled by nvcc. Every pointer is a contiguous float32 device buffer, 16-byte
 // aligned, in the layouts of SlotPassInputs with B·H flattened into one leading dim; `stream` is a
-// cudaStream_t. The products run on tensor cores in TF32 with float32 accumulation; the states stay float32.
+// cudaStream_t. The products run on tensor cores in TF32 (the bf16 kernels: bf16) with float32 accumulation;
+// the states stay float32.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
-// A warp's 32 × 32 block of a TF32 tensor-core product held in registers, and a ring of shared stage buffers
-// that streams operands in by asynchronous copies: the building blocks of the slot kernels that work one
-// chunk per thread block (slot_gradients.cu, slot_reads.cu).
+// A warp's 32 × 32 block of a tensor-core product (TF32, or bf16 for compact states) held in registers, and a
+// ring of shared stage buffers that streams operands in by asynchronous copies: the building blocks of the
+// slot kernels that work one chunk per thread block (slot_gradients.cu, slot_reads.cu).
 #pragma once
 
 #include <cuda_bf16.h>
