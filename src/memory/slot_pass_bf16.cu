@@ -1,12 +1,15 @@
-// The slot pass's forward with bf16 operands (dla/memory/slot_pass.h), for compact states at C = 64, K = 128
-// and at most 8 slots: the form of the forward in slot_pass.cu, Δ_r = Z_r − W X̄_r and X'_r = e X̄_r + K̃ᵀ Δ_r
-// with Z_r = T (m_r ⊙ v), on bf16 tensor cores (m16n8k16, float32 accumulation) with every fragment loaded by
-// ldmatrix. One thread block of 16 warps per (batch·head, 16 value columns), as there; but the states stay
-// in registers, in float32: warp w owns rows 16 (w mod 8) .. + 15 and columns 8 (w / 8) .. + 7 of all slots,
-// as the accumulators of the products that update them, so moving states between slots takes no shared
-// memory. The products' operands are bf16 in shared memory: the chunk's W, K̃, T⁻¹ and v (converted before
-// the pass, and copied a chunk ahead), the moved states X̄ and the writes Δ, rounded as they are stored.
-// Rounding X̄ and Δ to bf16 for the products is what flash-linear-attention's chunked kernels do with theirs.
+// The slot pass's sequential kernels with bf16 operands (dla/memory/slot_pass.h), for compact states at
+// C = 64, K = 128 and at most 8 slots: the forms of slot_pass.cu,
+//   forward   Δ_r = Z_r − W X̄_r,   X'_r = e X̄_r + K̃ᵀ Δ_r,   Z_r = T (m_r ⊙ v)
+//   backward  dΔ_r = K̃ G_r,   dX̄_r = e G_r − Wᵀ dΔ_r,   dX_s = Σ_r M[r, s] dX̄_r + q̃ᵀ (w_s ⊙ d_inter)
+// on bf16 tensor cores (m16n8k16, float32 accumulation) with every fragment loaded by ldmatrix. One thread
+// block of 16 warps per (batch·head, 16 value columns), as there; but the states (forward X, backward G)
+// stay in registers, in float32: warp w owns rows 16 (w mod 8) .. + 15 and columns 8 (w / 8) .. + 7 of every
+// slot, as the accumulators of the products that update them. The products' operands are bf16 in shared
+// memory: the chunk's W, K̃, T⁻¹, v, q̃ and d_inter (converted before the pass, and copied a chunk ahead),
+// and the states and per-token rows of each slot (X̄ and Δ, G and −dΔ), rounded as they are stored, as
+// flash-linear-attention's chunked kernels round theirs. States move between slots through a float32 copy
+// staged in the same shared memory.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
