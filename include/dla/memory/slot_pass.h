@@ -21,9 +21,10 @@ struct SlotPassInputs {
   at::Tensor state_move_BHNSS;     ///< [r, s] = 1 when slot s's state moves to slot r at the chunk's end
   at::Tensor token_move_BHNSC;     ///< [r, c] = 1 when token c's write lands in slot r
   /// Keep the per-chunk slot states and their gradients in bf16 where the CUDA kernels alone read them (the
-  /// reads and gradient kernels both run): half their memory and traffic, at bf16's precision. The states are
-  /// still carried, and every product still accumulates, in float32. memory::chunkwise asks for it for
-  /// 16-bit inputs.
+  /// reads and gradient kernels both run): half their memory and traffic, at bf16's precision. The kernels
+  /// then multiply on bf16 tensor cores (slot_pass_uses_bf16_operands for the sequential ones); the states
+  /// are still carried, and every product accumulates, in float32. memory::chunkwise asks for it for 16-bit
+  /// inputs.
   bool compact_states = false;
 };
 
