@@ -149,18 +149,6 @@ struct StateTiles {
     column = 8 * (warp / kKeyTiles) + 2 * (lane % 4);
   }
 
-  /// Stores the slots in `slots` (a bit each) to a [S, K, V] global buffer at the block's first column, as
-  /// bf16.
-  __device__ void store(bf16* dst, int value_dim, unsigned slots, int S) const {
-#pragma unroll
-    for (int s = 0; s < kMaxSlots; ++s) {
-      if (s >= S || ((slots >> s) & 1u) == 0) continue;
-      bf16* at = dst + (static_cast<size_t>(s) * kKeys + row) * value_dim + column;
-      *reinterpret_cast<unsigned*>(at) = bf16_pair(x[s][0], x[s][1]);
-      *reinterpret_cast<unsigned*>(at + 8 * value_dim) = bf16_pair(x[s][2], x[s][3]);
-    }
-  }
-
   /// Stores the slots in `slots` as the bf16 right operands of the next products.
   __device__ void store_operands(SlotOperands& operands, unsigned slots, int S) const {
 #pragma unroll
@@ -172,12 +160,8 @@ struct StateTiles {
     }
   }
 
-  /// x_r = Σ_s moves(r, s) x_s, with moves(r, s) = M[r, s], or M[s, r] when kTransposed: the states staged in
-  /// shared memory and each slot gathered from its sources (a slot moves to at most one other), except the
-  /// slots that keep their own state. The buffers' last readers must be done; ends with a barrier of the
-  /// block.
-  template <bool kTransposed>
-  __device__ void move(SlotBuffers& buffers, const MoveFlags& flags, const float* moves, int S) {
+  /// Stages the slots' states in float32 in the buffers, whose last readers must be done.
+  __device__ void stage(SlotBuffers& buffers, int S) const {
 #pragma unroll
     for (int s = 0; s < kMaxSlots; ++s) {
       if (s >= S) continue;
@@ -186,7 +170,13 @@ struct StateTiles {
       *reinterpret_cast<float2*>(buffers.staged[s] + staged_entry(row + 8, column)) =
           make_float2(x[s][2], x[s][3]);
     }
-    __syncthreads();
+  }
+
+  /// x_r = Σ_s moves(r, s) x_s over the staged states, with moves(r, s) = M[r, s], or M[s, r] when
+  /// kTransposed: each slot gathered from its sources (a slot moves to at most one other), except the slots
+  /// that keep their own state. The staging must be visible to the block.
+  template <bool kTransposed>
+  __device__ void gather(const SlotBuffers& buffers, const MoveFlags& flags, const float* moves, int S) {
 #pragma unroll
     for (int r = 0; r < kMaxSlots; ++r) {
       if (r >= S || flags.kept[r]) continue;
@@ -206,9 +196,45 @@ struct StateTiles {
       for (int e = 0; e < 4; ++e)
         x[r][e] = sum[e];
     }
-    __syncthreads();  // the staged states' space holds the products' operands next
+  }
+
+  /// stage, then gather, with the barriers around them; ends with the buffers free for the products.
+  template <bool kTransposed>
+  __device__ void move(SlotBuffers& buffers, const MoveFlags& flags, const float* moves, int S) {
+    stage(buffers, S);
+    __syncthreads();
+    gather<kTransposed>(buffers, flags, moves, S);
+    __syncthreads();
   }
 };
+
+/// Stores the staged states of the slots in `slots` (a bit each) to a [S, K, V] global buffer at the block's
+/// first column, as bf16: a thread per 8 columns of a row, so that a warp writes whole 32-byte sectors.
+__device__ void store_staged(bf16* dst, int value_dim, const SlotBuffers& buffers, unsigned slots, int S) {
+  constexpr int kPieces = kKeys * kColumns / 8;  // per slot
+  for (int i = threadIdx.x; i < S * kPieces; i += kThreads) {
+    const int s = i / kPieces, row = (i % kPieces) / 2, half = 8 * (i % 2);
+    if (((slots >> s) & 1u) == 0) continue;
+    const float* from = buffers.staged[s] + staged_entry(row, half);
+    const float4 low = *reinterpret_cast<const float4*>(from),
+                 high = *reinterpret_cast<const float4*>(from + 4);
+    const uint4 pairs = make_uint4(bf16_pair(low.x, low.y), bf16_pair(low.z, low.w),
+                                   bf16_pair(high.x, high.y), bf16_pair(high.z, high.w));
+    *reinterpret_cast<uint4*>(dst + (static_cast<size_t>(s) * kKeys + row) * value_dim + half) = pairs;
+  }
+}
+
+/// The same from the bf16 state operands.
+__device__ void store_state_operands(bf16* dst, int value_dim, const SlotOperands& operands, unsigned slots,
+                                     int S) {
+  constexpr int kPieces = kKeys * kColumns / 8;
+  for (int i = threadIdx.x; i < S * kPieces; i += kThreads) {
+    const int s = i / kPieces, row = (i % kPieces) / 2, half = 8 * (i % 2);
+    if (((slots >> s) & 1u) == 0) continue;
+    *reinterpret_cast<uint4*>(dst + (static_cast<size_t>(s) * kKeys + row) * value_dim + half) =
+        *reinterpret_cast<const uint4*>(operands.states[s] + row * kTileLd + half);
+  }
+}
 
 /// Warp r < S of the block: the sources of slot r under the moves (row r of M, or column r when kTransposed)
 /// and whether they are r alone with weight 1. Returns the move weight of source `lane` (0 past S).
@@ -274,26 +300,19 @@ __device__ void add_transposed_products(StateTiles& states, const bf16* a, unsig
 }
 
 /// tile += A B for a 16-row tile: A rows `row` .. + 15 of a [*, depth] bf16 operand (rows a_ld apart), B a
-/// [depth, 16] bf16 operand (rows kTileLd apart), both 8-column halves.
+/// [depth, 16] bf16 operand (rows kTileLd apart), both 8-column halves. Unrolled whole, so that the
+/// fragments' loads are issued ahead of the products that wait for them.
 template <int kDepth>
 __device__ void add_row_products(float (&tile)[2][4], const bf16* a, int a_ld, int row, const bf16* b,
                                  int lane) {
-  // Alternate steps into two sets of accumulators: chains half as long.
-  float odd[2][4] = {};
-#pragma unroll 2
+#pragma unroll
   for (int k = 0; k < kDepth; k += 16) {
     unsigned a_fragment[4], b_fragments[4];
     load_blocks<4, false>(a_fragment, block_rows(a, a_ld, row, k, lane));
     load_blocks<4, true>(b_fragments, block_rows(b, kTileLd, k, 0, lane));
-    float(&sum)[2][4] = (k / 16) % 2 == 0 ? tile : odd;
-    mma_bf16(sum[0], a_fragment, b_fragments[0], b_fragments[1]);
-    mma_bf16(sum[1], a_fragment, b_fragments[2], b_fragments[3]);
+    mma_bf16(tile[0], a_fragment, b_fragments[0], b_fragments[1]);
+    mma_bf16(tile[1], a_fragment, b_fragments[2], b_fragments[3]);
   }
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      tile[h][e] += odd[h][e];
 }
 
 /// The scale of add_transposed_products that leaves the fragments as loaded.
@@ -331,16 +350,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     commit_copies();
   };
   copy_chunk(0, head * chunks);
+  float decay = __ldg(a.chunk_decay + head * chunks);
 
   for (int n = 0; n < chunks; ++n) {
     const size_t chunk = head * chunks + n;
     const ForwardOperands& o = sh.chunks[n % 2];
-    // The start states of the live slots; those of dead slots are left unset (their readers skip them).
-    states.store(static_cast<bf16*>(a.start_states) + chunk * S * kKeys * V + first_column, V, live, S);
-    const float decay = __ldg(a.chunk_decay + chunk);
+    const float next_decay = n + 1 < chunks ? __ldg(a.chunk_decay + chunk + 1) : 0.f;
     wait_copies<0>();
     __syncthreads();  // the chunk's operands are in, and every warp is done with the previous chunk
 
+    // The start states, staged for their store and the move.
+    states.stage(sh.slots, S);
     if (warp < S) {  // a warp per slot: does a token land in it, does a live state move to it
       const int r = warp;
       const float move = find_sources<false>(sh.moves, o.moves, S, r, lane);
@@ -364,8 +384,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (blockIdx.x == 0 && threadIdx.x == 0) a.live_slots[chunk] = next_live;
     if (n + 1 < chunks) copy_chunk((n + 1) % 2, chunk + 1);  // into the buffer the previous chunk used
 
+    // The start states of the live slots; those of dead slots are left unset (their readers skip them).
+    store_staged(static_cast<bf16*>(a.start_states) + chunk * S * kKeys * V + first_column, V, sh.slots, live,
+                 S);
     // X̄_r = Σ_s M[r, s] X_s.
-    if (!all_kept(sh.moves, S)) states.move<false>(sh.slots, sh.moves, o.moves, S);
+    if (!all_kept(sh.moves, S)) states.gather<false>(sh.slots, sh.moves, o.moves, S);
+    __syncthreads();  // the staged states' space holds the products' operands next
 
     // Δ_r = Z_r − W X̄_r, stored in bf16.
     SlotOperands& operands = sh.slots.operands;
@@ -425,6 +449,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         states, o.k_to_end, delta_rule ? next_live : tokens, S, [&](int r) { return operands.rows[r]; },
         Unscaled{});
     live = next_live;
+    decay = next_decay;
   }
 
   float* final_states = a.final_states + head * S * kKeys * V + first_column + states.column;
@@ -481,7 +506,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     commit_copies();
   };
   copy_chunk((chunks - 1) % 2, head * chunks + chunks - 1);
-
   for (int n = chunks - 1; n >= 0; --n) {
     const size_t chunk = head * chunks + n;
     const BackwardOperands& o = sh.chunks[n % 2];
@@ -489,7 +513,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     // A slot dead at the chunk's start depends on no input: its gradient is never used.
     const unsigned live_after = __ldg(a.live_slots + chunk),
                    live_before = n > 0 ? __ldg(a.live_slots + chunk - 1) : 0u;
-    states.store(static_cast<bf16*>(a.d_end_states) + chunk * S * kKeys * V + first_column, V, live_after, S);
     const float decay = __ldg(a.chunk_decay + chunk);
     wait_copies<0>();
     __syncthreads();  // the chunk's operands are in, and every warp is done with the chunk after it
@@ -510,6 +533,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     SlotOperands& operands = sh.slots.operands;
     states.store_operands(operands, live_after, S);
     __syncthreads();
+    store_state_operands(static_cast<bf16*>(a.d_end_states) + chunk * S * kKeys * V + first_column, V,
+                         operands, live_after, S);
     bf16* d_written = static_cast<bf16*>(a.d_written) + chunk * S * kChunk * V + first_column;
     for (int item = warp; item < kChunkTiles * S; item += kWarps) {
       const int row = 16 * (item % kChunkTiles), r = item / kChunkTiles;
