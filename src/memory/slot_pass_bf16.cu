@@ -48,6 +48,7 @@ constexpr int kKeyTiles = kKeys / 16;
 constexpr int kChunkTiles = kChunk / 16;
 static_assert(2 * kKeyTiles == kWarps, "each warp owns one 16 × 8 tile of every slot's state");
 static_assert(kMaxSlots <= kWarps, "the flags take a warp per slot");
+static_assert(kChunk * kColumns / 2 == kThreads, "a thread per pair of entries of a [C, 16] operand");
 
 // Row lengths in bf16 entries: a multiple of 8 (16-byte rows for ldmatrix and cp.async) whose byte length is
 // 16 mod 32 or 8 words apart in banks, so that the 8 rows of an ldmatrix block fall on distinct banks.
@@ -221,6 +222,21 @@ __device__ void store_staged(bf16* dst, int value_dim, const SlotBuffers& buffer
     const uint4 pairs = make_uint4(bf16_pair(low.x, low.y), bf16_pair(low.z, low.w),
                                    bf16_pair(high.x, high.y), bf16_pair(high.z, high.w));
     *reinterpret_cast<uint4*>(dst + (static_cast<size_t>(s) * kKeys + row) * value_dim + half) = pairs;
+  }
+}
+
+/// Stores the negated bf16 row operands of the slots in `slots` to a [S, C, V] global buffer at the block's
+/// first column, as store_staged.
+__device__ void store_negated_rows(bf16* dst, int value_dim, const SlotOperands& operands, unsigned slots,
+                                   int S) {
+  constexpr int kPieces = kChunk * kColumns / 8;  // per slot
+  constexpr unsigned kSigns = 0x80008000u;        // of a bf16 pair
+  for (int i = threadIdx.x; i < S * kPieces; i += kThreads) {
+    const int s = i / kPieces, row = (i % kPieces) / 2, half = 8 * (i % 2);
+    if (((slots >> s) & 1u) == 0) continue;
+    const uint4 pairs = *reinterpret_cast<const uint4*>(operands.rows[s] + row * kTileLd + half);
+    *reinterpret_cast<uint4*>(dst + (static_cast<size_t>(s) * kChunk + row) * value_dim + half) =
+        make_uint4(pairs.x ^ kSigns, pairs.y ^ kSigns, pairs.z ^ kSigns, pairs.w ^ kSigns);
   }
 }
 
@@ -426,15 +442,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         store_tile(operands.rows[r] + row * kTileLd, kTileLd, tile, has_state ? -1.f : 1.f, lane);
       }
-    } else {  // Δ_r = m_r ⊙ v for the slots tokens land in
-      for (int r = 0; r < S; ++r) {
-        if (((tokens >> r) & 1u) == 0) continue;
-        for (int i = threadIdx.x; i < kChunk * kColumns / 2; i += kThreads) {
-          const int c = i / (kColumns / 2), offset = c * kTileLd + 2 * (i % (kColumns / 2));
-          const float m = o.tokens[r * kChunk + c];
-          *reinterpret_cast<unsigned*>(operands.rows[r] + offset) =
-              multiply_pairs(*reinterpret_cast<const unsigned*>(o.values + offset), bf16_pair(m, m));
-        }
+    } else {  // Δ_r = m_r ⊙ v for the slots tokens land in, a thread per pair of v's entries
+      const int c = static_cast<int>(threadIdx.x) / (kColumns / 2),
+                offset = c * kTileLd + 2 * (static_cast<int>(threadIdx.x) % (kColumns / 2));
+      const unsigned pair = *reinterpret_cast<const unsigned*>(o.values + offset);
+#pragma unroll
+      for (int r = 0; r < kMaxSlots; ++r) {
+        if (r >= S || ((tokens >> r) & 1u) == 0) continue;
+        const float m = o.tokens[r * kChunk + c];
+        *reinterpret_cast<unsigned*>(operands.rows[r] + offset) = multiply_pairs(pair, bf16_pair(m, m));
       }
     }
     __syncthreads();
@@ -518,33 +534,37 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();  // the chunk's operands are in, and every warp is done with the chunk after it
     if (warp < S) find_sources<true>(sh.moves, o.moves, S, warp, lane);
     if (n > 0) copy_chunk((n + 1) % 2, chunk - 1);  // into the buffer the chunk after used
-    // w_s ⊙ d_inter for the slots read at the chunk's start, the right operands of the reads' gradients.
-    for (int s = 0; s < S; ++s) {
-      if (((live_before >> s) & 1u) == 0) continue;
-      for (int i = threadIdx.x; i < kChunk * kColumns / 2; i += kThreads) {
-        const int c = i / (kColumns / 2), offset = c * kTileLd + 2 * (i % (kColumns / 2));
+    // w_s ⊙ d_inter for the slots read at the chunk's start, the right operands of the reads' gradients: a
+    // thread per pair of entries.
+    {
+      const int c = static_cast<int>(threadIdx.x) / (kColumns / 2),
+                offset = c * kTileLd + 2 * (static_cast<int>(threadIdx.x) % (kColumns / 2));
+      const unsigned pair = *reinterpret_cast<const unsigned*>(o.d_inter + offset);
+#pragma unroll
+      for (int s = 0; s < kMaxSlots; ++s) {
+        if (s >= S || ((live_before >> s) & 1u) == 0) continue;
         const float weight = o.weights[c * S + s];
         *reinterpret_cast<unsigned*>(sh.weighted[s] + offset) =
-            multiply_pairs(*reinterpret_cast<const unsigned*>(o.d_inter + offset), bf16_pair(weight, weight));
+            multiply_pairs(pair, bf16_pair(weight, weight));
       }
     }
 
-    // dΔ_r = K̃ G_r: to the global buffer, and negated as the right operand of Wᵀ dΔ_r.
+    // dΔ_r = K̃ G_r, stored negated as the right operand of Wᵀ dΔ_r, and from there to the global buffer.
     SlotOperands& operands = sh.slots.operands;
     states.store_operands(operands, live_after, S);
     __syncthreads();
     store_state_operands(static_cast<bf16*>(a.d_end_states) + chunk * S * kKeys * V + first_column, V,
                          operands, live_after, S);
-    bf16* d_written = static_cast<bf16*>(a.d_written) + chunk * S * kChunk * V + first_column;
     for (int item = warp; item < kChunkTiles * S; item += kWarps) {
       const int row = 16 * (item % kChunkTiles), r = item / kChunkTiles;
       if (((live_after >> r) & 1u) == 0) continue;
       float tile[2][4] = {};
       add_row_products<kKeys>(tile, o.k_to_end, kWideLd, row, operands.states[r], lane);
-      store_tile(d_written + (static_cast<size_t>(r) * kChunk + row) * V, V, tile, 1.f, lane);
-      if (delta_rule) store_tile(operands.rows[r] + row * kTileLd, kTileLd, tile, -1.f, lane);
+      store_tile(operands.rows[r] + row * kTileLd, kTileLd, tile, -1.f, lane);
     }
     __syncthreads();
+    store_negated_rows(static_cast<bf16*>(a.d_written) + chunk * S * kChunk * V + first_column, V, operands,
+                       live_after, S);
 
     // dX̄_r = e G_r − Wᵀ dΔ_r; zero for slots dead in the chunk.
 #pragma unroll
