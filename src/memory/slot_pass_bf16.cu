@@ -49,6 +49,9 @@ constexpr int kChunkTiles = kChunk / 16;
 static_assert(2 * kKeyTiles == kWarps, "each warp owns one 16 × 8 tile of every slot's state");
 static_assert(kMaxSlots <= kWarps, "the flags take a warp per slot");
 static_assert(kChunk * kColumns / 2 == kThreads, "a thread per pair of entries of a [C, 16] operand");
+// The per-token rows' products: each warp takes one 16-row tile of two slots, r and r + kSlotStride.
+constexpr int kSlotStride = kWarps / kChunkTiles;
+static_assert(kChunkTiles * kMaxSlots == 2 * kWarps, "a warp takes one row tile of two slots");
 
 // Row lengths in bf16 entries: a multiple of 8 (16-byte rows for ldmatrix and cp.async) whose byte length is
 // 16 mod 32 or 8 words apart in banks, so that the 8 rows of an ldmatrix block fall on distinct banks.
@@ -209,47 +212,52 @@ struct StateTiles {
   }
 };
 
-/// Stores the staged states of the slots in `slots` (a bit each) to a [S, K, V] global buffer at the block's
-/// first column, as bf16: a thread per 8 columns of a row, so that a warp writes whole 32-byte sectors.
+/// Stores kRows × 16 bf16 entries of each slot in `slots` (a bit each) to a [S, kRows, V] global buffer at
+/// the block's first column, with piece(s, row, column) the 8 entries of slot s at (row, column .. + 7): a
+/// thread per 8 columns of a row, so that a warp writes whole 32-byte sectors.
+template <int kRows, class Piece>
+__device__ void store_slot_rows(bf16* dst, int value_dim, unsigned slots, int S, Piece piece) {
+  constexpr int kPieces = kRows * kColumns / 8;  // per slot
+  static_assert(kThreads % kPieces == 0 && kMaxSlots % (kThreads / kPieces) == 0);
+  constexpr int kSlotsPerPass = kThreads / kPieces, kPasses = kMaxSlots / kSlotsPerPass;
+  const int piece_index = static_cast<int>(threadIdx.x) % kPieces, first_slot = threadIdx.x / kPieces;
+  const int row = piece_index / 2, column = 8 * (piece_index % 2);
+  dst += static_cast<size_t>(row) * value_dim + column;
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int s = first_slot + pass * kSlotsPerPass;
+    if (s < S && ((slots >> s) & 1u) != 0)
+      *reinterpret_cast<uint4*>(dst + static_cast<size_t>(s) * kRows * value_dim) = piece(s, row, column);
+  }
+}
+
+/// Stores the staged states of the slots in `slots` to a [S, K, V] global buffer, as bf16.
 __device__ void store_staged(bf16* dst, int value_dim, const SlotBuffers& buffers, unsigned slots, int S) {
-  constexpr int kPieces = kKeys * kColumns / 8;  // per slot
-  for (int i = threadIdx.x; i < S * kPieces; i += kThreads) {
-    const int s = i / kPieces, row = (i % kPieces) / 2, half = 8 * (i % 2);
-    if (((slots >> s) & 1u) == 0) continue;
-    const float* from = buffers.staged[s] + staged_entry(row, half);
+  store_slot_rows<kKeys>(dst, value_dim, slots, S, [&](int s, int row, int column) {
+    const float* from = buffers.staged[s] + staged_entry(row, column);
     const float4 low = *reinterpret_cast<const float4*>(from),
                  high = *reinterpret_cast<const float4*>(from + 4);
-    const uint4 pairs = make_uint4(bf16_pair(low.x, low.y), bf16_pair(low.z, low.w),
-                                   bf16_pair(high.x, high.y), bf16_pair(high.z, high.w));
-    *reinterpret_cast<uint4*>(dst + (static_cast<size_t>(s) * kKeys + row) * value_dim + half) = pairs;
-  }
+    return make_uint4(bf16_pair(low.x, low.y), bf16_pair(low.z, low.w), bf16_pair(high.x, high.y),
+                      bf16_pair(high.z, high.w));
+  });
 }
 
-/// Stores the negated bf16 row operands of the slots in `slots` to a [S, C, V] global buffer at the block's
-/// first column, as store_staged.
-__device__ void store_negated_rows(bf16* dst, int value_dim, const SlotOperands& operands, unsigned slots,
-                                   int S) {
-  constexpr int kPieces = kChunk * kColumns / 8;  // per slot
-  constexpr unsigned kSigns = 0x80008000u;        // of a bf16 pair
-  for (int i = threadIdx.x; i < S * kPieces; i += kThreads) {
-    const int s = i / kPieces, row = (i % kPieces) / 2, half = 8 * (i % 2);
-    if (((slots >> s) & 1u) == 0) continue;
-    const uint4 pairs = *reinterpret_cast<const uint4*>(operands.rows[s] + row * kTileLd + half);
-    *reinterpret_cast<uint4*>(dst + (static_cast<size_t>(s) * kChunk + row) * value_dim + half) =
-        make_uint4(pairs.x ^ kSigns, pairs.y ^ kSigns, pairs.z ^ kSigns, pairs.w ^ kSigns);
-  }
-}
-
-/// The same from the bf16 state operands.
+/// Stores the bf16 state operands of the slots in `slots` to a [S, K, V] global buffer.
 __device__ void store_state_operands(bf16* dst, int value_dim, const SlotOperands& operands, unsigned slots,
                                      int S) {
-  constexpr int kPieces = kKeys * kColumns / 8;
-  for (int i = threadIdx.x; i < S * kPieces; i += kThreads) {
-    const int s = i / kPieces, row = (i % kPieces) / 2, half = 8 * (i % 2);
-    if (((slots >> s) & 1u) == 0) continue;
-    *reinterpret_cast<uint4*>(dst + (static_cast<size_t>(s) * kKeys + row) * value_dim + half) =
-        *reinterpret_cast<const uint4*>(operands.states[s] + row * kTileLd + half);
-  }
+  store_slot_rows<kKeys>(dst, value_dim, slots, S, [&](int s, int row, int column) {
+    return *reinterpret_cast<const uint4*>(operands.states[s] + row * kTileLd + column);
+  });
+}
+
+/// Stores the negated bf16 row operands of the slots in `slots` to a [S, C, V] global buffer.
+__device__ void store_negated_rows(bf16* dst, int value_dim, const SlotOperands& operands, unsigned slots,
+                                   int S) {
+  constexpr unsigned kSigns = 0x80008000u;  // of a bf16 pair
+  store_slot_rows<kChunk>(dst, value_dim, slots, S, [&](int s, int row, int column) {
+    const uint4 pairs = *reinterpret_cast<const uint4*>(operands.rows[s] + row * kTileLd + column);
+    return make_uint4(pairs.x ^ kSigns, pairs.y ^ kSigns, pairs.z ^ kSigns, pairs.w ^ kSigns);
+  });
 }
 
 /// Warp r < S of the block: the sources of slot r under the moves (row r of M, or column r when kTransposed)
@@ -315,19 +323,37 @@ __device__ void add_transposed_products(StateTiles& states, const bf16* a, unsig
   }
 }
 
-/// tile += A B for a 16-row tile: A rows `row` .. + 15 of a [*, depth] bf16 operand (rows a_ld apart), B a
-/// [depth, 16] bf16 operand (rows kTileLd apart), both 8-column halves. Unrolled whole, so that the
-/// fragments' loads are issued ahead of the products that wait for them.
-template <int kDepth>
-__device__ void add_row_products(float (&tile)[2][4], const bf16* a, int a_ld, int row, const bf16* b,
+/// tiles[i] += A B_i for i < kCount and the 16-row tile at `row` of A: A a [*, kDepth] bf16 operand (rows
+/// a_ld apart) whose fragments are loaded once for all kCount products, B_i [kDepth, 16] bf16 operands (rows
+/// kTileLd apart), both 8-column halves. Unrolled whole, so that the fragments' loads are issued ahead of the
+/// products that wait for them.
+template <int kDepth, int kCount>
+__device__ void add_row_products(float (*tiles)[2][4], const bf16* a, int a_ld, int row, const bf16* const* b,
                                  int lane) {
 #pragma unroll
   for (int k = 0; k < kDepth; k += 16) {
-    unsigned a_fragment[4], b_fragments[4];
+    unsigned a_fragment[4];
     load_blocks<4, false>(a_fragment, block_rows(a, a_ld, row, k, lane));
-    load_blocks<4, true>(b_fragments, block_rows(b, kTileLd, k, 0, lane));
-    mma_bf16(tile[0], a_fragment, b_fragments[0], b_fragments[1]);
-    mma_bf16(tile[1], a_fragment, b_fragments[2], b_fragments[3]);
+#pragma unroll
+    for (int i = 0; i < kCount; ++i) {
+      unsigned b_fragments[4];
+      load_blocks<4, true>(b_fragments, block_rows(b[i], kTileLd, k, 0, lane));
+      mma_bf16(tiles[i][0], a_fragment, b_fragments[0], b_fragments[1]);
+      mma_bf16(tiles[i][1], a_fragment, b_fragments[2], b_fragments[3]);
+    }
+  }
+}
+
+/// add_row_products for the i in {0, 1} with used[i].
+template <int kDepth>
+__device__ void add_row_products_where(float (&tiles)[2][2][4], const bf16* a, int a_ld, int row,
+                                       const bf16* const (&b)[2], const bool (&used)[2], int lane) {
+  if (used[0] && used[1]) {
+    add_row_products<kDepth, 2>(tiles, a, a_ld, row, b, lane);
+  } else if (used[0]) {
+    add_row_products<kDepth, 1>(tiles, a, a_ld, row, b, lane);
+  } else if (used[1]) {
+    add_row_products<kDepth, 1>(tiles + 1, a, a_ld, row, b + 1, lane);
   }
 }
 
@@ -412,12 +438,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (delta_rule) {
       states.store_operands(operands, moved_live, S);
       __syncthreads();
-      for (int item = warp; item < kChunkTiles * S; item += kWarps) {
-        const int row = 16 * (item % kChunkTiles), r = item / kChunkTiles;
-        const bool has_tokens = (tokens >> r) & 1u, has_state = (moved_live >> r) & 1u;
-        if (!has_tokens && !has_state) continue;  // a dead slot: Δ_r is never read
-        float tile[2][4] = {};
-        if (has_tokens) {  // T (m_r ⊙ v): v's fragments scaled by the token mask of their rows
+      const int row = 16 * (warp % kChunkTiles);
+      const int slot[2] = {warp / kChunkTiles, warp / kChunkTiles + kSlotStride};
+      bool has_tokens[2], has_state[2];
+      float tiles[2][2][4] = {};
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = slot[i];
+        has_tokens[i] = r < S && ((tokens >> r) & 1u) != 0;
+        has_state[i] = r < S && ((moved_live >> r) & 1u) != 0;
+        if (has_tokens[i]) {  // T (m_r ⊙ v): v's fragments scaled by the token mask of their rows
+#pragma unroll
           for (int c = 0; c < kChunk; c += 16) {
             unsigned t_fragment[4], v_fragments[4];
             load_blocks<4, false>(t_fragment, block_rows(o.t_inverse, kSquareLd, row, c, lane));
@@ -426,21 +457,27 @@ __global__ void __launch_bounds__(kThreads, 1)
             const float2 low = *reinterpret_cast<const float2*>(mask);
             const float2 high = *reinterpret_cast<const float2*>(mask + 8);
             const unsigned mask_low = bf16_pair(low.x, low.y), mask_high = bf16_pair(high.x, high.y);
-            mma_bf16(tile[0], t_fragment, multiply_pairs(v_fragments[0], mask_low),
+            mma_bf16(tiles[i][0], t_fragment, multiply_pairs(v_fragments[0], mask_low),
                      multiply_pairs(v_fragments[1], mask_high));
-            mma_bf16(tile[1], t_fragment, multiply_pairs(v_fragments[2], mask_low),
+            mma_bf16(tiles[i][1], t_fragment, multiply_pairs(v_fragments[2], mask_low),
                      multiply_pairs(v_fragments[3], mask_high));
           }
         }
-        if (has_state) {  // tile = W X̄_r − Z_r, stored negated
+        if (has_state[i]) {  // tile = W X̄_r − Z_r, stored negated
 #pragma unroll
           for (int h = 0; h < 2; ++h)
 #pragma unroll
             for (int e = 0; e < 4; ++e)
-              tile[h][e] = -tile[h][e];
-          add_row_products<kKeys>(tile, o.w, kWideLd, row, operands.states[r], lane);
+              tiles[i][h][e] = -tiles[i][h][e];
         }
-        store_tile(operands.rows[r] + row * kTileLd, kTileLd, tile, has_state ? -1.f : 1.f, lane);
+      }
+      add_row_products_where<kKeys>(tiles, o.w, kWideLd, row,
+                                    {operands.states[slot[0]], operands.states[slot[1]]}, has_state, lane);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        if (!has_tokens[i] && !has_state[i]) continue;  // a dead slot: Δ_r is never read
+        store_tile(operands.rows[slot[i]] + row * kTileLd, kTileLd, tiles[i], has_state[i] ? -1.f : 1.f,
+                   lane);
       }
     } else {  // Δ_r = m_r ⊙ v for the slots tokens land in, a thread per pair of v's entries
       const int c = static_cast<int>(threadIdx.x) / (kColumns / 2),
@@ -555,12 +592,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
     store_state_operands(static_cast<bf16*>(a.d_end_states) + chunk * S * kKeys * V + first_column, V,
                          operands, live_after, S);
-    for (int item = warp; item < kChunkTiles * S; item += kWarps) {
-      const int row = 16 * (item % kChunkTiles), r = item / kChunkTiles;
-      if (((live_after >> r) & 1u) == 0) continue;
-      float tile[2][4] = {};
-      add_row_products<kKeys>(tile, o.k_to_end, kWideLd, row, operands.states[r], lane);
-      store_tile(operands.rows[r] + row * kTileLd, kTileLd, tile, -1.f, lane);
+    {
+      const int row = 16 * (warp % kChunkTiles);
+      const int slot[2] = {warp / kChunkTiles, warp / kChunkTiles + kSlotStride};
+      bool used[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        used[i] = slot[i] < S && ((live_after >> slot[i]) & 1u) != 0;
+      float tiles[2][2][4] = {};
+      add_row_products_where<kKeys>(tiles, o.k_to_end, kWideLd, row,
+                                    {operands.states[slot[0]], operands.states[slot[1]]}, used, lane);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        if (used[i]) store_tile(operands.rows[slot[i]] + row * kTileLd, kTileLd, tiles[i], -1.f, lane);
     }
     __syncthreads();
     store_negated_rows(static_cast<bf16*>(a.d_written) + chunk * S * kChunk * V + first_column, V, operands,
