@@ -10,11 +10,14 @@
 
 #include "../ops/cuda_launch.cuh"
 #include "../ops/fused/chunk_tiles.cuh"
+#include "../ops/wmma_shared.cuh"
 #include "intra_chunk_gradients_kernel.h"
 
 namespace dla::memory::kernels::chunk_products {
 
 using namespace dla::ops::fused::kernels::tiles;
+using dla::ops::kernels::load_shared;
+using dla::ops::kernels::store_shared;
 
 constexpr int kC = 64;                 // chunk length
 constexpr int kRowTiles = kC / kTile;  // 16-row tiles of a chunk
@@ -59,8 +62,8 @@ __device__ inline void multiply(Accumulator& acc, Operand<ALayout, ALd> a, Opera
   for (int j = first; j < last; j += kStep) {
     wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, ALayout> a_fragment;
     OperandB<BLayout> b_fragment;
-    wmma::load_matrix_sync(a_fragment, a.at(r * kTile, j), ALd);
-    wmma::load_matrix_sync(b_fragment, b.at(j, c * kTile), BLd);
+    load_shared(a_fragment, a.at(r * kTile, j), ALd);
+    load_shared(b_fragment, b.at(j, c * kTile), BLd);
     wmma::mma_sync(acc, a_fragment, b_fragment, acc);
   }
 }
@@ -80,7 +83,7 @@ __device__ inline void lower_product(float* out, const float* p, const float* t)
     Accumulator acc;
     wmma::fill_fragment(acc, 0.f);
     if (c <= r) multiply(acc, rows_of<kSquareLd>(p), rows_of<kSquareLd>(t), r, c, c * kTile, (r + 1) * kTile);
-    wmma::store_matrix_sync(out + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+    store_shared(out + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
   }
 }
 

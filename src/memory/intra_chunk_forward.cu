@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     Accumulator acc;
     wmma::fill_fragment(acc, 0.f);
     multiply(acc, rows_of<kWideLd>(queries), transpose_of<kWideLd>(keys), r, c, 0, K);
-    wmma::store_matrix_sync(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+    store_shared(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
   });
   __syncthreads();
   // The tiles above the diagonal were never written: zeros there, not products with what they held.
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       Accumulator acc;
       wmma::fill_fragment(acc, 0.f);
       multiply(acc, rows_of<kSquareLd>(pairs), rows_of<kWideLd>(keys), r, c, 0, (r + 1) * kTile);
-      wmma::store_matrix_sync(queries + r * kTile * kWideLd + c * kTile, acc, kWideLd, wmma::mem_row_major);
+      store_shared(queries + r * kTile * kWideLd + c * kTile, acc, kWideLd);
     });
   }
   __syncthreads();

@@ -102,12 +102,11 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     Accumulator acc;
     wmma::fill_fragment(acc, 0.f);
     multiply(acc, rows_of<kWideLd>(wide0), transpose_of<kWideLd>(keys), r, c, 0, K);
-    wmma::store_matrix_sync(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+    store_shared(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
     if constexpr (kDeltaRule) {
       wmma::fill_fragment(acc, 0.f);
       multiply(acc, rows_of<kWideLd>(keys), transpose_of<kWideLd>(keys), r, c, 0, K);
-      wmma::store_matrix_sync(key_pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd,
-                              wmma::mem_row_major);
+      store_shared(key_pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
     }
   });
   __syncthreads();
@@ -168,8 +167,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     for (int s = 0; s < kValueTilesPerWarp; ++s) {
       const int tile = warp + s * kBlockWarps, r = tile / value_tiles, c = tile % value_tiles;
       if (tile < kRowTiles * value_tiles)
-        wmma::store_matrix_sync(wide2 + r * kTile * kValueLd + c * kTile, dv_acc[s], kValueLd,
-                                wmma::mem_row_major);
+        store_shared(wide2 + r * kTile * kValueLd + c * kTile, dv_acc[s], kValueLd);
     }
     __syncthreads();
     // dv = β dv'; dβ gets Σ_c dv' v.
@@ -190,8 +188,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   for (int s = 0; s < kKeptTiles; ++s) {
     int r, c;
     if (kept_lower_tile(s, r, c))
-      wmma::store_matrix_sync(wide0 + r * kTile * kSquareLd + c * kTile, g_acc[s], kSquareLd,
-                              wmma::mem_row_major);
+      store_shared(wide0 + r * kTile * kSquareLd + c * kTile, g_acc[s], kSquareLd);
   }
   __syncthreads();
   // dΛ = G ⊙ R; dR = G ⊙ Λ (for SSD, dP).
@@ -218,11 +215,11 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 #pragma unroll
       for (int t = 0; t < acc.num_elements; ++t)
         acc.x[t] -= minus.x[t];
-      wmma::store_matrix_sync(lam + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+      store_shared(lam + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
       wmma::load_matrix_sync(acc, a.d_t_inverse + pairs_at + r * kTile * kC + c * kTile, kC,
                              wmma::mem_row_major);
       multiply(acc, transpose_of<kSquareLd>(pairs), rows_of<kSquareLd>(square5), r, c, r * kTile, kC);
-      wmma::store_matrix_sync(reads + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+      store_shared(reads + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
     });
     __syncthreads();
     // dW = dW_out − Pᵀ dQ̃ over W's slot (the accumulator holds −dW).
@@ -236,7 +233,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 #pragma unroll
       for (int t = 0; t < acc.num_elements; ++t)
         acc.x[t] = wmma::__float_to_tf32(-acc.x[t]);
-      wmma::store_matrix_sync(wide2 + r * kTile * kWideLd + c * kTile, acc, kWideLd, wmma::mem_row_major);
+      store_shared(wide2 + r * kTile * kWideLd + c * kTile, acc, kWideLd);
     });
     __syncthreads();
     // dT += (dW kᵀ) ⊙ (β exp(γ))_column, strictly below the diagonal (the only part dA reads), each warp
@@ -247,7 +244,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       Accumulator acc;
       wmma::fill_fragment(acc, 0.f);
       if (c <= r) multiply(acc, rows_of<kWideLd>(wide2), transpose_of<kWideLd>(keys), r, c, 0, K);
-      wmma::store_matrix_sync(scratch, acc, kSquareLd, wmma::mem_row_major);
+      store_shared(scratch, acc, kSquareLd);
       __syncwarp();
       for (int e = lane; e < kTile * kTile; e += 32) {
         const int i = r * kTile + e / kTile, j = c * kTile + e % kTile;
@@ -261,7 +258,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       Accumulator acc;
       wmma::fill_fragment(acc, 0.f);
       multiply(acc, transpose_of<kSquareLd>(inverse), rows_of<kWideLd>(wide2), r, c, r * kTile, kC);
-      wmma::store_matrix_sync(wide0 + r * kTile * kWideLd + c * kTile, acc, kWideLd, wmma::mem_row_major);
+      store_shared(wide0 + r * kTile * kWideLd + c * kTile, acc, kWideLd);
     });
     __syncthreads();
     // M = Tᵀ dT into the scratch slot, then dA = −(M Tᵀ) below the diagonal over dT's slot.
@@ -271,15 +268,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       wmma::fill_fragment(acc, 0.f);
       multiply(acc, transpose_of<kSquareLd>(inverse), rows_of<kSquareLd>(reads), r, c, max(r, c) * kTile, kC);
       round_to_tf32(acc);
-      wmma::store_matrix_sync(square5 + r * kTile * kSquareLd + c * kTile, acc, kSquareLd,
-                              wmma::mem_row_major);
+      store_shared(square5 + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
     }
     __syncthreads();
     for_each_lower_tile([&](int r, int c) {
       Accumulator acc;
       wmma::fill_fragment(acc, 0.f);
       multiply(acc, rows_of<kSquareLd>(square5), transpose_of<kSquareLd>(inverse), r, c, 0, (c + 1) * kTile);
-      wmma::store_matrix_sync(reads + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+      store_shared(reads + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
     });
     d_pairs = lam;
   }
@@ -344,10 +340,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 #pragma unroll
     for (int s = 0; s < kTiles; ++s) {
       const int tile = warp + s * kBlockWarps, r = tile / (K / kTile), c = tile % (K / kTile);
-      wmma::store_matrix_sync(wide2 + r * kTile * kWideLd + c * kTile, dq_acc[s], kWideLd,
-                              wmma::mem_row_major);
-      wmma::store_matrix_sync(keys + r * kTile * kWideLd + c * kTile, dk_acc[s], kWideLd,
-                              wmma::mem_row_major);
+      store_shared(wide2 + r * kTile * kWideLd + c * kTile, dq_acc[s], kWideLd);
+      store_shared(keys + r * kTile * kWideLd + c * kTile, dk_acc[s], kWideLd);
     }
   }
   __syncthreads();
