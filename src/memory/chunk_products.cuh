@@ -10,14 +10,11 @@
 
 #include "../ops/cuda_launch.cuh"
 #include "../ops/fused/chunk_tiles.cuh"
-#include "../ops/wmma_shared.cuh"
 #include "intra_chunk_gradients_kernel.h"
 
 namespace dla::memory::kernels::chunk_products {
 
 using namespace dla::ops::fused::kernels::tiles;
-using dla::ops::kernels::load_shared;
-using dla::ops::kernels::store_shared;
 
 constexpr int kC = 64;                 // chunk length
 constexpr int kRowTiles = kC / kTile;  // 16-row tiles of a chunk

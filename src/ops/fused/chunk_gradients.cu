@@ -59,15 +59,15 @@ __device__ void multiply_sharing_b(Accumulator (&first)[Tiles], const float* a_f
   for (int j = 0; j < MaxDepth; j += kStep) {
     if (j >= depth) continue;
     OperandB<BLayout> b_fragment;
-    wmma::load_matrix_sync(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
+    load_shared(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
 #pragma unroll
     for (int s = 0; s < Tiles; ++s) {
       if (rows[s] < 0) continue;
       OperandA a_fragment;
-      wmma::load_matrix_sync(a_fragment, a_first + rows[s] * kTile * ALd + j, ALd);
+      load_shared(a_fragment, a_first + rows[s] * kTile * ALd + j, ALd);
       wmma::mma_sync(first[s], a_fragment, b_fragment, first[s]);
       if (a_second == nullptr) continue;
-      wmma::load_matrix_sync(a_fragment, a_second + rows[s] * kTile * ALd + j, ALd);
+      load_shared(a_fragment, a_second + rows[s] * kTile * ALd + j, ALd);
       wmma::mma_sync(second[s], a_fragment, b_fragment, second[s]);
     }
   }
@@ -138,8 +138,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
     wmma::fill_fragment(acc, 0.f);
     multiply<wmma::col_major, K, L::kKeysLd, L::kKeysLd>(acc, queries + r * kTile * L::kKeysLd,
                                                          keys + c * kTile * L::kKeysLd);
-    wmma::store_matrix_sync(pairs_t + c * kTile * L::kSquareLd + r * kTile, acc, L::kSquareLd,
-                            wmma::mem_col_major);
+    store_shared(pairs_t + c * kTile * L::kSquareLd + r * kTile, acc, L::kSquareLd, wmma::mem_col_major);
   });
   __syncthreads();
   for_each_entry(C, C, [&](int i, int j) {
@@ -396,7 +395,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
             C - r * kTile);
         out = d_vb;
       }
-      wmma::store_matrix_sync(out + r * kTile * kValueLd + c * kTile, acc, kValueLd, wmma::mem_row_major);
+      store_shared(out + r * kTile * kValueLd + c * kTile, acc, kValueLd);
     });
     multiply_sharing_b<wmma::col_major, kValueTile, kValueLd, kValueLd>(
         d_k, v_new_to_end, d_k, nullptr, key_rows, d_states + key_column * kTile * kValueLd, width);
@@ -459,7 +458,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     for (int s = 0; s < kKeyTilesPerWarp; ++s) {
       if (tile_of(s) >= kKeyTileCount) continue;
       const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
-      wmma::store_matrix_sync(dst + r * kTile * kKeysLd + c * kTile, acc[s], kKeysLd, wmma::mem_row_major);
+      store_shared(dst + r * kTile * kKeysLd + c * kTile, acc[s], kKeysLd);
     }
   };
   store_key_tiles(scratch, d_q);
@@ -468,8 +467,8 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
 #pragma unroll
     for (int t = 0; t < d_pairs[0].num_elements; ++t)
       d_pairs[0].x[t] *= a.scale;
-    wmma::store_matrix_sync(d_pair_terms + at, d_pairs[0], kSquareLd, wmma::mem_row_major);
-    if (delta_rule) wmma::store_matrix_sync(gram_terms + at, gram[0], kSquareLd, wmma::mem_row_major);
+    store_shared(d_pair_terms + at, d_pairs[0], kSquareLd);
+    if (delta_rule) store_shared(gram_terms + at, gram[0], kSquareLd);
   }
   __syncthreads();
   // q kᵀ and k kᵀ on and below the diagonal tiles; dγ_i += ⟨dq̂_i, q̂_i⟩.
@@ -479,13 +478,12 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     wmma::fill_fragment(acc, 0.f);
     multiply<wmma::col_major, K, kKeysLd, kKeysLd, kUnroll>(acc, queries + r * kTile * kKeysLd,
                                                             keys + c * kTile * kKeysLd);
-    wmma::store_matrix_sync(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd, wmma::mem_row_major);
+    store_shared(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
     if (!delta_rule) return;
     wmma::fill_fragment(acc, 0.f);
     multiply<wmma::col_major, K, kKeysLd, kKeysLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
                                                             keys + c * kTile * kKeysLd);
-    wmma::store_matrix_sync(key_pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd,
-                            wmma::mem_row_major);
+    store_shared(key_pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
   });
   for_each_row_dot<kGradientThreads, C, K, kKeysLd, kKeysLd>(
       scratch, queries, [&](int i, float x) { atomicAdd(d_gamma + i, x); });
@@ -539,18 +537,18 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
 #pragma unroll kUnroll
   for (int j = 0; j < C; j += kStep) {
     OperandB<wmma::row_major> b_fragment;
-    wmma::load_matrix_sync(b_fragment, keys + j * kKeysLd + key_column * kTile, kKeysLd);
+    load_shared(b_fragment, keys + j * kKeysLd + key_column * kTile, kKeysLd);
 #pragma unroll
     for (int s = 0; s < kKeyTilesPerWarp; ++s) {
       const int r = key_rows[s];
       if (r < 0) continue;
       OperandA a_fragment;
       if (j < (r + 1) * kTile) {
-        wmma::load_matrix_sync(a_fragment, d_pair_terms + r * kTile * kSquareLd + j, kSquareLd);
+        load_shared(a_fragment, d_pair_terms + r * kTile * kSquareLd + j, kSquareLd);
         wmma::mma_sync(d_q[s], a_fragment, b_fragment, d_q[s]);
       }
       if (delta_rule) {
-        wmma::load_matrix_sync(a_fragment, key_pairs + r * kTile * kSquareLd + j, kSquareLd);
+        load_shared(a_fragment, key_pairs + r * kTile * kSquareLd + j, kSquareLd);
         wmma::mma_sync(d_k[s], a_fragment, b_fragment, d_k[s]);
       }
     }

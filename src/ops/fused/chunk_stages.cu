@@ -171,8 +171,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
     wmma::fill_fragment(acc, 0.f);
     multiply<wmma::col_major, K, L::kKeysLd, L::kKeysLd>(acc, keys + r * kTile * L::kKeysLd,
                                                          keys + c * kTile * L::kKeysLd);
-    wmma::store_matrix_sync(square + r * kTile * L::kSquareLd + c * kTile, acc, L::kSquareLd,
-                            wmma::mem_row_major);
+    store_shared(square + r * kTile * L::kSquareLd + c * kTile, acc, L::kSquareLd);
   });
   __syncthreads();
   for_each_entry(C, C, [&](int i, int j) {
@@ -276,7 +275,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
     wmma::fill_fragment(acc, 0.f);
     multiply<wmma::col_major, K, kLd, L::kKeysLd>(acc, reads + r * kTile * kLd,
                                                   region + c * kTile * L::kKeysLd);
-    wmma::store_matrix_sync(reads + r * kTile * kLd + K + c * kTile, acc, kLd, wmma::mem_row_major);
+    store_shared(reads + r * kTile * kLd + K + c * kTile, acc, kLd);
   });
   __syncthreads();
   for_each_entry(C, C, [&](int i, int j) {
@@ -313,8 +312,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
       const int tile = warp + s * kWarps;
       if (tile >= kSquareTiles * col_tiles) continue;
       const int r = tile / col_tiles, c = tile % col_tiles;
-      wmma::store_matrix_sync(region + r * kTile * kColumnLd + c * kTile, acc[s], kColumnLd,
-                              wmma::mem_row_major);
+      store_shared(region + r * kTile * kColumnLd + c * kTile, acc[s], kColumnLd);
     }
     __syncthreads();
     copy_rows(

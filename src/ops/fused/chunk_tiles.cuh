@@ -12,11 +12,14 @@
 #include <type_traits>
 
 #include "../cuda_launch.cuh"
+#include "../wmma_shared.cuh"
 #include "kernels.h"
 
 namespace dla::ops::fused::kernels::tiles {
 
 using namespace nvcuda;
+using dla::ops::kernels::load_shared;
+using dla::ops::kernels::store_shared;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -53,8 +56,8 @@ __device__ void multiply(Accumulator& acc, const float* a, const float* b, int d
     if (j < depth) {
       OperandA a_fragment;
       OperandB<BLayout> b_fragment;
-      wmma::load_matrix_sync(a_fragment, a + j, ALd);
-      wmma::load_matrix_sync(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
+      load_shared(a_fragment, a + j, ALd);
+      load_shared(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
       wmma::mma_sync(acc, a_fragment, b_fragment, acc);
     }
   }
