@@ -357,6 +357,21 @@ __device__ void add_row_products_where(float (&tiles)[2][2][4], const bf16* a, i
   }
 }
 
+/// out(s) = diag(scale(s, ·)) x for the slots s in `slots` (a bit each), x a [C, 16] bf16 operand and out(s)
+/// one of the same layout: a thread per pair of entries, x's pair loaded once for all slots.
+template <class Out, class Scale>
+__device__ void scale_rows(const bf16* x, unsigned slots, int S, Out out, Scale scale) {
+  const int c = static_cast<int>(threadIdx.x) / (kColumns / 2),
+            offset = c * kTileLd + 2 * (static_cast<int>(threadIdx.x) % (kColumns / 2));
+  const unsigned pair = *reinterpret_cast<const unsigned*>(x + offset);
+#pragma unroll
+  for (int s = 0; s < kMaxSlots; ++s) {
+    if (s >= S || ((slots >> s) & 1u) == 0) continue;
+    const float m = scale(s, c);
+    *reinterpret_cast<unsigned*>(out(s) + offset) = multiply_pairs(pair, bf16_pair(m, m));
+  }
+}
+
 /// The scale of add_transposed_products that leaves the fragments as loaded.
 struct Unscaled {
   __device__ unsigned operator()(int, int, int, unsigned pair) const { return pair; }
@@ -479,16 +494,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         store_tile(operands.rows[slot[i]] + row * kTileLd, kTileLd, tiles[i], has_state[i] ? -1.f : 1.f,
                    lane);
       }
-    } else {  // Δ_r = m_r ⊙ v for the slots tokens land in, a thread per pair of v's entries
-      const int c = static_cast<int>(threadIdx.x) / (kColumns / 2),
-                offset = c * kTileLd + 2 * (static_cast<int>(threadIdx.x) % (kColumns / 2));
-      const unsigned pair = *reinterpret_cast<const unsigned*>(o.values + offset);
-#pragma unroll
-      for (int r = 0; r < kMaxSlots; ++r) {
-        if (r >= S || ((tokens >> r) & 1u) == 0) continue;
-        const float m = o.tokens[r * kChunk + c];
-        *reinterpret_cast<unsigned*>(operands.rows[r] + offset) = multiply_pairs(pair, bf16_pair(m, m));
-      }
+    } else {  // Δ_r = m_r ⊙ v for the slots tokens land in
+      scale_rows(
+          o.values, tokens, S, [&](int r) { return operands.rows[r]; },
+          [&](int r, int c) { return o.tokens[r * kChunk + c]; });
     }
     __syncthreads();
 
@@ -571,20 +580,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();  // the chunk's operands are in, and every warp is done with the chunk after it
     if (warp < S) find_sources<true>(sh.moves, o.moves, S, warp, lane);
     if (n > 0) copy_chunk((n + 1) % 2, chunk - 1);  // into the buffer the chunk after used
-    // w_s ⊙ d_inter for the slots read at the chunk's start, the right operands of the reads' gradients: a
-    // thread per pair of entries.
-    {
-      const int c = static_cast<int>(threadIdx.x) / (kColumns / 2),
-                offset = c * kTileLd + 2 * (static_cast<int>(threadIdx.x) % (kColumns / 2));
-      const unsigned pair = *reinterpret_cast<const unsigned*>(o.d_inter + offset);
-#pragma unroll
-      for (int s = 0; s < kMaxSlots; ++s) {
-        if (s >= S || ((live_before >> s) & 1u) == 0) continue;
-        const float weight = o.weights[c * S + s];
-        *reinterpret_cast<unsigned*>(sh.weighted[s] + offset) =
-            multiply_pairs(pair, bf16_pair(weight, weight));
-      }
-    }
+    // w_s ⊙ d_inter for the slots read at the chunk's start, the right operands of the reads' gradients.
+    scale_rows(
+        o.d_inter, live_before, S, [&](int s) { return sh.weighted[s]; },
+        [&](int s, int c) { return o.weights[c * S + s]; });
 
     // dΔ_r = K̃ G_r, stored negated as the right operand of Wᵀ dΔ_r, and from there to the global buffer.
     SlotOperands& operands = sh.slots.operands;
