@@ -6,20 +6,20 @@
 
 #include <cstddef>
 
+#include "shared_address.cuh"
+
 namespace dla::ops::kernels {
 
 /// Starts copying 16 bytes from global src to shared dst (both 16-byte aligned); zeros instead when !valid.
 __device__ inline void copy_async(float* dst, const float* src, bool valid = true) {
-  const auto shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(src),
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
                "r"(valid ? 16 : 0)
                : "memory");
 }
 
 /// Starts copying one float (4-byte aligned) from global src to shared dst.
 __device__ inline void copy_float_async(float* dst, const float* src) {
-  const auto shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address), "l"(src) : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(dst)), "l"(src) : "memory");
 }
 
 /// Closes the group of copies this thread started since the last commit.

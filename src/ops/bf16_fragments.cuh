@@ -6,6 +6,8 @@
 
 #include <cuda_bf16.h>
 
+#include "shared_address.cuh"
+
 namespace dla::ops::kernels {
 
 /// Loads kCount (2 or 4) 8 × 8 blocks of 16-bit entries: lanes 8i..8i + 7 give the addresses of block i's
@@ -14,7 +16,7 @@ namespace dla::ops::kernels {
 template <int kCount, bool kTransposed>
 __device__ inline void load_blocks(unsigned (&r)[kCount], const void* row) {
   static_assert(kCount == 2 || kCount == 4, "ldmatrix loads 1, 2 or 4 blocks; dla uses 2 or 4");
-  const auto address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  const unsigned address = shared_address(row);
   if constexpr (kCount == 4 && kTransposed) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

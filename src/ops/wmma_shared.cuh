@@ -9,12 +9,9 @@
 
 #include <type_traits>
 
-namespace dla::ops::kernels {
+#include "shared_address.cuh"
 
-/// The 32-bit shared-memory address of p, which must point into shared memory.
-__device__ inline unsigned shared_address(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
+namespace dla::ops::kernels {
 
 /// nvcuda::wmma::load_matrix_sync of an A fragment from shared memory (rows, or columns, ld entries apart).
 template <class Layout>
