@@ -36,15 +36,24 @@ constexpr int kPad = 4;  // shared rows are padded by 4 floats: float4 alignment
 constexpr int kStageColumns = 32;  // value columns of the slot states a pipeline stage brings in
 constexpr int kStageLd = kStageColumns + kPad;
 /// A stage row of slot states in T: kStageLd floats, or 40 bf16 (80 bytes: 16-byte aligned rows whose
-/// fragment loads stay on distinct banks), within the same float buffers.
+/// fragment loads stay on distinct banks), within float buffers.
 template <class T>
 constexpr int kStateLd = std::is_same_v<T, float> ? kStageLd : kStageColumns + 8;
+/// Floats of shared memory that `rows` rows of T, ld elements apart, take (ld · sizeof(T) a multiple of 16).
+template <class T>
+__host__ __device__ constexpr int floats_of(int rows, int ld) {
+  return rows * ld * static_cast<int>(sizeof(T)) / static_cast<int>(sizeof(float));
+}
 constexpr int kStaticSharedBytes = 512;  // the kernels' own small shared arrays
-// Stage buffers of each kernel: all but one have their copies in flight while one computes (the read
-// kernel's other buffers leave room for three).
-constexpr int kReadBuffers = 3;
-constexpr int kCarryBuffers = 4;
-constexpr int kWriteBuffers = 4;
+// Stage buffers of each kernel: all but one have their copies in flight while one computes. One block of a
+// chunk fills an SM, so the copies in flight set the kernels' speed: bf16 stages, half the bytes, come
+// twice as many (the read kernel's other buffers leave room for fewer).
+template <class T>
+constexpr int kReadBuffers = std::is_same_v<T, float> ? 3 : 6;
+template <class T>
+constexpr int kCarryBuffers = std::is_same_v<T, float> ? 4 : 8;
+template <class T>
+constexpr int kWriteBuffers = std::is_same_v<T, float> ? 4 : 8;
 
 struct Dims {
   int chunks, C, K, V, S;
@@ -62,24 +71,44 @@ struct Dims {
   __host__ __device__ int write_kernel_blocks() const {
     return landed_blocks() + square_blocks() + C / kBlock;
   }
-  /// One stage buffer: a slot's [K, 32] state columns and a [C, 32] block of per-token rows.
-  __host__ __device__ int stage_floats() const { return (K + C) * kStageLd; }
-  /// Stage buffer b of those at `buffers`: a slot's state columns, then the per-token rows, as T.
+  /// Rows of the [C, V] per-token operands (d_inter, v) and of the [C, C] T⁻¹ held whole in shared memory,
+  /// in T: floats v_ld() and t_ld() apart, bf16 8 elements past a multiple of 16.
+  template <class T>
+  __host__ __device__ int value_ld() const {
+    return std::is_same_v<T, float> ? v_ld() : V + 8;
+  }
+  template <class T>
+  __host__ __device__ int square_ld() const {
+    return std::is_same_v<T, float> ? t_ld() : C + 8;
+  }
+  /// One stage buffer of T: a slot's [K, 32] state columns and a [C, 32] block of per-token rows.
+  template <class T>
+  __host__ __device__ int stage_floats() const {
+    return floats_of<T>(K + C, kStateLd<T>);
+  }
+  /// Stage buffer b of those at `buffers`: a slot's state columns, then the per-token rows.
   template <class T>
   __device__ T* stage_states(float* buffers, int b) const {
-    return reinterpret_cast<T*>(buffers + b * stage_floats());
+    return reinterpret_cast<T*>(buffers + b * stage_floats<T>());
   }
   template <class T>
   __device__ T* stage_rows(float* buffers, int b) const {
-    return reinterpret_cast<T*>(buffers + b * stage_floats() + K * kStageLd);
+    return reinterpret_cast<T*>(buffers + b * stage_floats<T>() + floats_of<T>(K, kStateLd<T>));
   }
-  /// Shared floats of each kernel, in the order of its buffers below.
+  /// Shared floats of each kernel with states of T, in the order of its buffers below.
+  template <class T>
   __host__ __device__ int read_kernel_floats() const {
-    return C * v_ld() + kReadBuffers * stage_floats() + 2 * C * k_ld() + C * S + S * S + (K / kBlock) * C * S;
+    return floats_of<T>(C, value_ld<T>()) + kReadBuffers<T> * stage_floats<T>() + 2 * C * k_ld() + C * S +
+           S * S + (K / kBlock) * C * S;
   }
-  __host__ __device__ int carry_kernel_floats() const { return kCarryBuffers * 2 * K * kStageLd + S * S; }
+  template <class T>
+  __host__ __device__ int carry_kernel_floats() const {
+    return kCarryBuffers<T> * 2 * floats_of<T>(K, kStateLd<T>) + S * S;
+  }
+  template <class T>
   __host__ __device__ int write_kernel_floats() const {
-    return C * v_ld() + kWriteBuffers * stage_floats() + C * t_ld() + S * C;
+    return floats_of<T>(C, value_ld<T>()) + kWriteBuffers<T> * stage_floats<T>() +
+           floats_of<T>(C, square_ld<T>()) + S * C;
   }
 };
 
@@ -162,15 +191,15 @@ template <class TState>
 __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradientArgs a, Dims d) {
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
-  const int C = d.C, K = d.K, V = d.V, S = d.S, v_ld = d.v_ld(), k_ld = d.k_ld();
+  const int C = d.C, K = d.K, V = d.V, S = d.S, k_ld = d.k_ld();
   // d_inter in the states' type: with bf16 states, the products P_s = d_inter X_sᵀ run on bf16 tensor cores.
   auto* d_inter = reinterpret_cast<TState*>(shared);  // [C, inter_ld]
-  const int inter_ld = std::is_same_v<TState, float> ? v_ld : V + 8;
-  float* stage_buffers = shared + C * v_ld;                      // kReadBuffers × (X_s [K, 36], dΔ [C, 36])
-  float* d_q = stage_buffers + kReadBuffers * d.stage_floats();  // [C, k_ld]
-  float* q = d_q + C * k_ld;                                     // q̃ [C, k_ld]
-  float* weights = q + C * k_ld;                                 // [C, S]
-  float* moves = weights + C * S;                                // [S, S]
+  const int inter_ld = d.value_ld<TState>();
+  float* stage_buffers = shared + floats_of<TState>(C, inter_ld);  // kReadBuffers × (X_s [K, ·], dΔ [C, ·])
+  float* d_q = stage_buffers + kReadBuffers<TState> * d.stage_floats<TState>();  // [C, k_ld]
+  float* q = d_q + C * k_ld;                                                     // q̃ [C, k_ld]
+  float* weights = q + C * k_ld;                                                 // [C, S]
+  float* moves = weights + C * S;                                                // [S, S]
   float* dots = moves + S * S;  // [K / 32, C, S]: ⟨P_s[c], q̃[c]⟩ over each block of 32 keys
 
   const size_t chunk = block_chunk(d);
@@ -178,7 +207,7 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
                KV = static_cast<size_t>(K) * V;
   const int warp = warp_index(), lane = threadIdx.x % 32;
   if constexpr (std::is_same_v<TState, float>) {
-    copy_rows_async<kThreads>(d_inter, v_ld, a.d_inter + chunk * CV, C, V);
+    copy_rows_async<kThreads>(d_inter, inter_ld, a.d_inter + chunk * CV, C, V);
   } else {
     load_as_bf16<kThreads>(d_inter, inter_ld, a.d_inter + chunk * CV, C, V);
   }
@@ -230,7 +259,7 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   const auto buffer_x = [&](int b) { return d.stage_states<TState>(stage_buffers, b); };
   const auto* d_written = static_cast<const TState*>(a.d_written);
   const auto buffer_rows = [&](int b) { return d.stage_rows<TState>(stage_buffers, b); };
-  run_stages<kReadBuffers>(
+  run_stages<kReadBuffers<TState>>(
       list.count * per_slot,
       [&](int k, int b) {
         const int i = k / per_slot, s = list.slot[i], column = (k % per_slot) * kStageColumns,
@@ -275,8 +304,10 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   __shared__ SlotList list;
   __shared__ float warp_sums[kWarps];
   const int K = d.K, V = d.V, S = d.S;
-  float* stage_buffers = shared;  // kCarryBuffers × (X_s [K, 36], Ḡ_s [K, 36])
-  float* moves = stage_buffers + kCarryBuffers * 2 * K * kStageLd;  // [S, S]
+  constexpr int ld = kStateLd<TState>;
+  const int state_floats = floats_of<TState>(K, ld);
+  float* stage_buffers = shared;  // kCarryBuffers × (X_s [K, ld], Ḡ_s [K, ld])
+  float* moves = stage_buffers + kCarryBuffers<TState> * 2 * state_floats;  // [S, S]
 
   const size_t chunk = block_chunk(d);
   const size_t KV = static_cast<size_t>(K) * V;
@@ -291,16 +322,15 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   clear(gram);
   float decay_grad = 0.f;
 
-  constexpr int ld = kStateLd<TState>;
   const auto* start_states = static_cast<const TState*>(a.start_states);
   const auto* d_end_states = static_cast<const TState*>(a.d_end_states);
   const auto buffer_x = [&](int b) {
-    return reinterpret_cast<TState*>(stage_buffers + b * 2 * K * kStageLd);
+    return reinterpret_cast<TState*>(stage_buffers + b * 2 * state_floats);
   };
   const auto buffer_g = [&](int b) {
-    return reinterpret_cast<TState*>(stage_buffers + b * 2 * K * kStageLd + K * kStageLd);
+    return reinterpret_cast<TState*>(stage_buffers + (b * 2 + 1) * state_floats);
   };
-  run_stages<kCarryBuffers>(
+  run_stages<kCarryBuffers<TState>>(
       list.count * per_slot,
       [&](int k, int b) {
         const int i = k / per_slot, column = (k % per_slot) * kStageColumns;
@@ -310,9 +340,10 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
                                            V, column, kStageColumns, K);
       },
       [&](int, int b) {
-        for (int e = threadIdx.x; e < K * kStageColumns; e += kThreads) {
-          const int offset = (e / kStageColumns) * ld + e % kStageColumns;
-          decay_grad += to_float(buffer_x(b)[offset]) * to_float(buffer_g(b)[offset]);
+        for (int e = threadIdx.x; e < K * kStageColumns / 2; e += kThreads) {  // pairs of columns
+          const int offset = (e / (kStageColumns / 2)) * ld + 2 * (e % (kStageColumns / 2));
+          const float2 x = to_float2(buffer_x(b) + offset), g = to_float2(buffer_g(b) + offset);
+          decay_grad += x.x * g.x + x.y * g.y;
         }
         if (gram_block) {
           multiply_accumulate_transposed(gram, buffer_x(b) + corner.x * ld, ld, buffer_g(b) + corner.y * ld,
@@ -350,22 +381,24 @@ template <class TState>
 __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradientArgs a, Dims d) {
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
-  const int C = d.C, K = d.K, V = d.V, S = d.S, v_ld = d.v_ld(), t_ld = d.t_ld();
+  const int C = d.C, K = d.K, V = d.V, S = d.S;
   // v and T in the states' type: with bf16 states, the products run on bf16 tensor cores.
   constexpr bool kFloat = std::is_same_v<TState, float>;
+  const int values_ld = d.value_ld<TState>(), square_ld = d.square_ld<TState>();
   auto* values = reinterpret_cast<TState*>(shared);  // v [C, values_ld]
-  float* stage_buffers = shared + C * v_ld;          // kWriteBuffers × (G_r [K, 36], dΔ_r [C, 36])
-  auto* t_inverse = reinterpret_cast<TState*>(stage_buffers + kWriteBuffers * d.stage_floats());  // T
-  float* tokens = stage_buffers + kWriteBuffers * d.stage_floats() + C * t_ld;                    // m [S, C]
-  const int values_ld = kFloat ? v_ld : V + 8, square_ld = kFloat ? t_ld : C + 8;
+  float* stage_buffers =
+      shared + floats_of<TState>(C, values_ld);  // kWriteBuffers × (G_r [K, ·], dΔ_r [C, ·])
+  float* t_region = stage_buffers + kWriteBuffers<TState> * d.stage_floats<TState>();
+  auto* t_inverse = reinterpret_cast<TState*>(t_region);       // T [C, square_ld]
+  float* tokens = t_region + floats_of<TState>(C, square_ld);  // m [S, C]
 
   const size_t chunk = block_chunk(d);
   const size_t CK = static_cast<size_t>(C) * K, CV = static_cast<size_t>(C) * V,
                KV = static_cast<size_t>(K) * V, CC = static_cast<size_t>(C) * C;
   const int warp = warp_index();
   if constexpr (kFloat) {
-    copy_rows_async<kThreads>(values, v_ld, a.source_v + chunk * CV, C, V);
-    if (d.delta_rule) copy_rows_async<kThreads>(t_inverse, t_ld, a.t_inverse + chunk * CC, C, C);
+    copy_rows_async<kThreads>(values, values_ld, a.source_v + chunk * CV, C, V);
+    if (d.delta_rule) copy_rows_async<kThreads>(t_inverse, square_ld, a.t_inverse + chunk * CC, C, C);
   } else {
     load_as_bf16<kThreads>(values, values_ld, a.source_v + chunk * CV, C, V);
     if (d.delta_rule) load_as_bf16<kThreads>(t_inverse, square_ld, a.t_inverse + chunk * CC, C, C);
@@ -394,7 +427,7 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   const auto buffer_g = [&](int b) { return d.stage_states<TState>(stage_buffers, b); };
   const auto* d_written = static_cast<const TState*>(a.d_written);
   const auto buffer_rows = [&](int b) { return d.stage_rows<TState>(stage_buffers, b); };
-  run_stages<kWriteBuffers>(
+  run_stages<kWriteBuffers<TState>>(
       count * d.stages_per_slot(),
       [&](int k, int b) {
         const int r = list.slot[k % count], column = (k / count) * kStageColumns;
@@ -464,8 +497,12 @@ bool supports_slot_gradients(const SlotPassDims& dims) {
   if (2 * c_blocks * k_blocks > kWarps || k_blocks * k_blocks > kWarps) return false;
   const Dims d = dims_of(dims, /*delta_rule=*/true);  // the delta rule's buffers and tiles are the larger
   const int limit = usable_shared_bytes() / static_cast<int>(sizeof(float));
-  return d.write_kernel_blocks() <= kWarps && d.read_kernel_floats() <= limit &&
-         d.carry_kernel_floats() <= limit && d.write_kernel_floats() <= limit;
+  const auto fits = [&](auto state) {
+    using T = decltype(state);
+    return d.read_kernel_floats<T>() <= limit && d.carry_kernel_floats<T>() <= limit &&
+           d.write_kernel_floats<T>() <= limit;
+  };
+  return d.write_kernel_blocks() <= kWarps && fits(float{}) && fits(__nv_bfloat16{});
 }
 
 const char* slot_pass_gradients(const SlotGradientArgs& args, const SlotPassDims& dims, void* stream) {
@@ -473,11 +510,12 @@ const char* slot_pass_gradients(const SlotGradientArgs& args, const SlotPassDims
   const int64_t bh = dims.batch_heads;
   const auto run = [&](auto state) {
     using TState = decltype(state);
-    const char* error = launch(read_gradients_kernel<TState>, args, d, bh, d.read_kernel_floats(), stream);
+    const char* error =
+        launch(read_gradients_kernel<TState>, args, d, bh, d.read_kernel_floats<TState>(), stream);
     if (error == nullptr)
-      error = launch(carry_gradients_kernel<TState>, args, d, bh, d.carry_kernel_floats(), stream);
+      error = launch(carry_gradients_kernel<TState>, args, d, bh, d.carry_kernel_floats<TState>(), stream);
     if (error == nullptr)
-      error = launch(write_gradients_kernel<TState>, args, d, bh, d.write_kernel_floats(), stream);
+      error = launch(write_gradients_kernel<TState>, args, d, bh, d.write_kernel_floats<TState>(), stream);
     return error;
   };
   return args.compact_states ? run(__nv_bfloat16{}) : run(float{});

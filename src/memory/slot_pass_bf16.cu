@@ -461,16 +461,21 @@ __global__ void __launch_bounds__(kThreads, 1)
       float tiles[2][2][4] = {};
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int r = slot[i];
-        has_tokens[i] = r < S && ((tokens >> r) & 1u) != 0;
-        has_state[i] = r < S && ((moved_live >> r) & 1u) != 0;
-        if (has_tokens[i]) {  // T (m_r ⊙ v): v's fragments scaled by the token mask of their rows
+        has_tokens[i] = slot[i] < S && ((tokens >> slot[i]) & 1u) != 0;
+        has_state[i] = slot[i] < S && ((moved_live >> slot[i]) & 1u) != 0;
+      }
+      // T (m_r ⊙ v): v's fragments scaled by the token mask of their rows, T's and v's loaded once for both
+      // slots.
+      if (has_tokens[0] || has_tokens[1]) {
 #pragma unroll
-          for (int c = 0; c < kChunk; c += 16) {
-            unsigned t_fragment[4], v_fragments[4];
-            load_blocks<4, false>(t_fragment, block_rows(o.t_inverse, kSquareLd, row, c, lane));
-            load_blocks<4, true>(v_fragments, block_rows(o.values, kTileLd, c, 0, lane));
-            const float* mask = o.tokens + r * kChunk + c + 2 * t;
+        for (int c = 0; c < kChunk; c += 16) {
+          unsigned t_fragment[4], v_fragments[4];
+          load_blocks<4, false>(t_fragment, block_rows(o.t_inverse, kSquareLd, row, c, lane));
+          load_blocks<4, true>(v_fragments, block_rows(o.values, kTileLd, c, 0, lane));
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            if (!has_tokens[i]) continue;
+            const float* mask = o.tokens + slot[i] * kChunk + c + 2 * t;
             const float2 low = *reinterpret_cast<const float2*>(mask);
             const float2 high = *reinterpret_cast<const float2*>(mask + 8);
             const unsigned mask_low = bf16_pair(low.x, low.y), mask_high = bf16_pair(high.x, high.y);
@@ -480,6 +485,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                      multiply_pairs(v_fragments[3], mask_high));
           }
         }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
         if (has_state[i]) {  // tile = W X̄_r − Z_r, stored negated
 #pragma unroll
           for (int h = 0; h < 2; ++h)

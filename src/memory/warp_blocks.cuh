@@ -60,6 +60,14 @@ __device__ inline float to_float(__nv_bfloat16 x) {
   return __bfloat162float(x);
 }
 
+/// The two floats, or bf16, at p (8- or 4-byte aligned) as floats.
+__device__ inline float2 to_float2(const float* p) {
+  return *reinterpret_cast<const float2*>(p);
+}
+__device__ inline float2 to_float2(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+
 template <Stored kStored, class T>
 __device__ float element(const Operand<T>& x, int i, int j) {
   return to_float(kStored == Stored::by_row ? x.p[i * x.ld + j] : x.p[j * x.ld + i]);
