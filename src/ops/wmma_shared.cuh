@@ -51,6 +51,17 @@ __device__ inline void load_shared(
   }
 }
 
+/// nvcuda::wmma::load_matrix_sync of an accumulator from shared memory, row-major with rows ld entries apart.
+__device__ inline void load_shared(nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float>& f,
+                                   const float* p, unsigned ld) {
+  asm volatile(
+      "wmma.load.c.sync.aligned.row.m16n16k8.shared.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+      : "=f"(f.x[0]), "=f"(f.x[1]), "=f"(f.x[2]), "=f"(f.x[3]), "=f"(f.x[4]), "=f"(f.x[5]), "=f"(f.x[6]),
+        "=f"(f.x[7])
+      : "r"(shared_address(p)), "r"(ld)
+      : "memory");
+}
+
 /// nvcuda::wmma::store_matrix_sync of an accumulator to shared memory: row-major with rows ld entries apart,
 /// or column-major.
 __device__ inline void store_shared(

@@ -15,6 +15,7 @@
 #include "../async_copy.cuh"
 #include "../cuda_launch.cuh"
 #include "../tf32_fragments.cuh"
+#include "../wmma_shared.cuh"
 #include "kernels.h"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -328,7 +329,9 @@ const char* prepare(Kernel kernel, size_t shared_bytes) {
 namespace tensor_core {
 
 using namespace nvcuda;
+using dla::ops::kernels::load_shared;
 using dla::ops::kernels::round_to_tf32;
+using dla::ops::kernels::store_shared;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
@@ -390,12 +393,12 @@ __device__ void multiply_accumulate(Strip<Rows, Columns>& strip, const float* a,
 #pragma unroll
       for (int r = 0; r < Rows; ++r) {
         const int row = r * kTile;
-        wmma::load_matrix_sync(a_fragments[r], kRowMajor ? a + row * a_ld + j : a + row + j * a_ld, a_ld);
+        load_shared(a_fragments[r], kRowMajor ? a + row * a_ld + j : a + row + j * a_ld, a_ld);
         round_to_tf32(a_fragments[r]);
       }
 #pragma unroll
       for (int c = 0; c < Columns; ++c) {
-        wmma::load_matrix_sync(b_fragments[c], b + j * b_ld + c * kTile, b_ld);
+        load_shared(b_fragments[c], b + j * b_ld + c * kTile, b_ld);
         round_to_tf32(b_fragments[c]);
       }
 #pragma unroll
@@ -416,7 +419,7 @@ __device__ void load_strip(Strip<Rows, Columns>& strip, const float* src, int ld
 #pragma unroll
     for (int c = 0; c < Columns; ++c) {
       Accumulator& tile = strip.tiles[r][c];
-      wmma::load_matrix_sync(tile, src + r * kTile * ld + c * kTile, ld, wmma::mem_row_major);
+      load_shared(tile, src + r * kTile * ld + c * kTile, ld);
 #pragma unroll
       for (int t = 0; t < tile.num_elements; ++t)
         tile.x[t] *= scale;
@@ -435,7 +438,7 @@ __device__ void store_strip(float* dst, int ld, Strip<Rows, Columns>& strip, flo
 #pragma unroll
       for (int t = 0; t < tile.num_elements; ++t)
         tile.x[t] *= scale;
-      wmma::store_matrix_sync(dst + r * kTile * ld + c * kTile, tile, ld, wmma::mem_row_major);
+      store_shared(dst + r * kTile * ld + c * kTile, tile, ld);
     }
   }
 }
