@@ -240,14 +240,14 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
         const float w = weights[row * S + s];
         float dot = 0.f;
 #pragma unroll
-        for (int n = 0; n < 4; ++n)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int offset = row * k_ld + corner.y + 8 * n + 2 * t + e;
-            const float p = block.c[m][n][2 * h + e];
-            d_q[offset] += w * p;
-            dot += p * q[offset];
-          }
+        for (int n = 0; n < 4; ++n) {  // the lane's two adjacent entries of each 8-column tile
+          const int offset = row * k_ld + corner.y + 8 * n + 2 * t;
+          const float p0 = block.c[m][n][2 * h], p1 = block.c[m][n][2 * h + 1];
+          auto& sum = *reinterpret_cast<float2*>(d_q + offset);
+          const float2 query = *reinterpret_cast<const float2*>(q + offset);
+          sum = make_float2(sum.x + w * p0, sum.y + w * p1);
+          dot += p0 * query.x + p1 * query.y;
+        }
         dot += __shfl_xor_sync(~0u, dot, 1);
         dot += __shfl_xor_sync(~0u, dot, 2);
         if (t == 0) dots[((corner.y / kBlock) * C + row) * S + s] = dot;
@@ -255,38 +255,36 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   };
 
   constexpr int x_ld = kStateLd<TState>;
-  const auto* start_states = static_cast<const TState*>(a.start_states);
+  const StageCopy<kThreads, TState, kStageColumns, x_ld> copy_states(K, V), copy_rows(C, V);
+  const auto* start_states = static_cast<const TState*>(a.start_states) + chunk * S * KV;
   const auto buffer_x = [&](int b) { return d.stage_states<TState>(stage_buffers, b); };
-  const auto* d_written = static_cast<const TState*>(a.d_written);
+  const auto* d_written = static_cast<const TState*>(a.d_written) + chunk * S * CV;
   const auto buffer_rows = [&](int b) { return d.stage_rows<TState>(stage_buffers, b); };
   run_stages<kReadBuffers<TState>>(
-      list.count * per_slot,
-      [&](int k, int b) {
-        const int i = k / per_slot, s = list.slot[i], column = (k % per_slot) * kStageColumns,
-                  partner = list.partner[i];
-        copy_state_columns_async<kThreads>(buffer_x(b), x_ld, start_states + (chunk * S + s) * KV, V, column,
-                                           kStageColumns, K);
-        if (d.delta_rule && partner >= 0) {
-          copy_state_columns_async<kThreads>(buffer_rows(b), x_ld, d_written + (chunk * S + partner) * CV, V,
-                                             column, kStageColumns, C);
-        }
+      list.count, per_slot,
+      [&](Stage k, int b) {  // k: (the slot's place in the list, its stage of value columns)
+        const int column = k.inner * kStageColumns, partner = list.partner[k.outer];
+        copy_states.start(buffer_x(b), start_states + list.slot[k.outer] * KV + column);
+        if (d.delta_rule && partner >= 0) copy_rows.start(buffer_rows(b), d_written + partner * CV + column);
       },
-      [&](int k, int b) {
-        const int i = k / per_slot, stage = k % per_slot, column = stage * kStageColumns;
+      [&](Stage k, int b) {
+        const int column = k.inner * kStageColumns;
         const TState* x_rows = buffer_x(b) + corner.y * x_ld;
         if (reads_block) {
-          if (stage == 0) clear(block);
+          if (k.inner == 0) clear(block);
           multiply_accumulate_transposed(block, d_inter + corner.x * inter_ld + column, inter_ld, x_rows,
                                          x_ld, kStageColumns);
-          if (stage == per_slot - 1) take_reads(list.slot[i]);
-        } else if (d_w_block && list.partner[i] >= 0) {
+          if (k.inner == per_slot - 1) take_reads(list.slot[k.outer]);
+        } else if (d_w_block && list.partner[k.outer] >= 0) {
           multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * x_ld, x_ld, x_rows, x_ld,
                                          kStageColumns);
         }
       });
   __syncthreads();  // every warp's dq̃ block and dots are in
-  for (int e = threadIdx.x; e < C * K; e += kThreads)
-    a.d_transported_q[chunk * CK + e] = d_q[(e / K) * k_ld + e % K];
+  for (int row = warp; row < C; row += kWarps)
+    for (int column = 4 * lane; column < K; column += 4 * 32)
+      *reinterpret_cast<float4*>(a.d_transported_q + chunk * CK + row * K + column) =
+          *reinterpret_cast<const float4*>(d_q + row * k_ld + column);
   for (int e = threadIdx.x; e < C * S; e += kThreads) {
     float sum = 0.f;
     for (int key_block = 0; key_block < K / kBlock; ++key_block)
@@ -311,46 +309,53 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
 
   const size_t chunk = block_chunk(d);
   const size_t KV = static_cast<size_t>(K) * V;
-  const int warp = warp_index(), per_slot = d.stages_per_slot();
+  const int warp = warp_index(), lane = threadIdx.x % 32, per_slot = d.stages_per_slot();
   load_floats(moves, a.state_move + chunk * S * S, S * S);
   __syncthreads();
   list_slots(list, moves, nullptr, S, d.C, slots_live_at_start(a.live_slots, chunk, blockIdx.x, S),
              /*moved_only=*/true);
-  const bool gram_block = d.delta_rule && warp < (K / 32) * (K / 32);
+  // de = Σ_s ⟨X_s, Ḡ_s⟩ is the trace of Σ_s X_s Ḡ_sᵀ. With bf16 states the diagonal blocks' products give it
+  // (bf16 products are exact, as in an elementwise sum); float states sum it element by element, as TF32
+  // products would round it.
+  constexpr bool kDecayFromTrace = !std::is_same_v<TState, float>;
   const int2 corner = block_corner(warp, K);
+  const bool diagonal_block = warp < (K / 32) * (K / 32) && corner.x == corner.y;
+  const bool gram_block = warp < (K / 32) * (K / 32) && (d.delta_rule || (kDecayFromTrace && diagonal_block));
   WarpBlock gram;
   clear(gram);
   float decay_grad = 0.f;
 
-  const auto* start_states = static_cast<const TState*>(a.start_states);
-  const auto* d_end_states = static_cast<const TState*>(a.d_end_states);
+  const auto* start_states = static_cast<const TState*>(a.start_states) + chunk * S * KV;
+  const auto* d_end_states = static_cast<const TState*>(a.d_end_states) + chunk * S * KV;
   const auto buffer_x = [&](int b) {
     return reinterpret_cast<TState*>(stage_buffers + b * 2 * state_floats);
   };
   const auto buffer_g = [&](int b) {
     return reinterpret_cast<TState*>(stage_buffers + (b * 2 + 1) * state_floats);
   };
+  const StageCopy<kThreads, TState, kStageColumns, ld> copy_states(K, V);
   run_stages<kCarryBuffers<TState>>(
-      list.count * per_slot,
-      [&](int k, int b) {
-        const int i = k / per_slot, column = (k % per_slot) * kStageColumns;
-        copy_state_columns_async<kThreads>(buffer_x(b), ld, start_states + (chunk * S + list.slot[i]) * KV, V,
-                                           column, kStageColumns, K);
-        copy_state_columns_async<kThreads>(buffer_g(b), ld, d_end_states + (chunk * S + list.partner[i]) * KV,
-                                           V, column, kStageColumns, K);
+      list.count, per_slot,
+      [&](Stage k, int b) {  // k: (the slot's place in the list, its stage of value columns)
+        const int column = k.inner * kStageColumns;
+        copy_states.start(buffer_x(b), start_states + list.slot[k.outer] * KV + column);
+        copy_states.start(buffer_g(b), d_end_states + list.partner[k.outer] * KV + column);
       },
-      [&](int, int b) {
-        for (int e = threadIdx.x; e < K * kStageColumns / 2; e += kThreads) {  // pairs of columns
-          const int offset = (e / (kStageColumns / 2)) * ld + 2 * (e % (kStageColumns / 2));
-          const float2 x = to_float2(buffer_x(b) + offset), g = to_float2(buffer_g(b) + offset);
-          decay_grad += x.x * g.x + x.y * g.y;
+      [&](Stage, int b) {
+        if constexpr (!kDecayFromTrace) {
+          for (int row = warp; row < K; row += kWarps) {  // a lane per column of the stage
+            const int offset = row * ld + lane;
+            decay_grad += buffer_x(b)[offset] * buffer_g(b)[offset];
+          }
         }
         if (gram_block) {
           multiply_accumulate_transposed(gram, buffer_x(b) + corner.x * ld, ld, buffer_g(b) + corner.y * ld,
                                          ld, kStageColumns);
         }
       });
-  if (gram_block) store(gram, a.moved_state_gram + chunk * K * K + corner.x * K + corner.y, K, 1.f);
+  if (gram_block && d.delta_rule)
+    store(gram, a.moved_state_gram + chunk * K * K + corner.x * K + corner.y, K, 1.f);
+  if (kDecayFromTrace && diagonal_block) decay_grad = diagonal_sum(gram);
   decay_grad = warp_sum(decay_grad);
   if (threadIdx.x % 32 == 0) warp_sums[warp] = decay_grad;
   __syncthreads();
@@ -423,21 +428,20 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   const int count = list.count;
 
   constexpr int g_ld = kStateLd<TState>;
-  const auto* d_end_states = static_cast<const TState*>(a.d_end_states);
+  const StageCopy<kThreads, TState, kStageColumns, g_ld> copy_states(K, V), copy_rows(C, V);
+  const auto* d_end_states = static_cast<const TState*>(a.d_end_states) + chunk * S * KV;
   const auto buffer_g = [&](int b) { return d.stage_states<TState>(stage_buffers, b); };
-  const auto* d_written = static_cast<const TState*>(a.d_written);
+  const auto* d_written = static_cast<const TState*>(a.d_written) + chunk * S * CV;
   const auto buffer_rows = [&](int b) { return d.stage_rows<TState>(stage_buffers, b); };
   run_stages<kWriteBuffers<TState>>(
-      count * d.stages_per_slot(),
-      [&](int k, int b) {
-        const int r = list.slot[k % count], column = (k / count) * kStageColumns;
-        copy_state_columns_async<kThreads>(buffer_g(b), g_ld, d_end_states + (chunk * S + r) * KV, V, column,
-                                           kStageColumns, K);
-        copy_state_columns_async<kThreads>(buffer_rows(b), g_ld, d_written + (chunk * S + r) * CV, V, column,
-                                           kStageColumns, C);
+      d.stages_per_slot(), count,
+      [&](Stage k, int b) {  // k: (the stage of value columns, the slot's place in the list)
+        const int r = list.slot[k.inner], column = k.outer * kStageColumns;
+        copy_states.start(buffer_g(b), d_end_states + r * KV + column);
+        copy_rows.start(buffer_rows(b), d_written + r * CV + column);
       },
-      [&](int k, int b) {
-        const int r = list.slot[k % count], column = (k / count) * kStageColumns;
+      [&](Stage k, int b) {
+        const int r = list.slot[k.inner], column = k.outer * kStageColumns;
         const float* m = tokens + r * C;
         if (landed_block) {
           multiply<Stored::by_row, true, Stored::by_row, false, TState>(
@@ -450,7 +454,7 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
         } else if (value_block) {
           multiply<Stored::by_column, true, Stored::by_column, false, TState>(
               block, {t_inverse + corner.x, square_ld, m + corner.x}, {buffer_rows(b), g_ld}, C);
-          if (k % count == count - 1) {
+          if (k.inner == count - 1) {
             store(block, d_source_v + column, V, 1.f);
             clear(block);
           }

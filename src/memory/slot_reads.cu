@@ -83,16 +83,16 @@ __global__ void __launch_bounds__(kThreads) slot_reads_kernel(SlotReadArgs a, Re
   const auto stage = [&](int b) { return reinterpret_cast<TState*>(stages + b * d.stage_floats()); };
   const auto* start_states = static_cast<const TState*>(a.start_states);
   run_stages<kBuffers>(
-      read_count * per_slot,
-      [&](int k, int b) {
-        const int s = read_slots[k / per_slot], key = (k % per_slot) * kStageKeys;
+      read_count, per_slot,
+      [&](Stage k, int b) {
+        const int s = read_slots[k.outer], key = k.inner * kStageKeys;
         copy_state_columns_async<kThreads>(
             stage(b), stage_ld, start_states + ((chunk * S + s) * K + key) * static_cast<size_t>(V), V,
             first_column, kColumns, kStageKeys);
       },
-      [&](int k, int b) {
+      [&](Stage k, int b) {
         if (!active) return;
-        const int s = read_slots[k / per_slot], key = (k % per_slot) * kStageKeys;
+        const int s = read_slots[k.outer], key = k.inner * kStageKeys;
         if constexpr (std::is_same_v<TState, float>) {
           multiply_accumulate<Stored::by_row, false, Stored::by_column, false>(
               slot_reads, {q + row * q_ld + key, q_ld}, {stage(b) + column, stage_ld}, kStageKeys);

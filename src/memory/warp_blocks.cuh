@@ -60,14 +60,6 @@ __device__ inline float to_float(__nv_bfloat16 x) {
   return __bfloat162float(x);
 }
 
-/// The two floats, or bf16, at p (8- or 4-byte aligned) as floats.
-__device__ inline float2 to_float2(const float* p) {
-  return *reinterpret_cast<const float2*>(p);
-}
-__device__ inline float2 to_float2(const __nv_bfloat16* p) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
-}
-
 template <Stored kStored, class T>
 __device__ float element(const Operand<T>& x, int i, int j) {
   return to_float(kStored == Stored::by_row ? x.p[i * x.ld + j] : x.p[j * x.ld + i]);
@@ -213,6 +205,20 @@ __device__ void load_as_bf16(__nv_bfloat16* dst, int ld, const float* __restrict
   }
 }
 
+/// The sum of the block's diagonal over the warp's lanes (each lane returns its part).
+__device__ inline float diagonal_sum(const WarpBlock& block) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  float sum = 0.f;
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)  // entry e: row 16m + 8(e / 2) + g, column 8n + 2t + e % 2
+        if (16 * m + 8 * (e / 2) + g == 8 * n + 2 * t + e % 2) sum += block.c[m][n][e];
+  return sum;
+}
+
 /// dst (rows ld apart) = scale · block.
 __device__ inline void store(const WarpBlock& block, float* dst, int ld, float scale) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -239,6 +245,38 @@ __device__ void copy_state_columns_async(T* dst, int dst_ld, const T* src, int r
                                                   column / kPerFloat, columns / kPerFloat, rows);
 }
 
+/// The copies of a stage's kColumns columns of T (bf16 or float; 16-byte pieces) from the rows of a row-major
+/// global matrix into shared rows kLd elements apart, the same for every stage of a ring. Each thread's rows
+/// and offsets are set once, so that a stage's copies cost an add and a cp.async each: with per-stage index
+/// arithmetic, the slot-gradient kernels were issue-bound on it.
+template <int kThreads, class T, int kColumns, int kLd>
+class StageCopy {
+  static constexpr int kPieceElements = 16 / static_cast<int>(sizeof(T));
+  static constexpr int kPerRow = kColumns / kPieceElements;
+  static constexpr int kRowStep = kThreads / kPerRow;
+  static_assert(kColumns % kPieceElements == 0 && kThreads % kPerRow == 0 && kLd % kPieceElements == 0);
+
+ public:
+  /// Copies of `rows` rows, row_length elements apart in global memory (a multiple of 16 bytes).
+  __device__ StageCopy(int rows, int row_length)
+      : rows_(rows),
+        first_row_(static_cast<int>(threadIdx.x) / kPerRow),
+        part_((static_cast<int>(threadIdx.x) % kPerRow) * kPieceElements),
+        row_length_(row_length) {}
+
+  /// Starts dst = the kColumns columns at src (the first row's first column) of each row.
+  __device__ void start(T* dst, const T* src) const {
+    const T* from = src + static_cast<size_t>(first_row_) * row_length_ + part_;
+    T* to = dst + first_row_ * kLd + part_;
+    const size_t from_step = static_cast<size_t>(kRowStep) * row_length_;
+    for (int row = first_row_; row < rows_; row += kRowStep, from += from_step, to += kRowStep * kLd)
+      dla::ops::kernels::copy_async(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from));
+  }
+
+ private:
+  int rows_, first_row_, part_, row_length_;
+};
+
 /// Bit s set where slot s is live at the start of the chunk at `chunk` (its n-th of a [BH, N] mask): live in
 /// the previous chunk's transitions, and none at the first. Without masks, every one of the S slots.
 __device__ inline unsigned slots_live_at_start(const unsigned* live_slots, size_t chunk, int n, int S) {
@@ -246,23 +284,44 @@ __device__ inline unsigned slots_live_at_start(const unsigned* live_slots, size_
   return n > 0 ? __ldg(live_slots + chunk - 1) : 0u;
 }
 
-/// Runs `stages` stages in a ring of kBuffers shared buffers: the copies of the next kBuffers − 1 stages
-/// (prefetch(k, buffer)) are in flight while stage k computes (compute(k, buffer)). Every iteration commits
-/// one group of copies, empty past the last stage, so that waiting for all but the newest kBuffers − 1
-/// groups waits for stage k's (and, at k = 0, for what the kernel copied before).
+/// A stage of run_stages: the outer and inner index of a nested loop, counted without a division.
+struct Stage {
+  int outer = 0, inner = 0;
+
+  __device__ void advance(int inner_count) {
+    if (++inner == inner_count) {
+      inner = 0;
+      ++outer;
+    }
+  }
+};
+
+/// Runs the stages of a nested loop, outer_count × inner_count in order, in a ring of kBuffers shared
+/// buffers: the copies of the next kBuffers − 1 stages (prefetch(stage, buffer)) are in flight while one
+/// computes (compute(stage, buffer)). Every iteration commits one group of copies, empty past the last stage,
+/// so that waiting for all but the newest kBuffers − 1 groups waits for the current stage's (and, at the
+/// first, for what the kernel copied before).
 template <int kBuffers, class Prefetch, class Compute>
-__device__ void run_stages(int stages, Prefetch prefetch, Compute compute) {
+__device__ void run_stages(int outer_count, int inner_count, Prefetch prefetch, Compute compute) {
+  const int stages = outer_count * inner_count;
+  Stage ahead, current;
   for (int k = 0; k < kBuffers - 1; ++k) {
-    if (k < stages) prefetch(k, k);
+    if (k < stages) {
+      prefetch(ahead, k);
+      ahead.advance(inner_count);
+    }
     commit_copies();
   }
   for (int k = 0; k < stages; ++k) {
-    const int ahead = k + kBuffers - 1;
-    if (ahead < stages) prefetch(ahead, ahead % kBuffers);
+    if (k + kBuffers - 1 < stages) {
+      prefetch(ahead, (k + kBuffers - 1) % kBuffers);
+      ahead.advance(inner_count);
+    }
     commit_copies();
     wait_copies<kBuffers - 1>();
     __syncthreads();
-    compute(k, k % kBuffers);
+    compute(current, k % kBuffers);
+    current.advance(inner_count);
     __syncthreads();  // the buffer is free for stage k + kBuffers
   }
   wait_copies<0>();
