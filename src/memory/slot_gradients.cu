@@ -7,8 +7,8 @@
 // One kernel per line, one block of 16 warps per chunk, each warp with a fixed 32 × 32 output block whose
 // accumulators stay in registers across the slots (mma.sync on raw fragments, each loaded once per step for
 // the block's eight products; TF32 in, or bf16 with compact states, float32 out). The slot states stream
-// through shared memory 32 value columns at a time, the next stages' asynchronous copies in flight while one
-// computes. Slots nothing moves from, or no token lands in, are skipped.
+// through shared memory 32 or 64 value columns at a time (Stages), the next stages' asynchronous copies in
+// flight while one computes. Slots nothing moves from, or no token lands in, are skipped.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -33,27 +33,39 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSlots = 16;
 constexpr int kPad = 4;  // shared rows are padded by 4 floats: float4 alignment, fewer bank conflicts
-constexpr int kStageColumns = 32;  // value columns of the slot states a pipeline stage brings in
-constexpr int kStageLd = kStageColumns + kPad;
-/// A stage row of slot states in T: kStageLd floats, or 40 bf16 (80 bytes: 16-byte aligned rows whose
-/// fragment loads stay on distinct banks), within float buffers.
-template <class T>
-constexpr int kStateLd = std::is_same_v<T, float> ? kStageLd : kStageColumns + 8;
+constexpr int kStaticSharedBytes = 512;  // the kernels' own small shared arrays
+using bf16 = __nv_bfloat16;
+
 /// Floats of shared memory that `rows` rows of T, ld elements apart, take (ld · sizeof(T) a multiple of 16).
 template <class T>
 __host__ __device__ constexpr int floats_of(int rows, int ld) {
   return rows * ld * static_cast<int>(sizeof(T)) / static_cast<int>(sizeof(float));
 }
-constexpr int kStaticSharedBytes = 512;  // the kernels' own small shared arrays
-// Stage buffers of each kernel: all but one have their copies in flight while one computes. One block of a
-// chunk fills an SM, so the copies in flight set the kernels' speed: bf16 stages, half the bytes, come
-// twice as many (the read kernel's other buffers leave room for fewer).
+
+/// How a kernel streams slot states (T: float, or bf16 for compact states) through shared memory: kColumns
+/// value columns a stage, in kBuffers buffers of which all but one have their copies in flight while one
+/// computes.
+template <class T, int kColumnsPerStage, int kBufferCount>
+struct Stages {
+  using State = T;
+  static constexpr int kColumns = kColumnsPerStage;
+  static constexpr int kBuffers = kBufferCount;
+  /// A stage row: kColumns + 4 floats, or kColumns + 8 bf16 (16-byte aligned rows whose fragment loads stay
+  /// on distinct banks).
+  static constexpr int kLd = std::is_same_v<T, float> ? kColumns + kPad : kColumns + 8;
+  __host__ __device__ static constexpr int floats(int rows) { return floats_of<T>(rows, kLd); }
+};
+// One block of a chunk fills an SM, so the copies in flight and the work over which each stage's fixed costs
+// (copy set-up, two barriers) spread set the kernels' speed. Stages are 32 columns wide; with bf16 states the
+// reads and carry take 64 where shared memory holds them (the writes' value blocks are one stage wide).
 template <class T>
-constexpr int kReadBuffers = std::is_same_v<T, float> ? 3 : 6;
+using ReadStages = Stages<T, 32, 3>;
+using WideReadStages = Stages<bf16, 64, 4>;
 template <class T>
-constexpr int kCarryBuffers = std::is_same_v<T, float> ? 4 : 8;
+using CarryStages = Stages<T, 32, 4>;
+using WideCarryStages = Stages<bf16, 64, 5>;
 template <class T>
-constexpr int kWriteBuffers = std::is_same_v<T, float> ? 4 : 8;
+using WriteStages = Stages<T, 32, 4>;
 
 struct Dims {
   int chunks, C, K, V, S;
@@ -64,7 +76,6 @@ struct Dims {
   /// T is read down its columns: rows 8 floats longer than a multiple of 16 keep a fragment load's lanes on
   /// distinct banks.
   __host__ __device__ int t_ld() const { return C + 2 * kPad; }
-  __host__ __device__ int stages_per_slot() const { return V / kStageColumns; }
   /// The write kernel's warp blocks: Σ_r L_r G_rᵀ [C, K], dT [C, C] and one value stage's columns of dv.
   __host__ __device__ int landed_blocks() const { return (C / kBlock) * (K / kBlock); }
   __host__ __device__ int square_blocks() const { return delta_rule ? (C / kBlock) * (C / kBlock) : 0; }
@@ -81,33 +92,34 @@ struct Dims {
   __host__ __device__ int square_ld() const {
     return std::is_same_v<T, float> ? t_ld() : C + 8;
   }
-  /// One stage buffer of T: a slot's [K, 32] state columns and a [C, 32] block of per-token rows.
-  template <class T>
+  /// One stage buffer: a slot's [K, kColumns] state columns and a [C, kColumns] block of per-token rows.
+  template <class St>
   __host__ __device__ int stage_floats() const {
-    return floats_of<T>(K + C, kStateLd<T>);
+    return St::floats(K + C);
   }
   /// Stage buffer b of those at `buffers`: a slot's state columns, then the per-token rows.
-  template <class T>
-  __device__ T* stage_states(float* buffers, int b) const {
-    return reinterpret_cast<T*>(buffers + b * stage_floats<T>());
+  template <class St>
+  __device__ typename St::State* stage_states(float* buffers, int b) const {
+    return reinterpret_cast<typename St::State*>(buffers + b * stage_floats<St>());
   }
-  template <class T>
-  __device__ T* stage_rows(float* buffers, int b) const {
-    return reinterpret_cast<T*>(buffers + b * stage_floats<T>() + floats_of<T>(K, kStateLd<T>));
+  template <class St>
+  __device__ typename St::State* stage_rows(float* buffers, int b) const {
+    return reinterpret_cast<typename St::State*>(buffers + b * stage_floats<St>() + St::floats(K));
   }
-  /// Shared floats of each kernel with states of T, in the order of its buffers below.
-  template <class T>
+  /// Shared floats of each kernel with its Stages, in the order of its buffers below.
+  template <class St>
   __host__ __device__ int read_kernel_floats() const {
-    return floats_of<T>(C, value_ld<T>()) + kReadBuffers<T> * stage_floats<T>() + 2 * C * k_ld() + C * S +
-           S * S + (K / kBlock) * C * S;
+    return floats_of<typename St::State>(C, value_ld<typename St::State>()) +
+           St::kBuffers * stage_floats<St>() + 2 * C * k_ld() + C * S + S * S + (K / kBlock) * C * S;
   }
-  template <class T>
+  template <class St>
   __host__ __device__ int carry_kernel_floats() const {
-    return kCarryBuffers<T> * 2 * floats_of<T>(K, kStateLd<T>) + S * S;
+    return St::kBuffers * 2 * St::floats(K) + S * S;
   }
-  template <class T>
+  template <class St>
   __host__ __device__ int write_kernel_floats() const {
-    return floats_of<T>(C, value_ld<T>()) + kWriteBuffers<T> * stage_floats<T>() +
+    using T = typename St::State;
+    return floats_of<T>(C, value_ld<T>()) + St::kBuffers * stage_floats<St>() +
            floats_of<T>(C, square_ld<T>()) + S * C;
   }
 };
@@ -183,23 +195,24 @@ __device__ void list_slots(SlotList& list, const float* moves, const float* toke
   __syncthreads();
 }
 
-/// dw, dq̃ and (delta rule) dW of one chunk. Stages: every slot s, 32 value columns at a time, with X_s and
-/// dΔ of the slot s moves to. The first warps hold P_s's 32 × 32 blocks: at a slot's end each adds w_s ⊙ P_s
-/// to its block of dq̃ and writes its rows' dots with q̃ over its 32 keys, summed over the key blocks at the
-/// end, so no warp waits for another between slots. The next warps hold dW's blocks.
-template <class TState>
+/// dw, dq̃ and (delta rule) dW of one chunk. Stages: every slot s, St::kColumns value columns at a time, with
+/// X_s and dΔ of the slot s moves to. The first warps hold P_s's 32 × 32 blocks: at a slot's end each adds
+/// w_s ⊙ P_s to its block of dq̃ and writes its rows' dots with q̃ over its 32 keys, summed over the key blocks
+/// at the end, so no warp waits for another between slots. The next warps hold dW's blocks.
+template <class St>
 __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradientArgs a, Dims d) {
+  using TState = typename St::State;
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
   const int C = d.C, K = d.K, V = d.V, S = d.S, k_ld = d.k_ld();
   // d_inter in the states' type: with bf16 states, the products P_s = d_inter X_sᵀ run on bf16 tensor cores.
   auto* d_inter = reinterpret_cast<TState*>(shared);  // [C, inter_ld]
   const int inter_ld = d.value_ld<TState>();
-  float* stage_buffers = shared + floats_of<TState>(C, inter_ld);  // kReadBuffers × (X_s [K, ·], dΔ [C, ·])
-  float* d_q = stage_buffers + kReadBuffers<TState> * d.stage_floats<TState>();  // [C, k_ld]
-  float* q = d_q + C * k_ld;                                                     // q̃ [C, k_ld]
-  float* weights = q + C * k_ld;                                                 // [C, S]
-  float* moves = weights + C * S;                                                // [S, S]
+  float* stage_buffers = shared + floats_of<TState>(C, inter_ld);  // St::kBuffers × (X_s [K, ·], dΔ [C, ·])
+  float* d_q = stage_buffers + St::kBuffers * d.stage_floats<St>();  // [C, k_ld]
+  float* q = d_q + C * k_ld;                                         // q̃ [C, k_ld]
+  float* weights = q + C * k_ld;                                     // [C, S]
+  float* moves = weights + C * S;                                    // [S, S]
   float* dots = moves + S * S;  // [K / 32, C, S]: ⟨P_s[c], q̃[c]⟩ over each block of 32 keys
 
   const size_t chunk = block_chunk(d);
@@ -223,7 +236,7 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   list_slots(list, moves, nullptr, S, C, slots_live_at_start(a.live_slots, chunk, blockIdx.x, S),
              /*moved_only=*/false);
 
-  const int read_blocks = (C / kBlock) * (K / kBlock), per_slot = d.stages_per_slot();
+  const int read_blocks = (C / kBlock) * (K / kBlock), per_slot = V / St::kColumns;
   const bool reads_block = warp < read_blocks,
              d_w_block = d.delta_rule && !reads_block && warp < 2 * read_blocks;
   const int2 corner = block_corner(reads_block ? warp : warp - read_blocks, K);
@@ -254,30 +267,30 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
       }
   };
 
-  constexpr int x_ld = kStateLd<TState>;
-  const StageCopy<kThreads, TState, kStageColumns, x_ld> copy_states(K, V), copy_rows(C, V);
+  constexpr int x_ld = St::kLd;
+  const StageCopy<kThreads, TState, St::kColumns, x_ld> copy_states(K, V), copy_rows(C, V);
   const auto* start_states = static_cast<const TState*>(a.start_states) + chunk * S * KV;
-  const auto buffer_x = [&](int b) { return d.stage_states<TState>(stage_buffers, b); };
+  const auto buffer_x = [&](int b) { return d.stage_states<St>(stage_buffers, b); };
   const auto* d_written = static_cast<const TState*>(a.d_written) + chunk * S * CV;
-  const auto buffer_rows = [&](int b) { return d.stage_rows<TState>(stage_buffers, b); };
-  run_stages<kReadBuffers<TState>>(
+  const auto buffer_rows = [&](int b) { return d.stage_rows<St>(stage_buffers, b); };
+  run_stages<St::kBuffers>(
       list.count, per_slot,
       [&](Stage k, int b) {  // k: (the slot's place in the list, its stage of value columns)
-        const int column = k.inner * kStageColumns, partner = list.partner[k.outer];
+        const int column = k.inner * St::kColumns, partner = list.partner[k.outer];
         copy_states.start(buffer_x(b), start_states + list.slot[k.outer] * KV + column);
         if (d.delta_rule && partner >= 0) copy_rows.start(buffer_rows(b), d_written + partner * CV + column);
       },
       [&](Stage k, int b) {
-        const int column = k.inner * kStageColumns;
+        const int column = k.inner * St::kColumns;
         const TState* x_rows = buffer_x(b) + corner.y * x_ld;
         if (reads_block) {
           if (k.inner == 0) clear(block);
           multiply_accumulate_transposed(block, d_inter + corner.x * inter_ld + column, inter_ld, x_rows,
-                                         x_ld, kStageColumns);
+                                         x_ld, St::kColumns);
           if (k.inner == per_slot - 1) take_reads(list.slot[k.outer]);
         } else if (d_w_block && list.partner[k.outer] >= 0) {
           multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * x_ld, x_ld, x_rows, x_ld,
-                                         kStageColumns);
+                                         St::kColumns);
         }
       });
   __syncthreads();  // every warp's dq̃ block and dots are in
@@ -294,22 +307,23 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   if (d_w_block) store(block, a.d_w + chunk * CK + corner.x * K + corner.y, K, -1.f);  // dW = −Σ_s dΔ̄_s X_sᵀ
 }
 
-/// de and (delta rule) Σ_s X_s Ḡ_sᵀ of one chunk. Stages: the slots whose state moves, 32 value columns at
-/// a time, with X_s and G of the slot it moves to.
-template <class TState>
+/// de and (delta rule) Σ_s X_s Ḡ_sᵀ of one chunk. Stages: the slots whose state moves, St::kColumns value
+/// columns at a time, with X_s and G of the slot it moves to.
+template <class St>
 __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradientArgs a, Dims d) {
+  using TState = typename St::State;
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
   __shared__ float warp_sums[kWarps];
   const int K = d.K, V = d.V, S = d.S;
-  constexpr int ld = kStateLd<TState>;
-  const int state_floats = floats_of<TState>(K, ld);
-  float* stage_buffers = shared;  // kCarryBuffers × (X_s [K, ld], Ḡ_s [K, ld])
-  float* moves = stage_buffers + kCarryBuffers<TState> * 2 * state_floats;  // [S, S]
+  constexpr int ld = St::kLd;
+  const int state_floats = St::floats(K);
+  float* stage_buffers = shared;  // St::kBuffers × (X_s [K, ld], Ḡ_s [K, ld])
+  float* moves = stage_buffers + St::kBuffers * 2 * state_floats;  // [S, S]
 
   const size_t chunk = block_chunk(d);
   const size_t KV = static_cast<size_t>(K) * V;
-  const int warp = warp_index(), lane = threadIdx.x % 32, per_slot = d.stages_per_slot();
+  const int warp = warp_index(), lane = threadIdx.x % 32, per_slot = V / St::kColumns;
   load_floats(moves, a.state_move + chunk * S * S, S * S);
   __syncthreads();
   list_slots(list, moves, nullptr, S, d.C, slots_live_at_start(a.live_slots, chunk, blockIdx.x, S),
@@ -333,24 +347,24 @@ __global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradie
   const auto buffer_g = [&](int b) {
     return reinterpret_cast<TState*>(stage_buffers + (b * 2 + 1) * state_floats);
   };
-  const StageCopy<kThreads, TState, kStageColumns, ld> copy_states(K, V);
-  run_stages<kCarryBuffers<TState>>(
+  const StageCopy<kThreads, TState, St::kColumns, ld> copy_states(K, V);
+  run_stages<St::kBuffers>(
       list.count, per_slot,
       [&](Stage k, int b) {  // k: (the slot's place in the list, its stage of value columns)
-        const int column = k.inner * kStageColumns;
+        const int column = k.inner * St::kColumns;
         copy_states.start(buffer_x(b), start_states + list.slot[k.outer] * KV + column);
         copy_states.start(buffer_g(b), d_end_states + list.partner[k.outer] * KV + column);
       },
       [&](Stage, int b) {
         if constexpr (!kDecayFromTrace) {
-          for (int row = warp; row < K; row += kWarps) {  // a lane per column of the stage
-            const int offset = row * ld + lane;
-            decay_grad += buffer_x(b)[offset] * buffer_g(b)[offset];
-          }
+          for (int row = warp; row < K; row += kWarps)  // a lane per column of the stage
+#pragma unroll
+            for (int column = lane; column < St::kColumns; column += 32)
+              decay_grad += buffer_x(b)[row * ld + column] * buffer_g(b)[row * ld + column];
         }
         if (gram_block) {
           multiply_accumulate_transposed(gram, buffer_x(b) + corner.x * ld, ld, buffer_g(b) + corner.y * ld,
-                                         ld, kStageColumns);
+                                         ld, St::kColumns);
         }
       });
   if (gram_block && d.delta_rule)
@@ -382,8 +396,10 @@ __device__ void multiply(WarpBlock& block, const Operand<T>& a, const Operand<T>
 /// never formed: the fragments of v scale by m_r as they load. The first warps hold Σ_r L_r G_rᵀ's blocks,
 /// the next dT's, the last the current value columns of dv = Σ_r m_r ⊙ (Tᵀ dΔ_r), stored when the stage's
 /// last slot is done.
-template <class TState>
+template <class St>
 __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradientArgs a, Dims d) {
+  using TState = typename St::State;
+  constexpr int kStageColumns = St::kColumns;
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
   const int C = d.C, K = d.K, V = d.V, S = d.S;
@@ -392,8 +408,8 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   const int values_ld = d.value_ld<TState>(), square_ld = d.square_ld<TState>();
   auto* values = reinterpret_cast<TState*>(shared);  // v [C, values_ld]
   float* stage_buffers =
-      shared + floats_of<TState>(C, values_ld);  // kWriteBuffers × (G_r [K, ·], dΔ_r [C, ·])
-  float* t_region = stage_buffers + kWriteBuffers<TState> * d.stage_floats<TState>();
+      shared + floats_of<TState>(C, values_ld);  // St::kBuffers × (G_r [K, ·], dΔ_r [C, ·])
+  float* t_region = stage_buffers + St::kBuffers * d.stage_floats<St>();
   auto* t_inverse = reinterpret_cast<TState*>(t_region);       // T [C, square_ld]
   float* tokens = t_region + floats_of<TState>(C, square_ld);  // m [S, C]
 
@@ -427,14 +443,14 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   float* d_source_v = a.d_source_v + chunk * CV + corner.x * V;
   const int count = list.count;
 
-  constexpr int g_ld = kStateLd<TState>;
+  constexpr int g_ld = St::kLd;
   const StageCopy<kThreads, TState, kStageColumns, g_ld> copy_states(K, V), copy_rows(C, V);
   const auto* d_end_states = static_cast<const TState*>(a.d_end_states) + chunk * S * KV;
-  const auto buffer_g = [&](int b) { return d.stage_states<TState>(stage_buffers, b); };
+  const auto buffer_g = [&](int b) { return d.stage_states<St>(stage_buffers, b); };
   const auto* d_written = static_cast<const TState*>(a.d_written) + chunk * S * CV;
-  const auto buffer_rows = [&](int b) { return d.stage_rows<TState>(stage_buffers, b); };
-  run_stages<kWriteBuffers<TState>>(
-      d.stages_per_slot(), count,
+  const auto buffer_rows = [&](int b) { return d.stage_rows<St>(stage_buffers, b); };
+  run_stages<St::kBuffers>(
+      V / kStageColumns, count,
       [&](Stage k, int b) {  // k: (the stage of value columns, the slot's place in the list)
         const int r = list.slot[k.inner], column = k.outer * kStageColumns;
         copy_states.start(buffer_g(b), d_end_states + r * KV + column);
@@ -492,9 +508,9 @@ const char* launch(Kernel kernel, const SlotGradientArgs& args, const Dims& d, i
 
 bool supports_slot_gradients(const SlotPassDims& dims) {
   const auto tiled = [](int64_t x) { return x >= kBlock && x % kBlock == 0 && x <= 4096; };
-  if (!tiled(dims.chunk_size) || !tiled(dims.key_dim) || dims.value_dim % kStageColumns != 0 ||
-      dims.value_dim < kStageColumns || dims.value_dim > 4096 || dims.slots < 1 || dims.slots > kMaxSlots ||
-      dims.batch_heads < 1 || dims.batch_heads > 65535 || dims.chunks < 1 || dims.chunks > (int64_t{1} << 30))
+  if (!tiled(dims.chunk_size) || !tiled(dims.key_dim) || dims.value_dim % 32 != 0 || dims.value_dim < 32 ||
+      dims.value_dim > 4096 || dims.slots < 1 || dims.slots > kMaxSlots || dims.batch_heads < 1 ||
+      dims.batch_heads > 65535 || dims.chunks < 1 || dims.chunks > (int64_t{1} << 30))
     return false;
   // Each warp takes one 32 × 32 block: of P_s or dW (reads), of Σ X_s Ḡ_sᵀ (carry), of the writes' outputs.
   const int64_t c_blocks = dims.chunk_size / kBlock, k_blocks = dims.key_dim / kBlock;
@@ -503,26 +519,40 @@ bool supports_slot_gradients(const SlotPassDims& dims) {
   const int limit = usable_shared_bytes() / static_cast<int>(sizeof(float));
   const auto fits = [&](auto state) {
     using T = decltype(state);
-    return d.read_kernel_floats<T>() <= limit && d.carry_kernel_floats<T>() <= limit &&
-           d.write_kernel_floats<T>() <= limit;
+    return d.read_kernel_floats<ReadStages<T>>() <= limit &&
+           d.carry_kernel_floats<CarryStages<T>>() <= limit &&
+           d.write_kernel_floats<WriteStages<T>>() <= limit;
   };
-  return d.write_kernel_blocks() <= kWarps && fits(float{}) && fits(__nv_bfloat16{});
+  return d.write_kernel_blocks() <= kWarps && fits(float{}) && fits(bf16{});
 }
 
 const char* slot_pass_gradients(const SlotGradientArgs& args, const SlotPassDims& dims, void* stream) {
   const Dims d = dims_of(dims, args.t_inverse != nullptr);
   const int64_t bh = dims.batch_heads;
+  const int limit = usable_shared_bytes() / static_cast<int>(sizeof(float));
+  // The wide stages where the values split into them and their buffers fit.
+  const bool wide_reads =
+      d.V % WideReadStages::kColumns == 0 && d.read_kernel_floats<WideReadStages>() <= limit;
+  const bool wide_carry =
+      d.V % WideCarryStages::kColumns == 0 && d.carry_kernel_floats<WideCarryStages>() <= limit;
   const auto run = [&](auto state) {
     using TState = decltype(state);
-    const char* error =
-        launch(read_gradients_kernel<TState>, args, d, bh, d.read_kernel_floats<TState>(), stream);
-    if (error == nullptr)
-      error = launch(carry_gradients_kernel<TState>, args, d, bh, d.carry_kernel_floats<TState>(), stream);
-    if (error == nullptr)
-      error = launch(write_gradients_kernel<TState>, args, d, bh, d.write_kernel_floats<TState>(), stream);
-    return error;
+    constexpr bool kCompact = std::is_same_v<TState, bf16>;
+    const char* error = kCompact && wide_reads
+                            ? launch(read_gradients_kernel<WideReadStages>, args, d, bh,
+                                     d.read_kernel_floats<WideReadStages>(), stream)
+                            : launch(read_gradients_kernel<ReadStages<TState>>, args, d, bh,
+                                     d.read_kernel_floats<ReadStages<TState>>(), stream);
+    if (error != nullptr) return error;
+    error = kCompact && wide_carry ? launch(carry_gradients_kernel<WideCarryStages>, args, d, bh,
+                                            d.carry_kernel_floats<WideCarryStages>(), stream)
+                                   : launch(carry_gradients_kernel<CarryStages<TState>>, args, d, bh,
+                                            d.carry_kernel_floats<CarryStages<TState>>(), stream);
+    if (error != nullptr) return error;
+    return launch(write_gradients_kernel<WriteStages<TState>>, args, d, bh,
+                  d.write_kernel_floats<WriteStages<TState>>(), stream);
   };
-  return args.compact_states ? run(__nv_bfloat16{}) : run(float{});
+  return args.compact_states ? run(bf16{}) : run(float{});
 }
 
 }  // namespace dla::memory::kernels
