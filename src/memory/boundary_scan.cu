@@ -1,12 +1,19 @@
 // CUDA kernel of the DLA boundary scan (spec/dla.md §3.2; the host version is BoundaryCache::scan). One warp
 // scans one (batch, head) sequence token by token. Lane i holds the i-th newest alive boundary (its score and
 // position), so a candidate joining is one shuffle up; an overflow evicts the oldest (the last lane) or the
-// lowest score, found by a warp reduction (ties go to the older boundary, as on the host), and the lanes
-// behind it shuffle down. After each token lane i writes slot i of the next query's row: boundary i while
-// i < alive, then token 0's segment, then empty slots (−1).
+// lowest score, found by a warp min-reduction of order-preserving keys (ties go to the older boundary, as on
+// the host), and the lanes behind it shuffle down. After each token lane i writes slot i of the next query's
+// row: boundary i while i < alive, then token 0's segment, then empty slots (−1). The scan is one dependent
+// chain per sequence, so its length sets the kernel's time: which of 32 tokens are candidates is one ballot,
+// and a token that is not costs no shuffle.
 #include <cuda_runtime.h>
 
 #include "boundary_scan_kernel.h"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error \
+    "dla's boundary-scan kernel uses warp min-reductions (sm_80+): set DLA_CUDA_ARCHITECTURES to 80 or newer"
+#endif
 
 namespace dla::memory::kernels {
 namespace {
@@ -19,19 +26,19 @@ struct Slot {
   int position;
 };
 
+/// The score as an unsigned key in the same order, −0 and +0 equal as in float comparisons (scores are never
+/// NaN: a NaN is no candidate).
+__device__ unsigned order_key(float score) {
+  const unsigned bits = __float_as_uint(score + 0.f);  // −0 + 0 = +0
+  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+}
+
 /// The lane holding the lowest score among lanes < alive; among equal scores the older (higher) lane.
 __device__ int lowest_lane(const Slot& mine, int lane, int alive) {
-  float best_score = lane < alive ? mine.score : __int_as_float(0x7f800000);  // +inf for unused lanes
-  int best_lane = lane < alive ? lane : -1;
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const float other_score = __shfl_xor_sync(kAllLanes, best_score, offset);
-    const int other_lane = __shfl_xor_sync(kAllLanes, best_lane, offset);
-    if (other_score < best_score || (other_score == best_score && other_lane > best_lane)) {
-      best_score = other_score;
-      best_lane = other_lane;
-    }
-  }
-  return best_lane;
+  const unsigned key = lane < alive ? order_key(mine.score) : ~0u;
+  const unsigned lowest = __reduce_min_sync(kAllLanes, key);
+  const unsigned holders = __ballot_sync(kAllLanes, lane < alive && key == lowest);
+  return 31 - __clz(static_cast<int>(holders));
 }
 
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
@@ -54,13 +61,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     opener_QS[lane] = -1;
   }
   for (int first = 0; first < tokens; first += 32) {
-    // Each lane loads one of the next 32 scores; the scan takes them from the lanes in turn.
+    // Each lane loads one of the next 32 scores; the scan takes the candidates' from the lanes in turn.
     const float u_lane = first + lane < tokens ? u_T[static_cast<long long>(first + lane) * dims.heads] : 0.f;
+    const unsigned candidates =
+        __ballot_sync(kAllLanes, first + lane < tokens && first + lane > 0 && u_lane >= dims.threshold);
     const int count = min(32, tokens - first);
     for (int j = 0; j < count; ++j) {
       const int position = first + j;
-      const float u = __shfl_sync(kAllLanes, u_lane, j);
-      if (position > 0 && u >= dims.threshold) {  // the same for every lane of the warp
+      if ((candidates >> j) & 1u) {  // the same for every lane of the warp
+        const float u = __shfl_sync(kAllLanes, u_lane, j);
         const float moved_score = __shfl_up_sync(kAllLanes, mine.score, 1);
         const int moved_position = __shfl_up_sync(kAllLanes, mine.position, 1);
         mine = lane == 0 ? Slot{u, position} : Slot{moved_score, moved_position};
