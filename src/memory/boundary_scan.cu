@@ -60,9 +60,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     start_QS[lane] = -1;
     opener_QS[lane] = -1;
   }
+  // Each lane holds one of the next 32 scores; the scan takes the candidates' from the lanes in turn. The
+  // next 32 are loaded a group ahead, so that the chain never waits for memory.
+  const auto score = [&](int position) {
+    return position < tokens ? u_T[static_cast<long long>(position) * dims.heads] : 0.f;
+  };
+  float next_u = score(lane);
   for (int first = 0; first < tokens; first += 32) {
-    // Each lane loads one of the next 32 scores; the scan takes the candidates' from the lanes in turn.
-    const float u_lane = first + lane < tokens ? u_T[static_cast<long long>(first + lane) * dims.heads] : 0.f;
+    const float u_lane = next_u;
+    if (first + 32 < tokens) next_u = score(first + 32 + lane);
     const unsigned candidates =
         __ballot_sync(kAllLanes, first + lane < tokens && first + lane > 0 && u_lane >= dims.threshold);
     const int count = min(32, tokens - first);
