@@ -130,6 +130,46 @@ __device__ inline void load_operand(float* dst, int dst_ld, const float* src, in
       [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
 }
 
+/// The rows of the block's chunk (blockIdx.x, in B·H·N order) of a ChunkedRows operand, as float4 columns.
+class BlockRows {
+ public:
+  __device__ BlockRows(const ChunkedRows& x, const IntraChunkGradientDims& dims)
+      : bf16_(x.bf16), row_(x.row) {
+    const int64_t chunk = blockIdx.x, bh = chunk / dims.sequence_chunks;
+    const int64_t first =
+        bh / dims.heads * x.batch + bh % dims.heads * x.head + chunk % dims.sequence_chunks * x.chunk;
+    first_ = bf16_ ? static_cast<void*>(static_cast<__nv_bfloat16*>(x.data) + first)
+                   : static_cast<void*>(static_cast<float*>(x.data) + first);
+  }
+
+  /// Columns [c, c + 4) of row r.
+  __device__ float4 load(int r, int c) const {
+    const int64_t at = r * row_ + c;
+    return bf16_ ? load4(static_cast<const __nv_bfloat16*>(first_) + at)
+                 : load4(static_cast<const float*>(first_) + at);
+  }
+
+  __device__ void store(int r, int c, float4 x) const {
+    const int64_t at = r * row_ + c;
+    if (bf16_)
+      store4(static_cast<__nv_bfloat16*>(first_) + at, x);
+    else
+      store4(static_cast<float*>(first_) + at, x);
+  }
+
+ private:
+  void* first_;
+  bool bf16_;
+  int64_t row_;
+};
+
+/// dst (rows dst_ld apart) = columns [first, first + cols) of the chunk's C rows of src, rounded to TF32.
+__device__ inline void load_operand(float* dst, int dst_ld, const BlockRows& src, int cols, int first) {
+  copy_rows<kBlockThreads>(
+      kC, cols, [&](int r, int c) { return src.load(r, first + c); },
+      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
+}
+
 // ---- host side of both kernels ----
 
 /// Whether the per-chunk kernels take these dims (C = kC, K of 64 or 128, V a multiple of 32), given the
@@ -162,7 +202,7 @@ const char* launch_per_chunk(Kernel kernel, const Args& args, const IntraChunkGr
   const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (error != cudaSuccess) return cudaGetErrorString(error);
   kernel<<<static_cast<unsigned>(dims.chunks), kBlockThreads, bytes, static_cast<cudaStream_t>(stream)>>>(
-      args, static_cast<int>(dims.value_dim));
+      args, dims);
   return dla::ops::kernels::launched();
 }
 

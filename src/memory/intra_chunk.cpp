@@ -92,14 +92,50 @@ at::Tensor token_view(const at::Tensor& x_BHNC_) {
 
 bool basis_kernel_applies(const IntraChunkInputs& in) {
   return ops::fused::chunk_stages_apply(token_view(in.q_BHNCK), token_view(in.k_BHNCK),
-                                        token_view(in.v_BHNCV), in.q_BHNCK.scalar_type(), in.q_BHNCK.size(3));
+                                        token_view(in.v_BHNCV), in.lam_in_BHNCC.scalar_type(),
+                                        in.q_BHNCK.size(3));
+}
+
+/// `in` with q, k and v as contiguous tensors in the compute dtype, for the LibTorch-op paths.
+IntraChunkInputs in_compute_dtype(IntraChunkInputs in) {
+  const at::ScalarType dtype = in.lam_in_BHNCC.scalar_type();
+  for (at::Tensor* x : {&in.q_BHNCK, &in.k_BHNCK, &in.v_BHNCV}) {
+    if (x->scalar_type() != dtype) *x = x->to(dtype).contiguous();
+  }
+  return in;
 }
 
 #if defined(DLA_WITH_CUDA)
+/// Whether q, k and v are bf16 or float32 CUDA tensors of one dtype, as the kernels read them.
+bool kernel_reads_tokens(const IntraChunkInputs& in) {
+  const at::ScalarType type = in.q_BHNCK.scalar_type();
+  return in.q_BHNCK.is_cuda() && (type == at::kFloat || type == at::kBFloat16) &&
+         in.k_BHNCK.scalar_type() == type && in.v_BHNCV.scalar_type() == type;
+}
+
 kernels::IntraChunkGradientDims kernel_dims(const IntraChunkInputs& in) {
   const at::Tensor& q = in.q_BHNCK;
-  return {q.size(0) * q.size(1) * q.size(2), q.size(3), q.size(4), in.v_BHNCV.size(4),
+  return {q.size(0) * q.size(1) * q.size(2),
+          q.size(1),
+          q.size(2),
+          q.size(3),
+          q.size(4),
+          in.v_BHNCV.size(4),
           in.beta_BHNC.defined()};
+}
+
+/// x_BHNC_ (q, k, v or one of their gradients) as the kernels address it: in place where its rows are
+/// contiguous and its strides and start suit four-element loads, else a contiguous copy, which `kept` holds.
+kernels::ChunkedRows chunked_rows(const at::Tensor& x_BHNC_, at::Tensor& kept) {
+  const int64_t vector = 4;
+  bool in_place =
+      x_BHNC_.stride(4) == 1 &&
+      reinterpret_cast<std::uintptr_t>(x_BHNC_.data_ptr()) % (vector * x_BHNC_.element_size()) == 0;
+  for (int d = 0; d < 4; ++d)
+    in_place = in_place && x_BHNC_.stride(d) % vector == 0;
+  kept = in_place ? x_BHNC_ : ops::kernel_buffer(x_BHNC_);
+  return {kept.data_ptr(), kept.stride(0), kept.stride(1),
+          kept.stride(2),  kept.stride(3), kept.scalar_type() == at::kBFloat16};
 }
 
 /// x as the kernels read it: contiguous float32, aligned to the 32 bytes a tensor-core fragment load needs.
@@ -116,19 +152,22 @@ at::Tensor kernel_input(const at::Tensor& x) {
 bool forward_kernel_terms(const IntraChunkInputs& in, const at::Tensor& gamma_BHNC, IntraChunkTerms& t) {
   if (!intra_chunk_forward_uses_cuda_kernel(in)) return false;
   const kernels::IntraChunkGradientDims dims = kernel_dims(in);
-  const at::Tensor q = kernel_input(in.q_BHNCK), k = kernel_input(in.k_BHNCK), v = kernel_input(in.v_BHNCV),
-                   beta = kernel_input(in.beta_BHNC), lam_in = kernel_input(in.lam_in_BHNCC),
+  at::Tensor q_kept, k_kept, v_kept;
+  const kernels::ChunkedRows q = chunked_rows(in.q_BHNCK, q_kept), k = chunked_rows(in.k_BHNCK, k_kept),
+                             v = chunked_rows(in.v_BHNCV, v_kept);
+  const at::Tensor beta = kernel_input(in.beta_BHNC), lam_in = kernel_input(in.lam_in_BHNCC),
                    gamma = kernel_input(gamma_BHNC), t_inverse = kernel_input(t.t_inverse_BHNCC),
                    w = kernel_input(t.w_BHNCK);
-  t.intra_BHNCV = at::empty_like(v);
-  t.transported_q_BHNCK = at::empty_like(q);
-  t.source_v_BHNCV = dims.delta_rule ? at::empty_like(v) : in.v_BHNCV;
+  const auto options = lam_in.options();
+  t.intra_BHNCV = at::empty(in.v_BHNCV.sizes(), options);
+  t.transported_q_BHNCK = at::empty(in.q_BHNCK.sizes(), options);
+  t.source_v_BHNCV = dims.delta_rule ? at::empty(in.v_BHNCV.sizes(), options) : at::Tensor();
   const char* error = kernels::intra_chunk_forward(
-      {q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), ops::data_or_null(beta),
-       lam_in.data_ptr<float>(), gamma.data_ptr<float>(), ops::data_or_null(t_inverse), ops::data_or_null(w),
-       t.intra_BHNCV.data_ptr<float>(), t.transported_q_BHNCK.data_ptr<float>(),
+      {q, k, v, ops::data_or_null(beta), lam_in.data_ptr<float>(), gamma.data_ptr<float>(),
+       ops::data_or_null(t_inverse), ops::data_or_null(w), t.intra_BHNCV.data_ptr<float>(),
+       t.transported_q_BHNCK.data_ptr<float>(),
        dims.delta_rule ? t.source_v_BHNCV.data_ptr<float>() : nullptr},
-      dims, ops::current_cuda_stream(q));
+      dims, ops::current_cuda_stream(lam_in));
   TORCH_CHECK(error == nullptr, "memory per-chunk stages forward: CUDA kernel failed: ", error);
   return true;
 }
@@ -272,8 +311,10 @@ variable_list backward_kernel(const IntraChunkInputs& in, const IntraChunkTerms&
                               const variable_list& d_out) {
   const kernels::IntraChunkGradientDims dims = kernel_dims(in);
   const bool delta_rule = dims.delta_rule;
-  const at::Tensor q = kernel_input(in.q_BHNCK), k = kernel_input(in.k_BHNCK), v = kernel_input(in.v_BHNCV),
-                   g = kernel_input(in.g_BHNC), beta = kernel_input(in.beta_BHNC),
+  at::Tensor q_kept, k_kept, v_kept;
+  const kernels::ChunkedRows q = chunked_rows(in.q_BHNCK, q_kept), k = chunked_rows(in.k_BHNCK, k_kept),
+                             v = chunked_rows(in.v_BHNCV, v_kept);
+  const at::Tensor g = kernel_input(in.g_BHNC), beta = kernel_input(in.beta_BHNC),
                    lam_in = kernel_input(in.lam_in_BHNCC);
   const at::Tensor t_inverse = kernel_input(kept.t_inverse_BHNCC), w = kernel_input(kept.w_BHNCK),
                    source_v = kernel_input(kept.source_v_BHNCV),
@@ -282,16 +323,22 @@ variable_list backward_kernel(const IntraChunkInputs& in, const IntraChunkTerms&
   for (int i = 0; i < kNumOutputs; ++i)
     d[i] = kernel_input(d_out[i]);
   variable_list grads(kNumInputs);
-  grads[kQ] = at::empty_like(q);
-  grads[kK] = at::empty_like(k);
-  grads[kV] = at::empty_like(v);
+  // q, k and v's gradients take their layout and dtype, so that they too are written in place.
+  grads[kQ] = at::empty_like(q_kept);
+  grads[kK] = at::empty_like(k_kept);
+  grads[kV] = at::empty_like(v_kept);
+  at::Tensor d_q_kept, d_k_kept, d_v_kept;
+  const kernels::ChunkedRows d_q = chunked_rows(grads[kQ], d_q_kept), d_k = chunked_rows(grads[kK], d_k_kept),
+                             d_v = chunked_rows(grads[kV], d_v_kept);
+  TORCH_INTERNAL_ASSERT(d_q_kept.is_same(grads[kQ]) && d_k_kept.is_same(grads[kK]) &&
+                        d_v_kept.is_same(grads[kV]));
   grads[kG] = at::empty_like(g);
   grads[kLamIn] = at::empty_like(lam_in);
   if (delta_rule) grads[kBeta] = at::empty_like(beta);
   const auto data = [](const at::Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
-  const char* error = kernels::intra_chunk_gradients({q.data_ptr<float>(),
-                                                      k.data_ptr<float>(),
-                                                      v.data_ptr<float>(),
+  const char* error = kernels::intra_chunk_gradients({q,
+                                                      k,
+                                                      v,
                                                       g.data_ptr<float>(),
                                                       data(beta),
                                                       lam_in.data_ptr<float>(),
@@ -306,24 +353,24 @@ variable_list backward_kernel(const IntraChunkInputs& in, const IntraChunkTerms&
                                                       data(d[kSourceV]),
                                                       d[kChunkDecay].data_ptr<float>(),
                                                       data(source_v),
-                                                      grads[kQ].data_ptr<float>(),
-                                                      grads[kK].data_ptr<float>(),
-                                                      grads[kV].data_ptr<float>(),
+                                                      d_q,
+                                                      d_k,
+                                                      d_v,
                                                       grads[kG].data_ptr<float>(),
                                                       data(grads[kBeta]),
                                                       grads[kLamIn].data_ptr<float>()},
-                                                     dims, ops::current_cuda_stream(q));
+                                                     dims, ops::current_cuda_stream(lam_in));
   TORCH_CHECK(error == nullptr, "memory per-chunk stages backward: CUDA kernel failed: ", error);
   return grads;
 }
 #endif
 
-/// Whether the backward runs as the CUDA kernel: float32 CUDA inputs, TF32 allowed where the forward ran,
-/// and dims the kernel takes.
+/// Whether the backward runs as the CUDA kernel: float32 compute dtype, q, k and v as the kernel reads them,
+/// TF32 allowed where the forward ran, and dims the kernel takes.
 bool uses_gradient_kernel([[maybe_unused]] const IntraChunkInputs& in, [[maybe_unused]] bool tf32) {
 #if defined(DLA_WITH_CUDA)
   const at::Tensor& q = in.q_BHNCK;
-  if (!tf32 || !q.is_cuda() || q.scalar_type() != at::kFloat) return false;
+  if (!tf32 || !kernel_reads_tokens(in) || in.lam_in_BHNCC.scalar_type() != at::kFloat) return false;
   const c10::cuda::CUDAGuard device_guard(q.device());
   return kernels::supports_intra_chunk_gradients(kernel_dims(in));
 #else
@@ -333,11 +380,12 @@ bool uses_gradient_kernel([[maybe_unused]] const IntraChunkInputs& in, [[maybe_u
 
 class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> {
  public:
-  /// `inputs` in Input order (β an empty placeholder for SSD), in one dtype.
+  /// `inputs` in Input order (β an empty placeholder for SSD), as IntraChunkInputs describes them.
   static variable_list forward(AutogradContext* ctx, at::TensorList inputs, bool delta_rule) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     variable_list saved(inputs.begin(), inputs.end());
-    const IntraChunkInputs in = inputs_of(saved, delta_rule);
+    IntraChunkInputs in = inputs_of(saved, delta_rule);
+    if (!intra_chunk_forward_uses_cuda_kernel(in)) in = in_compute_dtype(in);
     const IntraChunkTerms t = run_forward(in, basis_kernel_applies(in) ? Basis::kKernel : Basis::kOps);
     // SSD has no W, T or v' of its own: an empty tensor each, as every output must be a tensor of its own.
     const auto none = [&] { return at::empty({0}, t.intra_BHNCV.options()); };
@@ -364,23 +412,29 @@ class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> 
     const ops::Tf32Scope tf32(tf32_allowed);
     const bool delta_rule = ctx->saved_data["delta_rule"].toBool();
     const variable_list saved = ctx->get_saved_variables();
-    const IntraChunkInputs in = inputs_of(saved, delta_rule);
+    IntraChunkInputs in = inputs_of(saved, delta_rule);
+    const bool gradient_kernel = uses_gradient_kernel(in, tf32_allowed);
+    if (!gradient_kernel) in = in_compute_dtype(in);
     IntraChunkTerms kept;
     kept.w_BHNCK = saved[kNumInputs];
     kept.t_inverse_BHNCC = saved[kNumInputs + 1];
     kept.source_v_BHNCV = saved[kNumInputs + 2];
     kept.chunk_decay_BHN = saved[kNumInputs + 3];
-    // Outputs the loss does not reach have no gradient; they count as zero.
+    // Outputs the loss does not reach have no gradient; they count as zero (in the outputs' dtype, the
+    // compute dtype, which q, k and v need not have).
     const std::vector<at::Tensor> like = {
         in.v_BHNCV, in.q_BHNCK, in.k_BHNCK, in.k_BHNCK, in.lam_in_BHNCC, in.v_BHNCV, in.g_BHNC.select(-1, 0)};
     variable_list d_out(kNumOutputs);
     for (int i = 0; i < kNumOutputs; ++i) {
       const bool output = delta_rule || (i != kW && i != kTInverse && i != kSourceV);
-      if (output) d_out[i] = grad_outputs[i].defined() ? grad_outputs[i] : at::zeros_like(like[i]);
+      if (output) {
+        d_out[i] = grad_outputs[i].defined() ? grad_outputs[i]
+                                             : at::zeros(like[i].sizes(), in.lam_in_BHNCC.options());
+      }
     }
 #if defined(DLA_WITH_CUDA)
-    variable_list grads = uses_gradient_kernel(in, tf32_allowed) ? backward_kernel(in, kept, d_out)
-                                                                 : backward_terms(in, kept, d_out);
+    variable_list grads =
+        gradient_kernel ? backward_kernel(in, kept, d_out) : backward_terms(in, kept, d_out);
 #else
     variable_list grads = backward_terms(in, kept, d_out);
 #endif
@@ -393,7 +447,8 @@ class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> 
 
 bool intra_chunk_forward_uses_cuda_kernel([[maybe_unused]] const IntraChunkInputs& in) {
 #if defined(DLA_WITH_CUDA)
-  if (!basis_kernel_applies(in) || in.q_BHNCK.scalar_type() != at::kFloat) return false;
+  if (!kernel_reads_tokens(in) || in.lam_in_BHNCC.scalar_type() != at::kFloat || !basis_kernel_applies(in))
+    return false;
   const c10::cuda::CUDAGuard device_guard(in.q_BHNCK.device());
   return kernels::supports_intra_chunk_forward(kernel_dims(in));
 #else
@@ -409,12 +464,15 @@ IntraChunkTerms intra_chunk_terms(const IntraChunkInputs& in, bool fused) {
   RECORD_FUNCTION("dla::intra_chunk", std::vector<c10::IValue>());
   if (!fused) return run_forward(in, Basis::kAutogradOps);
   const bool delta_rule = in.beta_BHNC.defined();
-  const at::Tensor placeholder = at::empty({0}, in.q_BHNCK.options());
+  const at::Tensor placeholder = at::empty({0}, in.lam_in_BHNCC.options());
   const variable_list inputs = {
       in.q_BHNCK,     in.k_BHNCK, in.v_BHNCV, in.g_BHNC, delta_rule ? in.beta_BHNC : placeholder,
       in.lam_in_BHNCC};
   const variable_list out = IntraChunkFunction::apply(at::TensorList(inputs), delta_rule);
-  IntraChunkTerms t{out[kIntra], out[kTransportedQ], out[kKToEnd], {}, {}, in.v_BHNCV, out[kChunkDecay]};
+  // SSD writes v itself, which the slot pass takes in the compute dtype.
+  const at::Tensor v_BHNCV = in.v_BHNCV.to(in.lam_in_BHNCC.scalar_type(), /*non_blocking=*/false,
+                                           /*copy=*/false, at::MemoryFormat::Contiguous);
+  IntraChunkTerms t{out[kIntra], out[kTransportedQ], out[kKToEnd], {}, {}, v_BHNCV, out[kChunkDecay]};
   if (delta_rule) {
     t.w_BHNCK = out[kW];
     t.t_inverse_BHNCC = out[kTInverse];

@@ -31,7 +31,7 @@ struct Layout {
 
 template <bool kDeltaRule, int K>
 __global__ void __launch_bounds__(kBlockThreads, 1)
-    intra_chunk_forward_kernel(IntraChunkForwardArgs a, int V) {
+    intra_chunk_forward_kernel(IntraChunkForwardArgs a, IntraChunkGradientDims dims) {
   using L = Layout<K>;
   constexpr int kWideLd = L::kWideLd;
   extern __shared__ float4 shared_vectors[];
@@ -47,8 +47,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   float* exp_gamma = vectors + L::kExpGamma * kC;
   float* beta = vectors + L::kBeta * kC;
 
+  const int V = static_cast<int>(dims.value_dim);
   const size_t chunk = blockIdx.x;
   const size_t rows_k = chunk * kC * K, rows_v = chunk * kC * V, pairs_at = chunk * kC * kC;
+  const BlockRows q_rows(a.q, dims), k_rows(a.k, dims), v_rows(a.v, dims);
 
   for (int i = threadIdx.x; i < kC; i += kBlockThreads) {
     const float g = a.gamma[chunk * kC + i];
@@ -56,8 +58,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     exp_gamma[i] = expf(g);
     beta[i] = kDeltaRule ? a.beta[chunk * kC + i] : 1.f;
   }
-  load_operand(queries, kWideLd, a.q + rows_k, K, K, 0);
-  load_operand(keys, kWideLd, a.k + rows_k, K, K, 0);
+  load_operand(queries, kWideLd, q_rows, K, 0);
+  load_operand(keys, kWideLd, k_rows, K, 0);
   if constexpr (kDeltaRule) load_operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC, kC, 0);
   copy_rows<kBlockThreads>(
       kC, kC, [&](int r, int c) { return load4(a.lam_in + pairs_at + r * kC + c); },
@@ -101,7 +103,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   }
   __syncthreads();
   copy_rows<kBlockThreads>(
-      kC, K, [&](int r, int c) { return load4(a.q + rows_k + static_cast<size_t>(r) * K + c); },
+      kC, K, [&](int r, int c) { return q_rows.load(r, c); },
       [&](int r, int c, float4 x) {
         float4 q = scaled(x, exp_gamma[r]);
         if constexpr (kDeltaRule) {
@@ -115,7 +117,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   for (int first = 0; first < V; first += kValueTile) {
     const int width = min(kValueTile, V - first);
     copy_rows<kBlockThreads>(
-        kC, width, [&](int r, int c) { return load4(a.v + rows_v + static_cast<size_t>(r) * V + first + c); },
+        kC, width, [&](int r, int c) { return v_rows.load(r, first + c); },
         [&](int r, int c, float4 x) {
           const float4 source = scaled(x, beta[r]);
           if constexpr (kDeltaRule)

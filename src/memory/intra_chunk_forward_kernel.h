@@ -11,8 +11,8 @@
 namespace dla::memory::kernels {
 
 struct IntraChunkForwardArgs {
-  const float *q, *k;      ///< [chunks, C, K]
-  const float* v;          ///< [chunks, C, V]
+  ChunkedRows q, k;        ///< [B, H, N, C, K]
+  ChunkedRows v;           ///< [B, H, N, C, V]
   const float* beta;       ///< [chunks, C]; null for SSD
   const float* lam_in;     ///< Λ [chunks, C, C]
   const float* gamma;      ///< γ [chunks, C], the chunk-local cumsum of the log gates

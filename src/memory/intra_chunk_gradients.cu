@@ -47,7 +47,7 @@ struct Layout {
 
 template <bool kDeltaRule, int K>
 __global__ void __launch_bounds__(kBlockThreads, 1)
-    intra_chunk_gradients_kernel(IntraChunkGradientArgs a, int V) {
+    intra_chunk_gradients_kernel(IntraChunkGradientArgs a, IntraChunkGradientDims dims) {
   using L = Layout<K>;
   constexpr int kWideLd = L::kWideLd;
   extern __shared__ float4 shared_vectors[];
@@ -73,8 +73,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   float* d_beta = vectors + L::kDBeta * kC;
   float* to_end_term = vectors + L::kToEndTerm * kC;
 
+  const int V = static_cast<int>(dims.value_dim);
   const size_t chunk = blockIdx.x;
   const size_t rows_k = chunk * kC * K, rows_v = chunk * kC * V, pairs_at = chunk * kC * kC;
+  const BlockRows q_rows(a.q, dims), k_rows(a.k, dims), v_rows(a.v, dims);
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
 
   // γ: one warp scans the chunk's log gates.
@@ -82,8 +84,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     gamma[i] = a.g[chunk * kC + i];
   __syncthreads();
   cumsum_in_warp(gamma, kC);
-  load_operand(wide0, kWideLd, a.q + rows_k, K, K, 0);
-  load_operand(keys, kWideLd, a.k + rows_k, K, K, 0);
+  load_operand(wide0, kWideLd, q_rows, K, 0);
+  load_operand(keys, kWideLd, k_rows, K, 0);
   if constexpr (kDeltaRule) load_operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC, kC, 0);
   copy_rows<kBlockThreads>(
       kC, kC, [&](int r, int c) { return load4(a.lam_in + pairs_at + r * kC + c); },
@@ -140,11 +142,13 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   Accumulator g_acc[kKeptTiles];
   for (Accumulator& acc : g_acc)
     wmma::fill_fragment(acc, 0.f);
-  const float* source_v = kDeltaRule ? a.source_v : a.v;
   for (int first = 0; first < V; first += kValueTile) {
     const int width = min(kValueTile, V - first);
     load_operand(wide0, kValueLd, a.d_intra + rows_v, V, width, first);
-    load_operand(wide2, kValueLd, source_v + rows_v, V, width, first);
+    if constexpr (kDeltaRule)
+      load_operand(wide2, kValueLd, a.source_v + rows_v, V, width, first);
+    else
+      load_operand(wide2, kValueLd, v_rows, width, first);
     __syncthreads();
     for (int s = 0; s < kKeptTiles; ++s) {
       int r, c;
@@ -171,16 +175,15 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     }
     __syncthreads();
     // dv = β dv'; dβ gets Σ_c dv' v.
+    const BlockRows d_v_rows(a.d_v, dims);
     for_each_row_vector(width, [&](int i, int c, bool leader) {
       const float4 d_source = load_shared4(wide2 + i * kValueLd + c);
-      float* d_v = a.d_v + rows_v + static_cast<size_t>(i) * V + first + c;
       if constexpr (kDeltaRule) {
-        store4(d_v, scaled(d_source, beta[i]));
-        const float part =
-            group_sum(dot(d_source, load4(a.v + rows_v + static_cast<size_t>(i) * V + first + c)), width / 4);
+        d_v_rows.store(i, first + c, scaled(d_source, beta[i]));
+        const float part = group_sum(dot(d_source, v_rows.load(i, first + c)), width / 4);
         if (leader) d_beta[i] += part;
       } else {
-        store4(d_v, d_source);
+        d_v_rows.store(i, first + c, d_source);
       }
     });
     __syncthreads();
@@ -279,7 +282,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     });
     d_pairs = lam;
   }
-  load_operand(wide2, kWideLd, a.q + rows_k, K, K, 0);
+  load_operand(wide2, kWideLd, q_rows, K, 0);
   __syncthreads();
 
   // The decayed pairs' gradients: dQK = dP ⊙ D (in place), dKK = β dA ⊙ D (over k kᵀ ⊙ D); γ gets each
@@ -345,9 +348,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     }
   }
   __syncthreads();
+  const BlockRows d_q_rows(a.d_q, dims), d_k_rows(a.d_k, dims);
   for_each_row_vector(K, [&](int i, int c, bool leader) {
     const size_t at = rows_k + static_cast<size_t>(i) * K + c;
-    const float4 q = load4(a.q + at), k = load4(a.k + at), d_tq = load4(a.d_transported_q + at),
+    const float4 q = q_rows.load(i, c), k = k_rows.load(i, c), d_tq = load4(a.d_transported_q + at),
                  d_kte = load4(a.d_k_to_end + at);
     float4 d_q = load_shared4(wide2 + i * kWideLd + c), d_k = load_shared4(keys + i * kWideLd + c);
     const float e = exp_gamma[i], to_end_i = to_end[i];
@@ -361,8 +365,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       d_k = make_float4(d_k.x + f * d_x.x, d_k.y + f * d_x.y, d_k.z + f * d_x.z, d_k.w + f * d_x.w);
       x_terms = group_sum(dot(d_x, k), K / 4);
     }
-    store4(a.d_q + at, d_q);
-    store4(a.d_k + at, d_k);
+    d_q_rows.store(i, c, d_q);
+    d_k_rows.store(i, c, d_k);
     const float q_terms = group_sum(dot(d_tq, q), K / 4),
                 end_terms = group_sum(dot(d_kte, k), K / 4) * to_end_i;
     if (leader) {

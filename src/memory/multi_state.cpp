@@ -100,6 +100,13 @@ SlotRange boundary_slots(const SegmentTable& segments, int64_t tokens, int64_t c
   return last > first ? SlotRange{first, last - first} : SlotRange{0, num_slots};
 }
 
+/// q, k or v for the per-chunk stages: the tokens themselves seen as [B, H, N, C, ·] where `in_place` (the
+/// chunk kernels read them there, in their dtype), else a copy in chunk layout and the compute dtype.
+at::Tensor chunk_operand(const at::Tensor& x_BTH_, int64_t chunk_size, at::ScalarType dtype, bool in_place) {
+  if (!in_place) return ops::common::to_chunks(x_BTH_, chunk_size, dtype);
+  return x_BTH_.unflatten(1, {x_BTH_.size(1) / chunk_size, chunk_size}).movedim(3, 1);
+}
+
 }  // namespace
 
 at::Tensor quadratic(const Recurrence& terms, const LevelWeights& weights, const SegmentTable& segments) {
@@ -225,12 +232,17 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
   const at::Tensor token_move_BHNSC =
       slot_matrix(slot_of_keys(end_rows_BHNS, keys_NC), S, dtype).expand({batch, heads, num_chunks, S, C});
 
-  const IntraChunkTerms intra =
-      intra_chunk_terms({common::to_chunks(terms.q_BTHK, C, dtype), common::to_chunks(terms.k_BTHK, C, dtype),
-                         common::to_chunks(terms.v_BTHV, C, dtype), common::to_chunks(terms.g_BTH, C, dtype),
-                         terms.delta_rule() ? common::to_chunks(terms.beta_BTH, C, dtype) : at::Tensor(),
-                         read_weights.intra_BHNCC},
-                        fused);
+  // Without padding, the fused path's per-chunk kernels read q, k and v where they are.
+  const at::ScalarType type = terms.q_BTHK.scalar_type();
+  const bool in_place = fused && tokens == padded && terms.q_BTHK.is_cuda() && dtype == at::kFloat &&
+                        (type == at::kFloat || type == at::kBFloat16) && terms.k_BTHK.scalar_type() == type &&
+                        terms.v_BTHV.scalar_type() == type;
+  const IntraChunkTerms intra = intra_chunk_terms(
+      {chunk_operand(terms.q_BTHK, C, dtype, in_place), chunk_operand(terms.k_BTHK, C, dtype, in_place),
+       chunk_operand(terms.v_BTHV, C, dtype, in_place), common::to_chunks(terms.g_BTH, C, dtype),
+       terms.delta_rule() ? common::to_chunks(terms.beta_BTH, C, dtype) : at::Tensor(),
+       read_weights.intra_BHNCC},
+      fused);
   // The slot pass works only the slots that hold something at a chunk boundary (with Fenwick levels, those
   // of chunk length and up to the sequence's): the others would carry zeros through every chunk.
   const auto [first_slot, used_slots] = boundary_slots(segments, tokens, C);

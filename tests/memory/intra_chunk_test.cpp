@@ -1,8 +1,8 @@
 // Tests of the multi-state chunkwise form's per-chunk stages: the autograd function with the written-out
 // backward against autograd through the LibTorch ops, in value and in the gradient of every input, with and
 // without the delta rule, when every output reaches the loss and when only some do; and the same on the GPU
-// in float32, and with TF32 on the chunk kernels of both directions. Shapes: B batch, H heads, N chunks, C
-// chunk length, K key dim, V value dim.
+// in float32, and with TF32 on the chunk kernels of both directions, also with q, k and v read in place as
+// bf16 tokens. Shapes: B batch, H heads, N chunks, C chunk length, K key dim, V value dim.
 #include "dla/memory/intra_chunk.h"
 
 #include <cstdint>
@@ -79,8 +79,11 @@ IntraChunkInputs on_gpu(const IntraChunkInputs& in) {
           cuda(in.g_BHNC),  cuda(in.beta_BHNC), cuda(in.lam_in_BHNCC)};
 }
 
-void compare_forms(const IntraChunkInputs& in, double tol, at::Generator& gen) {
-  const IntraChunkTerms ops = dla::memory::intra_chunk_terms(in, /*fused=*/false);
+/// The fused function on `in` against the LibTorch ops on `reference` (the same values), in every output and
+/// in every input's gradient, with every output reaching the loss and with some.
+void compare_forms(const IntraChunkInputs& reference, const IntraChunkInputs& in, double tol,
+                   at::Generator& gen) {
+  const IntraChunkTerms ops = dla::memory::intra_chunk_terms(reference, /*fused=*/false);
   const IntraChunkTerms fused = dla::memory::intra_chunk_terms(in, /*fused=*/true);
   const std::vector<at::Tensor> ops_out = outputs_of(ops), fused_out = outputs_of(fused);
   std::vector<at::Tensor> weights;
@@ -96,7 +99,7 @@ void compare_forms(const IntraChunkInputs& in, double tol, at::Generator& gen) {
   const auto all = std::vector<bool>(ops_out.size(), true);
   const auto some = std::vector<bool>{true, false, true, false, true, false, false};
   for (const auto& used : {all, some}) {
-    const std::vector<at::Tensor> expected = gradients(in, ops, weights, used);
+    const std::vector<at::Tensor> expected = gradients(reference, ops, weights, used);
     const std::vector<at::Tensor> got = gradients(in, fused, weights, used);
     REQUIRE(got.size() == expected.size());
     size_t name = 0;
@@ -107,6 +110,28 @@ void compare_forms(const IntraChunkInputs& in, double tol, at::Generator& gen) {
       dla::test::expect_close(kInputNames[name], expected[i].cpu(), got[i].cpu(), tol);
     }
   }
+}
+
+void compare_forms(const IntraChunkInputs& in, double tol, at::Generator& gen) {
+  compare_forms(in, in, tol, gen);
+}
+
+/// `in` with q, k and v as chunkwise hands them to the kernels without padding: [B, T, H, ·] leaves of
+/// `dtype` seen as [B, H, N, C, ·]. `rounded` gets the same values in `in`'s dtype and chunk layout.
+IntraChunkInputs token_views(const IntraChunkInputs& in, at::ScalarType dtype, IntraChunkInputs& rounded) {
+  const auto view = [&](const at::Tensor& x_BHNC_, at::Tensor& rounded_BHNC_) {
+    const int64_t N = x_BHNC_.size(2), C = x_BHNC_.size(3);
+    const at::Tensor tokens = x_BHNC_.detach().flatten(2, 3).transpose(1, 2).contiguous().to(dtype);
+    rounded_BHNC_ =
+        tokens.unflatten(1, {N, C}).movedim(3, 1).to(x_BHNC_.scalar_type()).contiguous().requires_grad_(true);
+    return tokens.requires_grad_(true).unflatten(1, {N, C}).movedim(3, 1);
+  };
+  rounded = in;
+  IntraChunkInputs out = in;
+  out.q_BHNCK = view(in.q_BHNCK, rounded.q_BHNCK);
+  out.k_BHNCK = view(in.k_BHNCK, rounded.k_BHNCK);
+  out.v_BHNCV = view(in.v_BHNCV, rounded.v_BHNCV);
+  return out;
 }
 
 }  // namespace
@@ -161,4 +186,33 @@ TEST_CASE("on the GPU with TF32 the per-chunk stages take the chunk kernels and 
   REQUIRE(dla::memory::intra_chunk_forward_uses_cuda_kernel(in));
   REQUIRE(dla::memory::intra_chunk_backward_uses_cuda_kernel(in));
   compare_forms(in, 5e-3, gen);
+}
+
+TEST_CASE("on the GPU the chunk kernels read q, k and v in place as bf16 tokens and write their gradients so",
+          "[memory][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the per-chunk stages' kernels are not exercised on this machine");
+    return;
+  }
+  const bool delta_rule = GENERATE(false, true);
+  const ChunkSizes sizes = GENERATE(ChunkSizes{.B = 2, .H = 3, .N = 2, .C = 64, .K = 64, .V = 96},
+                                    ChunkSizes{.B = 1, .H = 2, .N = 3, .C = 64, .K = 128, .V = 128});
+  CAPTURE(delta_rule, sizes.K, sizes.V);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>((delta_rule ? 77 : 78) + sizes.K);
+  const IntraChunkInputs exact = random_inputs(delta_rule, gen, sizes);
+  const dla::ops::Tf32Scope tf32(true);
+  IntraChunkInputs reference;
+  const IntraChunkInputs in = token_views(on_gpu(exact), at::kBFloat16, reference);
+  REQUIRE(in.q_BHNCK.scalar_type() == at::kBFloat16);
+  REQUIRE_FALSE(in.q_BHNCK.is_contiguous());
+  REQUIRE(dla::memory::intra_chunk_forward_uses_cuda_kernel(in));
+  REQUIRE(dla::memory::intra_chunk_backward_uses_cuda_kernel(in));
+  // The reference runs in float64 on the same (bf16) values; the kernels' gradients of q, k and v are bf16,
+  // whose rounding (2^-9 relative) comes on top of TF32's.
+  const auto float64 = [](const at::Tensor& x) {
+    return x.defined() ? x.detach().to(at::kDouble).requires_grad_(true) : x;
+  };
+  reference = {float64(reference.q_BHNCK), float64(reference.k_BHNCK),   float64(reference.v_BHNCV),
+               float64(reference.g_BHNC),  float64(reference.beta_BHNC), float64(reference.lam_in_BHNCC)};
+  compare_forms(reference, in, 1e-2, gen);
 }

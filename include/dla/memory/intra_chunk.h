@@ -10,7 +10,9 @@
 
 namespace dla::memory {
 
-/// Chunked inputs in the compute dtype.
+/// Chunked inputs in the compute dtype (lam_in's). q, k and v may also be views of other layouts and dtypes,
+/// e.g. a [B, T, H, ·] bf16 tensor seen as [B, H, N, C, ·]: the CUDA kernels read them in place,
+/// and the LibTorch-op paths convert them first.
 struct IntraChunkInputs {
   at::Tensor q_BHNCK, k_BHNCK, v_BHNCV;
   at::Tensor g_BHNC;        ///< log gates
@@ -33,12 +35,13 @@ IntraChunkTerms intra_chunk_terms(const IntraChunkInputs& in, bool fused);
 
 /// Whether the forward of intra_chunk_terms(in, true), called now, forms its products (intra, q̃, v') in one
 /// CUDA kernel after prepare_chunks: as intra_chunk_backward_uses_cuda_kernel, and prepare_chunks applies
-/// (ops::fused::chunk_stages_apply). Otherwise as LibTorch ops.
+/// (ops::fused::chunk_stages_apply, which needs the keys' dims). Otherwise as LibTorch ops.
 bool intra_chunk_forward_uses_cuda_kernel(const IntraChunkInputs& in);
 
 /// Whether the written-out backward of intra_chunk_terms(in, true), called now, runs as one CUDA kernel:
-/// float32 CUDA inputs while TF32 is allowed (its products run on tensor cores in TF32, as the forward's
-/// chunk kernel), C = 64, K of 64 or 128, V a multiple of 32. Otherwise as LibTorch ops.
+/// float32 compute dtype and CUDA q, k and v of one dtype, float32 or bf16, while TF32 is allowed (its
+/// products run on tensor cores in TF32, as the forward's chunk kernel), C = 64, K of 64 or 128, V a multiple
+/// of 32. Otherwise as LibTorch ops.
 bool intra_chunk_backward_uses_cuda_kernel(const IntraChunkInputs& in);
 
 }  // namespace dla::memory
