@@ -469,14 +469,15 @@ IntraChunkTerms intra_chunk_terms(const IntraChunkInputs& in, bool fused) {
       in.q_BHNCK,     in.k_BHNCK, in.v_BHNCV, in.g_BHNC, delta_rule ? in.beta_BHNC : placeholder,
       in.lam_in_BHNCC};
   const variable_list out = IntraChunkFunction::apply(at::TensorList(inputs), delta_rule);
-  // SSD writes v itself, which the slot pass takes in the compute dtype.
-  const at::Tensor v_BHNCV = in.v_BHNCV.to(in.lam_in_BHNCC.scalar_type(), /*non_blocking=*/false,
-                                           /*copy=*/false, at::MemoryFormat::Contiguous);
-  IntraChunkTerms t{out[kIntra], out[kTransportedQ], out[kKToEnd], {}, {}, v_BHNCV, out[kChunkDecay]};
+  IntraChunkTerms t{out[kIntra], out[kTransportedQ], out[kKToEnd], {}, {}, {}, out[kChunkDecay]};
   if (delta_rule) {
     t.w_BHNCK = out[kW];
     t.t_inverse_BHNCC = out[kTInverse];
     t.source_v_BHNCV = out[kSourceV];
+  } else {
+    // SSD writes v itself, which the slot pass takes in the compute dtype.
+    t.source_v_BHNCV = in.v_BHNCV.to(in.lam_in_BHNCC.scalar_type(), /*non_blocking=*/false, /*copy=*/false,
+                                     at::MemoryFormat::Contiguous);
   }
   return t;
 }

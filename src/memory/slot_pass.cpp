@@ -113,6 +113,8 @@ struct KeptForward {
   SlotPassResult result;
   at::Tensor start_states_BHNSKV;
   at::Tensor live_slots_BHN;  ///< the CUDA kernels' live-slot masks (int32 bits); undefined for the loop
+  /// The bf16 kernels' copies of K̃ and W (undefined elsewhere), which their backward takes too.
+  at::Tensor k_to_end_bf16_BHNCK, w_bf16_BHNCK;
 };
 
 /// The sequential part of the backward: G, the gradient of the slot states after each chunk, and dΔ, the
@@ -124,7 +126,8 @@ struct StateGradients {
 
 KeptForward forward_loop(const SlotPassInputs& in) {
   LoopResult loop = run_loop(in, /*keep_states=*/true);
-  return {loop.result, at::stack(loop.start_states_BHSKV, /*dim=*/2), at::Tensor()};
+  return {loop.result, at::stack(loop.start_states_BHSKV, /*dim=*/2), at::Tensor(), at::Tensor(),
+          at::Tensor()};
 }
 
 /// With X̄ = M X the states moved to their slots, chunk by chunk from the last:
@@ -231,9 +234,11 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
   const at::Tensor live_slots_BHN = at::empty({B, H, N}, k_to_end.options().dtype(at::kInt));
   auto* live_slots = reinterpret_cast<unsigned*>(live_slots_BHN.data_ptr<int>());
   const char* error = nullptr;
+  at::Tensor k_to_end_bf16, w_bf16;
   if (compact && kernels::supports_slot_pass_bf16(dims)) {
-    const at::Tensor k_to_end_bf16 = bf16_buffer(k_to_end), w_bf16 = bf16_buffer(w),
-                     t_inverse_bf16 = bf16_buffer(t_inverse), source_v_bf16 = bf16_buffer(source_v);
+    k_to_end_bf16 = bf16_buffer(k_to_end);
+    w_bf16 = bf16_buffer(w);
+    const at::Tensor t_inverse_bf16 = bf16_buffer(t_inverse), source_v_bf16 = bf16_buffer(source_v);
     error = kernels::slot_pass_forward_bf16(
         {k_to_end_bf16.data_ptr(), ops::untyped_data_or_null(w_bf16),
          ops::untyped_data_or_null(t_inverse_bf16), source_v_bf16.data_ptr(), chunk_decay.data_ptr<float>(),
@@ -251,7 +256,9 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
   TORCH_CHECK(error == nullptr, "memory slot pass forward: CUDA kernel failed: ", error);
   return {{start_state_reads(in, start_states_BHNSKV, live_slots_BHN, dims), final_states_BHSKV},
           start_states_BHNSKV,
-          live_slots_BHN};
+          live_slots_BHN,
+          k_to_end_bf16,
+          w_bf16};
 #else
   TORCH_CHECK(false, "memory slot pass: dla was built without CUDA");
 #endif
@@ -261,6 +268,7 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
                                       [[maybe_unused]] const at::Tensor& live_slots_BHN,
                                       [[maybe_unused]] const at::Tensor& d_inter_BHNCV,
                                       [[maybe_unused]] const at::Tensor& d_final_BHSKV,
+                                      [[maybe_unused]] const at::Tensor& w_bf16_BHNCK,
                                       [[maybe_unused]] bool compact) {
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
@@ -278,7 +286,9 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
   const auto* live_slots = reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>());
   const char* error = nullptr;
   if (compact && kernels::supports_slot_pass_bf16(dims)) {
-    const at::Tensor q_bf16 = bf16_buffer(q), k_to_end_bf16 = bf16_buffer(k_to_end), w_bf16 = bf16_buffer(w),
+    // The forward's bf16 copies of K̃ (in the input's place) and W, where it kept them.
+    const at::Tensor q_bf16 = bf16_buffer(q), k_to_end_bf16 = bf16_buffer(k_to_end),
+                     w_bf16 = w_bf16_BHNCK.defined() ? w_bf16_BHNCK : bf16_buffer(w),
                      d_inter_bf16 = bf16_buffer(d_inter);
     error = kernels::slot_pass_backward_bf16(
         {q_bf16.data_ptr(), read_weight.data_ptr<float>(), k_to_end_bf16.data_ptr(),
@@ -488,8 +498,11 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
     in.compact_states = compact_states;
     const bool cuda_kernels = slot_pass_uses_cuda_kernels(in);
     KeptForward pass = cuda_kernels ? forward_kernel(in) : forward_loop(in);
+    // The bf16 kernels' backward reads K̃ only as their bf16 copy, which takes the float input's place.
+    if (pass.k_to_end_bf16_BHNCK.defined()) saved[kKToEnd] = pass.k_to_end_bf16_BHNCK;
     saved.push_back(pass.start_states_BHNSKV);
     saved.push_back(pass.live_slots_BHN);
+    saved.push_back(pass.w_bf16_BHNCK);
     ctx->save_for_backward(saved);
     ctx->saved_data["delta_rule"] = delta_rule;
     ctx->saved_data["cuda_kernels"] = cuda_kernels;
@@ -514,6 +527,7 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
     const bool cuda_kernels = ctx->saved_data["cuda_kernels"].toBool();
     const StateGradients state_grads =
         cuda_kernels ? state_gradients_kernel(in, saved[kNumInputs + 1], d_inter_BHNCV, d_final_BHSKV,
+                                              saved[kNumInputs + 2],
                                               /*compact=*/start_states_BHNSKV.scalar_type() == at::kBFloat16)
                      : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
     if (uses_gradient_kernels(in, cuda_kernels))
