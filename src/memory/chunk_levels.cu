@@ -134,31 +134,22 @@ __global__ void __launch_bounds__(kThreads)
         state_grad[t] = __ldg(d_state + r * slots + s);
       }
     }
+    // A slot's λ and confidence both get its entries' gradients times the other factor: one sum per slot.
     for (int slot = -1; slot < slots; ++slot) {
-      float to_lam = 0.0f, to_conf = 0.0f;
+      float in_slot = 0.0f;
 #pragma unroll
       for (int t = 0; t < kKeysPerLane; ++t) {
-        if (key_slot[t] == slot) {
-          to_lam += slot < 0 ? key_grad[t] : key_grad[t] * row.conf[slot];
-          if (slot >= 0) to_conf += key_grad[t] * row.lam[slot + 1];
-        }
+        if (key_slot[t] == slot) in_slot += key_grad[t];
       }
 #pragma unroll
       for (int t = 0; t < kStatesPerLane; ++t) {
-        if (state_slot[t] == slot) {
-          to_lam += state_grad[t] * row.conf[slot];
-          to_conf += state_grad[t] * row.lam[slot + 1];
-        }
+        if (state_slot[t] == slot) in_slot += state_grad[t];
       }
-      // Most slots get nothing from a query (no key or state of the chunk in them): one vote, not two sums.
-      // Without confidences there is no second sum.
-      if (__any_sync(kFullMask, to_lam != 0.0f || to_conf != 0.0f)) {
-        to_lam = warp_sum(to_lam);
-        if (d_conf != nullptr) to_conf = warp_sum(to_conf);
-      }
+      // Most slots get nothing from a query (no key or state of the chunk in them): one vote, not a sum.
+      if (__any_sync(kFullMask, in_slot != 0.0f)) in_slot = warp_sum(in_slot);
       if (lane == 0) {
-        d_lam[r * (slots + 1) + slot + 1] = to_lam;
-        if (slot >= 0 && d_conf != nullptr) d_conf[r * slots + slot] = to_conf;
+        d_lam[r * (slots + 1) + slot + 1] = slot < 0 ? in_slot : in_slot * row.conf[slot];
+        if (slot >= 0 && d_conf != nullptr) d_conf[r * slots + slot] = in_slot * row.lam[slot + 1];
       }
     }
   });

@@ -130,26 +130,14 @@ __device__ inline void load_operand(float* dst, int dst_ld, const float* src, in
       [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
 }
 
-/// The chunk a block works on. Blocks run heads fastest, then chunks, then sequences, so that the blocks in
-/// flight together read whole token rows of [B, T, H, ·] inputs; `index` is the chunk's place in B·H·N
-/// order, that of the chunk-layout buffers.
-struct BlockChunk {
-  int64_t b, h, n, index;
-
-  __device__ explicit BlockChunk(const IntraChunkGradientDims& dims) {
-    const int64_t x = blockIdx.x, sequence_chunk = x / dims.heads;
-    h = x % dims.heads;
-    n = sequence_chunk % dims.sequence_chunks;
-    b = sequence_chunk / dims.sequence_chunks;
-    index = (b * dims.heads + h) * dims.sequence_chunks + n;
-  }
-};
-
-/// The rows of one chunk of a ChunkedRows operand, as float4 columns.
+/// The rows of the block's chunk (blockIdx.x, in B·H·N order) of a ChunkedRows operand, as float4 columns.
 class BlockRows {
  public:
-  __device__ BlockRows(const ChunkedRows& x, const BlockChunk& chunk) : bf16_(x.bf16), row_(x.row) {
-    const int64_t first = chunk.b * x.batch + chunk.h * x.head + chunk.n * x.chunk;
+  __device__ BlockRows(const ChunkedRows& x, const IntraChunkGradientDims& dims)
+      : bf16_(x.bf16), row_(x.row) {
+    const int64_t chunk = blockIdx.x, bh = chunk / dims.sequence_chunks;
+    const int64_t first =
+        bh / dims.heads * x.batch + bh % dims.heads * x.head + chunk % dims.sequence_chunks * x.chunk;
     first_ = bf16_ ? static_cast<void*>(static_cast<__nv_bfloat16*>(x.data) + first)
                    : static_cast<void*>(static_cast<float*>(x.data) + first);
   }

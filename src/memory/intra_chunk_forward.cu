@@ -48,10 +48,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   float* beta = vectors + L::kBeta * kC;
 
   const int V = static_cast<int>(dims.value_dim);
-  const BlockChunk block(dims);
-  const size_t chunk = block.index;
+  const size_t chunk = blockIdx.x;
   const size_t rows_k = chunk * kC * K, rows_v = chunk * kC * V, pairs_at = chunk * kC * kC;
-  const BlockRows q_rows(a.q, block), k_rows(a.k, block), v_rows(a.v, block);
+  const BlockRows q_rows(a.q, dims), k_rows(a.k, dims), v_rows(a.v, dims);
 
   for (int i = threadIdx.x; i < kC; i += kBlockThreads) {
     const float g = a.gamma[chunk * kC + i];

@@ -74,10 +74,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   float* to_end_term = vectors + L::kToEndTerm * kC;
 
   const int V = static_cast<int>(dims.value_dim);
-  const BlockChunk block(dims);
-  const size_t chunk = block.index;
+  const size_t chunk = blockIdx.x;
   const size_t rows_k = chunk * kC * K, rows_v = chunk * kC * V, pairs_at = chunk * kC * kC;
-  const BlockRows q_rows(a.q, block), k_rows(a.k, block), v_rows(a.v, block);
+  const BlockRows q_rows(a.q, dims), k_rows(a.k, dims), v_rows(a.v, dims);
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
 
   // γ: one warp scans the chunk's log gates.
@@ -176,7 +175,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     }
     __syncthreads();
     // dv = β dv'; dβ gets Σ_c dv' v.
-    const BlockRows d_v_rows(a.d_v, block);
+    const BlockRows d_v_rows(a.d_v, dims);
     for_each_row_vector(width, [&](int i, int c, bool leader) {
       const float4 d_source = load_shared4(wide2 + i * kValueLd + c);
       if constexpr (kDeltaRule) {
@@ -349,7 +348,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     }
   }
   __syncthreads();
-  const BlockRows d_q_rows(a.d_q, block), d_k_rows(a.d_k, block);
+  const BlockRows d_q_rows(a.d_q, dims), d_k_rows(a.d_k, dims);
   for_each_row_vector(K, [&](int i, int c, bool leader) {
     const size_t at = rows_k + static_cast<size_t>(i) * K + c;
     const float4 q = q_rows.load(i, c), k = k_rows.load(i, c), d_tq = load4(a.d_transported_q + at),

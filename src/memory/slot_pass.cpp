@@ -462,11 +462,10 @@ variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
   grads[kChunkDecay] = d_chunk_decay;
   grads[kSourceV] = d_source_v;
   if (delta_rule) {
-    // T Σ_r L_r G_rᵀ, less W Σ_r X̄_r G_rᵀ in the second GEMM's epilogue.
+    // T Σ_r L_r G_rᵀ, less W Σ_r X̄_r G_rᵀ accumulated in place by the second GEMM.
     const auto batched = [](const at::Tensor& x) { return x.flatten(0, 2); };
-    grads[kKToEnd] = at::baddbmm(batched(in.t_inverse_BHNCC.matmul(landed_g)), batched(in.w_BHNCK),
-                                 batched(moved_x_g), /*beta=*/1, /*alpha=*/-1)
-                         .view(landed_g.sizes());
+    grads[kKToEnd] = in.t_inverse_BHNCC.matmul(landed_g);
+    batched(grads[kKToEnd]).baddbmm_(batched(in.w_BHNCK), batched(moved_x_g), /*beta=*/1, /*alpha=*/-1);
     grads[kW] = d_w;
     grads[kTInverse] = d_t_inverse;
   } else {
