@@ -180,7 +180,8 @@ IntraChunkTerms run_forward(const IntraChunkInputs& in, Basis basis) {
   if (basis == Basis::kKernel) {
     ops::fused::PreparedChunks prepared =
         ops::fused::prepare_chunks(token_view(in.k_BHNCK), token_view(in.v_BHNCV), token_view(in.g_BHNC),
-                                   delta_rule ? token_view(in.beta_BHNC) : at::Tensor(), in.q_BHNCK.size(3));
+                                   delta_rule ? token_view(in.beta_BHNC) : at::Tensor(), in.q_BHNCK.size(3),
+                                   /*written_values=*/false);
     gamma_BHNC = prepared.gamma_BHMC;
     t.k_to_end_BHNCK = prepared.k_to_end_BHMCK;
     t.chunk_decay_BHN = prepared.chunk_decay_BHM;

@@ -104,6 +104,17 @@ TEST_CASE("on the GPU the per-chunk kernels equal the LibTorch chunk stages in f
   REQUIRE(dla::ops::fused::chunk_stages_apply(gpu[0], gpu[1], gpu[2], at::kFloat, C));
   const dla::ops::fused::PreparedChunks got =
       dla::ops::fused::prepare_chunks(gpu[1], gpu[2], gpu[3], beta_or_none, C);
+  // Without the written values (the multi-state forms' call) the other terms are the same numbers.
+  const dla::ops::fused::PreparedChunks without_u =
+      dla::ops::fused::prepare_chunks(gpu[1], gpu[2], gpu[3], beta_or_none, C, /*written_values=*/false);
+  CHECK_FALSE(without_u.u_BHMCV.defined());
+  CHECK(at::equal(without_u.gamma_BHMC, got.gamma_BHMC));
+  CHECK(at::equal(without_u.k_to_end_BHMCK, got.k_to_end_BHMCK));
+  CHECK(at::equal(without_u.chunk_decay_BHM, got.chunk_decay_BHM));
+  if (delta_rule) {
+    CHECK(at::equal(without_u.w_BHMCK, got.w_BHMCK));
+    CHECK(at::equal(without_u.inverse_BHMCC, got.inverse_BHMCC));
+  }
 
   namespace common = dla::ops::common;
   const at::Tensor k_BHMCK = common::to_chunks(k, C, at::kDouble);

@@ -63,9 +63,10 @@ bool chunk_stages_apply(const at::Tensor& q, const at::Tensor& k, const at::Tens
                         at::ScalarType compute_dtype, int64_t chunk_size);
 
 /// The chunk terms for the state pass, one CUDA kernel over all chunks (beta undefined for SSD). Requires
-/// chunk_stages_apply.
+/// chunk_stages_apply. Without `written_values` u stays undefined: the multi-state forms write their values
+/// per slot, and do not read it.
 PreparedChunks prepare_chunks(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-                              const at::Tensor& beta, int64_t chunk_size);
+                              const at::Tensor& beta, int64_t chunk_size, bool written_values = true);
 
 /// The op's output [B, T, H, V] in q's dtype, one CUDA kernel over all chunks: scale · ((exp(gamma) ⊙ q) S_m
 /// + ((q kᵀ) ⊙ D) v_new) per chunk, from the state pass's chunk-start states and written values. Requires

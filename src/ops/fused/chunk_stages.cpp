@@ -34,7 +34,7 @@ bool chunk_stages_apply([[maybe_unused]] const at::Tensor& q, [[maybe_unused]] c
 
 PreparedChunks prepare_chunks([[maybe_unused]] const at::Tensor& k, [[maybe_unused]] const at::Tensor& v,
                               [[maybe_unused]] const at::Tensor& g, [[maybe_unused]] const at::Tensor& beta,
-                              [[maybe_unused]] int64_t chunk_size) {
+                              [[maybe_unused]] int64_t chunk_size, [[maybe_unused]] bool written_values) {
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(k.device());
   const int64_t B = k.size(0), T = k.size(1), H = k.size(2), K = k.size(3), V = v.size(3);
@@ -51,7 +51,7 @@ PreparedChunks prepare_chunks([[maybe_unused]] const at::Tensor& k, [[maybe_unus
                    at::empty({B, H, M}, options),
                    delta_rule ? at::empty({B, H, M, C, K}, options) : at::Tensor(),
                    delta_rule ? at::empty({B, H, M, C, C}, options) : at::Tensor(),
-                   at::empty({B, H, M, C, V}, options)};
+                   written_values ? at::empty({B, H, M, C, V}, options) : at::Tensor()};
   const auto data = [](at::Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
   const char* error = kernels::chunk_prepare(
       k_rows, v_rows, g_BTH.data_ptr<float>(), data_or_null(beta_BTH), data(p.gamma_BHMC),

@@ -155,6 +155,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
         store4(keys + r * L::kKeysLd + c, tf32(x));
       });
   if (!delta_rule) {
+    if (a.u == nullptr) return;
     float* u = a.u + block.chunk * C * V;
     copy_rows(
         C, V, [&](int r, int c) { return v_rows.load(r, c); },
@@ -216,6 +217,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
     multiply_by_inverse(a.w + block.chunk * C * K, K, first_column);
     __syncthreads();
   }
+  if (a.u == nullptr) return;
   for (int first_column = 0; first_column < V; first_column += kColumnTile) {
     load_chunk(operand, kColumnLd, v_rows, C, min(kColumnTile, V - first_column), first_column, beta, true);
     __syncthreads();
