@@ -162,11 +162,18 @@ bool forward_kernel_terms(const IntraChunkInputs& in, const at::Tensor& gamma_BH
   t.intra_BHNCV = at::empty(in.v_BHNCV.sizes(), options);
   t.transported_q_BHNCK = at::empty(in.q_BHNCK.sizes(), options);
   t.source_v_BHNCV = dims.delta_rule ? at::empty(in.v_BHNCV.sizes(), options) : at::Tensor();
+  if (in.bf16_copies) {
+    t.bf16.transported_q_BHNCK = at::empty_like(t.transported_q_BHNCK, options.dtype(at::kBFloat16));
+    if (dims.delta_rule)
+      t.bf16.source_v_BHNCV = at::empty_like(t.source_v_BHNCV, options.dtype(at::kBFloat16));
+  }
+  const auto copy = [](const at::Tensor& x) { return x.defined() ? x.data_ptr() : nullptr; };
   const char* error = kernels::intra_chunk_forward(
       {q, k, v, ops::data_or_null(beta), lam_in.data_ptr<float>(), gamma.data_ptr<float>(),
        ops::data_or_null(t_inverse), ops::data_or_null(w), t.intra_BHNCV.data_ptr<float>(),
        t.transported_q_BHNCK.data_ptr<float>(),
-       dims.delta_rule ? t.source_v_BHNCV.data_ptr<float>() : nullptr},
+       dims.delta_rule ? t.source_v_BHNCV.data_ptr<float>() : nullptr, copy(t.bf16.transported_q_BHNCK),
+       copy(t.bf16.source_v_BHNCV)},
       dims, ops::current_cuda_stream(lam_in));
   TORCH_CHECK(error == nullptr, "memory per-chunk stages forward: CUDA kernel failed: ", error);
   return true;
@@ -178,15 +185,20 @@ IntraChunkTerms run_forward(const IntraChunkInputs& in, Basis basis) {
   const bool delta_rule = in.beta_BHNC.defined();
   at::Tensor gamma_BHNC, decay_BHNCC;
   if (basis == Basis::kKernel) {
+    // The copies come from the kernels of both stages, or not at all.
+    const bool copies = in.bf16_copies && intra_chunk_forward_uses_cuda_kernel(in);
     ops::fused::PreparedChunks prepared =
         ops::fused::prepare_chunks(token_view(in.k_BHNCK), token_view(in.v_BHNCV), token_view(in.g_BHNC),
                                    delta_rule ? token_view(in.beta_BHNC) : at::Tensor(), in.q_BHNCK.size(3),
-                                   /*written_values=*/false);
+                                   {.written_values = false, .bf16_copies = copies});
     gamma_BHNC = prepared.gamma_BHMC;
     t.k_to_end_BHNCK = prepared.k_to_end_BHMCK;
     t.chunk_decay_BHN = prepared.chunk_decay_BHM;
     t.w_BHNCK = prepared.w_BHMCK;
     t.t_inverse_BHNCC = prepared.inverse_BHMCC;
+    t.bf16.k_to_end_BHNCK = prepared.k_to_end_bf16_BHMCK;
+    t.bf16.w_BHNCK = prepared.w_bf16_BHMCK;
+    t.bf16.t_inverse_BHNCC = prepared.inverse_bf16_BHMCC;
 #if defined(DLA_WITH_CUDA)
     if (forward_kernel_terms(in, gamma_BHNC, t)) return t;
 #endif
@@ -226,6 +238,8 @@ IntraChunkTerms run_forward(const IntraChunkInputs& in, Basis basis) {
 
 enum Input { kQ, kK, kV, kG, kBeta, kLamIn, kNumInputs };
 enum Output { kIntra, kTransportedQ, kKToEnd, kW, kTInverse, kSourceV, kChunkDecay, kNumOutputs };
+// The bf16 copies (kNumSlotOperandCopies) follow the outputs, in SlotOperandCopies' order; no gradient
+// flows through them.
 
 IntraChunkInputs inputs_of(const variable_list& x, bool delta_rule) {
   return {x[kQ], x[kK], x[kV], x[kG], delta_rule ? x[kBeta] : at::Tensor(), x[kLamIn]};
@@ -381,25 +395,36 @@ bool uses_gradient_kernel([[maybe_unused]] const IntraChunkInputs& in, [[maybe_u
 
 class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> {
  public:
-  /// `inputs` in Input order (β an empty placeholder for SSD), as IntraChunkInputs describes them.
-  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, bool delta_rule) {
+  /// `inputs` in Input order (β an empty placeholder for SSD), as IntraChunkInputs describes them. Returns
+  /// the Output terms, then the bf16 copies (empty placeholders where not written).
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, bool delta_rule,
+                               bool bf16_copies) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     variable_list saved(inputs.begin(), inputs.end());
     IntraChunkInputs in = inputs_of(saved, delta_rule);
+    in.bf16_copies = bf16_copies;
     if (!intra_chunk_forward_uses_cuda_kernel(in)) in = in_compute_dtype(in);
     const IntraChunkTerms t = run_forward(in, basis_kernel_applies(in) ? Basis::kKernel : Basis::kOps);
     // SSD has no W, T or v' of its own: an empty tensor each, as every output must be a tensor of its own.
     const auto none = [&] { return at::empty({0}, t.intra_BHNCV.options()); };
-    const variable_list out = {t.intra_BHNCV,
-                               t.transported_q_BHNCK,
-                               t.k_to_end_BHNCK,
-                               delta_rule ? t.w_BHNCK : none(),
-                               delta_rule ? t.t_inverse_BHNCC : none(),
-                               delta_rule ? t.source_v_BHNCV : none(),
-                               t.chunk_decay_BHN};
+    const auto or_none = [&](const at::Tensor& x) { return x.defined() ? x : none(); };
+    variable_list out = {t.intra_BHNCV,
+                         t.transported_q_BHNCK,
+                         t.k_to_end_BHNCK,
+                         delta_rule ? t.w_BHNCK : none(),
+                         delta_rule ? t.t_inverse_BHNCC : none(),
+                         delta_rule ? t.source_v_BHNCV : none(),
+                         t.chunk_decay_BHN};
     // W, T and v' cost no memory of their own: the slot pass keeps them too.
     for (const Output kept : {kW, kTInverse, kSourceV, kChunkDecay})
       saved.push_back(out[kept]);
+    const variable_list copies = {or_none(t.bf16.transported_q_BHNCK), or_none(t.bf16.k_to_end_BHNCK),
+                                  or_none(t.bf16.w_BHNCK), or_none(t.bf16.t_inverse_BHNCC),
+                                  or_none(t.bf16.source_v_BHNCV)};
+    out.insert(out.end(), copies.begin(), copies.end());
+    ctx->mark_non_differentiable(copies);
+    // The copies get no gradient: none is made up for them (the backward counts missing ones as zero).
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward(saved);
     ctx->saved_data["delta_rule"] = delta_rule;
     ctx->saved_data["tf32"] = ops::tf32_allowed();
@@ -440,6 +465,7 @@ class IntraChunkFunction : public torch::autograd::Function<IntraChunkFunction> 
     variable_list grads = backward_terms(in, kept, d_out);
 #endif
     grads.push_back(at::Tensor());  // delta_rule
+    grads.push_back(at::Tensor());  // bf16_copies
     return grads;
   }
 };
@@ -469,8 +495,12 @@ IntraChunkTerms intra_chunk_terms(const IntraChunkInputs& in, bool fused) {
   const variable_list inputs = {
       in.q_BHNCK,     in.k_BHNCK, in.v_BHNCV, in.g_BHNC, delta_rule ? in.beta_BHNC : placeholder,
       in.lam_in_BHNCC};
-  const variable_list out = IntraChunkFunction::apply(at::TensorList(inputs), delta_rule);
+  const variable_list out = IntraChunkFunction::apply(at::TensorList(inputs), delta_rule, in.bf16_copies);
   IntraChunkTerms t{out[kIntra], out[kTransportedQ], out[kKToEnd], {}, {}, {}, out[kChunkDecay]};
+  const auto copy = [&](int i) {
+    return out[kNumOutputs + i].numel() > 0 ? out[kNumOutputs + i] : at::Tensor();
+  };
+  t.bf16 = {copy(0), copy(1), copy(2), copy(3), copy(4)};
   if (delta_rule) {
     t.w_BHNCK = out[kW];
     t.t_inverse_BHNCC = out[kTInverse];

@@ -111,6 +111,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
           q = make_float4(q.x - p_w.x, q.y - p_w.y, q.z - p_w.z, q.w - p_w.w);
         }
         store4(a.transported_q + rows_k + static_cast<size_t>(r) * K + c, q);
+        if (a.transported_q_bf16 != nullptr)
+          store4(static_cast<__nv_bfloat16*>(a.transported_q_bf16) + rows_k + static_cast<size_t>(r) * K + c,
+                 q);
       });
 
   // Over value tiles: v' = β v, and intra = (R ⊙ Λ) v' (lower triangular: row tile r ends at (r + 1)·16).
@@ -120,8 +123,11 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         kC, width, [&](int r, int c) { return v_rows.load(r, first + c); },
         [&](int r, int c, float4 x) {
           const float4 source = scaled(x, beta[r]);
-          if constexpr (kDeltaRule)
-            store4(a.source_v + rows_v + static_cast<size_t>(r) * V + first + c, source);
+          if constexpr (kDeltaRule) {
+            const size_t at = rows_v + static_cast<size_t>(r) * V + first + c;
+            store4(a.source_v + at, source);
+            if (a.source_v_bf16 != nullptr) store4(static_cast<__nv_bfloat16*>(a.source_v_bf16) + at, source);
+          }
           store4(values + r * kValueLd + c, tf32(source));
         });
     __syncthreads();

@@ -21,6 +21,8 @@ struct IntraChunkForwardArgs {
   float* intra;            ///< [chunks, C, V]
   float* transported_q;    ///< q̃ [chunks, C, K]
   float* source_v;         ///< v' = β v [chunks, C, V]; null for SSD
+  /// bf16 copies of q̃ and v' in their layouts, for the slot pass's bf16 kernels; null: not written.
+  void *transported_q_bf16, *source_v_bf16;
 };
 
 /// Whether the kernel runs these dims on the current device: as supports_intra_chunk_gradients.

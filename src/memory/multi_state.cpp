@@ -237,22 +237,27 @@ MultiStateResult chunkwise(const Recurrence& terms, const LevelWeights& weights,
   const bool in_place = fused && tokens == padded && terms.q_BTHK.is_cuda() && dtype == at::kFloat &&
                         (type == at::kFloat || type == at::kBFloat16) && terms.k_BTHK.scalar_type() == type &&
                         terms.v_BTHV.scalar_type() == type;
+  // The slot pass works only the slots that hold something at a chunk boundary (with Fenwick levels, those
+  // of chunk length and up to the sequence's): the others would carry zeros through every chunk.
+  const auto [first_slot, used_slots] = boundary_slots(segments, tokens, C);
+  // Where the slot pass runs its bf16 kernels, the per-chunk kernels write their operands in bf16 as well.
+  const bool compact_states = ops::tf32_suits(terms.q_BTHK);
+  const bool bf16_copies = fused && compact_states && terms.q_BTHK.is_cuda() && dtype == at::kFloat &&
+                           slot_pass_takes_bf16_copies({batch, heads, num_chunks, C, terms.q_BTHK.size(3),
+                                                        terms.v_BTHV.size(3), used_slots},
+                                                       terms.q_BTHK.device());
   const IntraChunkTerms intra = intra_chunk_terms(
       {chunk_operand(terms.q_BTHK, C, dtype, in_place), chunk_operand(terms.k_BTHK, C, dtype, in_place),
        chunk_operand(terms.v_BTHV, C, dtype, in_place), common::to_chunks(terms.g_BTH, C, dtype),
        terms.delta_rule() ? common::to_chunks(terms.beta_BTH, C, dtype) : at::Tensor(),
-       read_weights.intra_BHNCC},
+       read_weights.intra_BHNCC, bf16_copies},
       fused);
-  // The slot pass works only the slots that hold something at a chunk boundary (with Fenwick levels, those
-  // of chunk length and up to the sequence's): the others would carry zeros through every chunk.
-  const auto [first_slot, used_slots] = boundary_slots(segments, tokens, C);
   const SlotPassResult pass =
       slot_pass({intra.transported_q_BHNCK, read_weights.state_BHNCS.narrow(-1, first_slot, used_slots),
                  intra.k_to_end_BHNCK, intra.w_BHNCK, intra.t_inverse_BHNCC, intra.source_v_BHNCV,
                  intra.chunk_decay_BHN,
                  state_move_BHNSS.narrow(-2, first_slot, used_slots).narrow(-1, first_slot, used_slots),
-                 token_move_BHNSC.narrow(-2, first_slot, used_slots),
-                 /*compact_states=*/ops::tf32_suits(terms.q_BTHK)},
+                 token_move_BHNSC.narrow(-2, first_slot, used_slots), compact_states, intra.bf16},
                 fused);
   // Without padding the two parts are summed, scaled and moved back to tokens-major in one pass.
   const at::ScalarType out_dtype = terms.q_BTHK.scalar_type();

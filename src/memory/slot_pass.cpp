@@ -188,6 +188,11 @@ at::Tensor bf16_buffer(const at::Tensor& x) {
   return x.defined() ? ops::kernel_buffer(x.to(at::kBFloat16)) : x;
 }
 
+/// The bf16 copy of x that the kernels read: the producer's where it wrote one, else converted here.
+at::Tensor bf16_operand(const at::Tensor& copy, const at::Tensor& x) {
+  return copy.defined() ? ops::kernel_buffer(copy) : bf16_buffer(x);
+}
+
 /// The reads of every chunk from its start states, inter_c = Σ_s w_cs q̃_c X_s: on the reads kernel where it
 /// runs the dims, else as one batched matmul with the slots and keys as one depth of S·K.
 at::Tensor start_state_reads(const SlotPassInputs& in, const at::Tensor& start_states_BHNSKV,
@@ -236,9 +241,10 @@ KeptForward forward_kernel([[maybe_unused]] const SlotPassInputs& in) {
   const char* error = nullptr;
   at::Tensor k_to_end_bf16, w_bf16;
   if (compact && kernels::supports_slot_pass_bf16(dims)) {
-    k_to_end_bf16 = bf16_buffer(k_to_end);
-    w_bf16 = bf16_buffer(w);
-    const at::Tensor t_inverse_bf16 = bf16_buffer(t_inverse), source_v_bf16 = bf16_buffer(source_v);
+    k_to_end_bf16 = bf16_operand(in.bf16.k_to_end_BHNCK, k_to_end);
+    w_bf16 = bf16_operand(in.bf16.w_BHNCK, w);
+    const at::Tensor t_inverse_bf16 = bf16_operand(in.bf16.t_inverse_BHNCC, t_inverse),
+                     source_v_bf16 = bf16_operand(in.bf16.source_v_BHNCV, source_v);
     error = kernels::slot_pass_forward_bf16(
         {k_to_end_bf16.data_ptr(), ops::untyped_data_or_null(w_bf16),
          ops::untyped_data_or_null(t_inverse_bf16), source_v_bf16.data_ptr(), chunk_decay.data_ptr<float>(),
@@ -269,6 +275,7 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
                                       [[maybe_unused]] const at::Tensor& d_inter_BHNCV,
                                       [[maybe_unused]] const at::Tensor& d_final_BHSKV,
                                       [[maybe_unused]] const at::Tensor& w_bf16_BHNCK,
+                                      [[maybe_unused]] const at::Tensor& transported_q_bf16_BHNCK,
                                       [[maybe_unused]] bool compact) {
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(in.transported_q_BHNCK.device());
@@ -286,9 +293,9 @@ StateGradients state_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
   const auto* live_slots = reinterpret_cast<const unsigned*>(live_slots_BHN.data_ptr<int>());
   const char* error = nullptr;
   if (compact && kernels::supports_slot_pass_bf16(dims)) {
-    // The forward's bf16 copies of K̃ (in the input's place) and W, where it kept them.
-    const at::Tensor q_bf16 = bf16_buffer(q), k_to_end_bf16 = bf16_buffer(k_to_end),
-                     w_bf16 = w_bf16_BHNCK.defined() ? w_bf16_BHNCK : bf16_buffer(w),
+    // The forward's bf16 copies of K̃ (in the input's place), W and q̃, where it kept them.
+    const at::Tensor q_bf16 = bf16_operand(transported_q_bf16_BHNCK, q),
+                     k_to_end_bf16 = bf16_buffer(k_to_end), w_bf16 = bf16_operand(w_bf16_BHNCK, w),
                      d_inter_bf16 = bf16_buffer(d_inter);
     error = kernels::slot_pass_backward_bf16(
         {q_bf16.data_ptr(), read_weight.data_ptr<float>(), k_to_end_bf16.data_ptr(),
@@ -390,8 +397,6 @@ variable_list input_gradients_ops(const SlotPassInputs& in, const at::Tensor& st
     grads[kKToEnd] = landed_g_BHNCK;
   }
   grads[kSourceV] = (in.token_move_BHNSC.unsqueeze(-1) * d_landed_BHNSCV).sum(3);
-  grads.push_back(at::Tensor());  // delta_rule
-  grads.push_back(at::Tensor());  // compact_states
   return grads;
 }
 
@@ -471,8 +476,6 @@ variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
   } else {
     grads[kKToEnd] = landed_g;
   }
-  grads.push_back(at::Tensor());  // delta_rule
-  grads.push_back(at::Tensor());  // compact_states
   return grads;
 #else
   TORCH_CHECK(false, "memory slot pass: dla was built without CUDA");
@@ -492,13 +495,16 @@ bool uses_gradient_kernels([[maybe_unused]] const SlotPassInputs& in, [[maybe_un
 
 class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
  public:
-  /// `inputs` in Input order (absent W and T as empty placeholders), already in the compute dtype.
-  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, bool delta_rule,
-                               bool compact_states) {
+  /// `inputs` in Input order (absent W and T as empty placeholders), already in the compute dtype; `copies`
+  /// SlotOperandCopies' in its order (empty placeholders where absent).
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, at::TensorList copies,
+                               bool delta_rule, bool compact_states) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     variable_list saved(inputs.begin(), inputs.end());
     SlotPassInputs in = inputs_of(saved, delta_rule);
     in.compact_states = compact_states;
+    const auto copy = [&](size_t i) { return copies[i].numel() > 0 ? copies[i] : at::Tensor(); };
+    in.bf16 = {copy(0), copy(1), copy(2), copy(3), copy(4)};
     const bool cuda_kernels = slot_pass_uses_cuda_kernels(in);
     KeptForward pass = cuda_kernels ? forward_kernel(in) : forward_loop(in);
     // The bf16 kernels' backward reads K̃ only as their bf16 copy, which takes the float input's place.
@@ -506,6 +512,7 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
     saved.push_back(pass.start_states_BHNSKV);
     saved.push_back(pass.live_slots_BHN);
     saved.push_back(pass.w_bf16_BHNCK);
+    saved.push_back(pass.k_to_end_bf16_BHNCK.defined() ? in.bf16.transported_q_BHNCK : at::Tensor());
     ctx->save_for_backward(saved);
     ctx->saved_data["delta_rule"] = delta_rule;
     ctx->saved_data["cuda_kernels"] = cuda_kernels;
@@ -530,13 +537,18 @@ class SlotPassFunction : public torch::autograd::Function<SlotPassFunction> {
     const bool cuda_kernels = ctx->saved_data["cuda_kernels"].toBool();
     const StateGradients state_grads =
         cuda_kernels ? state_gradients_kernel(in, saved[kNumInputs + 1], d_inter_BHNCV, d_final_BHSKV,
-                                              saved[kNumInputs + 2],
+                                              saved[kNumInputs + 2], saved[kNumInputs + 3],
                                               /*compact=*/start_states_BHNSKV.scalar_type() == at::kBFloat16)
                      : state_gradients_loop(in, d_inter_BHNCV, d_final_BHSKV);
-    if (uses_gradient_kernels(in, cuda_kernels))
-      return input_gradients_kernel(in, start_states_BHNSKV, saved[kNumInputs + 1], state_grads,
-                                    d_inter_BHNCV);
-    return input_gradients_ops(in, start_states_BHNSKV, state_grads, d_inter_BHNCV, cuda_kernels);
+    variable_list grads =
+        uses_gradient_kernels(in, cuda_kernels)
+            ? input_gradients_kernel(in, start_states_BHNSKV, saved[kNumInputs + 1], state_grads,
+                                     d_inter_BHNCV)
+            : input_gradients_ops(in, start_states_BHNSKV, state_grads, d_inter_BHNCV, cuda_kernels);
+    grads.resize(kNumInputs + kNumSlotOperandCopies);  // the copies take no gradient
+    grads.push_back(at::Tensor());                     // delta_rule
+    grads.push_back(at::Tensor());                     // compact_states
+    return grads;
   }
 };
 
@@ -570,6 +582,18 @@ bool slot_pass_uses_bf16_operands([[maybe_unused]] const SlotPassInputs& in) {
 #endif
 }
 
+bool slot_pass_takes_bf16_copies(const SlotPassShape& shape, const at::Device& device) {
+  // Inputs of these sizes that hold no memory: the choice of kernels reads only sizes, dtype and device.
+  const at::Tensor scalar = at::empty({}, at::TensorOptions().dtype(at::kFloat).device(device));
+  const auto [B, H, N, C, K, V, S] = shape;
+  const auto sized = [&](std::initializer_list<int64_t> sizes) { return scalar.expand(sizes); };
+  SlotPassInputs probe{sized({B, H, N, C, K}), sized({B, H, N, C, S}), sized({B, H, N, C, K}),
+                       sized({B, H, N, C, K}), sized({B, H, N, C, C}), sized({B, H, N, C, V}),
+                       sized({B, H, N}),       sized({B, H, N, S, S}), sized({B, H, N, S, C})};
+  probe.compact_states = true;
+  return slot_pass_uses_bf16_operands(probe);
+}
+
 SlotPassResult slot_pass(const SlotPassInputs& in, bool fused) {
   RECORD_FUNCTION("dla::slot_pass", std::vector<c10::IValue>());
   if (!fused) return run_loop(in, /*keep_states=*/false).result;
@@ -587,8 +611,14 @@ SlotPassResult slot_pass(const SlotPassInputs& in, bool fused) {
                                 in_dtype(in.t_inverse_BHNCC),     in_dtype(in.source_v_BHNCV),
                                 in_dtype(in.chunk_decay_BHN),     in_dtype(in.state_move_BHNSS),
                                 in_dtype(in.token_move_BHNSC)};
-  const variable_list out =
-      SlotPassFunction::apply(at::TensorList(inputs), in.w_BHNCK.defined(), in.compact_states);
+  const auto copy = [&](const at::Tensor& x) {
+    return x.defined() ? x : at::empty({0}, placeholder.options().dtype(at::kBFloat16));
+  };
+  const variable_list copies = {copy(in.bf16.transported_q_BHNCK), copy(in.bf16.k_to_end_BHNCK),
+                                copy(in.bf16.w_BHNCK), copy(in.bf16.t_inverse_BHNCC),
+                                copy(in.bf16.source_v_BHNCV)};
+  const variable_list out = SlotPassFunction::apply(at::TensorList(inputs), at::TensorList(copies),
+                                                    in.w_BHNCK.defined(), in.compact_states);
   return {out[0], out[1]};
 }
 

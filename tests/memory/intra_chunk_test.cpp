@@ -215,4 +215,21 @@ TEST_CASE("on the GPU the chunk kernels read q, k and v in place as bf16 tokens 
   reference = {float64(reference.q_BHNCK), float64(reference.k_BHNCK),   float64(reference.v_BHNCV),
                float64(reference.g_BHNC),  float64(reference.beta_BHNC), float64(reference.lam_in_BHNCC)};
   compare_forms(reference, in, 1e-2, gen);
+
+  // Asked for, the kernels also write the slot pass's operands in bf16: the float32 terms rounded.
+  IntraChunkInputs with_copies = in;
+  with_copies.bf16_copies = true;
+  const IntraChunkTerms t = dla::memory::intra_chunk_terms(with_copies, /*fused=*/true);
+  const auto rounded = [](const at::Tensor& x) { return x.detach().to(at::kBFloat16); };
+  CHECK(at::equal(t.bf16.transported_q_BHNCK, rounded(t.transported_q_BHNCK)));
+  CHECK(at::equal(t.bf16.k_to_end_BHNCK, rounded(t.k_to_end_BHNCK)));
+  CHECK(t.bf16.w_BHNCK.defined() == delta_rule);
+  CHECK(t.bf16.t_inverse_BHNCC.defined() == delta_rule);
+  CHECK(t.bf16.source_v_BHNCV.defined() == delta_rule);
+  if (delta_rule) {
+    CHECK(at::equal(t.bf16.w_BHNCK, rounded(t.w_BHNCK)));
+    CHECK(at::equal(t.bf16.t_inverse_BHNCC, rounded(t.t_inverse_BHNCC)));
+    CHECK(at::equal(t.bf16.source_v_BHNCV, rounded(t.source_v_BHNCV)));
+  }
+  CHECK_FALSE(dla::memory::intra_chunk_terms(in, /*fused=*/true).bf16.transported_q_BHNCK.defined());
 }

@@ -229,3 +229,53 @@ TEST_CASE("on the GPU the slot-pass kernels skip the slots that hold nothing and
   const double tolerance = compact ? 1e-2 : 5e-3;  // as in the tests above
   expect_same_pass(base, cuda, tolerance, tolerance);
 }
+
+TEST_CASE("on the GPU the slot pass takes its producers' bf16 copies for the same numbers",
+          "[memory][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the slot-pass kernels are not exercised on this machine");
+    return;
+  }
+  const bool delta_rule = GENERATE(true, false);
+  const PassDims d = GENERATE(PassDims{2, 2, 5, 64, 128, 128, 8}, PassDims{1, 2, 4, 64, 128, 64, 14});
+  CAPTURE(delta_rule, d.slots);
+  SlotPassInputs base = random_inputs(delta_rule, d, 59);
+  base.compact_states = true;
+  const dla::ops::Tf32Scope tf32(true);
+  const auto cuda = [](const at::Tensor& x) { return x.to(at::kCUDA, at::kFloat); };
+  const SlotPassInputs on_gpu = placed(base, cuda);
+  // The choice made before the inputs exist is the one made on them.
+  const bool bf16_kernels = dla::memory::slot_pass_uses_bf16_operands(on_gpu);
+  REQUIRE(bf16_kernels == (d.slots <= 8));
+  REQUIRE(dla::memory::slot_pass_takes_bf16_copies(
+              {d.batch, d.heads, d.chunks, d.chunk_size, d.key_dim, d.value_dim, d.slots}, at::kCUDA) ==
+          bf16_kernels);
+
+  const at::Tensor inter_weight =
+      dla::test::random_weight({d.batch, d.heads, d.chunks, d.chunk_size, d.value_dim}, 3)
+          .to(at::kCUDA, at::kFloat);
+  const auto run = [&](bool copies) {
+    SlotPassInputs in = on_gpu;
+    for (at::Tensor* x : differentiable(in))
+      *x = x->detach().clone().requires_grad_(true);
+    if (copies) {
+      const auto bf16 = [](const at::Tensor& x) { return x.defined() ? x.detach().to(at::kBFloat16) : x; };
+      in.bf16 = {bf16(in.transported_q_BHNCK), bf16(in.k_to_end_BHNCK), bf16(in.w_BHNCK),
+                 bf16(in.t_inverse_BHNCC), bf16(in.source_v_BHNCV)};
+    }
+    const SlotPassResult r = dla::memory::slot_pass(in, /*fused=*/true);
+    ((r.inter_BHNCV * inter_weight).sum() + r.final_states_BHSKV.sum()).backward();
+    std::vector<at::Tensor> out = {r.inter_BHNCV.detach(), r.final_states_BHSKV.detach()};
+    for (at::Tensor* x : differentiable(in))
+      out.push_back(x->grad());
+    return out;
+  };
+  // The same bf16 operands either way; only the order of float atomics, if any, may differ.
+  const std::vector<at::Tensor> converted = run(false), copied = run(true);
+  REQUIRE(converted.size() == copied.size());
+  for (std::size_t i = 0; i < converted.size(); ++i) {
+    REQUIRE(copied[i].defined());
+    expect_close(i < 2 ? "output " + std::to_string(i) : std::string("d") + kNames[i - 2],
+                 converted[i].cpu().to(at::kDouble), copied[i].cpu().to(at::kDouble), 1e-6);
+  }
+}

@@ -104,16 +104,23 @@ TEST_CASE("on the GPU the per-chunk kernels equal the LibTorch chunk stages in f
   REQUIRE(dla::ops::fused::chunk_stages_apply(gpu[0], gpu[1], gpu[2], at::kFloat, C));
   const dla::ops::fused::PreparedChunks got =
       dla::ops::fused::prepare_chunks(gpu[1], gpu[2], gpu[3], beta_or_none, C);
-  // Without the written values (the multi-state forms' call) the other terms are the same numbers.
-  const dla::ops::fused::PreparedChunks without_u =
-      dla::ops::fused::prepare_chunks(gpu[1], gpu[2], gpu[3], beta_or_none, C, /*written_values=*/false);
+  CHECK_FALSE(got.k_to_end_bf16_BHMCK.defined());
+  // Without the written values and with bf16 copies (the multi-state forms' call) the other terms are the
+  // same numbers, and the copies are them rounded to bf16.
+  const dla::ops::fused::PreparedChunks without_u = dla::ops::fused::prepare_chunks(
+      gpu[1], gpu[2], gpu[3], beta_or_none, C, {.written_values = false, .bf16_copies = true});
   CHECK_FALSE(without_u.u_BHMCV.defined());
+  CHECK(at::equal(without_u.k_to_end_bf16_BHMCK, got.k_to_end_BHMCK.to(at::kBFloat16)));
+  CHECK(without_u.w_bf16_BHMCK.defined() == delta_rule);
+  CHECK(without_u.inverse_bf16_BHMCC.defined() == delta_rule);
   CHECK(at::equal(without_u.gamma_BHMC, got.gamma_BHMC));
   CHECK(at::equal(without_u.k_to_end_BHMCK, got.k_to_end_BHMCK));
   CHECK(at::equal(without_u.chunk_decay_BHM, got.chunk_decay_BHM));
   if (delta_rule) {
     CHECK(at::equal(without_u.w_BHMCK, got.w_BHMCK));
     CHECK(at::equal(without_u.inverse_BHMCC, got.inverse_BHMCC));
+    CHECK(at::equal(without_u.w_bf16_BHMCK, got.w_BHMCK.to(at::kBFloat16)));
+    CHECK(at::equal(without_u.inverse_bf16_BHMCC, got.inverse_BHMCC.to(at::kBFloat16)));
   }
 
   namespace common = dla::ops::common;

@@ -8,6 +8,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "dla/memory/slot_operands.h"
+
 namespace dla::memory {
 
 /// Chunked inputs in the compute dtype (lam_in's). q, k and v may also be views of other layouts and dtypes,
@@ -18,6 +20,9 @@ struct IntraChunkInputs {
   at::Tensor g_BHNC;        ///< log gates
   at::Tensor beta_BHNC;     ///< the delta rule's write strengths; undefined for SSD
   at::Tensor lam_in_BHNCC;  ///< each query's read weight on each key of its chunk
+  /// Write bf16 copies of the slot pass's operands too (IntraChunkTerms::bf16), where the forward runs on its
+  /// CUDA kernels: memory::chunkwise asks for them where the slot pass runs its bf16 kernels.
+  bool bf16_copies = false;
 };
 
 struct IntraChunkTerms {
@@ -28,6 +33,7 @@ struct IntraChunkTerms {
   at::Tensor t_inverse_BHNCC;      ///< the delta rule's T = (I + A)⁻¹; undefined for SSD
   at::Tensor source_v_BHNCV;       ///< what each token writes: β v for the delta rule, else v
   at::Tensor chunk_decay_BHN;      ///< exp(γ_last) of each chunk
+  SlotOperandCopies bf16 = {};     ///< where asked for and written; no gradient flows through them
 };
 
 /// `fused` picks the written-out backward.

@@ -8,6 +8,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "dla/memory/slot_operands.h"
+
 namespace dla::memory {
 
 struct SlotPassInputs {
@@ -26,6 +28,9 @@ struct SlotPassInputs {
   /// are still carried, and every product accumulates, in float32. memory::chunkwise asks for it for 16-bit
   /// inputs.
   bool compact_states = false;
+  /// bf16 copies of the operands above, which the bf16 kernels then read instead of converting them; any of
+  /// them may be undefined. No gradient flows through them.
+  SlotOperandCopies bf16 = {};
 };
 
 struct SlotPassResult {
@@ -61,5 +66,14 @@ bool slot_pass_compacts_states(const SlotPassInputs& in);
 /// states still carried in float32): it compacts its states, and C = 64, K = 128, S ≤ 8 and V is a multiple
 /// of 16.
 bool slot_pass_uses_bf16_operands(const SlotPassInputs& in);
+
+/// The sizes of a slot pass's inputs, known before they are computed.
+struct SlotPassShape {
+  int64_t batch, heads, chunks, chunk_size, key_dim, value_dim, slots;
+};
+
+/// slot_pass_uses_bf16_operands for float32 inputs of this shape on `device`, with compact states asked for:
+/// whether the stages that produce them should write SlotPassInputs::bf16 too.
+bool slot_pass_takes_bf16_copies(const SlotPassShape& shape, const at::Device& device);
 
 }  // namespace dla::memory

@@ -49,9 +49,19 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
 /// The per-chunk terms the state pass and the backward read, as chunk_prepare's CUDA kernel computes them
 /// from the [B, T, H, ·] inputs: gamma the chunk-local cumsum of g, k_to_end = k ⊙ exp(gamma_last − gamma),
 /// chunk_decay = exp(gamma_last), and for the delta rule T = (I + A)⁻¹ with w = T (beta exp(gamma) ⊙ k) and
-/// u = T (beta ⊙ v); for SSD u = v and w, inverse are undefined. All float32.
+/// u = T (beta ⊙ v); for SSD u = v and w, inverse are undefined. All float32, and where asked for also bf16
+/// copies of k_to_end, w and inverse (undefined otherwise).
 struct PreparedChunks {
   at::Tensor gamma_BHMC, k_to_end_BHMCK, chunk_decay_BHM, w_BHMCK, inverse_BHMCC, u_BHMCV;
+  at::Tensor k_to_end_bf16_BHMCK, w_bf16_BHMCK, inverse_bf16_BHMCC;
+};
+
+/// What prepare_chunks forms besides the terms every caller reads.
+struct PrepareOptions {
+  /// u, which the single-state pass reads; the multi-state forms write their values per slot instead.
+  bool written_values = true;
+  /// The bf16 copies, which the multi-state forms' bf16 slot kernels read.
+  bool bf16_copies = false;
 };
 
 /// Whether the per-chunk CUDA kernels (prepare_chunks, chunk_outputs) run for these inputs: CUDA tensors
@@ -63,10 +73,9 @@ bool chunk_stages_apply(const at::Tensor& q, const at::Tensor& k, const at::Tens
                         at::ScalarType compute_dtype, int64_t chunk_size);
 
 /// The chunk terms for the state pass, one CUDA kernel over all chunks (beta undefined for SSD). Requires
-/// chunk_stages_apply. Without `written_values` u stays undefined: the multi-state forms write their values
-/// per slot, and do not read it.
+/// chunk_stages_apply.
 PreparedChunks prepare_chunks(const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-                              const at::Tensor& beta, int64_t chunk_size, bool written_values = true);
+                              const at::Tensor& beta, int64_t chunk_size, const PrepareOptions& options = {});
 
 /// The op's output [B, T, H, V] in q's dtype, one CUDA kernel over all chunks: scale · ((exp(gamma) ⊙ q) S_m
 /// + ((q kᵀ) ⊙ D) v_new) per chunk, from the state pass's chunk-start states and written values. Requires

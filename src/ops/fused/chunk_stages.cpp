@@ -34,7 +34,8 @@ bool chunk_stages_apply([[maybe_unused]] const at::Tensor& q, [[maybe_unused]] c
 
 PreparedChunks prepare_chunks([[maybe_unused]] const at::Tensor& k, [[maybe_unused]] const at::Tensor& v,
                               [[maybe_unused]] const at::Tensor& g, [[maybe_unused]] const at::Tensor& beta,
-                              [[maybe_unused]] int64_t chunk_size, [[maybe_unused]] bool written_values) {
+                              [[maybe_unused]] int64_t chunk_size,
+                              [[maybe_unused]] const PrepareOptions& prepare_options) {
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(k.device());
   const int64_t B = k.size(0), T = k.size(1), H = k.size(2), K = k.size(3), V = v.size(3);
@@ -51,12 +52,22 @@ PreparedChunks prepare_chunks([[maybe_unused]] const at::Tensor& k, [[maybe_unus
                    at::empty({B, H, M}, options),
                    delta_rule ? at::empty({B, H, M, C, K}, options) : at::Tensor(),
                    delta_rule ? at::empty({B, H, M, C, C}, options) : at::Tensor(),
-                   written_values ? at::empty({B, H, M, C, V}, options) : at::Tensor()};
+                   prepare_options.written_values ? at::empty({B, H, M, C, V}, options) : at::Tensor()};
+  if (prepare_options.bf16_copies) {
+    const auto copy_of = [](const at::Tensor& x) {
+      return x.defined() ? at::empty_like(x, x.options().dtype(at::kBFloat16)) : x;
+    };
+    p.k_to_end_bf16_BHMCK = copy_of(p.k_to_end_BHMCK);
+    p.w_bf16_BHMCK = copy_of(p.w_BHMCK);
+    p.inverse_bf16_BHMCC = copy_of(p.inverse_BHMCC);
+  }
   const auto data = [](at::Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
+  const auto copy = [](at::Tensor& x) { return x.defined() ? x.data_ptr() : nullptr; };
   const char* error = kernels::chunk_prepare(
       k_rows, v_rows, g_BTH.data_ptr<float>(), data_or_null(beta_BTH), data(p.gamma_BHMC),
       data(p.k_to_end_BHMCK), data(p.chunk_decay_BHM), data(p.w_BHMCK), data(p.inverse_BHMCC),
-      data(p.u_BHMCV), dims_of(k, V, chunk_size), current_cuda_stream(k));
+      data(p.u_BHMCV), {copy(p.k_to_end_bf16_BHMCK), copy(p.w_bf16_BHMCK), copy(p.inverse_bf16_BHMCC)},
+      dims_of(k, V, chunk_size), current_cuda_stream(k));
   TORCH_CHECK(error == nullptr, "fused chunk_prepare: CUDA kernel failed: ", error);
   return p;
 #else

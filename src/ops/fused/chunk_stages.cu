@@ -108,6 +108,7 @@ struct PrepareArgs {
   const float* g;
   const float* beta;  // null for SSD
   float *gamma, *k_to_end, *chunk_decay, *w, *inverse, *u;
+  PreparedCopies copies;
   int tokens, heads, value_dim;
 };
 
@@ -148,10 +149,14 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
   __syncthreads();
   // k ⊙ exp(γ_last − γ) leaves exact; the keys stay behind as TF32 operands.
   float* k_to_end = a.k_to_end + block.chunk * C * K;
+  auto* k_to_end_copy = static_cast<__nv_bfloat16*>(a.copies.k_to_end);
+  if (k_to_end_copy != nullptr) k_to_end_copy += block.chunk * C * K;
   copy_rows(
       C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(keys + r * L::kKeysLd + c); },
       [&](int r, int c, float4 x) {
-        store4(k_to_end + r * K + c, scaled(x, row_scale[r]));
+        const float4 to_end = scaled(x, row_scale[r]);
+        store4(k_to_end + r * K + c, to_end);
+        if (k_to_end_copy != nullptr) store4(k_to_end_copy + r * K + c, to_end);
         store4(keys + r * L::kKeysLd + c, tf32(x));
       });
   if (!delta_rule) {
@@ -184,10 +189,13 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
   __syncthreads();
   unit_lower_inverse<C, L::kSquareLd>(square, inverse);
   float* inverse_out = a.inverse + block.chunk * C * C;
+  auto* inverse_copy = static_cast<__nv_bfloat16*>(a.copies.inverse);
+  if (inverse_copy != nullptr) inverse_copy += block.chunk * C * C;
   copy_rows(
       C, C, [&](int r, int c) { return *reinterpret_cast<const float4*>(inverse + r * L::kSquareLd + c); },
       [&](int r, int c, float4 x) {
         store4(inverse_out + r * C + c, x);
+        if (inverse_copy != nullptr) store4(inverse_copy + r * C + c, x);
         store4(inverse + r * L::kSquareLd + c, tf32(x));
       });
   __syncthreads();
@@ -216,6 +224,14 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
     __syncthreads();
     multiply_by_inverse(a.w + block.chunk * C * K, K, first_column);
     __syncthreads();
+  }
+  if (a.copies.w != nullptr) {
+    // The block's own stores of w, visible after the barrier (plain loads: not the read-only cache's).
+    const float* w = a.w + block.chunk * C * K;
+    auto* w_copy = static_cast<__nv_bfloat16*>(a.copies.w) + block.chunk * C * K;
+    copy_rows(
+        C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(w + r * K + c); },
+        [&](int r, int c, float4 x) { store4(w_copy + r * K + c, x); });
   }
   if (a.u == nullptr) return;
   for (int first_column = 0; first_column < V; first_column += kColumnTile) {
@@ -355,7 +371,7 @@ bool supports_chunk_stages(const ChunkStageDims& d) {
 
 const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g, const float* beta,
                           float* gamma, float* k_to_end, float* chunk_decay, float* w, float* inverse,
-                          float* u, const ChunkStageDims& dims, void* stream) {
+                          float* u, const PreparedCopies& copies, const ChunkStageDims& dims, void* stream) {
   const PrepareArgs args{k,
                          v,
                          g,
@@ -366,6 +382,7 @@ const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g
                          w,
                          inverse,
                          u,
+                         copies,
                          static_cast<int>(dims.tokens),
                          static_cast<int>(dims.heads),
                          static_cast<int>(dims.value_dim)};

@@ -63,14 +63,21 @@ struct ChunkStageDims {
 /// memory within the device's opt-in limit.
 bool supports_chunk_stages(const ChunkStageDims& dims);
 
+/// Where chunk_prepare also writes bf16 copies of k_to_end, w and inverse, in their layouts; null: not
+/// written.
+struct PreparedCopies {
+  void *k_to_end, *w, *inverse;
+};
+
 /// The per-chunk terms the state pass and the backward read, on TF32 tensor cores, into contiguous
 /// float32 buffers of M = ⌈T / C⌉ chunks: gamma [B·H, M, C] (chunk-local cumsum of g), k_to_end
 /// [B·H, M, C, K], chunk_decay [B·H, M]; with beta also w [B·H, M, C, K], inverse [B·H, M, C, C] and u
-/// [B·H, M, C, V] as the WY representation, else u = v. g and beta are contiguous float32 [B, T, H]; beta
-/// null selects SSD (w and inverse are then not written). nullptr on success, else the CUDA error's text.
+/// [B·H, M, C, V] as the WY representation, else u = v (u null: not formed). g and beta are contiguous
+/// float32 [B, T, H]; beta null selects SSD (w and inverse are then not written). nullptr on success, else
+/// the CUDA error's text.
 const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g, const float* beta,
                           float* gamma, float* k_to_end, float* chunk_decay, float* w, float* inverse,
-                          float* u, const ChunkStageDims& dims, void* stream);
+                          float* u, const PreparedCopies& copies, const ChunkStageDims& dims, void* stream);
 
 /// out = scale · ((exp(gamma) ⊙ q) S + ((q kᵀ) ⊙ D) v_new) for every chunk, on TF32 tensor cores, written
 /// to a contiguous [B, T, H, V] buffer of q's type. states [B·H, M, K, V] and v_new [B·H, M, C, V] are the
