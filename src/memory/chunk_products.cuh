@@ -95,22 +95,10 @@ __device__ inline void for_each_lower_tile(F f) {
   }
 }
 
-/// Sum over the `lanes` adjacent lanes of a group (a power of two, at most 32).
-__device__ inline float group_sum(float x, int lanes) {
-  for (int offset = lanes / 2; offset > 0; offset /= 2)
-    x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
-/// f(i, c, leader) for every row i < C and every fourth column c < cols (cols / 4 a power of two, at most
-/// 32): the lanes of a row are adjacent in one warp, `leader` marks the first of them. Every thread takes
-/// part in every round, so f may shuffle across a row's lanes.
+/// f(i, c, leader) for every row i < C and every fourth column c < cols, as tiles::for_each_row_vector.
 template <class F>
 __device__ inline void for_each_row_vector(int cols, F f) {
-  const int per_row = cols / 4, rows_per_pass = kBlockThreads / per_row;
-  const int c = 4 * (threadIdx.x % per_row);
-  for (int i = threadIdx.x / per_row; i < kC; i += rows_per_pass)
-    f(i, c, threadIdx.x % per_row == 0);
+  dla::ops::fused::kernels::tiles::for_each_row_vector<kBlockThreads, kC>(cols, f);
 }
 
 inline __device__ float dot(float4 a, float4 b) {
@@ -119,15 +107,6 @@ inline __device__ float dot(float4 a, float4 b) {
 
 inline __device__ float4 load_shared4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
-}
-
-/// dst (rows dst_ld apart) = columns [first, first + cols) of the C rows of a row-major global matrix with
-/// rows src_ld apart, rounded to TF32 (an operand).
-__device__ inline void load_operand(float* dst, int dst_ld, const float* src, int src_ld, int cols,
-                                    int first) {
-  copy_rows<kBlockThreads>(
-      kC, cols, [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first + c); },
-      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
 }
 
 /// The rows of the block's chunk (blockIdx.x, in B·H·N order) of a ChunkedRows operand, as float4 columns.
@@ -163,11 +142,59 @@ class BlockRows {
   int64_t row_;
 };
 
-/// dst (rows dst_ld apart) = columns [first, first + cols) of the chunk's C rows of src, rounded to TF32.
-__device__ inline void load_operand(float* dst, int dst_ld, const BlockRows& src, int cols, int first) {
+/// Rows of a row-major global float32 matrix, `ld` apart from the chunk's first row at data.
+struct MatrixRows {
+  const float* data;
+  int64_t ld;
+
+  __device__ float4 load(int r, int c) const { return load4(data + r * ld + c); }
+};
+
+/// What copy_operands moves: columns [first, first + cols) of the chunk's C rows of source (BlockRows or
+/// MatrixRows) to dst, rows dst_ld apart, rounded to TF32 (an operand) unless `exact`.
+template <class Source>
+struct OperandCopy {
+  float* dst;
+  int dst_ld;
+  Source source;
+  int first = 0;
+  bool exact = false;
+};
+
+/// C rows of a ChunkedRows operand, from column `first`, as an operand.
+__device__ inline OperandCopy<BlockRows> operand(float* dst, int dst_ld, const BlockRows& rows,
+                                                 int first = 0) {
+  return {dst, dst_ld, rows, first};
+}
+
+/// C rows of a global float32 matrix (rows src_ld apart from src), from column `first`, as an operand.
+__device__ inline OperandCopy<MatrixRows> operand(float* dst, int dst_ld, const float* src, int64_t src_ld,
+                                                  int first = 0) {
+  return {dst, dst_ld, {src, src_ld}, first};
+}
+
+/// The same, copied exactly (not an operand, read entry by entry).
+__device__ inline OperandCopy<MatrixRows> exact_copy(float* dst, int dst_ld, const float* src,
+                                                     int64_t src_ld) {
+  return {dst, dst_ld, {src, src_ld}, 0, true};
+}
+
+template <int N>
+struct Vectors {
+  float4 v[N];
+};
+
+/// The copies, `cols` columns each, in one round of loads: a thread issues its loads for all of them before
+/// it waits for any, instead of one round trip to global memory per operand.
+template <class... Sources>
+__device__ inline void copy_operands(int cols, const OperandCopy<Sources>&... copies) {
+  constexpr int kCount = sizeof...(Sources);
   copy_rows<kBlockThreads>(
-      kC, cols, [&](int r, int c) { return src.load(r, first + c); },
-      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
+      kC, cols, [&](int r, int c) { return Vectors<kCount>{{copies.source.load(r, copies.first + c)...}}; },
+      [&](int r, int c, const Vectors<kCount>& x) {
+        int i = 0;
+        ((store4(copies.dst + r * copies.dst_ld + c, copies.exact ? x.v[i] : tf32(x.v[i])), ++i), ...);
+      });
 }
 
 // ---- host side of both kernels ----

@@ -58,12 +58,12 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     exp_gamma[i] = expf(g);
     beta[i] = kDeltaRule ? a.beta[chunk * kC + i] : 1.f;
   }
-  load_operand(queries, kWideLd, q_rows, K, 0);
-  load_operand(keys, kWideLd, k_rows, K, 0);
-  if constexpr (kDeltaRule) load_operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC, kC, 0);
-  copy_rows<kBlockThreads>(
-      kC, kC, [&](int r, int c) { return load4(a.lam_in + pairs_at + r * kC + c); },
-      [&](int r, int c, float4 x) { store4(weighted + r * kSquareLd + c, x); });
+  copy_operands(K, operand(queries, kWideLd, q_rows), operand(keys, kWideLd, k_rows));
+  if constexpr (kDeltaRule)
+    copy_operands(kC, operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC),
+                  exact_copy(weighted, kSquareLd, a.lam_in + pairs_at, kC));
+  else
+    copy_operands(kC, exact_copy(weighted, kSquareLd, a.lam_in + pairs_at, kC));
   __syncthreads();
 
   for_each_lower_tile([&](int r, int c) {
@@ -78,7 +78,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     float& p = pairs[i * kSquareLd + j];
     p = j <= i ? wmma::__float_to_tf32(p * expf(gamma[i] - gamma[j])) : 0.f;
   });
-  if constexpr (kDeltaRule) load_operand(keys, kWideLd, a.w + rows_k, K, K, 0);  // k's products are done
+  if constexpr (kDeltaRule)
+    copy_operands(K, operand(keys, kWideLd, a.w + rows_k, K));  // k's products are done
   __syncthreads();
 
   // R ⊙ Λ, with R = P T.

@@ -84,12 +84,12 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     gamma[i] = a.g[chunk * kC + i];
   __syncthreads();
   cumsum_in_warp(gamma, kC);
-  load_operand(wide0, kWideLd, q_rows, K, 0);
-  load_operand(keys, kWideLd, k_rows, K, 0);
-  if constexpr (kDeltaRule) load_operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC, kC, 0);
-  copy_rows<kBlockThreads>(
-      kC, kC, [&](int r, int c) { return load4(a.lam_in + pairs_at + r * kC + c); },
-      [&](int r, int c, float4 x) { store4(lam + r * kSquareLd + c, x); });
+  copy_operands(K, operand(wide0, kWideLd, q_rows), operand(keys, kWideLd, k_rows));
+  if constexpr (kDeltaRule)
+    copy_operands(kC, operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC),
+                  exact_copy(lam, kSquareLd, a.lam_in + pairs_at, kC));
+  else
+    copy_operands(kC, exact_copy(lam, kSquareLd, a.lam_in + pairs_at, kC));
   __syncthreads();
   for (int i = threadIdx.x; i < kC; i += kBlockThreads) {
     exp_gamma[i] = expf(gamma[i]);
@@ -144,11 +144,12 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     wmma::fill_fragment(acc, 0.f);
   for (int first = 0; first < V; first += kValueTile) {
     const int width = min(kValueTile, V - first);
-    load_operand(wide0, kValueLd, a.d_intra + rows_v, V, width, first);
     if constexpr (kDeltaRule)
-      load_operand(wide2, kValueLd, a.source_v + rows_v, V, width, first);
+      copy_operands(width, operand(wide0, kValueLd, a.d_intra + rows_v, V, first),
+                    operand(wide2, kValueLd, a.source_v + rows_v, V, first));
     else
-      load_operand(wide2, kValueLd, v_rows, width, first);
+      copy_operands(width, operand(wide0, kValueLd, a.d_intra + rows_v, V, first),
+                    operand(wide2, kValueLd, v_rows, first));
     __syncthreads();
     for (int s = 0; s < kKeptTiles; ++s) {
       int r, c;
@@ -205,8 +206,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 
   const float* d_pairs = square5;  // dP
   if constexpr (kDeltaRule) {
-    load_operand(wide0, kWideLd, a.d_transported_q + rows_k, K, K, 0);
-    load_operand(wide2, kWideLd, a.w + rows_k, K, K, 0);
+    copy_operands(K, operand(wide0, kWideLd, a.d_transported_q + rows_k, K),
+                  operand(wide2, kWideLd, a.w + rows_k, K));
     __syncthreads();
     // dP = dR Tᵀ − dQ̃ Wᵀ into Λ's slot and dT = dT_out + Pᵀ dR into R's, lower tiles.
     for_each_lower_tile([&](int r, int c) {
@@ -282,7 +283,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     });
     d_pairs = lam;
   }
-  load_operand(wide2, kWideLd, q_rows, K, 0);
+  copy_operands(K, operand(wide2, kWideLd, q_rows));
   __syncthreads();
 
   // The decayed pairs' gradients: dQK = dP ⊙ D (in place), dKK = β dA ⊙ D (over k kᵀ ⊙ D); γ gets each

@@ -98,14 +98,15 @@ at::Tensor pair_gamma_gradient(const at::Tensor& grad_times_value_BHMCC) {
   return grad_times_value_BHMCC.sum(-1) - grad_times_value_BHMCC.sum(-2);
 }
 
-/// The backward on the per-chunk CUDA kernels (chunk_gradients_apply): prepare_chunks again,
-/// chunk_value_gradient, the state pass backward and chunk_gradients. Gradients in the inputs' dtypes.
+/// The backward on the per-chunk CUDA kernels (chunk_gradients_apply): prepare_chunks again (without u,
+/// which the forward's state pass already turned into the saved written values), chunk_value_gradient, the
+/// state pass backward and chunk_gradients. Gradients in the inputs' dtypes.
 variable_list kernel_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state,
                               const at::Tensor& states_BHMKV, const at::Tensor& v_new_BHMCV,
                               const at::Tensor& d_out_or_undefined, const at::Tensor& d_final_or_undefined,
                               double scale, int64_t chunk_size) {
-  const PreparedChunks prepared = prepare_chunks(k, v, g, beta, chunk_size);
+  const PreparedChunks prepared = prepare_chunks(k, v, g, beta, chunk_size, {.written_values = false});
   const at::Tensor d_out_BTHV = d_out_or_undefined.defined()
                                     ? d_out_or_undefined
                                     : at::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());

@@ -28,6 +28,9 @@ constexpr int kGradientThreads = 512;
 // One vector load in flight per thread and copy: a C-row tile is one row per thread at this block size, and
 // more would spill next to the accumulators.
 constexpr int kGradientInFlight = 1;
+// The K × 32 tiles of S and dS_next take up to two rows per thread: both rows' loads in one round fit the
+// registers (128 per thread at C = 64, K = 128, no spills).
+constexpr int kStateRowsInFlight = 2;
 constexpr int kValueTile = 32;                        // value columns per pass of chunk_gradients
 constexpr int kValueLd = kValueTile + kPad;           // tiles read as A or column-major B
 constexpr int kDVNewLd = kValueTile + kRowMajorBPad;  // dΔ, read as row-major B
@@ -362,7 +365,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
           else if (r < block.valid)  // SSD: dV = dΔ
             store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, x.d_v_new);
         });
-    copy_rows<kGradientThreads, kGradientInFlight>(
+    copy_rows<kGradientThreads, kStateRowsInFlight>(
         K, width,
         [&](int r, int c) {
           return StatePair{load4(states_chunk + r * V + first_column + c),
@@ -400,34 +403,34 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     multiply_sharing_b<wmma::col_major, kValueTile, kValueLd, kValueLd>(
         d_k, v_new_to_end, d_k, nullptr, key_rows, d_states + key_column * kTile * kValueLd, width);
     __syncthreads();
-    // ⟨dK̃_i, K̃_i⟩ leaves γ_i and reaches γ_last.
-    copy_rows<kGradientThreads, kGradientInFlight>(
-        C, width,
-        [&](int r, int c) {
-          return dot4(*reinterpret_cast<const float4*>(v_new + r * kValueLd + c),
-                      *reinterpret_cast<const float4*>(keys_d_states + r * kValueLd + c));
-        },
-        [&](int r, int, float x) {
-          atomicAdd(d_gamma + r, -to_end[r] * x);
-          to_end_dot += to_end[r] * x;
-        });
-    if (delta_rule) {
-      // dV = β ⊙ d(βV); dβ_i += ⟨d(βV)_i, v_i⟩ and the w operand's exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩, which
-      // γ_i gets times β_i.
-      copy_rows<kGradientThreads, kGradientInFlight>(
-          C, width, [&](int r, int c) { return *reinterpret_cast<const float4*>(d_vb + r * kValueLd + c); },
-          [&](int r, int c, float4 x) {
-            if (r < block.valid) {
-              store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, scaled(x, beta[r]));
-              const float kb_dot =
-                  -exp_gamma[r] * dot4(x, *reinterpret_cast<const float4*>(keys_states + r * kValueLd + c));
-              atomicAdd(d_beta + r, dot4(x, v_rows.load(r, first_column + c)) + kb_dot);
-              atomicAdd(d_gamma + r, beta[r] * kb_dot);
-            }
-            store4(d_vb_read + r * kValueLd + c, tf32(scaled(x, -beta[r] * exp_gamma[r])));
-            store4(d_vb + r * kValueLd + c, tf32(x));
-          });
-    }
+    // ⟨dK̃_i, K̃_i⟩ leaves γ_i and reaches γ_last. For the delta rule also dV = β ⊙ d(βV), dβ_i +=
+    // ⟨d(βV)_i, v_i⟩ and the w operand's exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩, which γ_i gets times β_i. A row's
+    // lanes sum their parts first: one update per row, not one contended atomic per lane.
+    for_each_row_vector<kGradientThreads, C>(width, [&](int r, int c, bool leader) {
+      const int lanes = width / 4;
+      const float end_dot =
+          group_sum(dot4(*reinterpret_cast<const float4*>(v_new + r * kValueLd + c),
+                         *reinterpret_cast<const float4*>(keys_d_states + r * kValueLd + c)),
+                    lanes);
+      float gamma_part = -to_end[r] * end_dot;
+      if (leader) to_end_dot += to_end[r] * end_dot;
+      if (delta_rule) {
+        const float4 x = *reinterpret_cast<const float4*>(d_vb + r * kValueLd + c);
+        float kb_dot = 0.f, beta_part = 0.f;
+        if (r < block.valid) {
+          store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, scaled(x, beta[r]));
+          kb_dot = -exp_gamma[r] * dot4(x, *reinterpret_cast<const float4*>(keys_states + r * kValueLd + c));
+          beta_part = dot4(x, v_rows.load(r, first_column + c)) + kb_dot;
+        }
+        kb_dot = group_sum(kb_dot, lanes);
+        beta_part = group_sum(beta_part, lanes);
+        gamma_part += beta[r] * kb_dot;
+        if (leader) d_beta[r] += beta_part;
+        store4(d_vb_read + r * kValueLd + c, tf32(scaled(x, -beta[r] * exp_gamma[r])));
+        store4(d_vb + r * kValueLd + c, tf32(x));
+      }
+      if (leader) d_gamma[r] += gamma_part;
+    });
     __syncthreads();
     // The products that share S (dq̂'s and w's operand's) or Δ (dP's and the Gram term's) as B.
     multiply_sharing_b<wmma::col_major, kValueTile, kValueLd, kValueLd>(

@@ -72,6 +72,13 @@ __device__ inline float warp_sum(float x) {
   return x;
 }
 
+/// Sum over the `lanes` adjacent lanes of a group (a power of two, at most 32).
+__device__ inline float group_sum(float x, int lanes) {
+  for (int offset = lanes / 2; offset > 0; offset /= 2)
+    x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
 /// In place: the chunk-local inclusive cumsum of gamma[0, C), by one warp.
 __device__ inline void cumsum_in_warp(float* gamma, int C) {
   if (threadIdx.x >= 32) return;
@@ -163,6 +170,18 @@ __device__ void copy_rows(int rows, int cols, Source source, Sink sink) {
       if (base + u * rows_per_pass < rows) sink(base + u * rows_per_pass, c, values[u]);
     }
   }
+}
+
+/// f(i, c, leader) for every row i < Rows (a multiple of 32) and every fourth column c < cols (cols / 4 a
+/// power of two, at most 32): the lanes of a row are adjacent in one warp, `leader` marks the first of them.
+/// Every thread takes part in every round, so f may shuffle across a row's lanes (group_sum), and a row's
+/// leader may sum into a per-row term without contending with other lanes.
+template <int Threads, int Rows, class F>
+__device__ void for_each_row_vector(int cols, F f) {
+  const int per_row = cols / 4, rows_per_pass = Threads / per_row;
+  const int c = 4 * (threadIdx.x % per_row);
+  for (int i = threadIdx.x / per_row; i < Rows; i += rows_per_pass)
+    f(i, c, threadIdx.x % per_row == 0);
 }
 
 /// f(i, j) for every entry of a rows × cols block (cols at most Threads), one column per thread.
