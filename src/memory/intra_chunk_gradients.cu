@@ -21,6 +21,9 @@ using namespace chunk_products;
 
 constexpr int kKeptTiles = (kLowerTiles + kBlockWarps - 1) / kBlockWarps;  // G's lower tiles per warp
 constexpr int kValueTilesPerWarp = (kRowTiles * (kValueTile / kTile) + kBlockWarps - 1) / kBlockWarps;
+/// The 16 × 16 tiles of a C × K block per warp: every warp takes as many.
+template <int K>
+constexpr int kWideTilesPerWarp = kRowTiles*(K / kTile) / kBlockWarps;
 
 /// The lower tile the warp keeps in slot s across passes (s < kKeptTiles), or false.
 __device__ bool kept_lower_tile(int s, int& r, int& c) {
@@ -50,6 +53,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     intra_chunk_gradients_kernel(IntraChunkGradientArgs a, IntraChunkGradientDims dims) {
   using L = Layout<K>;
   constexpr int kWideLd = L::kWideLd;
+  constexpr int kWideTiles = kWideTilesPerWarp<K>;
+  static_assert(kWideTiles >= 1 && kWideTiles * kBlockWarps == kRowTiles * (K / kTile));
   extern __shared__ float4 shared_vectors[];
   float* shared = reinterpret_cast<float*>(shared_vectors);
   // C × K slots: wide0 q, then value tiles of dI, G, dQ̃, dX; keys k, then dk's products; wide2 value tiles
@@ -144,6 +149,18 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     wmma::fill_fragment(acc, 0.f);
   for (int first = 0; first < V; first += kValueTile) {
     const int width = min(kValueTile, V - first);
+    const int value_tiles = width / kTile;
+    // dv'_out's tiles load first: they are in flight while the operands are copied.
+    Accumulator dv_acc[kValueTilesPerWarp];
+    for (int s = 0; s < kValueTilesPerWarp; ++s) {
+      const int tile = warp + s * kBlockWarps, r = tile / value_tiles, c = tile % value_tiles;
+      if (tile >= kRowTiles * value_tiles) continue;
+      if constexpr (kDeltaRule)
+        wmma::load_matrix_sync(dv_acc[s], a.d_source_v + rows_v + r * kTile * V + first + c * kTile, V,
+                               wmma::mem_row_major);
+      else
+        wmma::fill_fragment(dv_acc[s], 0.f);
+    }
     if constexpr (kDeltaRule)
       copy_operands(width, operand(wide0, kValueLd, a.d_intra + rows_v, V, first),
                     operand(wide2, kValueLd, a.source_v + rows_v, V, first));
@@ -156,16 +173,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       if (kept_lower_tile(s, r, c))
         multiply(g_acc[s], rows_of<kValueLd>(wide0), transpose_of<kValueLd>(wide2), r, c, 0, width);
     }
-    Accumulator dv_acc[kValueTilesPerWarp];
-    const int value_tiles = width / kTile;
     for (int s = 0; s < kValueTilesPerWarp; ++s) {
       const int tile = warp + s * kBlockWarps, r = tile / value_tiles, c = tile % value_tiles;
       if (tile >= kRowTiles * value_tiles) continue;
-      if constexpr (kDeltaRule)
-        wmma::load_matrix_sync(dv_acc[s], a.d_source_v + rows_v + r * kTile * V + first + c * kTile, V,
-                               wmma::mem_row_major);
-      else
-        wmma::fill_fragment(dv_acc[s], 0.f);
       multiply(dv_acc[s], transpose_of<kSquareLd>(square5), rows_of<kValueLd>(wide0), r, c, r * kTile, kC);
     }
     __syncthreads();
@@ -209,9 +219,18 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     copy_operands(K, operand(wide0, kWideLd, a.d_transported_q + rows_k, K),
                   operand(wide2, kWideLd, a.w + rows_k, K));
     __syncthreads();
+    // −dW_out's tiles of the product after the next barrier load first, in flight during these products.
+    Accumulator d_w_acc[kWideTiles];
+#pragma unroll
+    for (int s = 0; s < kWideTiles; ++s) {
+      const int tile = warp + s * kBlockWarps, r = tile / (K / kTile), c = tile % (K / kTile);
+      wmma::load_matrix_sync(d_w_acc[s], a.d_w + rows_k + r * kTile * K + c * kTile, K, wmma::mem_row_major);
+    }
     // dP = dR Tᵀ − dQ̃ Wᵀ into Λ's slot and dT = dT_out + Pᵀ dR into R's, lower tiles.
     for_each_lower_tile([&](int r, int c) {
-      Accumulator acc, minus;
+      Accumulator acc, minus, d_t;
+      wmma::load_matrix_sync(d_t, a.d_t_inverse + pairs_at + r * kTile * kC + c * kTile, kC,
+                             wmma::mem_row_major);
       wmma::fill_fragment(acc, 0.f);
       wmma::fill_fragment(minus, 0.f);
       multiply(acc, rows_of<kSquareLd>(square5), transpose_of<kSquareLd>(inverse), r, c, 0, (c + 1) * kTile);
@@ -220,16 +239,15 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       for (int t = 0; t < acc.num_elements; ++t)
         acc.x[t] -= minus.x[t];
       store_shared(lam + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
-      wmma::load_matrix_sync(acc, a.d_t_inverse + pairs_at + r * kTile * kC + c * kTile, kC,
-                             wmma::mem_row_major);
-      multiply(acc, transpose_of<kSquareLd>(pairs), rows_of<kSquareLd>(square5), r, c, r * kTile, kC);
-      store_shared(reads + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
+      multiply(d_t, transpose_of<kSquareLd>(pairs), rows_of<kSquareLd>(square5), r, c, r * kTile, kC);
+      store_shared(reads + r * kTile * kSquareLd + c * kTile, d_t, kSquareLd);
     });
     __syncthreads();
     // dW = dW_out − Pᵀ dQ̃ over W's slot (the accumulator holds −dW).
-    for_each_tile<kBlockThreads>(kRowTiles, K / kTile, [&](int r, int c) {
-      Accumulator acc;
-      wmma::load_matrix_sync(acc, a.d_w + rows_k + r * kTile * K + c * kTile, K, wmma::mem_row_major);
+#pragma unroll
+    for (int s = 0; s < kWideTiles; ++s) {
+      const int tile = warp + s * kBlockWarps, r = tile / (K / kTile), c = tile % (K / kTile);
+      Accumulator& acc = d_w_acc[s];
 #pragma unroll
       for (int t = 0; t < acc.num_elements; ++t)
         acc.x[t] = -acc.x[t];
@@ -238,7 +256,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       for (int t = 0; t < acc.num_elements; ++t)
         acc.x[t] = wmma::__float_to_tf32(-acc.x[t]);
       store_shared(wide2 + r * kTile * kWideLd + c * kTile, acc, kWideLd);
-    });
+    }
     __syncthreads();
     // dT += (dW kᵀ) ⊙ (β exp(γ))_column, strictly below the diagonal (the only part dA reads), each warp
     // through its own tile of scratch; dX = Tᵀ dW over dQ̃'s slot.
@@ -327,11 +345,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   // dq = dQ̃ ⊙ exp(γ) + dQK k; dk = dK̃ ⊙ exp(γ_last − γ) + dQKᵀ q (+ β exp(γ) ⊙ dX + Σ k).
   {
     const float* d_qk = kDeltaRule ? lam : square5;
-    constexpr int kTiles = kRowTiles * (K / kTile) / kBlockWarps;
-    static_assert(kTiles >= 1 && kTiles * kBlockWarps == kRowTiles * (K / kTile));
-    Accumulator dq_acc[kTiles], dk_acc[kTiles];
+    Accumulator dq_acc[kWideTiles], dk_acc[kWideTiles];
 #pragma unroll
-    for (int s = 0; s < kTiles; ++s) {
+    for (int s = 0; s < kWideTiles; ++s) {
       const int tile = warp + s * kBlockWarps, r = tile / (K / kTile), c = tile % (K / kTile);
       wmma::fill_fragment(dq_acc[s], 0.f);
       wmma::fill_fragment(dk_acc[s], 0.f);
@@ -342,7 +358,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     }
     __syncthreads();
 #pragma unroll
-    for (int s = 0; s < kTiles; ++s) {
+    for (int s = 0; s < kWideTiles; ++s) {
       const int tile = warp + s * kBlockWarps, r = tile / (K / kTile), c = tile % (K / kTile);
       store_shared(wide2 + r * kTile * kWideLd + c * kTile, dq_acc[s], kWideLd);
       store_shared(keys + r * kTile * kWideLd + c * kTile, dk_acc[s], kWideLd);
