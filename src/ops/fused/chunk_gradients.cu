@@ -123,16 +123,19 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
   for (int i = threadIdx.x; i < C; i += kThreads)
     gamma[i] = a.gamma[block.chunk * C + i];
   __syncthreads();
-  // q̂ leaves exact; q and k stay behind as TF32 operands.
+  // q̂ leaves exact; q and k, loaded in one round, stay behind as TF32 operands.
   float* q_read = a.q_read + block.chunk * C * K;
-  const ChunkRows<Scalar> q_rows(a.q, block);
+  const ChunkRows<Scalar> q_rows(a.q, block), k_rows(a.k, block);
   copy_rows(
-      C, K, [&](int r, int c) { return q_rows.load(r, c); },
-      [&](int r, int c, float4 x) {
-        store4(q_read + r * K + c, scaled(x, a.scale * expf(gamma[r])));
-        store4(queries + r * L::kKeysLd + c, tf32(x));
+      C, K,
+      [&](int r, int c) {
+        return RowPair{q_rows.load(r, c), k_rows.load(r, c)};
+      },
+      [&](int r, int c, RowPair x) {
+        store4(q_read + r * K + c, scaled(x.first, a.scale * expf(gamma[r])));
+        store4(queries + r * L::kKeysLd + c, tf32(x.first));
+        store4(keys + r * L::kKeysLd + c, tf32(x.second));
       });
-  load_chunk(keys, L::kKeysLd, ChunkRows<Scalar>(a.k, block), C, K, 0, nullptr, true);
   __syncthreads();
   // Pᵀ: the tiles of q kᵀ on and below the diagonal, each stored transposed.
   for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
@@ -163,7 +166,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
         });
     __syncthreads();
     // Row tile r of Pᵀ is zero left of its diagonal tile.
-    for_each_tile(kSquareTiles, width / kTile, [&](int r, int c) {
+    for_each_tile_pair(kSquareTiles, width / kTile, [&](int r, int c) {
       Accumulator acc;
       wmma::fill_fragment(acc, 0.f);
       multiply<wmma::row_major, C, L::kSquareLd, kColumnLd>(acc, pairs_t + r * kTile * (L::kSquareLd + 1),

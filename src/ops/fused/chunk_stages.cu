@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
   // needs depth (r + 1)·16.
   const auto multiply_by_inverse = [&](float* out, int cols, int first_column) {
     const int width = min(kColumnTile, cols - first_column);
-    for_each_tile(kSquareTiles, width / kTile, [&](int r, int c) {
+    for_each_tile_pair(kSquareTiles, width / kTile, [&](int r, int c) {
       Accumulator acc;
       wmma::fill_fragment(acc, 0.f);
       multiply<wmma::row_major, C, L::kSquareLd, kColumnLd>(acc, inverse + r * kTile * L::kSquareLd,
@@ -266,6 +266,13 @@ struct OutputArgs {
   int tokens, heads, value_dim;
 };
 
+/// The rows of S and v_new each thread of chunk_output keeps in flight per value pass (64 columns): all of
+/// them up to K = 128, in one round of loads; at most 12, which K = 256 would spill otherwise.
+template <int C, int K>
+constexpr int kOutputRowsInFlight = (K + C) * (kColumnTile / 4) / kThreads < 12
+                                        ? (K + C) * (kColumnTile / 4) / kThreads
+                                        : 12;
+
 template <class Scalar, int C, int K>
 __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a) {
   using L = OutputLayout<C, K>;
@@ -281,8 +288,17 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
   const ChunkBlock block(a.tokens, a.heads, C);
   const int warp = threadIdx.x / 32;
 
-  load_chunk(reads, kLd, ChunkRows<Scalar>(a.q, block), C, K, 0, nullptr, true);
-  load_chunk(region, L::kKeysLd, ChunkRows<Scalar>(a.k, block), C, K, 0, nullptr, true);
+  // q and k in one round of loads.
+  const ChunkRows<Scalar> q_rows(a.q, block), k_rows(a.k, block);
+  copy_rows(
+      C, K,
+      [&](int r, int c) {
+        return RowPair{q_rows.load(r, c), k_rows.load(r, c)};
+      },
+      [&](int r, int c, RowPair x) {
+        store4(reads + r * kLd + c, tf32(x.first));
+        store4(region + r * L::kKeysLd + c, tf32(x.second));
+      });
   for (int i = threadIdx.x; i < C; i += kThreads)
     gamma[i] = a.gamma[block.chunk * C + i];
   __syncthreads();
@@ -308,8 +324,13 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
   Scalar* out = static_cast<Scalar*>(a.out);
   for (int first_column = 0; first_column < V; first_column += kColumnTile) {
     const int width = min(kColumnTile, V - first_column);
-    load_operand(region, kColumnLd, a.states + block.chunk * K * V, V, K, width, first_column);
-    load_operand(region + K * kColumnLd, kColumnLd, a.v_new + block.chunk * C * V, V, C, width, first_column);
+    // S's K rows and v_new's C rows, stacked as the region's K + C rows, in one round of loads.
+    const float* states = a.states + block.chunk * K * V + first_column;
+    const float* v_new = a.v_new + block.chunk * C * V + first_column;
+    copy_rows<kThreads, kOutputRowsInFlight<C, K>>(
+        K + C, width,
+        [&](int r, int c) { return load4(r < K ? states + r * V + c : v_new + (r - K) * V + c); },
+        [&](int r, int c, float4 x) { store4(region + r * kColumnLd + c, tf32(x)); });
     __syncthreads();
     // Row tile r reads q̂ against S, then P's columns up to its diagonal against v_new.
     const int col_tiles = width / kTile;

@@ -140,6 +140,11 @@ inline __device__ void store4(__nv_bfloat16* p, float4 x) {
   *reinterpret_cast<uint2*>(p) = raw;
 }
 
+/// The same columns of two rows, loaded together.
+struct RowPair {
+  float4 first, second;
+};
+
 inline __device__ float4 scaled(float4 x, float s) {
   return make_float4(s * x.x, s * x.y, s * x.z, s * x.w);
 }
@@ -249,22 +254,25 @@ __device__ void load_chunk(float* dst, int dst_ld, const ChunkRows<Scalar>& src,
       });
 }
 
-/// dst (rows dst_ld apart) = `cols` columns from first_column of a row-major global matrix with rows
-/// src_ld floats apart, rounded to TF32 (an operand).
-inline __device__ void load_operand(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
-                                    int rows, int cols, int first_column) {
-  copy_rows(
-      rows, cols,
-      [&](int r, int c) { return load4(src + static_cast<size_t>(r) * src_ld + first_column + c); },
-      [&](int r, int c, float4 x) { store4(dst + r * dst_ld + c, tf32(x)); });
-}
-
 /// The row tile and column tile of each warp's share of a (C / 16) × col_tiles grid of 16 × 16 tiles:
 /// f(r, c) for every tile index warp, warp + Threads / 32, …
 template <int Threads = kThreads, class F>
 __device__ void for_each_tile(int row_tiles, int col_tiles, F f) {
   for (int tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += Threads / 32)
     f(tile / col_tiles, tile % col_tiles);
+}
+
+/// f(r, c) for every tile of a row_tiles × col_tiles grid whose row tiles cost in proportion to their depth
+/// under a triangular factor (r + 1 or row_tiles − r tiles): a warp takes row tiles r and row_tiles − 1 − r
+/// of one column tile together, so that every warp's share costs about the same.
+template <int Threads = kThreads, class F>
+__device__ void for_each_tile_pair(int row_tiles, int col_tiles, F f) {
+  const int pairs = (row_tiles + 1) / 2;
+  for (int unit = threadIdx.x / 32; unit < pairs * col_tiles; unit += Threads / 32) {
+    const int r = unit / col_tiles, c = unit % col_tiles;
+    f(r, c);
+    if (row_tiles - 1 - r != r) f(row_tiles - 1 - r, c);
+  }
 }
 
 /// A (chunk length, key dim) pair a kernel is instantiated for.
