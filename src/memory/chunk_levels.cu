@@ -107,6 +107,7 @@ __global__ void __launch_bounds__(kThreads)
                            const float* __restrict__ lam, const float* __restrict__ conf,
                            const float* __restrict__ d_intra, const float* __restrict__ d_state,
                            float* __restrict__ d_lam, float* __restrict__ d_conf, ChunkLevelDims d) {
+  __shared__ float slot_sums[kWarps][kMaxLevelSlots + 1];
   const int slots = static_cast<int>(d.slots), C = static_cast<int>(d.chunk_size);
   for_each_query(d, rows, lam, conf, [&](const QueryRow& row, int64_t r, const QueryPlace& place, int lane) {
     // Each of the lane's keys and states adds its gradient to one slot's λ and confidence, or (the query's
@@ -134,7 +135,9 @@ __global__ void __launch_bounds__(kThreads)
         state_grad[t] = __ldg(d_state + r * slots + s);
       }
     }
-    // A slot's λ and confidence both get its entries' gradients times the other factor: one sum per slot.
+    // A slot's λ and confidence both get its entries' gradients times the other factor: one sum per slot,
+    // staged at slot + 1, and then the lanes write the row's gradients together.
+    float* sums = slot_sums[threadIdx.x / 32];
     for (int slot = -1; slot < slots; ++slot) {
       float in_slot = 0.0f;
 #pragma unroll
@@ -147,11 +150,14 @@ __global__ void __launch_bounds__(kThreads)
       }
       // Most slots get nothing from a query (no key or state of the chunk in them): one vote, not a sum.
       if (__any_sync(kFullMask, in_slot != 0.0f)) in_slot = warp_sum(in_slot);
-      if (lane == 0) {
-        d_lam[r * (slots + 1) + slot + 1] = slot < 0 ? in_slot : in_slot * row.conf[slot];
-        if (slot >= 0 && d_conf != nullptr) d_conf[r * slots + slot] = in_slot * row.lam[slot + 1];
-      }
+      if (lane == 0) sums[slot + 1] = in_slot;
     }
+    __syncwarp();  // lane 0's sums, for every lane; the next query overwrites them after stage_row's barrier
+    for (int l = lane; l <= slots; l += 32)
+      d_lam[r * (slots + 1) + l] = l == 0 ? sums[0] : sums[l] * row.conf[l - 1];
+    if (d_conf == nullptr) return;
+    for (int s = lane; s < slots; s += 32)
+      d_conf[r * slots + s] = sums[s + 1] * row.lam[s + 1];
   });
 }
 
