@@ -121,6 +121,19 @@ TEST_CASE("on the GPU the per-chunk kernels equal the LibTorch chunk stages in f
     CHECK(at::equal(without_u.inverse_BHMCC, got.inverse_BHMCC));
     CHECK(at::equal(without_u.w_bf16_BHMCK, got.w_BHMCK.to(at::kBFloat16)));
     CHECK(at::equal(without_u.inverse_bf16_BHMCC, got.inverse_BHMCC.to(at::kBFloat16)));
+    // From a known T (the single-state backward's call, with the forward's T) the kernel reads T instead of
+    // forming it: every term is the same number, and T is the tensor given.
+    const dla::ops::fused::PreparedChunks from_inverse = dla::ops::fused::prepare_chunks(
+        gpu[1], gpu[2], gpu[3], beta_or_none, C, {.written_values = false, .inverse = got.inverse_BHMCC});
+    CHECK(from_inverse.inverse_BHMCC.is_same(got.inverse_BHMCC));
+    CHECK(at::equal(from_inverse.gamma_BHMC, got.gamma_BHMC));
+    CHECK(at::equal(from_inverse.k_to_end_BHMCK, got.k_to_end_BHMCK));
+    CHECK(at::equal(from_inverse.chunk_decay_BHM, got.chunk_decay_BHM));
+    CHECK(at::equal(from_inverse.w_BHMCK, got.w_BHMCK));
+    // A T that is not of these inputs' shape is refused, not read out of bounds.
+    CHECK_THROWS(
+        dla::ops::fused::prepare_chunks(gpu[1], gpu[2], gpu[3], beta_or_none, C,
+                                        {.inverse = got.inverse_BHMCC.narrow(2, 0, 1).contiguous()}));
   }
 
   namespace common = dla::ops::common;

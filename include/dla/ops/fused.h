@@ -62,6 +62,9 @@ struct PrepareOptions {
   bool written_values = true;
   /// The bf16 copies, which the multi-state forms' bf16 slot kernels read.
   bool bf16_copies = false;
+  /// T from an earlier call on the same k, g and beta (the forward's, kept for the backward): read instead
+  /// of formed, and returned as the result's inverse. Not with bf16_copies.
+  at::Tensor inverse{};
 };
 
 /// Whether the per-chunk CUDA kernels (prepare_chunks, chunk_outputs) run for these inputs: CUDA tensors

@@ -99,14 +99,16 @@ at::Tensor pair_gamma_gradient(const at::Tensor& grad_times_value_BHMCC) {
 }
 
 /// The backward on the per-chunk CUDA kernels (chunk_gradients_apply): prepare_chunks again (without u,
-/// which the forward's state pass already turned into the saved written values), chunk_value_gradient, the
-/// state pass backward and chunk_gradients. Gradients in the inputs' dtypes.
+/// which the forward's state pass already turned into the saved written values, and from the forward's T
+/// where it was kept), chunk_value_gradient, the state pass backward and chunk_gradients. Gradients in the
+/// inputs' dtypes.
 variable_list kernel_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state,
                               const at::Tensor& states_BHMKV, const at::Tensor& v_new_BHMCV,
-                              const at::Tensor& d_out_or_undefined, const at::Tensor& d_final_or_undefined,
-                              double scale, int64_t chunk_size) {
-  const PreparedChunks prepared = prepare_chunks(k, v, g, beta, chunk_size, {.written_values = false});
+                              const at::Tensor& forward_inverse_BHMCC, const at::Tensor& d_out_or_undefined,
+                              const at::Tensor& d_final_or_undefined, double scale, int64_t chunk_size) {
+  const PreparedChunks prepared =
+      prepare_chunks(k, v, g, beta, chunk_size, {.written_values = false, .inverse = forward_inverse_BHMCC});
   const at::Tensor d_out_BTHV = d_out_or_undefined.defined()
                                     ? d_out_or_undefined
                                     : at::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
@@ -149,10 +151,12 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const StatePassForward pass =
         state_pass_forward(t.k_to_end_BHMCK, t.u_BHMCV, t.w_BHMCK, t.chunk_decay_BHM,
                            common::initial_state_or_zeros(initial_state, k, v, dtype));
-    // The chunk-start states and written values are kept (the state pass is the op's sequential part);
-    // everything else the backward needs is recomputed from the inputs.
-    ctx->save_for_backward(
-        {q, k, v, g, beta_or_empty, initial_state_or_empty, pass.states_BHMKV, pass.v_new_BHMCV});
+    // The chunk-start states and written values are kept (the state pass is the op's sequential part), and
+    // the kernels' T = (I + A)⁻¹ (C × C per chunk; forming it is most of chunk_prepare); everything else the
+    // backward needs is recomputed from the inputs.
+    const at::Tensor kept_inverse = stage_kernels && delta_rule ? t.inverse_BHMCC : at::Tensor();
+    ctx->save_for_backward({q, k, v, g, beta_or_empty, initial_state_or_empty, pass.states_BHMKV,
+                            pass.v_new_BHMCV, kept_inverse});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["chunk_size"] = chunk_size;
     ctx->saved_data["delta_rule"] = delta_rule;
@@ -180,8 +184,8 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const at::Tensor& states_BHMKV = saved[6];
     const at::Tensor& v_new_BHMCV = saved[7];
     if (chunk_gradients_apply(q, k, v, dtype, chunk_size)) {
-      return kernel_backward(q, k, v, g, beta, initial_state, states_BHMKV, v_new_BHMCV, grad_outputs[0],
-                             grad_outputs[1], scale, chunk_size);
+      return kernel_backward(q, k, v, g, beta, initial_state, states_BHMKV, v_new_BHMCV, saved[8],
+                             grad_outputs[0], grad_outputs[1], scale, chunk_size);
     }
 
     const ChunkTerms t = chunk_stages_apply(q, k, v, dtype, chunk_size)

@@ -47,12 +47,25 @@ PreparedChunks prepare_chunks([[maybe_unused]] const at::Tensor& k, [[maybe_unus
   const at::Tensor beta_BTH = beta.defined() ? beta.to(at::kFloat).contiguous() : at::Tensor();
   const auto options = k.options().dtype(at::kFloat);
   const bool delta_rule = beta.defined();
-  PreparedChunks p{at::empty({B, H, M, C}, options),
-                   at::empty({B, H, M, C, K}, options),
-                   at::empty({B, H, M}, options),
-                   delta_rule ? at::empty({B, H, M, C, K}, options) : at::Tensor(),
-                   delta_rule ? at::empty({B, H, M, C, C}, options) : at::Tensor(),
-                   prepare_options.written_values ? at::empty({B, H, M, C, V}, options) : at::Tensor()};
+  const at::Tensor& known_inverse = prepare_options.inverse;
+  if (known_inverse.defined()) {
+    TORCH_CHECK(
+        delta_rule && !prepare_options.bf16_copies && known_inverse.device() == k.device() &&
+            known_inverse.scalar_type() == at::kFloat && known_inverse.is_contiguous() &&
+            known_inverse.sizes() == at::IntArrayRef({B, H, M, C, C}),
+        "fused chunk_prepare: a known inverse must be a contiguous float32 [B, H, M, C, C] tensor of the "
+        "delta rule on k's device, without bf16 copies; got ",
+        known_inverse.sizes());
+  }
+  PreparedChunks p;
+  p.gamma_BHMC = at::empty({B, H, M, C}, options);
+  p.k_to_end_BHMCK = at::empty({B, H, M, C, K}, options);
+  p.chunk_decay_BHM = at::empty({B, H, M}, options);
+  if (delta_rule) {
+    p.w_BHMCK = at::empty({B, H, M, C, K}, options);
+    p.inverse_BHMCC = known_inverse.defined() ? known_inverse : at::empty({B, H, M, C, C}, options);
+  }
+  if (prepare_options.written_values) p.u_BHMCV = at::empty({B, H, M, C, V}, options);
   if (prepare_options.bf16_copies) {
     const auto copy_of = [](const at::Tensor& x) {
       return x.defined() ? at::empty_like(x, x.options().dtype(at::kBFloat16)) : x;
@@ -65,8 +78,10 @@ PreparedChunks prepare_chunks([[maybe_unused]] const at::Tensor& k, [[maybe_unus
   const auto copy = [](at::Tensor& x) { return x.defined() ? x.data_ptr() : nullptr; };
   const char* error = kernels::chunk_prepare(
       k_rows, v_rows, g_BTH.data_ptr<float>(), data_or_null(beta_BTH), data(p.gamma_BHMC),
-      data(p.k_to_end_BHMCK), data(p.chunk_decay_BHM), data(p.w_BHMCK), data(p.inverse_BHMCC),
-      data(p.u_BHMCV), {copy(p.k_to_end_bf16_BHMCK), copy(p.w_bf16_BHMCK), copy(p.inverse_bf16_BHMCC)},
+      data(p.k_to_end_BHMCK), data(p.chunk_decay_BHM), data(p.w_BHMCK),
+      known_inverse.defined() ? nullptr : data(p.inverse_BHMCC),
+      known_inverse.defined() ? known_inverse.data_ptr<float>() : nullptr, data(p.u_BHMCV),
+      {copy(p.k_to_end_bf16_BHMCK), copy(p.w_bf16_BHMCK), copy(p.inverse_bf16_BHMCC)},
       dims_of(k, V, chunk_size), current_cuda_stream(k));
   TORCH_CHECK(error == nullptr, "fused chunk_prepare: CUDA kernel failed: ", error);
   return p;

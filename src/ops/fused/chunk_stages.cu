@@ -107,10 +107,50 @@ struct PrepareArgs {
   TokenRows k, v;
   const float* g;
   const float* beta;  // null for SSD
-  float *gamma, *k_to_end, *chunk_decay, *w, *inverse, *u;
+  float *gamma, *k_to_end, *chunk_decay, *w, *inverse;
+  const float* known_inverse;  // T read instead of formed (inverse is then null)
+  float* u;
   PreparedCopies copies;
   int tokens, heads, value_dim;
 };
+
+/// T = (I + A)⁻¹ with A = strict_lower(β_i (k kᵀ)_ij exp(γ_i − γ_j)) from the keys (TF32 operands in
+/// shared memory), into `inverse` as TF32 operands and to a.inverse (and its bf16 copy) exact; row_scale
+/// becomes β exp(γ). The block's next barrier completes it.
+template <int C, int K>
+__device__ void form_inverse(const PrepareArgs& a, const ChunkBlock& block, const float* keys, float* square,
+                             float* inverse, const float* beta, const float* gamma, float* row_scale) {
+  using L = PrepareLayout<C, K>;
+  // k kᵀ on and below the diagonal tiles: A keeps only the strictly lower part.
+  constexpr int kSquareTiles = C / kTile;
+  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
+    if (c > r) return;
+    Accumulator acc;
+    wmma::fill_fragment(acc, 0.f);
+    multiply<wmma::col_major, K, L::kKeysLd, L::kKeysLd>(acc, keys + r * kTile * L::kKeysLd,
+                                                         keys + c * kTile * L::kKeysLd);
+    store_shared(square + r * kTile * L::kSquareLd + c * kTile, acc, L::kSquareLd);
+  });
+  __syncthreads();
+  for_each_entry(C, C, [&](int i, int j) {
+    float& entry = square[i * L::kSquareLd + j];
+    entry = j < i ? beta[i] * entry * expf(gamma[i] - gamma[j]) : 0.f;
+  });
+  for (int i = threadIdx.x; i < C; i += kThreads)
+    row_scale[i] = beta[i] * expf(gamma[i]);
+  __syncthreads();
+  unit_lower_inverse<C, L::kSquareLd>(square, inverse);
+  float* inverse_out = a.inverse + block.chunk * C * C;
+  auto* inverse_copy = static_cast<__nv_bfloat16*>(a.copies.inverse);
+  if (inverse_copy != nullptr) inverse_copy += block.chunk * C * C;
+  copy_rows(
+      C, C, [&](int r, int c) { return *reinterpret_cast<const float4*>(inverse + r * L::kSquareLd + c); },
+      [&](int r, int c, float4 x) {
+        store4(inverse_out + r * C + c, x);
+        if (inverse_copy != nullptr) store4(inverse_copy + r * C + c, x);
+        store4(inverse + r * L::kSquareLd + c, tf32(x));
+      });
+}
 
 template <class Scalar, int C, int K>
 __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs a) {
@@ -124,6 +164,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
   float* gamma = shared + L::kGamma;
   float* beta = shared + L::kBeta;
   float* row_scale = shared + L::kRowScale;
+  constexpr int kSquareTiles = C / kTile;
   const int V = a.value_dim;
   const ChunkBlock block(a.tokens, a.heads, C);
   const bool delta_rule = a.beta != nullptr;
@@ -169,35 +210,15 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
   }
   __syncthreads();
 
-  // k kᵀ on and below the diagonal tiles: A keeps only the strictly lower part.
-  constexpr int kSquareTiles = C / kTile;
-  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
-    if (c > r) return;
-    Accumulator acc;
-    wmma::fill_fragment(acc, 0.f);
-    multiply<wmma::col_major, K, L::kKeysLd, L::kKeysLd>(acc, keys + r * kTile * L::kKeysLd,
-                                                         keys + c * kTile * L::kKeysLd);
-    store_shared(square + r * kTile * L::kSquareLd + c * kTile, acc, L::kSquareLd);
-  });
-  __syncthreads();
-  for_each_entry(C, C, [&](int i, int j) {
-    float& entry = square[i * L::kSquareLd + j];
-    entry = j < i ? beta[i] * entry * expf(gamma[i] - gamma[j]) : 0.f;
-  });
-  for (int i = threadIdx.x; i < C; i += kThreads)
-    row_scale[i] = beta[i] * expf(gamma[i]);
-  __syncthreads();
-  unit_lower_inverse<C, L::kSquareLd>(square, inverse);
-  float* inverse_out = a.inverse + block.chunk * C * C;
-  auto* inverse_copy = static_cast<__nv_bfloat16*>(a.copies.inverse);
-  if (inverse_copy != nullptr) inverse_copy += block.chunk * C * C;
-  copy_rows(
-      C, C, [&](int r, int c) { return *reinterpret_cast<const float4*>(inverse + r * L::kSquareLd + c); },
-      [&](int r, int c, float4 x) {
-        store4(inverse_out + r * C + c, x);
-        if (inverse_copy != nullptr) store4(inverse_copy + r * C + c, x);
-        store4(inverse + r * L::kSquareLd + c, tf32(x));
-      });
+  if (a.known_inverse != nullptr) {
+    for (int i = threadIdx.x; i < C; i += kThreads)
+      row_scale[i] = beta[i] * expf(gamma[i]);
+    copy_rows(
+        C, C, [&](int r, int c) { return load4(a.known_inverse + block.chunk * C * C + r * C + c); },
+        [&](int r, int c, float4 x) { store4(inverse + r * L::kSquareLd + c, tf32(x)); });
+  } else {
+    form_inverse<C, K>(a, block, keys, square, inverse, beta, gamma, row_scale);
+  }
   __syncthreads();
 
   // w = T (β exp(γ) ⊙ k), then u = T (β ⊙ v), 64 columns at a time. T is lower triangular: row tile r
@@ -392,7 +413,8 @@ bool supports_chunk_stages(const ChunkStageDims& d) {
 
 const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g, const float* beta,
                           float* gamma, float* k_to_end, float* chunk_decay, float* w, float* inverse,
-                          float* u, const PreparedCopies& copies, const ChunkStageDims& dims, void* stream) {
+                          const float* known_inverse, float* u, const PreparedCopies& copies,
+                          const ChunkStageDims& dims, void* stream) {
   const PrepareArgs args{k,
                          v,
                          g,
@@ -402,6 +424,7 @@ const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g
                          chunk_decay,
                          w,
                          inverse,
+                         known_inverse,
                          u,
                          copies,
                          static_cast<int>(dims.tokens),

@@ -73,11 +73,13 @@ struct PreparedCopies {
 /// float32 buffers of M = ⌈T / C⌉ chunks: gamma [B·H, M, C] (chunk-local cumsum of g), k_to_end
 /// [B·H, M, C, K], chunk_decay [B·H, M]; with beta also w [B·H, M, C, K], inverse [B·H, M, C, C] and u
 /// [B·H, M, C, V] as the WY representation, else u = v (u null: not formed). g and beta are contiguous
-/// float32 [B, T, H]; beta null selects SSD (w and inverse are then not written). nullptr on success, else
-/// the CUDA error's text.
+/// float32 [B, T, H]; beta null selects SSD (w and inverse are then not written). With known_inverse (T
+/// from an earlier call on the same k, g and beta) the kernel reads T instead of forming it, and inverse is
+/// not written. nullptr on success, else the CUDA error's text.
 const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g, const float* beta,
                           float* gamma, float* k_to_end, float* chunk_decay, float* w, float* inverse,
-                          float* u, const PreparedCopies& copies, const ChunkStageDims& dims, void* stream);
+                          const float* known_inverse, float* u, const PreparedCopies& copies,
+                          const ChunkStageDims& dims, void* stream);
 
 /// out = scale · ((exp(gamma) ⊙ q) S + ((q kᵀ) ⊙ D) v_new) for every chunk, on TF32 tensor cores, written
 /// to a contiguous [B, T, H, V] buffer of q's type. states [B·H, M, K, V] and v_new [B·H, M, C, V] are the
