@@ -125,17 +125,12 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
   __syncthreads();
   // q̂ leaves exact; q and k, loaded in one round, stay behind as TF32 operands.
   float* q_read = a.q_read + block.chunk * C * K;
-  const ChunkRows<Scalar> q_rows(a.q, block), k_rows(a.k, block);
-  copy_rows(
-      C, K,
-      [&](int r, int c) {
-        return RowPair{q_rows.load(r, c), k_rows.load(r, c)};
-      },
-      [&](int r, int c, RowPair x) {
-        store4(q_read + r * K + c, scaled(x.first, a.scale * expf(gamma[r])));
-        store4(queries + r * L::kKeysLd + c, tf32(x.first));
-        store4(keys + r * L::kKeysLd + c, tf32(x.second));
-      });
+  copy_row_pairs(ChunkRows<Scalar>(a.q, block), ChunkRows<Scalar>(a.k, block), C, K,
+                 [&](int r, int c, RowPair x) {
+                   store4(q_read + r * K + c, scaled(x.first, a.scale * expf(gamma[r])));
+                   store4(queries + r * L::kKeysLd + c, tf32(x.first));
+                   store4(keys + r * L::kKeysLd + c, tf32(x.second));
+                 });
   __syncthreads();
   // Pᵀ: the tiles of q kᵀ on and below the diagonal, each stored transposed.
   for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {

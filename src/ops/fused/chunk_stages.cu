@@ -310,16 +310,11 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
   const int warp = threadIdx.x / 32;
 
   // q and k in one round of loads.
-  const ChunkRows<Scalar> q_rows(a.q, block), k_rows(a.k, block);
-  copy_rows(
-      C, K,
-      [&](int r, int c) {
-        return RowPair{q_rows.load(r, c), k_rows.load(r, c)};
-      },
-      [&](int r, int c, RowPair x) {
-        store4(reads + r * kLd + c, tf32(x.first));
-        store4(region + r * L::kKeysLd + c, tf32(x.second));
-      });
+  copy_row_pairs(ChunkRows<Scalar>(a.q, block), ChunkRows<Scalar>(a.k, block), C, K,
+                 [&](int r, int c, RowPair x) {
+                   store4(reads + r * kLd + c, tf32(x.first));
+                   store4(region + r * L::kKeysLd + c, tf32(x.second));
+                 });
   for (int i = threadIdx.x; i < C; i += kThreads)
     gamma[i] = a.gamma[block.chunk * C + i];
   __syncthreads();

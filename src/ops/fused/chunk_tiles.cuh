@@ -241,6 +241,19 @@ struct ChunkRows {
   }
 };
 
+/// sink(r, c, RowPair{first's, second's}) for columns [c, c + 4) of the C rows of two chunks, whose loads go
+/// out in one round.
+template <int Threads = kThreads, class Scalar, class Sink>
+__device__ void copy_row_pairs(const ChunkRows<Scalar>& first, const ChunkRows<Scalar>& second, int C,
+                               int cols, Sink sink) {
+  copy_rows<Threads>(
+      C, cols,
+      [&](int r, int c) {
+        return RowPair{first.load(r, c), second.load(r, c)};
+      },
+      sink);
+}
+
 /// dst[r][c] (rows dst_ld apart) = src[r][c + first_column] for r < rows, c < cols (a multiple of 4),
 /// times row_scale[r] unless null, and rounded to TF32 when `round`.
 template <int Threads = kThreads, class Scalar>
