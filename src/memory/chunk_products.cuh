@@ -197,6 +197,21 @@ __device__ inline void copy_operands(int cols, const OperandCopy<Sources>&... co
       });
 }
 
+/// Both kernels' first operands: q and k into their C × K slots (rows wide_ld apart), and the chunk's T and Λ
+/// (exactly) from a.t_inverse and a.lam_in into theirs, Λ alone for SSD. Two rounds of loads; complete after
+/// the block's next barrier.
+template <bool kDeltaRule, class Args>
+__device__ inline void load_chunk_operands(const Args& a, size_t pairs_at, const BlockRows& q_rows,
+                                           const BlockRows& k_rows, int K, int wide_ld, float* queries,
+                                           float* keys, float* inverse, float* lam) {
+  copy_operands(K, operand(queries, wide_ld, q_rows), operand(keys, wide_ld, k_rows));
+  if constexpr (kDeltaRule)
+    copy_operands(kC, operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC),
+                  exact_copy(lam, kSquareLd, a.lam_in + pairs_at, kC));
+  else
+    copy_operands(kC, exact_copy(lam, kSquareLd, a.lam_in + pairs_at, kC));
+}
+
 // ---- host side of both kernels ----
 
 /// Whether the per-chunk kernels take these dims (C = kC, K of 64 or 128, V a multiple of 32), given the

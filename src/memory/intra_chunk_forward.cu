@@ -58,12 +58,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     exp_gamma[i] = expf(g);
     beta[i] = kDeltaRule ? a.beta[chunk * kC + i] : 1.f;
   }
-  copy_operands(K, operand(queries, kWideLd, q_rows), operand(keys, kWideLd, k_rows));
-  if constexpr (kDeltaRule)
-    copy_operands(kC, operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC),
-                  exact_copy(weighted, kSquareLd, a.lam_in + pairs_at, kC));
-  else
-    copy_operands(kC, exact_copy(weighted, kSquareLd, a.lam_in + pairs_at, kC));
+  load_chunk_operands<kDeltaRule>(a, pairs_at, q_rows, k_rows, K, kWideLd, queries, keys, inverse, weighted);
   __syncthreads();
 
   for_each_lower_tile([&](int r, int c) {

@@ -89,12 +89,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     gamma[i] = a.g[chunk * kC + i];
   __syncthreads();
   cumsum_in_warp(gamma, kC);
-  copy_operands(K, operand(wide0, kWideLd, q_rows), operand(keys, kWideLd, k_rows));
-  if constexpr (kDeltaRule)
-    copy_operands(kC, operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC),
-                  exact_copy(lam, kSquareLd, a.lam_in + pairs_at, kC));
-  else
-    copy_operands(kC, exact_copy(lam, kSquareLd, a.lam_in + pairs_at, kC));
+  load_chunk_operands<kDeltaRule>(a, pairs_at, q_rows, k_rows, K, kWideLd, wide0, keys, inverse, lam);
   __syncthreads();
   for (int i = threadIdx.x; i < kC; i += kBlockThreads) {
     exp_gamma[i] = expf(gamma[i]);
