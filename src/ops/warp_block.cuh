@@ -197,6 +197,24 @@ __device__ inline float diagonal_sum(const WarpBlock& block) {
   return sum;
 }
 
+/// block = src (rows ld apart), as store left it.
+__device__ inline void load(WarpBlock& block, const float* src, int ld) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      float* c = block.c[m][n];
+      const float* top = src + (16 * m + g) * ld + 8 * n + 2 * t;
+      const float2 upper = *reinterpret_cast<const float2*>(top),
+                   lower = *reinterpret_cast<const float2*>(top + 8 * ld);
+      c[0] = upper.x;
+      c[1] = upper.y;
+      c[2] = lower.x;
+      c[3] = lower.y;
+    }
+}
+
 /// dst (rows ld apart) = scale · block.
 __device__ inline void store(const WarpBlock& block, float* dst, int ld, float scale) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;

@@ -1,80 +1,35 @@
 // CUDA kernels of the fused op's backward around the state pass (dla/ops/fused.h), one thread block per
-// (chunk, batch·head) as in chunk_stages.cu, products on TF32 tensor cores (chunk_tiles.cuh):
+// (chunk, batch·head) as in chunk_stages.cu:
 //   chunk_value_gradient  before the state pass backward: Δ's gradient from the chunk's own outputs,
 //                         scale · ((q kᵀ) ⊙ D)ᵀ dO, and the pass's operands q̂ = scale · exp(γ) ⊙ q and dO
-//                         as float32 chunks
+//                         as float32 chunks; TF32 tensor cores (chunk_tiles.cuh)
 //   chunk_gradients       after it: dq, dk, dv, dg and dβ of the chunk from dΔ and dS_next, every term of
-//                         docs/ops/fused.md in one block, none of them through global memory
+//                         docs/ops/fused.md in one block, none of them through global memory; each warp
+//                         holds 32 × 32 blocks of its products in registers (../warp_block.cuh), on bf16
+//                         tensor cores for bf16 inputs and TF32 ones for float32 inputs
 // chunk_gradients folds the row factors of the terms into the operands it accumulates, and uses
 // W S = U − Δ: the WY part's dA = −(Tᵀ dW) Wᵀ − (Tᵀ dΔ) Uᵀ becomes −(Tᵀ dΔ) Δᵀ (dW = −dΔ Sᵀ), so neither
 // W nor U is read.
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 
+#include "../warp_block.cuh"
 #include "chunk_tiles.cuh"
 
 namespace dla::ops::fused::kernels {
 namespace {
 
 using namespace tiles;
+using dla::ops::kernels::kBlock;
 using dla::ops::kernels::max_shared_bytes;
+using dla::ops::kernels::Stored;
+using dla::ops::kernels::WarpBlock;
 
-// chunk_gradients keeps four C × K and C × C accumulators live across its products: two steps per unrolled
-// iteration keep their operand loads from spilling.
-constexpr int kUnroll = 2;
-// chunk_gradients runs 16 warps per block: its phases wait on shared-memory rounds and barriers, and its
-// accumulators, split over twice the warps, then fit the 128 registers a thread of a 512-thread block has.
+// chunk_gradients runs 16 warps per block: each holds up to two 32 × 32 blocks of its products, and its
+// phases wait on shared-memory rounds and barriers, which more warps overlap.
 constexpr int kGradientThreads = 512;
-// One vector load in flight per thread and copy: a C-row tile is one row per thread at this block size, and
-// more would spill next to the accumulators.
-constexpr int kGradientInFlight = 1;
-// The K × 32 tiles of S and dS_next take up to two rows per thread: both rows' loads in one round fit the
-// registers (128 per thread at C = 64, K = 128, no spills).
-constexpr int kStateRowsInFlight = 2;
-constexpr int kValueTile = 32;                        // value columns per pass of chunk_gradients
-constexpr int kValueLd = kValueTile + kPad;           // tiles read as A or column-major B
-constexpr int kDVNewLd = kValueTile + kRowMajorBPad;  // dΔ, read as row-major B
-
-/// f(i, Σ_c a[i·ALd + c] · b[i·BLd + c]) for every row i < Rows of two Rows × Cols blocks by a block of
-/// Threads, called by one lane per warp with the warp's part of the sum (a row's parts add up over f's
-/// calls).
-template <int Threads, int Rows, int Cols, int ALd, int BLd, class F>
-__device__ void for_each_row_dot(const float* a, const float* b, F f) {
-  static_assert(Cols % 32 == 0 && Threads % Cols == 0);  // a warp's lanes share one row
-  constexpr int kRowsPerPass = Threads / Cols;
-  const int c = threadIdx.x % Cols;
-  for (int i = threadIdx.x / Cols; i < Rows; i += kRowsPerPass) {
-    const float part = warp_sum(a[i * ALd + c] * b[i * BLd + c]);
-    if (threadIdx.x % 32 == 0) f(i, part);
-  }
-}
-
-/// first[s] += A_first(row tile rows[s]) B and, unless a_second is null, second[s] += A_second(rows[s]) B,
-/// over the depth steps j < depth (at most MaxDepth), for the Tiles tiles of a warp that share B's column
-/// tile (rows[s] < 0: no tile): each B fragment is loaded once for all of them. A row-major with rows ALd
-/// apart, B as for multiply.
-template <class BLayout, int MaxDepth, int ALd, int BLd, int Tiles>
-__device__ void multiply_sharing_b(Accumulator (&first)[Tiles], const float* a_first,
-                                   Accumulator (&second)[Tiles], const float* a_second,
-                                   const int (&rows)[Tiles], const float* b, int depth) {
-  constexpr bool kRowMajor = std::is_same_v<BLayout, wmma::row_major>;
-#pragma unroll kUnroll
-  for (int j = 0; j < MaxDepth; j += kStep) {
-    if (j >= depth) continue;
-    OperandB<BLayout> b_fragment;
-    load_shared(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
-#pragma unroll
-    for (int s = 0; s < Tiles; ++s) {
-      if (rows[s] < 0) continue;
-      OperandA a_fragment;
-      load_shared(a_fragment, a_first + rows[s] * kTile * ALd + j, ALd);
-      wmma::mma_sync(first[s], a_fragment, b_fragment, first[s]);
-      if (a_second == nullptr) continue;
-      load_shared(a_fragment, a_second + rows[s] * kTile * ALd + j, ALd);
-      wmma::mma_sync(second[s], a_fragment, b_fragment, second[s]);
-    }
-  }
-}
+constexpr int kGradientWarps = kGradientThreads / 32;
 
 /// The row at `token` (ChunkBlock::token) of a contiguous [B, T, H, D] output as Scalar.
 template <class Scalar>
@@ -179,46 +134,59 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
 
 // ---- chunk_gradients ----
 
-/// Shared-memory layout of chunk_gradients, in floats. k stays at the front throughout; the value-column
-/// passes and the key-side stage after them share the region behind it; the per-row terms follow.
-template <int C, int K>
+/// The element type of chunk_gradients' shared operands: bf16 for bf16 inputs (bf16 tensor cores, fragments
+/// by ldmatrix), float32 for float32 inputs (rounded to TF32 as the fragments load).
+template <class Scalar>
+using GradientOperand = std::conditional_t<std::is_same_v<Scalar, __nv_bfloat16>, __nv_bfloat16, float>;
+
+/// Shared-memory layout of chunk_gradients, in bytes, for operands of type T. k and the C × C sums over the
+/// value columns stay at the front throughout; the value-column passes and the key-side stage after them
+/// share the region behind them; the per-row terms follow. Operand rows are padded by 16 bytes, so that the
+/// eight rows of a fragment's 8 × 8 block fall on distinct banks; float32 terms read entry by entry by 4
+/// floats.
+template <class T, int C, int K>
 struct GradientLayout {
-  static constexpr int kKeysLd = K + kPad;
-  static constexpr int kSquareLd = C + kPad;
+  // Value columns per pass: two passes of 64 at V = 128 with bf16 operands; float32 ones take twice the
+  // room and pass 32 at a time.
+  static constexpr int kPassColumns = sizeof(T) == 2 ? 64 : 32;
+  static constexpr int kPad = 16 / static_cast<int>(sizeof(T));
+  static constexpr int kKeysLd = K + kPad, kSquareLd = C + kPad, kValueLd = kPassColumns + kPad;
+  static constexpr int kTermLd = kPassColumns + 4, kSquareTermLd = C + 4;  // float32 terms
+  static constexpr int kKeyRows = C * kKeysLd * sizeof(T), kSquareRows = C * kSquareLd * sizeof(T);
+  static constexpr int kValueRows = C * kValueLd * sizeof(T), kStateRows = K * kValueLd * sizeof(T);
+  static constexpr int kTermRows = C * kTermLd * sizeof(float),
+                       kSquareTerms = C * kSquareTermLd * sizeof(float);
   static constexpr int kKeys = 0;
-  static constexpr int kRegion = kKeys + C * kKeysLd;
-  // Value-column passes: Tᵀ, nine C-row tiles, and S and dS_next as K-row tiles.
-  static constexpr int kInverseT = kRegion;
-  static constexpr int kDOut = kInverseT + C * kSquareLd;          // dO
-  static constexpr int kDOutRead = kDOut + C * kValueLd;           // scale exp(γ) ⊙ dO
-  static constexpr int kVNew = kDOutRead + C * kValueLd;           // Δ
-  static constexpr int kVNewToEnd = kVNew + C * kValueLd;          // exp(γ_last − γ) ⊙ Δ
-  static constexpr int kDVNew = kVNewToEnd + C * kValueLd;         // dΔ
-  static constexpr int kDVb = kDVNew + C * kDVNewLd;               // d(βV) = Tᵀ dΔ
-  static constexpr int kDVbRead = kDVb + C * kValueLd;             // −β exp(γ) ⊙ d(βV)
-  static constexpr int kKeysStates = kDVbRead + C * kValueLd;      // k S
-  static constexpr int kKeysDStates = kKeysStates + C * kValueLd;  // k dS_next
-  static constexpr int kStates = kKeysDStates + C * kValueLd;
-  static constexpr int kDStates = kStates + K * kValueLd;
-  static constexpr int kValuePassEnd = kDStates + K * kValueLd;
-  // Key-side stage: q, one C × K scratch block and four C × C blocks.
+  static constexpr int kDPairs = kKeys + kKeyRows;      // dP / scale, then dP ⊙ D
+  static constexpr int kGram = kDPairs + kSquareTerms;  // d(βV) Δᵀ, then dKK
+  static constexpr int kRegion = kGram + kSquareTerms;
+  // Value-column passes: T, seven C-row operands, three C-row float32 terms, S and dS_next.
+  static constexpr int kInverse = kRegion;
+  static constexpr int kDOut = kInverse + kSquareRows;          // dO
+  static constexpr int kDOutRead = kDOut + kValueRows;          // scale exp(γ) ⊙ dO
+  static constexpr int kVNew = kDOutRead + kValueRows;          // Δ
+  static constexpr int kVNewToEnd = kVNew + kValueRows;         // exp(γ_last − γ) ⊙ Δ
+  static constexpr int kDVNew = kVNewToEnd + kValueRows;        // dΔ
+  static constexpr int kDVbOperand = kDVNew + kValueRows;       // d(βV) = Tᵀ dΔ
+  static constexpr int kDVbRead = kDVbOperand + kValueRows;     // −β exp(γ) ⊙ d(βV)
+  static constexpr int kDVb = kDVbRead + kValueRows;            // d(βV), float32
+  static constexpr int kKeysStates = kDVb + kTermRows;          // k S
+  static constexpr int kKeysDStates = kKeysStates + kTermRows;  // k dS_next
+  static constexpr int kStates = kKeysDStates + kTermRows;
+  static constexpr int kDStates = kStates + kStateRows;
+  static constexpr int kValuePassEnd = kDStates + kStateRows;
+  // Key-side stage: q, two more float32 C × C terms and two C × C operands.
   static constexpr int kQueries = kRegion;
-  static constexpr int kScratch = kQueries + C * kKeysLd;
-  static constexpr int kPairs = kScratch + C * kKeysLd;      // q kᵀ, then (dP ⊙ D)ᵀ
-  static constexpr int kKeyPairs = kPairs + C * kSquareLd;   // k kᵀ, then dKK + dKKᵀ
-  static constexpr int kDPairs = kKeyPairs + C * kSquareLd;  // dP, then dP ⊙ D
-  static constexpr int kGram = kDPairs + C * kSquareLd;      // d(βV) Δᵀ, then dKK
-  static constexpr int kKeyStageEnd = kGram + C * kSquareLd;
-  // Per-row terms.
-  static constexpr int kGamma = larger(kValuePassEnd, kKeyStageEnd);
-  static constexpr int kBeta = kGamma + C;
-  static constexpr int kExpGamma = kBeta + C;
-  static constexpr int kToEnd = kExpGamma + C;
-  static constexpr int kDGamma = kToEnd + C;
-  static constexpr int kDBeta = kDGamma + C;
-  static constexpr int kColumnSums = kDBeta + C;
-  static constexpr int kTotals = kColumnSums + C;  // ⟨S, dS_next⟩, Σ_i ⟨dK̃_i, K̃_i⟩
-  static constexpr int kFloats = kTotals + 4;
+  static constexpr int kPairs = kQueries + kKeyRows;              // q kᵀ
+  static constexpr int kKeyPairs = kPairs + kSquareTerms;         // k kᵀ
+  static constexpr int kDPairOperand = kKeyPairs + kSquareTerms;  // dP ⊙ D
+  static constexpr int kKeySum = kDPairOperand + kSquareRows;     // dKK + dKKᵀ
+  static constexpr int kKeyStageEnd = kKeySum + kSquareRows;
+  // Per-row terms, float32.
+  static constexpr int kRowTerms = larger(kValuePassEnd, kKeyStageEnd);
+  enum Row { kGamma, kBeta, kExpGamma, kToEnd, kDGamma, kDBeta, kColumnSums, kRowCount };
+  static constexpr int kTotals = kRowTerms + kRowCount * C * 4;  // ⟨S, dS_next⟩, Σ_i ⟨dK̃_i, K̃_i⟩
+  static constexpr int kBytes = kTotals + 4 * 4;
 };
 
 struct GradientArgs {
@@ -244,31 +212,104 @@ __device__ float dot4(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
 
+/// block += A B over `depth` (a multiple of 16), the warp's 32 output rows of A and 32 output columns of B
+/// starting at their first entries a and b, stored kA and kB (rows ld apart): bf16 operands on bf16 tensor
+/// cores, float32 ones in TF32.
+template <Stored kA, Stored kB, class T>
+__device__ void accumulate(WarpBlock& block, const T* a, int a_ld, const T* b, int b_ld, int depth) {
+  using dla::ops::kernels::Operand;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    dla::ops::kernels::multiply_accumulate_bf16<kA, false, kB, false>(block, Operand<T>{a, a_ld},
+                                                                      Operand<T>{b, b_ld}, depth);
+  else
+    dla::ops::kernels::multiply_accumulate<kA, false, kB, false>(block, Operand<T>{a, a_ld},
+                                                                 Operand<T>{b, b_ld}, depth);
+}
+
+/// The lower 32 × 32 block s of a C × C matrix, row by row: (row block, column block).
+__device__ int2 lower_block(int s) {
+  int r = 0;
+  while ((r + 1) * (r + 2) / 2 <= s)
+    ++r;
+  return make_int2(r, s - r * (r + 1) / 2);
+}
+
+/// f(row, column, x, y) for the entries (row, column) and (row, column + 1) of the warp's block whose first
+/// entry is (first_row, first_column), for every pair the lane holds.
+template <class F>
+__device__ void for_each_block_pair(const WarpBlock& block, int first_row, int first_column, F f) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        f(first_row + 16 * m + 8 * h + g, first_column + 8 * n + 2 * t, block.c[m][n][2 * h],
+          block.c[m][n][2 * h + 1]);
+}
+
+/// Stores the columns (column, column + 1) of a row of a [B, T, H, D] output as Scalar.
+__device__ void store_pair(float* p, float x, float y) {
+  *reinterpret_cast<float2*>(p) = make_float2(x, y);
+}
+__device__ void store_pair(__nv_bfloat16* p, float x, float y) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
+}
+
+__device__ float to_operand(float x, float) {
+  return x;
+}
+__device__ __nv_bfloat16 to_operand(float x, __nv_bfloat16) {
+  return __float2bfloat16_rn(x);
+}
+
 template <class Scalar, int C, int K>
 __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(GradientArgs a) {
-  using L = GradientLayout<C, K>;
-  constexpr int kSquareTiles = C / kTile, kKeyColumnTiles = K / kTile;
-  constexpr int kWarpCount = kGradientThreads / 32;
-  constexpr int kKeyTileCount = kSquareTiles * kKeyColumnTiles,
-                kSquareTileCount = kSquareTiles * kSquareTiles;
-  constexpr int kKeyTilesPerWarp = larger(1, kKeyTileCount / kWarpCount);
-  static_assert(kKeyTileCount % kWarpCount == 0 || kKeyTileCount < kWarpCount);
-  constexpr int kKeysLd = L::kKeysLd, kSquareLd = L::kSquareLd;
+  using T = GradientOperand<Scalar>;
+  using L = GradientLayout<T, C, K>;
+  constexpr int kW = L::kPassColumns;
+  constexpr int kRowBlocks = C / kBlock, kKeyBlocks = K / kBlock;
+  constexpr int kKeyBlockCount = kRowBlocks * kKeyBlocks;  // of dq, and of dk
+  constexpr int kLowerBlocks = kRowBlocks * (kRowBlocks + 1) / 2;
+  static_assert(C % kBlock == 0 && K % kBlock == 0 && 2 * kKeyBlockCount <= kGradientWarps);
+  // The C × C accumulators (dP's and the Gram term's lower blocks) go to warps without a key block where
+  // there are enough, else to the dq warps, whose passes have one product where dk's have two.
+  constexpr int kSquareWarp =
+      2 * kKeyBlockCount + 2 * kLowerBlocks <= kGradientWarps ? 2 * kKeyBlockCount : 0;
+  static_assert(kSquareWarp + 2 * kLowerBlocks <= kGradientWarps);
+  constexpr int kKeysLd = L::kKeysLd, kSquareLd = L::kSquareLd, kValueLd = L::kValueLd;
+  constexpr int kTermLd = L::kTermLd, kSquareTermLd = L::kSquareTermLd;
   extern __shared__ float4 shared_vectors[];
-  float* shared = reinterpret_cast<float*>(shared_vectors);
-  float* keys = shared + L::kKeys;
-  float* gamma = shared + L::kGamma;
-  float* beta = shared + L::kBeta;
-  float* exp_gamma = shared + L::kExpGamma;
-  float* to_end = shared + L::kToEnd;
-  float* d_gamma = shared + L::kDGamma;
-  float* d_beta = shared + L::kDBeta;
-  float* column_sums = shared + L::kColumnSums;
-  float* totals = shared + L::kTotals;
+  char* shared = reinterpret_cast<char*>(shared_vectors);
+  const auto operands = [&](int at) { return reinterpret_cast<T*>(shared + at); };
+  const auto terms = [&](int at) { return reinterpret_cast<float*>(shared + at); };
+  T* keys = operands(L::kKeys);
+  float* row_terms = terms(L::kRowTerms);
+  float* gamma = row_terms + L::kGamma * C;
+  float* beta = row_terms + L::kBeta * C;
+  float* exp_gamma = row_terms + L::kExpGamma * C;
+  float* to_end = row_terms + L::kToEnd * C;
+  float* d_gamma = row_terms + L::kDGamma * C;
+  float* d_beta = row_terms + L::kDBeta * C;
+  float* column_sums = row_terms + L::kColumnSums * C;
+  float* totals = terms(L::kTotals);
   const int V = a.value_dim;
   const ChunkBlock block(a.tokens, a.heads, C);
   const bool delta_rule = a.beta != nullptr;
   const int warp = threadIdx.x / 32;
+
+  // The warp's blocks: of dq (key_role 0) or dk (1), and of dP / scale or the Gram term (square_role 0, 1).
+  const int key_role = warp < kKeyBlockCount ? 0 : warp < 2 * kKeyBlockCount ? 1 : -1;
+  const int key_block = warp % kKeyBlockCount;
+  const int key_rows = (key_block / kKeyBlocks) * kBlock, key_columns = (key_block % kKeyBlocks) * kBlock;
+  const int square_index = warp - kSquareWarp;
+  const int square_role = square_index < 0 || square_index >= 2 * kLowerBlocks ? -1
+                          : square_index < kLowerBlocks                        ? 0
+                          : delta_rule                                         ? 1
+                                                                               : -1;
+  const int2 square = lower_block(square_index % kLowerBlocks);
+  const int square_rows = square.x * kBlock, square_columns = square.y * kBlock;
 
   for (int i = threadIdx.x; i < C; i += kGradientThreads) {
     gamma[i] = a.gamma[block.chunk * C + i];
@@ -279,7 +320,10 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     column_sums[i] = 0.f;
   }
   if (threadIdx.x < 4) totals[threadIdx.x] = 0.f;
-  load_chunk<kGradientThreads>(keys, kKeysLd, ChunkRows<Scalar>(a.k, block), C, K, 0, nullptr, true);
+  const ChunkRows<Scalar> k_rows(a.k, block);
+  copy_rows<kGradientThreads>(
+      C, K, [&](int r, int c) { return k_rows.load(r, c); },
+      [&](int r, int c, float4 x) { store4(keys + r * kKeysLd + c, x); });
   __syncthreads();
   for (int i = threadIdx.x; i < C; i += kGradientThreads) {
     exp_gamma[i] = expf(gamma[i]);
@@ -287,55 +331,38 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   }
 
   // ---- value-column passes: every product whose depth is V ----
-  float* inverse_t = shared + L::kInverseT;
-  float* d_out = shared + L::kDOut;
-  float* d_out_read = shared + L::kDOutRead;
-  float* v_new = shared + L::kVNew;
-  float* v_new_to_end = shared + L::kVNewToEnd;
-  float* d_v_new = shared + L::kDVNew;
-  float* d_vb = shared + L::kDVb;
-  float* d_vb_read = shared + L::kDVbRead;
-  float* keys_states = shared + L::kKeysStates;
-  float* keys_d_states = shared + L::kKeysDStates;
-  float* states = shared + L::kStates;
-  float* d_states = shared + L::kDStates;
+  T* inverse = operands(L::kInverse);
+  T* d_out = operands(L::kDOut);
+  T* d_out_read = operands(L::kDOutRead);
+  T* v_new = operands(L::kVNew);
+  T* v_new_to_end = operands(L::kVNewToEnd);
+  T* d_v_new = operands(L::kDVNew);
+  T* d_vb_operand = operands(L::kDVbOperand);
+  T* d_vb_read = operands(L::kDVbRead);
+  T* states = operands(L::kStates);
+  T* d_states = operands(L::kDStates);
+  float* d_vb = terms(L::kDVb);
+  float* keys_states = terms(L::kKeysStates);
+  float* keys_d_states = terms(L::kKeysDStates);
   if (delta_rule) {
-    const float* inverse = a.inverse + block.chunk * C * C;
-    copy_rows<kGradientThreads, kGradientInFlight>(
-        C, C, [&](int r, int c) { return load4(inverse + r * C + c); },
-        [&](int r, int c, float4 x) {
-          inverse_t[c * kSquareLd + r] = wmma::__float_to_tf32(x.x);
-          inverse_t[(c + 1) * kSquareLd + r] = wmma::__float_to_tf32(x.y);
-          inverse_t[(c + 2) * kSquareLd + r] = wmma::__float_to_tf32(x.z);
-          inverse_t[(c + 3) * kSquareLd + r] = wmma::__float_to_tf32(x.w);
-        });
+    const float* chunk_inverse = a.inverse + block.chunk * C * C;
+    copy_rows<kGradientThreads>(
+        C, C, [&](int r, int c) { return load4(chunk_inverse + r * C + c); },
+        [&](int r, int c, float4 x) { store4(inverse + r * kSquareLd + c, x); });
   }
   // Accumulated over the value columns, with their row factors folded into the left operands:
-  //   d_q     dO Sᵀ · scale exp(γ) = dq̂ · scale exp(γ), q's gradient through the state read
-  //   d_k     exp(γ_last − γ) ⊙ Δ dS_nextᵀ (dK̃'s share of dk) − β exp(γ) ⊙ d(βV) Sᵀ (w's operand's)
-  //   d_pairs dO Δᵀ = dP / scale;   gram  d(βV) Δᵀ = −dA below the diagonal
+  //   dq      dO Sᵀ · scale exp(γ) = dq̂ · scale exp(γ), q's gradient through the state read
+  //   dk      exp(γ_last − γ) ⊙ Δ dS_nextᵀ (dK̃'s share of dk) − β exp(γ) ⊙ d(βV) Sᵀ (w's operand's)
+  //   dP      dO Δᵀ = dP / scale;   Gram  d(βV) Δᵀ = −dA below the diagonal
   // The row dots γ and β need of the two dk terms come from k S and k dS_next instead:
   //   ⟨dK̃_i, K̃_i⟩ = exp(γ_last − γ_i) ⟨Δ_i, (k dS_next)_i⟩
   //   exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩ = −exp(γ_i) ⟨d(βV)_i, (k S)_i⟩
-  Accumulator d_q[kKeyTilesPerWarp], d_k[kKeyTilesPerWarp];
-  Accumulator d_pairs[1], gram[1];
-#pragma unroll
-  for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-    wmma::fill_fragment(d_q[s], 0.f);
-    wmma::fill_fragment(d_k[s], 0.f);
-  }
-  wmma::fill_fragment(d_pairs[0], 0.f);
-  wmma::fill_fragment(gram[0], 0.f);
-  const auto tile_of = [&](int s) { return warp + s * kWarpCount; };
-  // A warp's key tiles share one column tile (the warp count is a multiple of the column tiles), and it has
-  // at most one C × C tile: the products below load each B fragment once for all of them.
-  static_assert(kWarpCount % kKeyColumnTiles == 0 && kSquareTileCount <= kWarpCount);
-  const int key_column = warp % kKeyColumnTiles, square_column = warp % kSquareTiles;
-  int key_rows[kKeyTilesPerWarp], square_rows[1];
-#pragma unroll
-  for (int s = 0; s < kKeyTilesPerWarp; ++s)
-    key_rows[s] = tile_of(s) < kKeyTileCount ? tile_of(s) / kKeyColumnTiles : -1;
-  square_rows[0] = warp < kSquareTileCount ? warp / kSquareTiles : -1;
+  // A warp keeps its dq or dk block in registers; the C × C sums, touched once per pass, add up in shared
+  // memory, which leaves the registers of a third block to the products of each pass.
+  WarpBlock key_acc;
+  dla::ops::kernels::clear(key_acc);
+  float* d_pair_terms = terms(L::kDPairs);
+  float* gram_terms = terms(L::kGram);
 
   const ChunkRows<Scalar> v_rows(a.v, block);
   const float* d_out_chunk = a.d_out + block.chunk * C * V;
@@ -344,26 +371,25 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   const float* states_chunk = a.states + block.chunk * K * V;
   const float* d_states_chunk = a.d_states_next + block.chunk * K * V;
   float state_dot = 0.f, to_end_dot = 0.f;  // this thread's shares of the two totals
-  for (int first_column = 0; first_column < V; first_column += kValueTile) {
-    const int width = min(kValueTile, V - first_column);
-    // One round of loads for the three C-row tiles.
-    copy_rows<kGradientThreads, kGradientInFlight>(
+  for (int first_column = 0; first_column < V; first_column += kW) {
+    const int width = min(kW, V - first_column);  // a multiple of 16
+    copy_rows<kGradientThreads, 1>(
         C, width,
         [&](int r, int c) {
           const int at = r * V + first_column + c;
           return ValueRows{load4(d_out_chunk + at), load4(v_new_chunk + at), load4(d_v_new_chunk + at)};
         },
         [&](int r, int c, ValueRows x) {
-          store4(d_out + r * kValueLd + c, tf32(x.d_out));
-          store4(d_out_read + r * kValueLd + c, tf32(scaled(x.d_out, a.scale * exp_gamma[r])));
-          store4(v_new + r * kValueLd + c, tf32(x.v_new));
-          store4(v_new_to_end + r * kValueLd + c, tf32(scaled(x.v_new, to_end[r])));
+          store4(d_out + r * kValueLd + c, x.d_out);
+          store4(d_out_read + r * kValueLd + c, scaled(x.d_out, a.scale * exp_gamma[r]));
+          store4(v_new + r * kValueLd + c, x.v_new);
+          store4(v_new_to_end + r * kValueLd + c, scaled(x.v_new, to_end[r]));
           if (delta_rule)
-            store4(d_v_new + r * kDVNewLd + c, tf32(x.d_v_new));
+            store4(d_v_new + r * kValueLd + c, x.d_v_new);
           else if (r < block.valid)  // SSD: dV = dΔ
             store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, x.d_v_new);
         });
-    copy_rows<kGradientThreads, kStateRowsInFlight>(
+    copy_rows<kGradientThreads, 1>(
         K, width,
         [&](int r, int c) {
           return StatePair{load4(states_chunk + r * V + first_column + c),
@@ -371,72 +397,87 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
         },
         [&](int r, int c, StatePair x) {
           state_dot += dot4(x.state, x.d_state);
-          store4(states + r * kValueLd + c, tf32(x.state));
-          store4(d_states + r * kValueLd + c, tf32(x.d_state));
+          store4(states + r * kValueLd + c, x.state);
+          store4(d_states + r * kValueLd + c, x.d_state);
         });
     __syncthreads();
-    // [C, width] products, spread over the warps: k dS_next, and for the delta rule k S and d(βV) = Tᵀ dΔ
-    // (row tile r of Tᵀ is zero left of its diagonal tile).
-    for_each_tile<kGradientThreads>((delta_rule ? 3 : 1) * kSquareTiles, width / kTile, [&](int pr, int c) {
-      const int product = pr / kSquareTiles, r = pr % kSquareTiles;
-      Accumulator acc;
-      wmma::fill_fragment(acc, 0.f);
-      float* out = nullptr;
-      if (product == 0) {
-        multiply<wmma::row_major, K, kKeysLd, kValueLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
-                                                                 d_states + c * kTile);
-        out = keys_d_states;
-      } else if (product == 1) {
-        multiply<wmma::row_major, K, kKeysLd, kValueLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
-                                                                 states + c * kTile);
-        out = keys_states;
-      } else {
-        multiply<wmma::row_major, C, kSquareLd, kDVNewLd, kUnroll>(
-            acc, inverse_t + r * kTile * (kSquareLd + 1), d_v_new + r * kTile * kDVNewLd + c * kTile,
-            C - r * kTile);
-        out = d_vb;
+    // [C, width] products, one 32 × 32 block per warp: k dS_next, and for the delta rule k S and
+    // d(βV) = Tᵀ dΔ (Tᵀ is upper triangular: row block r starts at depth 32r). The dk warps also add their
+    // first term.
+    {
+      constexpr int kColumnBlocks = kW / kBlock, kBlocksPerProduct = kRowBlocks * kColumnBlocks;
+      const int product = warp / kBlocksPerProduct, r = (warp % kBlocksPerProduct) / kColumnBlocks,
+                c = warp % kColumnBlocks;
+      if (product < (delta_rule ? 3 : 1) && c * kBlock < width) {
+        WarpBlock acc;
+        dla::ops::kernels::clear(acc);
+        const int rows = r * kBlock, columns = c * kBlock;
+        float* out = product == 0 ? keys_d_states : product == 1 ? keys_states : d_vb;
+        if (product < 2)
+          accumulate<Stored::by_row, Stored::by_column>(
+              acc, keys + rows * kKeysLd, kKeysLd, (product == 0 ? d_states : states) + columns, kValueLd, K);
+        else
+          accumulate<Stored::by_column, Stored::by_column>(acc, inverse + rows * kSquareLd + rows, kSquareLd,
+                                                           d_v_new + rows * kValueLd + columns, kValueLd,
+                                                           C - rows);
+        dla::ops::kernels::store(acc, out + rows * kTermLd + columns, kTermLd, 1.f);
       }
-      store_shared(out + r * kTile * kValueLd + c * kTile, acc, kValueLd);
-    });
-    multiply_sharing_b<wmma::col_major, kValueTile, kValueLd, kValueLd>(
-        d_k, v_new_to_end, d_k, nullptr, key_rows, d_states + key_column * kTile * kValueLd, width);
+      if (key_role == 1)
+        accumulate<Stored::by_row, Stored::by_row>(key_acc, v_new_to_end + key_rows * kValueLd, kValueLd,
+                                                   d_states + key_columns * kValueLd, kValueLd, width);
+    }
     __syncthreads();
     // ⟨dK̃_i, K̃_i⟩ leaves γ_i and reaches γ_last. For the delta rule also dV = β ⊙ d(βV), dβ_i +=
     // ⟨d(βV)_i, v_i⟩ and the w operand's exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩, which γ_i gets times β_i. A row's
-    // lanes sum their parts first: one update per row, not one contended atomic per lane.
-    for_each_row_vector<kGradientThreads, C>(width, [&](int r, int c, bool leader) {
-      const int lanes = width / 4;
+    // lanes sum their parts first: one update per row. Δ comes again from global memory (L2), unrounded.
+    for_each_row_vector<kGradientThreads, C>(kW, [&](int r, int c, bool leader) {
+      constexpr int kLanes = kW / 4;
+      const bool inside = c < width;
       const float end_dot =
-          group_sum(dot4(*reinterpret_cast<const float4*>(v_new + r * kValueLd + c),
-                         *reinterpret_cast<const float4*>(keys_d_states + r * kValueLd + c)),
-                    lanes);
+          group_sum(inside ? dot4(load4(v_new_chunk + r * V + first_column + c),
+                                  *reinterpret_cast<const float4*>(keys_d_states + r * kTermLd + c))
+                           : 0.f,
+                    kLanes);
       float gamma_part = -to_end[r] * end_dot;
       if (leader) to_end_dot += to_end[r] * end_dot;
       if (delta_rule) {
-        const float4 x = *reinterpret_cast<const float4*>(d_vb + r * kValueLd + c);
         float kb_dot = 0.f, beta_part = 0.f;
-        if (r < block.valid) {
-          store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, scaled(x, beta[r]));
-          kb_dot = -exp_gamma[r] * dot4(x, *reinterpret_cast<const float4*>(keys_states + r * kValueLd + c));
-          beta_part = dot4(x, v_rows.load(r, first_column + c)) + kb_dot;
+        if (inside) {
+          const float4 x = *reinterpret_cast<const float4*>(d_vb + r * kTermLd + c);
+          if (r < block.valid) {
+            store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, scaled(x, beta[r]));
+            kb_dot = -exp_gamma[r] * dot4(x, *reinterpret_cast<const float4*>(keys_states + r * kTermLd + c));
+            beta_part = dot4(x, v_rows.load(r, first_column + c)) + kb_dot;
+          }
+          store4(d_vb_read + r * kValueLd + c, scaled(x, -beta[r] * exp_gamma[r]));
+          store4(d_vb_operand + r * kValueLd + c, x);
         }
-        kb_dot = group_sum(kb_dot, lanes);
-        beta_part = group_sum(beta_part, lanes);
+        kb_dot = group_sum(kb_dot, kLanes);
+        beta_part = group_sum(beta_part, kLanes);
         gamma_part += beta[r] * kb_dot;
         if (leader) d_beta[r] += beta_part;
-        store4(d_vb_read + r * kValueLd + c, tf32(scaled(x, -beta[r] * exp_gamma[r])));
-        store4(d_vb + r * kValueLd + c, tf32(x));
       }
       if (leader) d_gamma[r] += gamma_part;
     });
     __syncthreads();
     // The products that share S (dq̂'s and w's operand's) or Δ (dP's and the Gram term's) as B.
-    multiply_sharing_b<wmma::col_major, kValueTile, kValueLd, kValueLd>(
-        d_q, d_out_read, d_k, delta_rule ? d_vb_read : nullptr, key_rows,
-        states + key_column * kTile * kValueLd, width);
-    multiply_sharing_b<wmma::col_major, kValueTile, kValueLd, kValueLd>(
-        d_pairs, d_out, gram, delta_rule ? d_vb : nullptr, square_rows,
-        v_new + square_column * kTile * kValueLd, width);
+    if (key_role == 0 || (key_role == 1 && delta_rule))
+      accumulate<Stored::by_row, Stored::by_row>(
+          key_acc, (key_role == 0 ? d_out_read : d_vb_read) + key_rows * kValueLd, kValueLd,
+          states + key_columns * kValueLd, kValueLd, width);
+    if (square_role >= 0) {
+      float* sums =
+          (square_role == 0 ? d_pair_terms : gram_terms) + square_rows * kSquareTermLd + square_columns;
+      WarpBlock acc;
+      if (first_column == 0)
+        dla::ops::kernels::clear(acc);
+      else
+        dla::ops::kernels::load(acc, sums, kSquareTermLd);
+      accumulate<Stored::by_row, Stored::by_row>(
+          acc, (square_role == 0 ? d_out : d_vb_operand) + square_rows * kValueLd, kValueLd,
+          v_new + square_columns * kValueLd, kValueLd, width);
+      dla::ops::kernels::store(acc, sums, kSquareTermLd, 1.f);
+    }
     __syncthreads();
   }
   state_dot = warp_sum(state_dot);
@@ -447,49 +488,48 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   }
 
   // ---- key-side stage ----
-  float* queries = shared + L::kQueries;
-  float* scratch = shared + L::kScratch;
-  float* pairs = shared + L::kPairs;
-  float* key_pairs = shared + L::kKeyPairs;
-  float* d_pair_terms = shared + L::kDPairs;
-  float* gram_terms = shared + L::kGram;
-  load_chunk<kGradientThreads>(queries, kKeysLd, ChunkRows<Scalar>(a.q, block), C, K, 0, nullptr, true);
-  const auto store_key_tiles = [&](float* dst, auto& acc) {
+  T* queries = operands(L::kQueries);
+  float* pairs = terms(L::kPairs);
+  float* key_pairs = terms(L::kKeyPairs);
+  T* d_pair_operand = operands(L::kDPairOperand);
+  T* key_sum = operands(L::kKeySum);
+  const ChunkRows<Scalar> q_rows(a.q, block);
+  copy_rows<kGradientThreads>(
+      C, K, [&](int r, int c) { return q_rows.load(r, c); },
+      [&](int r, int c, float4 x) { store4(queries + r * kKeysLd + c, x); });
+  __syncthreads();
+  // q kᵀ and k kᵀ on and below the diagonal blocks; dγ_i += ⟨dq̂_i, q̂_i⟩ from the dq blocks as they are.
+  if (warp < (delta_rule ? 2 : 1) * kLowerBlocks) {
+    const int2 lower = lower_block(warp % kLowerBlocks);
+    const int rows = lower.x * kBlock, columns = lower.y * kBlock;
+    WarpBlock acc;
+    dla::ops::kernels::clear(acc);
+    accumulate<Stored::by_row, Stored::by_row>(acc, (warp < kLowerBlocks ? queries : keys) + rows * kKeysLd,
+                                               kKeysLd, keys + columns * kKeysLd, kKeysLd, K);
+    dla::ops::kernels::store(acc, (warp < kLowerBlocks ? pairs : key_pairs) + rows * kSquareTermLd + columns,
+                             kSquareTermLd, 1.f);
+  }
+  if (key_role == 0) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
-    for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-      if (tile_of(s) >= kKeyTileCount) continue;
-      const int r = tile_of(s) / kKeyColumnTiles, c = tile_of(s) % kKeyColumnTiles;
-      store_shared(dst + r * kTile * kKeysLd + c * kTile, acc[s], kKeysLd);
-    }
-  };
-  store_key_tiles(scratch, d_q);
-  if (square_rows[0] >= 0) {
-    const int at = square_rows[0] * kTile * kSquareLd + square_column * kTile;
+    for (int m = 0; m < 2; ++m)
 #pragma unroll
-    for (int t = 0; t < d_pairs[0].num_elements; ++t)
-      d_pairs[0].x[t] *= a.scale;
-    store_shared(d_pair_terms + at, d_pairs[0], kSquareLd);
-    if (delta_rule) store_shared(gram_terms + at, gram[0], kSquareLd);
+      for (int h = 0; h < 2; ++h) {
+        const int row = key_rows + 16 * m + 8 * h + g;
+        float dot = 0.f;
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const T* q = queries + row * kKeysLd + key_columns + 8 * n + 2 * t;
+          dot += key_acc.c[m][n][2 * h] * static_cast<float>(q[0]) +
+                 key_acc.c[m][n][2 * h + 1] * static_cast<float>(q[1]);
+        }
+        dot = group_sum(dot, 4);
+        if (t == 0) atomicAdd(d_gamma + row, dot);
+      }
   }
   __syncthreads();
-  // q kᵀ and k kᵀ on and below the diagonal tiles; dγ_i += ⟨dq̂_i, q̂_i⟩.
-  for_each_tile<kGradientThreads>(kSquareTiles, kSquareTiles, [&](int r, int c) {
-    if (c > r) return;
-    Accumulator acc;
-    wmma::fill_fragment(acc, 0.f);
-    multiply<wmma::col_major, K, kKeysLd, kKeysLd, kUnroll>(acc, queries + r * kTile * kKeysLd,
-                                                            keys + c * kTile * kKeysLd);
-    store_shared(pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
-    if (!delta_rule) return;
-    wmma::fill_fragment(acc, 0.f);
-    multiply<wmma::col_major, K, kKeysLd, kKeysLd, kUnroll>(acc, keys + r * kTile * kKeysLd,
-                                                            keys + c * kTile * kKeysLd);
-    store_shared(key_pairs + r * kTile * kSquareLd + c * kTile, acc, kSquareLd);
-  });
-  for_each_row_dot<kGradientThreads, C, K, kKeysLd, kKeysLd>(
-      scratch, queries, [&](int i, float x) { atomicAdd(d_gamma + i, x); });
-  __syncthreads();
-  // The C × C terms, entry by entry; a warp's lanes share a row.
+  // The C × C terms, entry by entry; a warp's lanes share a row. Blocks above the diagonal were never
+  // written: only entries on or below it are read.
   {
     constexpr int kRowsPerPass = kGradientThreads / C;
     const int j = threadIdx.x % C;
@@ -497,16 +537,16 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     for (int i = threadIdx.x / C; i < C; i += kRowsPerPass) {
       const bool on_or_below = j <= i, below = j < i;
       const float decay = on_or_below ? expf(gamma[i] - gamma[j]) : 0.f;
-      const float d_pair = d_pair_terms[i * kSquareLd + j];
-      float pair_gradient = on_or_below ? d_pair * pairs[i * kSquareLd + j] * decay : 0.f;
-      d_pair_terms[i * kSquareLd + j] = d_pair * decay;  // dP ⊙ D
+      const float d_pair = on_or_below ? a.scale * d_pair_terms[i * kSquareTermLd + j] : 0.f;
+      float pair_gradient = on_or_below ? d_pair * pairs[i * kSquareTermLd + j] * decay : 0.f;
+      d_pair_terms[i * kSquareTermLd + j] = d_pair * decay;  // dP ⊙ D
       float beta_gradient = 0.f;
       if (delta_rule) {
-        const float key_pair = below ? key_pairs[i * kSquareLd + j] * decay : 0.f;
-        const float d_a = below ? -gram_terms[i * kSquareLd + j] : 0.f;
+        const float key_pair = below ? key_pairs[i * kSquareTermLd + j] * decay : 0.f;
+        const float d_a = below ? -gram_terms[i * kSquareTermLd + j] : 0.f;
         pair_gradient += d_a * beta[i] * key_pair;
         beta_gradient = d_a * key_pair;
-        gram_terms[i * kSquareLd + j] = beta[i] * d_a * decay;  // dKK
+        gram_terms[i * kSquareTermLd + j] = beta[i] * d_a * decay;  // dKK
       }
       column += pair_gradient;
       const float row = warp_sum(pair_gradient), row_beta = warp_sum(beta_gradient);
@@ -519,64 +559,38 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   }
   __syncthreads();
   for_each_entry<kGradientThreads>(C, C, [&](int i, int j) {
-    pairs[i * kSquareLd + j] = wmma::__float_to_tf32(d_pair_terms[j * kSquareLd + i]);
+    d_pair_operand[i * kSquareLd + j] = to_operand(d_pair_terms[i * kSquareTermLd + j], T{});
     if (delta_rule)
-      key_pairs[i * kSquareLd + j] =
-          wmma::__float_to_tf32(gram_terms[i * kSquareLd + j] + gram_terms[j * kSquareLd + i]);
+      key_sum[i * kSquareLd + j] =
+          to_operand(gram_terms[i * kSquareTermLd + j] + gram_terms[j * kSquareTermLd + i], T{});
   });
   for (int i = threadIdx.x; i < C; i += kGradientThreads)
     d_gamma[i] -= column_sums[i];
   __syncthreads();
-  for_each_entry<kGradientThreads>(C, C, [&](int i, int j) {
-    float& entry = d_pair_terms[i * kSquareLd + j];
-    entry = wmma::__float_to_tf32(entry);
-  });
-  __syncthreads();
 
-  // dq += (dP ⊙ D) k and dk += (dKK + dKKᵀ) k share k's column tile; (dP ⊙ D) is lower triangular, so row
-  // tile r stops at its diagonal. Then dk += (dP ⊙ D)ᵀ q, whose row tile r starts at its diagonal.
-#pragma unroll kUnroll
-  for (int j = 0; j < C; j += kStep) {
-    OperandB<wmma::row_major> b_fragment;
-    load_shared(b_fragment, keys + j * kKeysLd + key_column * kTile, kKeysLd);
-#pragma unroll
-    for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-      const int r = key_rows[s];
-      if (r < 0) continue;
-      OperandA a_fragment;
-      if (j < (r + 1) * kTile) {
-        load_shared(a_fragment, d_pair_terms + r * kTile * kSquareLd + j, kSquareLd);
-        wmma::mma_sync(d_q[s], a_fragment, b_fragment, d_q[s]);
-      }
-      if (delta_rule) {
-        load_shared(a_fragment, key_pairs + r * kTile * kSquareLd + j, kSquareLd);
-        wmma::mma_sync(d_k[s], a_fragment, b_fragment, d_k[s]);
-      }
-    }
+  // dq += (dP ⊙ D) k, whose row block r ends at its diagonal; dk += (dKK + dKKᵀ) k + (dP ⊙ D)ᵀ q, the
+  // transpose's row block r starting at its diagonal.
+  if (key_role == 0)
+    accumulate<Stored::by_row, Stored::by_column>(key_acc, d_pair_operand + key_rows * kSquareLd, kSquareLd,
+                                                  keys + key_columns, kKeysLd, key_rows + kBlock);
+  if (key_role == 1) {
+    if (delta_rule)
+      accumulate<Stored::by_row, Stored::by_column>(key_acc, key_sum + key_rows * kSquareLd, kSquareLd,
+                                                    keys + key_columns, kKeysLd, C);
+    accumulate<Stored::by_column, Stored::by_column>(
+        key_acc, d_pair_operand + key_rows * kSquareLd + key_rows, kSquareLd,
+        queries + key_rows * kKeysLd + key_columns, kKeysLd, C - key_rows);
   }
-#pragma unroll
-  for (int s = 0; s < kKeyTilesPerWarp; ++s) {
-    const int r = key_rows[s];
-    if (r < 0) continue;
-    multiply<wmma::row_major, C, kSquareLd, kKeysLd, kUnroll>(
-        d_k[s], pairs + r * kTile * (kSquareLd + 1), queries + r * kTile * kKeysLd + key_column * kTile,
-        C - r * kTile);
+  if (key_role >= 0) {
+    void* out = key_role == 0 ? a.d_q : a.d_k;
+    for_each_block_pair(key_acc, key_rows, key_columns, [&](int row, int column, float x, float y) {
+      if (row < block.valid) store_pair(output_row<Scalar>(out, block.token(row), K) + column, x, y);
+    });
   }
-  store_key_tiles(scratch, d_q);
-  __syncthreads();
-  copy_rows<kGradientThreads, kGradientInFlight>(
-      block.valid, K,
-      [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
-      [&](int r, int c, float4 x) { store4(output_row<Scalar>(a.d_q, block.token(r), K) + c, x); });
   if (threadIdx.x == 0) d_gamma[C - 1] += totals[1] + expf(gamma[C - 1]) * totals[0];
-  __syncthreads();
-  store_key_tiles(scratch, d_k);
+  __syncwarp();
   reverse_cumsum_in_warp(d_gamma, C);
   __syncthreads();
-  copy_rows<kGradientThreads, kGradientInFlight>(
-      block.valid, K,
-      [&](int r, int c) { return *reinterpret_cast<const float4*>(scratch + r * kKeysLd + c); },
-      [&](int r, int c, float4 x) { store4(output_row<Scalar>(a.d_k, block.token(r), K) + c, x); });
   for (int i = threadIdx.x; i < block.valid; i += kGradientThreads) {
     const size_t token = block.token(i);
     a.d_g[token] = d_gamma[i];
@@ -586,8 +600,8 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
 
 // ---- launches ----
 
-/// The (C, K) pairs the backward kernels are instantiated for: chunk_gradients keeps two C × K blocks in
-/// registers, which K = 256 would spill, and its shared memory would not fit.
+/// The (C, K) pairs the backward kernels are instantiated for: chunk_gradients gives each 32 × 32 block of dq
+/// and dk a warp of its 16, which K = 256 would outnumber, and its shared memory would not fit.
 template <class F>
 bool with_gradient_shape(const ChunkStageDims& d, F&& f) {
   return with_instantiated_shape<ChunkShape<64, 128>, ChunkShape<64, 64>, ChunkShape<32, 64>,
@@ -601,8 +615,9 @@ bool supports_chunk_gradients(const ChunkStageDims& d) {
   const size_t limit = static_cast<size_t>(std::max(max_shared_bytes(), 0));
   bool fits = false;
   const bool instantiated = with_gradient_shape(d, [&]<int C, int K>() {
-    fits =
-        sizeof(float) * std::max(ValueGradientLayout<C, K>::kFloats, GradientLayout<C, K>::kFloats) <= limit;
+    const size_t gradient_bytes = d.bf16 ? GradientLayout<GradientOperand<__nv_bfloat16>, C, K>::kBytes
+                                         : GradientLayout<GradientOperand<float>, C, K>::kBytes;
+    fits = sizeof(float) * ValueGradientLayout<C, K>::kFloats <= limit && gradient_bytes <= limit;
   });
   return instantiated && fits;
 }
@@ -654,11 +669,13 @@ const char* chunk_gradients(const ChunkGradientBuffers& buffers, double scale, c
                           static_cast<int>(dims.value_dim)};
   const char* error = "chunk_gradients: no kernel for this chunk length and key dim";
   with_gradient_shape(dims, [&]<int C, int K>() {
-    constexpr int kFloats = GradientLayout<C, K>::kFloats;
-    error = dims.bf16
-                ? launch<kGradientThreads>(chunk_gradients_kernel<__nv_bfloat16, C, K>, args, kFloats, dims,
-                                           stream)
-                : launch<kGradientThreads>(chunk_gradients_kernel<float, C, K>, args, kFloats, dims, stream);
+    // launch counts shared memory in floats; every layout's size is a multiple of 16 bytes.
+    constexpr int kBf16Floats = GradientLayout<GradientOperand<__nv_bfloat16>, C, K>::kBytes / 4;
+    constexpr int kFloatFloats = GradientLayout<GradientOperand<float>, C, K>::kBytes / 4;
+    error = dims.bf16 ? launch<kGradientThreads>(chunk_gradients_kernel<__nv_bfloat16, C, K>, args,
+                                                 kBf16Floats, dims, stream)
+                      : launch<kGradientThreads>(chunk_gradients_kernel<float, C, K>, args, kFloatFloats,
+                                                 dims, stream);
   });
   return error;
 }
