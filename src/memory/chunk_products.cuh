@@ -105,10 +105,6 @@ inline __device__ float dot(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
 
-inline __device__ float4 load_shared4(const float* p) {
-  return *reinterpret_cast<const float4*>(p);
-}
-
 /// The rows of the block's chunk (blockIdx.x, in B·H·N order) of a ChunkedRows operand, as float4 columns.
 class BlockRows {
  public:

@@ -14,17 +14,13 @@
 #include <type_traits>
 #include <utility>
 
-#include "../warp_block.cuh"
 #include "chunk_tiles.cuh"
 
 namespace dla::ops::fused::kernels {
 namespace {
 
 using namespace tiles;
-using dla::ops::kernels::kBlock;
 using dla::ops::kernels::max_shared_bytes;
-using dla::ops::kernels::Stored;
-using dla::ops::kernels::WarpBlock;
 
 // chunk_gradients runs 16 warps per block: each holds up to two 32 × 32 blocks of its products, and its
 // phases wait on shared-memory rounds and barriers, which more warps overlap.
@@ -39,18 +35,22 @@ __device__ Scalar* output_row(void* out, size_t token, int dim) {
 
 // ---- chunk_value_gradient ----
 
-/// Shared-memory layout of chunk_value_gradient, in floats: q and k as operands, Pᵀ, one 64-column tile of
-/// dO, γ.
-template <int C, int K>
+/// Shared-memory layout of chunk_value_gradient, in bytes, for operands of type T: q and k, P ⊙ D, one pass
+/// of dO's columns, γ.
+template <class T, int C, int K>
 struct ValueGradientLayout {
-  static constexpr int kKeysLd = K + kPad;
-  static constexpr int kSquareLd = C + kPad;
+  // Value columns per pass: at C = 64 a 32 × 32 block of the output for each of the 8 warps (bf16);
+  // float32 operands pass 64 at a time.
+  static constexpr int kPassColumns = sizeof(T) == 2 ? 128 : 64;
+  static constexpr int kKeysLd = K + kOperandPad<T>;
+  static constexpr int kSquareLd = C + kOperandPad<T>;
+  static constexpr int kValueLd = kPassColumns + kOperandPad<T>;
   static constexpr int kQueries = 0;
-  static constexpr int kKeys = kQueries + C * kKeysLd;
-  static constexpr int kPairs = kKeys + C * kKeysLd;
-  static constexpr int kGrads = kPairs + C * kSquareLd;
-  static constexpr int kGamma = kGrads + C * kColumnLd;
-  static constexpr int kFloats = kGamma + C;
+  static constexpr int kKeys = kQueries + C * kKeysLd * sizeof(T);
+  static constexpr int kPairs = kKeys + C * kKeysLd * sizeof(T);
+  static constexpr int kGrads = kPairs + C * kSquareLd * sizeof(T);
+  static constexpr int kGamma = kGrads + C * kValueLd * sizeof(T);
+  static constexpr int kBytes = kGamma + C * sizeof(float);
 };
 
 struct ValueGradientArgs {
@@ -63,81 +63,82 @@ struct ValueGradientArgs {
 
 template <class Scalar, int C, int K>
 __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(ValueGradientArgs a) {
-  using L = ValueGradientLayout<C, K>;
-  constexpr int kSquareTiles = C / kTile;
+  using T = OperandOf<Scalar>;
+  using L = ValueGradientLayout<T, C, K>;
+  constexpr int kW = L::kPassColumns, kRowBlocks = C / kBlock, kColumnBlocks = kW / kBlock;
+  constexpr int kLowerBlocks = kRowBlocks * (kRowBlocks + 1) / 2;
+  constexpr int kKeysLd = L::kKeysLd, kSquareLd = L::kSquareLd, kValueLd = L::kValueLd;
+  static_assert(kLowerBlocks <= kWarps);
   extern __shared__ float4 shared_vectors[];
-  float* shared = reinterpret_cast<float*>(shared_vectors);
-  float* queries = shared + L::kQueries;
-  float* keys = shared + L::kKeys;
-  float* pairs_t = shared + L::kPairs;
-  float* grads = shared + L::kGrads;
-  float* gamma = shared + L::kGamma;
+  char* shared = reinterpret_cast<char*>(shared_vectors);
+  T* queries = reinterpret_cast<T*>(shared + L::kQueries);
+  T* keys = reinterpret_cast<T*>(shared + L::kKeys);
+  T* pairs = reinterpret_cast<T*>(shared + L::kPairs);
+  T* grads = reinterpret_cast<T*>(shared + L::kGrads);
+  float* gamma = reinterpret_cast<float*>(shared + L::kGamma);
   const int V = a.value_dim;
   const ChunkBlock block(a.tokens, a.heads, C);
+  const int warp = threadIdx.x / 32;
 
   for (int i = threadIdx.x; i < C; i += kThreads)
     gamma[i] = a.gamma[block.chunk * C + i];
   __syncthreads();
-  // q̂ leaves exact; q and k, loaded in one round, stay behind as TF32 operands.
+  // q̂ leaves exact; q and k, loaded in one round, stay behind as operands. P ⊙ D starts as zeros (the
+  // blocks above the diagonal stay so).
   float* q_read = a.q_read + block.chunk * C * K;
   copy_row_pairs(ChunkRows<Scalar>(a.q, block), ChunkRows<Scalar>(a.k, block), C, K,
                  [&](int r, int c, RowPair x) {
                    store4(q_read + r * K + c, scaled(x.first, a.scale * expf(gamma[r])));
-                   store4(queries + r * L::kKeysLd + c, tf32(x.first));
-                   store4(keys + r * L::kKeysLd + c, tf32(x.second));
+                   store4(queries + r * kKeysLd + c, x.first);
+                   store4(keys + r * kKeysLd + c, x.second);
                  });
+  for_each_entry(C, C, [&](int i, int j) { pairs[i * kSquareLd + j] = operand_of<T>(0.f); });
   __syncthreads();
-  // Pᵀ: the tiles of q kᵀ on and below the diagonal, each stored transposed.
-  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
-    if (c > r) return;
-    Accumulator acc;
-    wmma::fill_fragment(acc, 0.f);
-    multiply<wmma::col_major, K, L::kKeysLd, L::kKeysLd>(acc, queries + r * kTile * L::kKeysLd,
-                                                         keys + c * kTile * L::kKeysLd);
-    store_shared(pairs_t + c * kTile * L::kSquareLd + r * kTile, acc, L::kSquareLd, wmma::mem_col_major);
-  });
-  __syncthreads();
-  for_each_entry(C, C, [&](int i, int j) {
-    float& entry = pairs_t[i * L::kSquareLd + j];  // P_ji
-    entry = i <= j ? wmma::__float_to_tf32(entry * expf(gamma[j] - gamma[i])) : 0.f;
-  });
+  // P ⊙ D = (q kᵀ) ⊙ D on and below the diagonal blocks.
+  if (warp < kLowerBlocks) {
+    const int2 lower = lower_block(warp);
+    const int rows = lower.x * kBlock, columns = lower.y * kBlock;
+    WarpBlock acc;
+    dla::ops::kernels::clear(acc);
+    accumulate<Stored::by_row, Stored::by_row>(acc, queries + rows * kKeysLd, kKeysLd,
+                                               keys + columns * kKeysLd, kKeysLd, K);
+    for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
+      const float first = j <= i ? x * expf(gamma[i] - gamma[j]) : 0.f;
+      const float second = j + 1 <= i ? y * expf(gamma[i] - gamma[j + 1]) : 0.f;
+      store_pair(pairs + i * kSquareLd + j, first, second);
+    });
+  }
   __syncthreads();
 
   const ChunkRows<Scalar> d_out_rows(a.d_out, block);
   float* d_out_chunks = a.d_out_chunks + block.chunk * C * V;
   float* d_v_new_intra = a.d_v_new_intra + block.chunk * C * V;
-  for (int first_column = 0; first_column < V; first_column += kColumnTile) {
-    const int width = min(kColumnTile, V - first_column);
+  for (int first_column = 0; first_column < V; first_column += kW) {
+    const int width = min(kW, V - first_column);
     copy_rows(
         C, width, [&](int r, int c) { return d_out_rows.load(r, first_column + c); },
         [&](int r, int c, float4 x) {
           store4(d_out_chunks + r * V + first_column + c, x);
-          store4(grads + r * kColumnLd + c, tf32(x));
+          store4(grads + r * kValueLd + c, x);
         });
     __syncthreads();
-    // Row tile r of Pᵀ is zero left of its diagonal tile.
-    for_each_tile_pair(kSquareTiles, width / kTile, [&](int r, int c) {
-      Accumulator acc;
-      wmma::fill_fragment(acc, 0.f);
-      multiply<wmma::row_major, C, L::kSquareLd, kColumnLd>(acc, pairs_t + r * kTile * (L::kSquareLd + 1),
-                                                            grads + r * kTile * kColumnLd + c * kTile,
-                                                            C - r * kTile);
-#pragma unroll
-      for (int t = 0; t < acc.num_elements; ++t)
-        acc.x[t] *= a.scale;
-      wmma::store_matrix_sync(d_v_new_intra + r * kTile * V + first_column + c * kTile, acc, V,
-                              wmma::mem_row_major);
-    });
+    // scale · (P ⊙ D)ᵀ dO: row block r of the transpose is zero left of its diagonal block.
+    const int r = warp / kColumnBlocks, c = warp % kColumnBlocks;
+    if (r < kRowBlocks && c * kBlock < width) {
+      const int rows = r * kBlock, columns = c * kBlock;
+      WarpBlock acc;
+      dla::ops::kernels::clear(acc);
+      accumulate<Stored::by_column, Stored::by_column>(acc, pairs + rows * kSquareLd + rows, kSquareLd,
+                                                       grads + rows * kValueLd + columns, kValueLd, C - rows);
+      for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
+        if (j < width) store_pair(d_v_new_intra + i * V + first_column + j, a.scale * x, a.scale * y);
+      });
+    }
     __syncthreads();
   }
 }
 
 // ---- chunk_gradients ----
-
-/// The element type of chunk_gradients' shared operands: bf16 for bf16 inputs (bf16 tensor cores, fragments
-/// by ldmatrix), float32 for float32 inputs (rounded to TF32 as the fragments load).
-template <class Scalar>
-using GradientOperand = std::conditional_t<std::is_same_v<Scalar, __nv_bfloat16>, __nv_bfloat16, float>;
 
 /// Shared-memory layout of chunk_gradients, in bytes, for operands of type T. k and the C × C sums over the
 /// value columns stay at the front throughout; the value-column passes and the key-side stage after them
@@ -149,7 +150,7 @@ struct GradientLayout {
   // Value columns per pass: two passes of 64 at V = 128 with bf16 operands; float32 ones take twice the
   // room and pass 32 at a time.
   static constexpr int kPassColumns = sizeof(T) == 2 ? 64 : 32;
-  static constexpr int kPad = 16 / static_cast<int>(sizeof(T));
+  static constexpr int kPad = kOperandPad<T>;
   static constexpr int kKeysLd = K + kPad, kSquareLd = C + kPad, kValueLd = kPassColumns + kPad;
   static constexpr int kTermLd = kPassColumns + 4, kSquareTermLd = C + 4;  // float32 terms
   static constexpr int kKeyRows = C * kKeysLd * sizeof(T), kSquareRows = C * kSquareLd * sizeof(T);
@@ -212,61 +213,9 @@ __device__ float dot4(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
 
-/// block += A B over `depth` (a multiple of 16), the warp's 32 output rows of A and 32 output columns of B
-/// starting at their first entries a and b, stored kA and kB (rows ld apart): bf16 operands on bf16 tensor
-/// cores, float32 ones in TF32.
-template <Stored kA, Stored kB, class T>
-__device__ void accumulate(WarpBlock& block, const T* a, int a_ld, const T* b, int b_ld, int depth) {
-  using dla::ops::kernels::Operand;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    dla::ops::kernels::multiply_accumulate_bf16<kA, false, kB, false>(block, Operand<T>{a, a_ld},
-                                                                      Operand<T>{b, b_ld}, depth);
-  else
-    dla::ops::kernels::multiply_accumulate<kA, false, kB, false>(block, Operand<T>{a, a_ld},
-                                                                 Operand<T>{b, b_ld}, depth);
-}
-
-/// The lower 32 × 32 block s of a C × C matrix, row by row: (row block, column block).
-__device__ int2 lower_block(int s) {
-  int r = 0;
-  while ((r + 1) * (r + 2) / 2 <= s)
-    ++r;
-  return make_int2(r, s - r * (r + 1) / 2);
-}
-
-/// f(row, column, x, y) for the entries (row, column) and (row, column + 1) of the warp's block whose first
-/// entry is (first_row, first_column), for every pair the lane holds.
-template <class F>
-__device__ void for_each_block_pair(const WarpBlock& block, int first_row, int first_column, F f) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int m = 0; m < 2; ++m)
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        f(first_row + 16 * m + 8 * h + g, first_column + 8 * n + 2 * t, block.c[m][n][2 * h],
-          block.c[m][n][2 * h + 1]);
-}
-
-/// Stores the columns (column, column + 1) of a row of a [B, T, H, D] output as Scalar.
-__device__ void store_pair(float* p, float x, float y) {
-  *reinterpret_cast<float2*>(p) = make_float2(x, y);
-}
-__device__ void store_pair(__nv_bfloat16* p, float x, float y) {
-  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
-}
-
-__device__ float to_operand(float x, float) {
-  return x;
-}
-__device__ __nv_bfloat16 to_operand(float x, __nv_bfloat16) {
-  return __float2bfloat16_rn(x);
-}
-
 template <class Scalar, int C, int K>
 __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(GradientArgs a) {
-  using T = GradientOperand<Scalar>;
+  using T = OperandOf<Scalar>;
   using L = GradientLayout<T, C, K>;
   constexpr int kW = L::kPassColumns;
   constexpr int kRowBlocks = C / kBlock, kKeyBlocks = K / kBlock;
@@ -559,10 +508,10 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   }
   __syncthreads();
   for_each_entry<kGradientThreads>(C, C, [&](int i, int j) {
-    d_pair_operand[i * kSquareLd + j] = to_operand(d_pair_terms[i * kSquareTermLd + j], T{});
+    d_pair_operand[i * kSquareLd + j] = operand_of<T>(d_pair_terms[i * kSquareTermLd + j]);
     if (delta_rule)
       key_sum[i * kSquareLd + j] =
-          to_operand(gram_terms[i * kSquareTermLd + j] + gram_terms[j * kSquareTermLd + i], T{});
+          operand_of<T>(gram_terms[i * kSquareTermLd + j] + gram_terms[j * kSquareTermLd + i]);
   });
   for (int i = threadIdx.x; i < C; i += kGradientThreads)
     d_gamma[i] -= column_sums[i];
@@ -615,9 +564,11 @@ bool supports_chunk_gradients(const ChunkStageDims& d) {
   const size_t limit = static_cast<size_t>(std::max(max_shared_bytes(), 0));
   bool fits = false;
   const bool instantiated = with_gradient_shape(d, [&]<int C, int K>() {
-    const size_t gradient_bytes = d.bf16 ? GradientLayout<GradientOperand<__nv_bfloat16>, C, K>::kBytes
-                                         : GradientLayout<GradientOperand<float>, C, K>::kBytes;
-    fits = sizeof(float) * ValueGradientLayout<C, K>::kFloats <= limit && gradient_bytes <= limit;
+    const size_t bytes = d.bf16 ? std::max(ValueGradientLayout<OperandOf<__nv_bfloat16>, C, K>::kBytes,
+                                           GradientLayout<OperandOf<__nv_bfloat16>, C, K>::kBytes)
+                                : std::max(ValueGradientLayout<OperandOf<float>, C, K>::kBytes,
+                                           GradientLayout<OperandOf<float>, C, K>::kBytes);
+    fits = bytes <= limit;
   });
   return instantiated && fits;
 }
@@ -638,9 +589,12 @@ const char* chunk_value_gradient(const TokenRows& q, const TokenRows& k, const T
                                static_cast<int>(dims.value_dim)};
   const char* error = "chunk_value_gradient: no kernel for this chunk length and key dim";
   with_gradient_shape(dims, [&]<int C, int K>() {
-    constexpr int kFloats = ValueGradientLayout<C, K>::kFloats;
-    error = dims.bf16 ? launch(chunk_value_gradient_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
-                      : launch(chunk_value_gradient_kernel<float, C, K>, args, kFloats, dims, stream);
+    // launch counts shared memory in floats; both layouts' sizes are multiples of 16 bytes.
+    constexpr int kBf16Floats = ValueGradientLayout<OperandOf<__nv_bfloat16>, C, K>::kBytes / 4;
+    constexpr int kFloatFloats = ValueGradientLayout<OperandOf<float>, C, K>::kBytes / 4;
+    error = dims.bf16
+                ? launch(chunk_value_gradient_kernel<__nv_bfloat16, C, K>, args, kBf16Floats, dims, stream)
+                : launch(chunk_value_gradient_kernel<float, C, K>, args, kFloatFloats, dims, stream);
   });
   return error;
 }
@@ -670,8 +624,8 @@ const char* chunk_gradients(const ChunkGradientBuffers& buffers, double scale, c
   const char* error = "chunk_gradients: no kernel for this chunk length and key dim";
   with_gradient_shape(dims, [&]<int C, int K>() {
     // launch counts shared memory in floats; every layout's size is a multiple of 16 bytes.
-    constexpr int kBf16Floats = GradientLayout<GradientOperand<__nv_bfloat16>, C, K>::kBytes / 4;
-    constexpr int kFloatFloats = GradientLayout<GradientOperand<float>, C, K>::kBytes / 4;
+    constexpr int kBf16Floats = GradientLayout<OperandOf<__nv_bfloat16>, C, K>::kBytes / 4;
+    constexpr int kFloatFloats = GradientLayout<OperandOf<float>, C, K>::kBytes / 4;
     error = dims.bf16 ? launch<kGradientThreads>(chunk_gradients_kernel<__nv_bfloat16, C, K>, args,
                                                  kBf16Floats, dims, stream)
                       : launch<kGradientThreads>(chunk_gradients_kernel<float, C, K>, args, kFloatFloats,

@@ -1,6 +1,7 @@
 // CUDA kernels of the fused op's per-chunk stages (dla/ops/fused.h). One thread block per (chunk,
 // batch·head) reads its chunk of the [B, T, H, ·] inputs in place, keeps it in shared memory and runs the
-// chunk's products on TF32 tensor cores (the building blocks are in chunk_tiles.cuh):
+// chunk's products with each warp holding a 32 × 32 block in registers (chunk_tiles.cuh): on bf16 tensor
+// cores for bf16 inputs, TF32 ones for float32 inputs:
 //   chunk_prepare  γ = cumsum g, exp(γ_last), k ⊙ exp(γ_last − γ), and for the delta rule
 //                  A = strict_lower(β_i (k kᵀ)_ij exp(γ_i − γ_j)), T = (I + A)⁻¹ (float32 FMAs),
 //                  w = T (β exp(γ) ⊙ k), u = T (β ⊙ v); u = v for SSD
@@ -87,20 +88,26 @@ __device__ void unit_lower_inverse(const float* a, float* t) {
 
 // ---- chunk_prepare ----
 
-/// Shared-memory layout of chunk_prepare, in floats. Every buffer the tensor cores read starts 32-byte
-/// aligned: C is a multiple of 16 and the row lengths multiples of 4.
-template <int C, int K>
+/// Shared-memory layout of chunk_prepare, in bytes, for operands of type T: the keys, one pass of columns of
+/// β exp(γ) ⊙ k or β ⊙ v, T as an operand, k kᵀ (then A) and T in float32, the per-row terms.
+template <class T, int C, int K>
 struct PrepareLayout {
-  static constexpr int kKeysLd = K + kPad;
-  static constexpr int kSquareLd = C + kPad;
-  static constexpr int kKeys = 0;                           // k, then TF32(k)
-  static constexpr int kOperand = kKeys + C * kKeysLd;      // 64 columns of β exp(γ) ⊙ k or β ⊙ v
-  static constexpr int kSquare = kOperand + C * kColumnLd;  // k kᵀ, then A
-  static constexpr int kInverse = kSquare + C * kSquareLd;  // T
-  static constexpr int kGamma = kInverse + C * kSquareLd;
-  static constexpr int kBeta = kGamma + C;
-  static constexpr int kRowScale = kBeta + C;
-  static constexpr int kFloats = kRowScale + C;
+  // Columns of w or u per pass: at C = 64 a 32 × 32 block for each of the 8 warps (bf16); float32
+  // operands pass 64 at a time.
+  static constexpr int kPassColumns = sizeof(T) == 2 ? 128 : 64;
+  static constexpr int kKeysLd = K + kOperandPad<T>;
+  static constexpr int kOperandLd = kPassColumns + kOperandPad<T>;
+  static constexpr int kInverseLd = C + kOperandPad<T>;
+  static constexpr int kSquareLd = C + kPad;  // float32 terms
+  static constexpr int kKeys = 0;
+  static constexpr int kOperand = kKeys + C * kKeysLd * sizeof(T);
+  static constexpr int kInverseOperand = kOperand + C * kOperandLd * sizeof(T);
+  static constexpr int kSquare = kInverseOperand + C * kInverseLd * sizeof(T);  // k kᵀ, then A
+  static constexpr int kInverse = kSquare + C * kSquareLd * sizeof(float);      // T
+  static constexpr int kGamma = kInverse + C * kSquareLd * sizeof(float);
+  static constexpr int kBeta = kGamma + C * sizeof(float);
+  static constexpr int kRowScale = kBeta + C * sizeof(float);
+  static constexpr int kBytes = kRowScale + C * sizeof(float);
 };
 
 struct PrepareArgs {
@@ -114,28 +121,32 @@ struct PrepareArgs {
   int tokens, heads, value_dim;
 };
 
-/// T = (I + A)⁻¹ with A = strict_lower(β_i (k kᵀ)_ij exp(γ_i − γ_j)) from the keys (TF32 operands in
-/// shared memory), into `inverse` as TF32 operands and to a.inverse (and its bf16 copy) exact; row_scale
-/// becomes β exp(γ). The block's next barrier completes it.
-template <int C, int K>
-__device__ void form_inverse(const PrepareArgs& a, const ChunkBlock& block, const float* keys, float* square,
-                             float* inverse, const float* beta, const float* gamma, float* row_scale) {
-  using L = PrepareLayout<C, K>;
-  // k kᵀ on and below the diagonal tiles: A keeps only the strictly lower part.
-  constexpr int kSquareTiles = C / kTile;
-  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
-    if (c > r) return;
-    Accumulator acc;
-    wmma::fill_fragment(acc, 0.f);
-    multiply<wmma::col_major, K, L::kKeysLd, L::kKeysLd>(acc, keys + r * kTile * L::kKeysLd,
-                                                         keys + c * kTile * L::kKeysLd);
-    store_shared(square + r * kTile * L::kSquareLd + c * kTile, acc, L::kSquareLd);
-  });
-  __syncthreads();
-  for_each_entry(C, C, [&](int i, int j) {
-    float& entry = square[i * L::kSquareLd + j];
-    entry = j < i ? beta[i] * entry * expf(gamma[i] - gamma[j]) : 0.f;
-  });
+/// T = (I + A)⁻¹ with A = strict_lower(β_i (k kᵀ)_ij exp(γ_i − γ_j)) from the keys (operands in shared
+/// memory), into `inverse_operand` (rows kInverseLd apart) and to a.inverse (and its bf16 copy) exact;
+/// row_scale becomes β exp(γ). The block's next barrier completes it.
+template <class T, int C, int K>
+__device__ void form_inverse(const PrepareArgs& a, const ChunkBlock& block, const T* keys, float* square,
+                             float* inverse, T* inverse_operand, const float* beta, const float* gamma,
+                             float* row_scale) {
+  using L = PrepareLayout<T, C, K>;
+  constexpr int kRowBlocks = C / kBlock, kLowerBlocks = kRowBlocks * (kRowBlocks + 1) / 2;
+  static_assert(kLowerBlocks <= kWarps);
+  // k kᵀ on and below the diagonal blocks, masked and scaled into A as it leaves the registers (the inverse
+  // reads only the strictly lower part).
+  const int warp = threadIdx.x / 32;
+  if (warp < kLowerBlocks) {
+    const int2 lower = lower_block(warp);
+    const int rows = lower.x * kBlock, columns = lower.y * kBlock;
+    WarpBlock acc;
+    dla::ops::kernels::clear(acc);
+    accumulate<Stored::by_row, Stored::by_row>(acc, keys + rows * L::kKeysLd, L::kKeysLd,
+                                               keys + columns * L::kKeysLd, L::kKeysLd, K);
+    for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
+      const float first = j < i ? beta[i] * x * expf(gamma[i] - gamma[j]) : 0.f;
+      const float second = j + 1 < i ? beta[i] * y * expf(gamma[i] - gamma[j + 1]) : 0.f;
+      store_pair(square + i * L::kSquareLd + j, first, second);
+    });
+  }
   for (int i = threadIdx.x; i < C; i += kThreads)
     row_scale[i] = beta[i] * expf(gamma[i]);
   __syncthreads();
@@ -144,34 +155,40 @@ __device__ void form_inverse(const PrepareArgs& a, const ChunkBlock& block, cons
   auto* inverse_copy = static_cast<__nv_bfloat16*>(a.copies.inverse);
   if (inverse_copy != nullptr) inverse_copy += block.chunk * C * C;
   copy_rows(
-      C, C, [&](int r, int c) { return *reinterpret_cast<const float4*>(inverse + r * L::kSquareLd + c); },
+      C, C, [&](int r, int c) { return load_shared4(inverse + r * L::kSquareLd + c); },
       [&](int r, int c, float4 x) {
         store4(inverse_out + r * C + c, x);
         if (inverse_copy != nullptr) store4(inverse_copy + r * C + c, x);
-        store4(inverse + r * L::kSquareLd + c, tf32(x));
+        store4(inverse_operand + r * L::kInverseLd + c, x);
       });
 }
 
 template <class Scalar, int C, int K>
 __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs a) {
-  using L = PrepareLayout<C, K>;
+  using T = OperandOf<Scalar>;
+  using L = PrepareLayout<T, C, K>;
+  constexpr int kW = L::kPassColumns, kRowBlocks = C / kBlock, kColumnBlocks = kW / kBlock;
   extern __shared__ float4 shared_vectors[];
-  float* shared = reinterpret_cast<float*>(shared_vectors);
-  float* keys = shared + L::kKeys;
-  float* operand = shared + L::kOperand;
-  float* square = shared + L::kSquare;
-  float* inverse = shared + L::kInverse;
-  float* gamma = shared + L::kGamma;
-  float* beta = shared + L::kBeta;
-  float* row_scale = shared + L::kRowScale;
-  constexpr int kSquareTiles = C / kTile;
+  char* shared = reinterpret_cast<char*>(shared_vectors);
+  T* keys = reinterpret_cast<T*>(shared + L::kKeys);
+  T* operand = reinterpret_cast<T*>(shared + L::kOperand);
+  T* inverse_operand = reinterpret_cast<T*>(shared + L::kInverseOperand);
+  float* square = reinterpret_cast<float*>(shared + L::kSquare);
+  float* inverse = reinterpret_cast<float*>(shared + L::kInverse);
+  float* gamma = reinterpret_cast<float*>(shared + L::kGamma);
+  float* beta = reinterpret_cast<float*>(shared + L::kBeta);
+  float* row_scale = reinterpret_cast<float*>(shared + L::kRowScale);
   const int V = a.value_dim;
   const ChunkBlock block(a.tokens, a.heads, C);
   const bool delta_rule = a.beta != nullptr;
+  const int warp = threadIdx.x / 32;
 
   const ChunkRows<Scalar> k_rows(a.k, block);
   const ChunkRows<Scalar> v_rows(a.v, block);
-  load_chunk(keys, L::kKeysLd, k_rows, C, K, 0, nullptr, false);
+  // The keys as operands: exact, since they are the inputs' own type.
+  copy_rows(
+      C, K, [&](int r, int c) { return k_rows.load(r, c); },
+      [&](int r, int c, float4 x) { store4(keys + r * L::kKeysLd + c, x); });
   for (int i = threadIdx.x; i < C; i += kThreads) {
     const size_t token = block.token(i);
     // Padding tokens decay by nothing and write nothing, as in the LibTorch path's zero-padded chunks.
@@ -188,17 +205,15 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
   }
   if (threadIdx.x == 0) a.chunk_decay[block.chunk] = expf(gamma_last);
   __syncthreads();
-  // k ⊙ exp(γ_last − γ) leaves exact; the keys stay behind as TF32 operands.
   float* k_to_end = a.k_to_end + block.chunk * C * K;
   auto* k_to_end_copy = static_cast<__nv_bfloat16*>(a.copies.k_to_end);
   if (k_to_end_copy != nullptr) k_to_end_copy += block.chunk * C * K;
   copy_rows(
-      C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(keys + r * L::kKeysLd + c); },
+      C, K, [&](int r, int c) { return load_shared4(keys + r * L::kKeysLd + c); },
       [&](int r, int c, float4 x) {
         const float4 to_end = scaled(x, row_scale[r]);
         store4(k_to_end + r * K + c, to_end);
         if (k_to_end_copy != nullptr) store4(k_to_end_copy + r * K + c, to_end);
-        store4(keys + r * L::kKeysLd + c, tf32(x));
       });
   if (!delta_rule) {
     if (a.u == nullptr) return;
@@ -215,68 +230,69 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
       row_scale[i] = beta[i] * expf(gamma[i]);
     copy_rows(
         C, C, [&](int r, int c) { return load4(a.known_inverse + block.chunk * C * C + r * C + c); },
-        [&](int r, int c, float4 x) { store4(inverse + r * L::kSquareLd + c, tf32(x)); });
+        [&](int r, int c, float4 x) { store4(inverse_operand + r * L::kInverseLd + c, x); });
   } else {
-    form_inverse<C, K>(a, block, keys, square, inverse, beta, gamma, row_scale);
+    form_inverse<T, C, K>(a, block, keys, square, inverse, inverse_operand, beta, gamma, row_scale);
   }
   __syncthreads();
 
-  // w = T (β exp(γ) ⊙ k), then u = T (β ⊙ v), 64 columns at a time. T is lower triangular: row tile r
-  // needs depth (r + 1)·16.
-  const auto multiply_by_inverse = [&](float* out, int cols, int first_column) {
-    const int width = min(kColumnTile, cols - first_column);
-    for_each_tile_pair(kSquareTiles, width / kTile, [&](int r, int c) {
-      Accumulator acc;
-      wmma::fill_fragment(acc, 0.f);
-      multiply<wmma::row_major, C, L::kSquareLd, kColumnLd>(acc, inverse + r * kTile * L::kSquareLd,
-                                                            operand + c * kTile, (r + 1) * kTile);
-      wmma::store_matrix_sync(out + r * kTile * cols + first_column + c * kTile, acc, cols,
-                              wmma::mem_row_major);
+  // w = T (β exp(γ) ⊙ k), then u = T (β ⊙ v), kW columns at a time, each warp a 32 × 32 block. T is lower
+  // triangular: row block r needs depth 32(r + 1).
+  const auto multiply_by_inverse = [&](float* out, __nv_bfloat16* out_copy, int cols, int first_column) {
+    const int width = min(kW, cols - first_column);
+    const int r = warp / kColumnBlocks, c = warp % kColumnBlocks;
+    if (r >= kRowBlocks || c * kBlock >= width) return;
+    const int rows = r * kBlock, columns = c * kBlock;
+    WarpBlock acc;
+    dla::ops::kernels::clear(acc);
+    accumulate<Stored::by_row, Stored::by_column>(acc, inverse_operand + rows * L::kInverseLd, L::kInverseLd,
+                                                  operand + columns, L::kOperandLd, rows + kBlock);
+    for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
+      if (j >= width) return;
+      store_pair(out + i * cols + first_column + j, x, y);
+      if (out_copy != nullptr) store_pair(out_copy + i * cols + first_column + j, x, y);
     });
   };
-  for (int first_column = 0; first_column < K; first_column += kColumnTile) {
-    const int width = min(kColumnTile, K - first_column);
+  auto* w_copy = static_cast<__nv_bfloat16*>(a.copies.w);
+  if (w_copy != nullptr) w_copy += block.chunk * C * K;
+  for (int first_column = 0; first_column < K; first_column += kW) {
+    const int width = min(kW, K - first_column);
     copy_rows(
-        C, width,
-        [&](int r, int c) {
-          return *reinterpret_cast<const float4*>(keys + r * L::kKeysLd + first_column + c);
-        },
-        [&](int r, int c, float4 x) { store4(operand + r * kColumnLd + c, tf32(scaled(x, row_scale[r]))); });
+        C, width, [&](int r, int c) { return load_shared4(keys + r * L::kKeysLd + first_column + c); },
+        [&](int r, int c, float4 x) { store4(operand + r * L::kOperandLd + c, scaled(x, row_scale[r])); });
     __syncthreads();
-    multiply_by_inverse(a.w + block.chunk * C * K, K, first_column);
+    multiply_by_inverse(a.w + block.chunk * C * K, w_copy, K, first_column);
     __syncthreads();
-  }
-  if (a.copies.w != nullptr) {
-    // The block's own stores of w, visible after the barrier (plain loads: not the read-only cache's).
-    const float* w = a.w + block.chunk * C * K;
-    auto* w_copy = static_cast<__nv_bfloat16*>(a.copies.w) + block.chunk * C * K;
-    copy_rows(
-        C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(w + r * K + c); },
-        [&](int r, int c, float4 x) { store4(w_copy + r * K + c, x); });
   }
   if (a.u == nullptr) return;
-  for (int first_column = 0; first_column < V; first_column += kColumnTile) {
-    load_chunk(operand, kColumnLd, v_rows, C, min(kColumnTile, V - first_column), first_column, beta, true);
+  for (int first_column = 0; first_column < V; first_column += kW) {
+    copy_rows(
+        C, min(kW, V - first_column), [&](int r, int c) { return v_rows.load(r, first_column + c); },
+        [&](int r, int c, float4 x) { store4(operand + r * L::kOperandLd + c, scaled(x, beta[r])); });
     __syncthreads();
-    multiply_by_inverse(a.u + block.chunk * C * V, V, first_column);
+    multiply_by_inverse(a.u + block.chunk * C * V, nullptr, V, first_column);
     __syncthreads();
   }
 }
 
 // ---- chunk_output ----
 
-/// Shared-memory layout of chunk_output, in floats: the read operand [exp(γ) ⊙ q | P] of C rows and
-/// K + C columns, then one region that holds k while P is formed, then the [S ; v_new] rows of one
-/// 64-column tile, then that tile's output.
-template <int C, int K>
+/// Shared-memory layout of chunk_output, in bytes, for operands of type T: the read operand
+/// [exp(γ) ⊙ q | P ⊙ D] of C rows and K + C columns, then one region that holds k while P is formed and
+/// then the [S ; v_new] rows of one pass over the value columns.
+template <class T, int C, int K>
 struct OutputLayout {
-  static constexpr int kReadsLd = K + C + kPad;
-  static constexpr int kKeysLd = K + kPad;
+  // Value columns per pass: at C = 64 a 32 × 32 block of the output for each of the 8 warps (bf16);
+  // float32 operands take twice the room and pass 64 at a time.
+  static constexpr int kPassColumns = sizeof(T) == 2 ? 128 : 64;
+  static constexpr int kReadsLd = K + C + kOperandPad<T>;
+  static constexpr int kKeysLd = K + kOperandPad<T>;
+  static constexpr int kValueLd = kPassColumns + kOperandPad<T>;
   static constexpr int kReads = 0;
-  static constexpr int kRegion = kReads + C * kReadsLd;
-  static constexpr int kRegionFloats = larger(C * kKeysLd, (K + C) * kColumnLd);
-  static constexpr int kGamma = kRegion + kRegionFloats;
-  static constexpr int kFloats = kGamma + C;
+  static constexpr int kRegion = kReads + C * kReadsLd * sizeof(T);
+  static constexpr int kRegionBytes = larger(C * kKeysLd, (K + C) * kValueLd) * sizeof(T);
+  static constexpr int kGamma = kRegion + kRegionBytes;
+  static constexpr int kBytes = kGamma + C * sizeof(float);
 };
 
 struct OutputArgs {
@@ -287,96 +303,83 @@ struct OutputArgs {
   int tokens, heads, value_dim;
 };
 
-/// The rows of S and v_new each thread of chunk_output keeps in flight per value pass (64 columns): all of
-/// them up to K = 128, in one round of loads; at most 12, which K = 256 would spill otherwise.
-template <int C, int K>
-constexpr int kOutputRowsInFlight = (K + C) * (kColumnTile / 4) / kThreads < 12
-                                        ? (K + C) * (kColumnTile / 4) / kThreads
+/// The rows of S and v_new each thread of chunk_output keeps in flight per value pass: all of them in one
+/// round of loads where that is at most 12; more would spill.
+template <int C, int K, int Columns>
+constexpr int kOutputRowsInFlight = (K + C) * (Columns / 4) / kThreads < 12
+                                        ? larger(1, (K + C) * (Columns / 4) / kThreads)
                                         : 12;
 
 template <class Scalar, int C, int K>
 __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a) {
-  using L = OutputLayout<C, K>;
-  constexpr int kLd = L::kReadsLd;
-  constexpr int kSquareTiles = C / kTile;
-  constexpr int kTilesPerWarp = larger(1, kSquareTiles * (kColumnTile / kTile) / kWarps);
+  using T = OperandOf<Scalar>;
+  using L = OutputLayout<T, C, K>;
+  constexpr int kLd = L::kReadsLd, kValueLd = L::kValueLd, kW = L::kPassColumns;
+  constexpr int kRowBlocks = C / kBlock, kColumnBlocks = kW / kBlock;
+  constexpr int kLowerBlocks = kRowBlocks * (kRowBlocks + 1) / 2;
+  static_assert(kLowerBlocks <= kWarps);
   extern __shared__ float4 shared_vectors[];
-  float* shared = reinterpret_cast<float*>(shared_vectors);
-  float* reads = shared + L::kReads;
-  float* region = shared + L::kRegion;
-  float* gamma = shared + L::kGamma;
+  char* shared = reinterpret_cast<char*>(shared_vectors);
+  T* reads = reinterpret_cast<T*>(shared + L::kReads);
+  T* region = reinterpret_cast<T*>(shared + L::kRegion);
+  float* gamma = reinterpret_cast<float*>(shared + L::kGamma);
   const int V = a.value_dim;
   const ChunkBlock block(a.tokens, a.heads, C);
   const int warp = threadIdx.x / 32;
 
-  // q and k in one round of loads.
+  // q and k in one round of loads; P's columns start as zeros (the blocks above the diagonal stay so).
   copy_row_pairs(ChunkRows<Scalar>(a.q, block), ChunkRows<Scalar>(a.k, block), C, K,
                  [&](int r, int c, RowPair x) {
-                   store4(reads + r * kLd + c, tf32(x.first));
-                   store4(region + r * L::kKeysLd + c, tf32(x.second));
+                   store4(reads + r * kLd + c, x.first);
+                   store4(region + r * L::kKeysLd + c, x.second);
                  });
+  for_each_entry(C, C, [&](int i, int j) { reads[i * kLd + K + j] = operand_of<T>(0.f); });
   for (int i = threadIdx.x; i < C; i += kThreads)
     gamma[i] = a.gamma[block.chunk * C + i];
   __syncthreads();
-  // P = q kᵀ into the columns after q, on and below the diagonal tiles.
-  for_each_tile(kSquareTiles, kSquareTiles, [&](int r, int c) {
-    if (c > r) return;
-    Accumulator acc;
-    wmma::fill_fragment(acc, 0.f);
-    multiply<wmma::col_major, K, kLd, L::kKeysLd>(acc, reads + r * kTile * kLd,
-                                                  region + c * kTile * L::kKeysLd);
-    store_shared(reads + r * kTile * kLd + K + c * kTile, acc, kLd);
-  });
+  // P = q kᵀ on and below the diagonal blocks, stored as (P ⊙ D) into the columns after q.
+  if (warp < kLowerBlocks) {
+    const int2 lower = lower_block(warp);
+    const int rows = lower.x * kBlock, columns = lower.y * kBlock;
+    WarpBlock acc;
+    dla::ops::kernels::clear(acc);
+    accumulate<Stored::by_row, Stored::by_row>(acc, reads + rows * kLd, kLd, region + columns * L::kKeysLd,
+                                               L::kKeysLd, K);
+    for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
+      const float first = j <= i ? x * expf(gamma[i] - gamma[j]) : 0.f;
+      const float second = j + 1 <= i ? y * expf(gamma[i] - gamma[j + 1]) : 0.f;
+      store_pair(reads + i * kLd + K + j, first, second);
+    });
+  }
   __syncthreads();
-  for_each_entry(C, C, [&](int i, int j) {
-    float& entry = reads[i * kLd + K + j];
-    entry = j <= i ? wmma::__float_to_tf32(entry * expf(gamma[i] - gamma[j])) : 0.f;
-  });
   copy_rows(
-      C, K, [&](int r, int c) { return *reinterpret_cast<const float4*>(reads + r * kLd + c); },
-      [&](int r, int c, float4 x) { store4(reads + r * kLd + c, tf32(scaled(x, expf(gamma[r])))); });
+      C, K, [&](int r, int c) { return load_shared4(reads + r * kLd + c); },
+      [&](int r, int c, float4 x) { store4(reads + r * kLd + c, scaled(x, expf(gamma[r]))); });
   __syncthreads();
 
   Scalar* out = static_cast<Scalar*>(a.out);
-  for (int first_column = 0; first_column < V; first_column += kColumnTile) {
-    const int width = min(kColumnTile, V - first_column);
+  for (int first_column = 0; first_column < V; first_column += kW) {
+    const int width = min(kW, V - first_column);
     // S's K rows and v_new's C rows, stacked as the region's K + C rows, in one round of loads.
     const float* states = a.states + block.chunk * K * V + first_column;
     const float* v_new = a.v_new + block.chunk * C * V + first_column;
-    copy_rows<kThreads, kOutputRowsInFlight<C, K>>(
+    copy_rows<kThreads, kOutputRowsInFlight<C, K, kW>>(
         K + C, width,
         [&](int r, int c) { return load4(r < K ? states + r * V + c : v_new + (r - K) * V + c); },
-        [&](int r, int c, float4 x) { store4(region + r * kColumnLd + c, tf32(x)); });
+        [&](int r, int c, float4 x) { store4(region + r * kValueLd + c, x); });
     __syncthreads();
-    // Row tile r reads q̂ against S, then P's columns up to its diagonal against v_new.
-    const int col_tiles = width / kTile;
-    Accumulator acc[kTilesPerWarp];
-#pragma unroll
-    for (int s = 0; s < kTilesPerWarp; ++s) {
-      const int tile = warp + s * kWarps;
-      if (tile >= kSquareTiles * col_tiles) continue;
-      const int r = tile / col_tiles, c = tile % col_tiles;
-      wmma::fill_fragment(acc[s], 0.f);
-      multiply<wmma::row_major, K, kLd, kColumnLd>(acc[s], reads + r * kTile * kLd, region + c * kTile);
-      multiply<wmma::row_major, C, kLd, kColumnLd>(acc[s], reads + r * kTile * kLd + K,
-                                                   region + K * kColumnLd + c * kTile, (r + 1) * kTile);
+    // Row block r reads q̂ against S, then P's columns up to its diagonal against v_new.
+    const int r = warp / kColumnBlocks, c = warp % kColumnBlocks;
+    if (r < kRowBlocks && c * kBlock < width) {
+      WarpBlock acc;
+      dla::ops::kernels::clear(acc);
+      accumulate<Stored::by_row, Stored::by_column>(acc, reads + r * kBlock * kLd, kLd, region + c * kBlock,
+                                                    kValueLd, K + (r + 1) * kBlock);
+      for_each_block_pair(acc, r * kBlock, c * kBlock, [&](int i, int j, float x, float y) {
+        if (i < block.valid && j < width)
+          store_pair(out + block.token(i) * V + first_column + j, a.scale * x, a.scale * y);
+      });
     }
-    __syncthreads();  // the values are read: the region takes the output tile
-#pragma unroll
-    for (int s = 0; s < kTilesPerWarp; ++s) {
-      const int tile = warp + s * kWarps;
-      if (tile >= kSquareTiles * col_tiles) continue;
-      const int r = tile / col_tiles, c = tile % col_tiles;
-      store_shared(region + r * kTile * kColumnLd + c * kTile, acc[s], kColumnLd);
-    }
-    __syncthreads();
-    copy_rows(
-        block.valid, width,
-        [&](int r, int c) { return *reinterpret_cast<const float4*>(region + r * kColumnLd + c); },
-        [&](int r, int c, float4 x) {
-          const size_t row = block.token(r);
-          store4(out + row * V + first_column + c, scaled(x, a.scale));
-        });
     __syncthreads();
   }
 }
@@ -401,7 +404,11 @@ bool supports_chunk_stages(const ChunkStageDims& d) {
   const size_t limit = static_cast<size_t>(std::max(max_shared_bytes(), 0));
   bool fits = false;
   const bool instantiated = with_stage_shape(d, [&]<int C, int K>() {
-    fits = sizeof(float) * std::max(PrepareLayout<C, K>::kFloats, OutputLayout<C, K>::kFloats) <= limit;
+    const size_t output_bytes = d.bf16 ? OutputLayout<OperandOf<__nv_bfloat16>, C, K>::kBytes
+                                       : OutputLayout<OperandOf<float>, C, K>::kBytes;
+    const size_t prepare_bytes = d.bf16 ? PrepareLayout<OperandOf<__nv_bfloat16>, C, K>::kBytes
+                                        : PrepareLayout<OperandOf<float>, C, K>::kBytes;
+    fits = prepare_bytes <= limit && output_bytes <= limit;
   });
   return instantiated && fits;
 }
@@ -427,9 +434,11 @@ const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g
                          static_cast<int>(dims.value_dim)};
   const char* error = "chunk_prepare: no kernel for this chunk length and key dim";
   with_stage_shape(dims, [&]<int C, int K>() {
-    constexpr int kFloats = PrepareLayout<C, K>::kFloats;
-    error = dims.bf16 ? launch(chunk_prepare_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
-                      : launch(chunk_prepare_kernel<float, C, K>, args, kFloats, dims, stream);
+    // launch counts shared memory in floats; both layouts' sizes are multiples of 16 bytes.
+    constexpr int kBf16Floats = PrepareLayout<OperandOf<__nv_bfloat16>, C, K>::kBytes / 4;
+    constexpr int kFloatFloats = PrepareLayout<OperandOf<float>, C, K>::kBytes / 4;
+    error = dims.bf16 ? launch(chunk_prepare_kernel<__nv_bfloat16, C, K>, args, kBf16Floats, dims, stream)
+                      : launch(chunk_prepare_kernel<float, C, K>, args, kFloatFloats, dims, stream);
   });
   return error;
 }
@@ -449,9 +458,11 @@ const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* ga
                         static_cast<int>(dims.value_dim)};
   const char* error = "chunk_output: no kernel for this chunk length and key dim";
   with_stage_shape(dims, [&]<int C, int K>() {
-    constexpr int kFloats = OutputLayout<C, K>::kFloats;
-    error = dims.bf16 ? launch(chunk_output_kernel<__nv_bfloat16, C, K>, args, kFloats, dims, stream)
-                      : launch(chunk_output_kernel<float, C, K>, args, kFloats, dims, stream);
+    // launch counts shared memory in floats; both layouts' sizes are multiples of 16 bytes.
+    constexpr int kBf16Floats = OutputLayout<OperandOf<__nv_bfloat16>, C, K>::kBytes / 4;
+    constexpr int kFloatFloats = OutputLayout<OperandOf<float>, C, K>::kBytes / 4;
+    error = dims.bf16 ? launch(chunk_output_kernel<__nv_bfloat16, C, K>, args, kBf16Floats, dims, stream)
+                      : launch(chunk_output_kernel<float, C, K>, args, kFloatFloats, dims, stream);
   });
   return error;
 }

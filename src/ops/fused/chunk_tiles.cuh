@@ -1,8 +1,8 @@
-// Device-side building blocks of the fused op's per-chunk kernels (chunk_stages.cu, chunk_gradients.cu):
-// one thread block per (chunk, batch·head), of kThreads unless a kernel picks another `Threads`, moves chunk
-// rows between global and shared memory with vector loads, and multiplies shared-memory tiles on TF32 tensor
-// cores (WMMA m16n16k8, float32 accumulators). Operands are rounded to TF32 once, when they are written to
-// shared memory.
+// Device-side building blocks of the per-chunk kernels (the fused op's chunk_stages.cu and
+// chunk_gradients.cu, the multi-state forms' chunk_products.cuh): one thread block per chunk, of kThreads
+// unless a kernel picks another `Threads`, moves chunk rows between global and shared memory with vector
+// loads, and multiplies shared-memory operands on tensor cores: the fused op's kernels with a warp's 32 × 32
+// block in registers (../warp_block.cuh), the multi-state ones on WMMA 16 × 16 TF32 tiles.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "../cuda_launch.cuh"
+#include "../warp_block.cuh"
 #include "../wmma_shared.cuh"
 #include "kernels.h"
 
@@ -25,12 +26,9 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;  // WMMA tile edge, and the block edge of the blocked inverse
 constexpr int kStep = 8;   // WMMA depth of one TF32 product
-// Shared rows are padded so that the WMMA fragment loads hit 32 distinct banks: rows read as A or as a
-// column-major B by 4 floats (row length ≡ 4 mod 32), rows read as a row-major B by 8 (≡ 8 mod 32).
+// Shared float32 rows are padded by 4 floats (row length ≡ 4 mod 32), so that the WMMA fragment loads of rows
+// read as A or as a column-major B hit 32 distinct banks.
 constexpr int kPad = 4;
-constexpr int kRowMajorBPad = 8;
-constexpr int kColumnTile = 64;  // columns of w, u or the output per pass over a shared B operand
-constexpr int kColumnLd = kColumnTile + kRowMajorBPad;
 constexpr int kInFlight = 4;  // vector loads each thread keeps in flight
 
 /// std::max for the kernels' compile-time sizes (nvcc keeps std::max to host code).
@@ -39,29 +37,8 @@ __host__ __device__ constexpr int larger(int a, int b) {
 }
 
 using Accumulator = wmma::fragment<wmma::accumulator, kTile, kTile, kStep, float>;
-using OperandA = wmma::fragment<wmma::matrix_a, kTile, kTile, kStep, wmma::precision::tf32, wmma::row_major>;
 template <class Layout>
 using OperandB = wmma::fragment<wmma::matrix_b, kTile, kTile, kStep, wmma::precision::tf32, Layout>;
-
-/// acc += A B over the depth steps j < depth (a multiple of 8, at most MaxDepth), operands in shared memory
-/// already rounded to TF32: A 16 × depth row-major with rows ALd apart; row-major B is B(i, j) = b[i·BLd +
-/// j], column-major B is B(i, j) = b[i + j·BLd], e.g. the transpose of a row-major block. Unroll steps are
-/// unrolled (0: all), fewer where several accumulators stay live and the loads of a full unroll would spill.
-template <class BLayout, int MaxDepth, int ALd, int BLd, int Unroll = 0>
-__device__ void multiply(Accumulator& acc, const float* a, const float* b, int depth = MaxDepth) {
-  constexpr bool kRowMajor = std::is_same_v<BLayout, wmma::row_major>;
-  constexpr int kUnroll = Unroll > 0 ? Unroll : MaxDepth / kStep;
-#pragma unroll kUnroll
-  for (int j = 0; j < MaxDepth; j += kStep) {
-    if (j < depth) {
-      OperandA a_fragment;
-      OperandB<BLayout> b_fragment;
-      load_shared(a_fragment, a + j, ALd);
-      load_shared(b_fragment, kRowMajor ? b + j * BLd : b + j, BLd);
-      wmma::mma_sync(acc, a_fragment, b_fragment, acc);
-    }
-  }
-}
 
 // ---- warp scans and sums ----
 
@@ -138,6 +115,18 @@ inline __device__ void store4(__nv_bfloat16* p, float4 x) {
   raw.x = *reinterpret_cast<const unsigned*>(&low);
   raw.y = *reinterpret_cast<const unsigned*>(&high);
   *reinterpret_cast<uint2*>(p) = raw;
+}
+
+/// Four entries of shared memory as float32.
+inline __device__ float4 load_shared4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+
+inline __device__ float4 load_shared4(const __nv_bfloat16* p) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const float2 low = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 high = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(low.x, low.y, high.x, high.y);
 }
 
 /// The same columns of two rows, loaded together.
@@ -254,19 +243,6 @@ __device__ void copy_row_pairs(const ChunkRows<Scalar>& first, const ChunkRows<S
       sink);
 }
 
-/// dst[r][c] (rows dst_ld apart) = src[r][c + first_column] for r < rows, c < cols (a multiple of 4),
-/// times row_scale[r] unless null, and rounded to TF32 when `round`.
-template <int Threads = kThreads, class Scalar>
-__device__ void load_chunk(float* dst, int dst_ld, const ChunkRows<Scalar>& src, int rows, int cols,
-                           int first_column, const float* row_scale, bool round) {
-  copy_rows<Threads>(
-      rows, cols, [&](int r, int c) { return src.load(r, first_column + c); },
-      [&](int r, int c, float4 x) {
-        const float4 y = row_scale != nullptr ? scaled(x, row_scale[r]) : x;
-        store4(dst + r * dst_ld + c, round ? tf32(y) : y);
-      });
-}
-
 /// The row tile and column tile of each warp's share of a (C / 16) × col_tiles grid of 16 × 16 tiles:
 /// f(r, c) for every tile index warp, warp + Threads / 32, …
 template <int Threads = kThreads, class F>
@@ -275,17 +251,74 @@ __device__ void for_each_tile(int row_tiles, int col_tiles, F f) {
     f(tile / col_tiles, tile % col_tiles);
 }
 
-/// f(r, c) for every tile of a row_tiles × col_tiles grid whose row tiles cost in proportion to their depth
-/// under a triangular factor (r + 1 or row_tiles − r tiles): a warp takes row tiles r and row_tiles − 1 − r
-/// of one column tile together, so that every warp's share costs about the same.
-template <int Threads = kThreads, class F>
-__device__ void for_each_tile_pair(int row_tiles, int col_tiles, F f) {
-  const int pairs = (row_tiles + 1) / 2;
-  for (int unit = threadIdx.x / 32; unit < pairs * col_tiles; unit += Threads / 32) {
-    const int r = unit / col_tiles, c = unit % col_tiles;
-    f(r, c);
-    if (row_tiles - 1 - r != r) f(row_tiles - 1 - r, c);
-  }
+// ---- warp blocks: a warp's 32 × 32 block of a product in registers (../warp_block.cuh) ----
+
+using dla::ops::kernels::kBlock;
+using dla::ops::kernels::Stored;
+using dla::ops::kernels::WarpBlock;
+
+/// The element type of the shared operands of the kernels built on warp blocks: bf16 for bf16 inputs (bf16
+/// tensor cores, fragments by ldmatrix), float32 for float32 inputs (rounded to TF32 as the fragments load).
+template <class Scalar>
+using OperandOf = std::conditional_t<std::is_same_v<Scalar, __nv_bfloat16>, __nv_bfloat16, float>;
+
+/// Operand rows are padded by 16 bytes, so that the eight rows of an 8 × 8 fragment block (ldmatrix) or the
+/// rows a TF32 fragment reads fall on distinct banks.
+template <class T>
+constexpr int kOperandPad = 16 / static_cast<int>(sizeof(T));
+
+/// block += A B over `depth` (a multiple of 16), the warp's 32 output rows of A and 32 output columns of B
+/// starting at their first entries a and b, stored kA and kB (rows ld apart): bf16 operands on bf16 tensor
+/// cores, float32 ones in TF32.
+template <Stored kA, Stored kB, class T>
+__device__ void accumulate(WarpBlock& block, const T* a, int a_ld, const T* b, int b_ld, int depth) {
+  using dla::ops::kernels::Operand;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    dla::ops::kernels::multiply_accumulate_bf16<kA, false, kB, false>(block, Operand<T>{a, a_ld},
+                                                                      Operand<T>{b, b_ld}, depth);
+  else
+    dla::ops::kernels::multiply_accumulate<kA, false, kB, false>(block, Operand<T>{a, a_ld},
+                                                                 Operand<T>{b, b_ld}, depth);
+}
+
+/// The lower 32 × 32 block s of a C × C matrix, row by row: (row block, column block).
+inline __device__ int2 lower_block(int s) {
+  int r = 0;
+  while ((r + 1) * (r + 2) / 2 <= s)
+    ++r;
+  return make_int2(r, s - r * (r + 1) / 2);
+}
+
+/// f(row, column, x, y) for the entries (row, column) and (row, column + 1) of the warp's block whose first
+/// entry is (first_row, first_column), for every pair the lane holds.
+template <class F>
+__device__ void for_each_block_pair(const WarpBlock& block, int first_row, int first_column, F f) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        f(first_row + 16 * m + 8 * h + g, first_column + 8 * n + 2 * t, block.c[m][n][2 * h],
+          block.c[m][n][2 * h + 1]);
+}
+
+/// Stores x and y at p[0] and p[1], as float32 or bf16.
+inline __device__ void store_pair(float* p, float x, float y) {
+  *reinterpret_cast<float2*>(p) = make_float2(x, y);
+}
+inline __device__ void store_pair(__nv_bfloat16* p, float x, float y) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
+}
+
+/// x as an operand of type T.
+template <class T>
+inline __device__ T operand_of(float x) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __float2bfloat16_rn(x);
+  else
+    return x;
 }
 
 /// A (chunk length, key dim) pair a kernel is instantiated for.
