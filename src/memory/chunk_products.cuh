@@ -132,6 +132,21 @@ class BlockRows {
       store4(static_cast<float*>(first_) + at, x);
   }
 
+  /// Columns c and c + 1 of row r (c even), as a warp block's lane holds them.
+  __device__ float2 load2(int r, int c) const {
+    const int64_t at = r * row_ + c;
+    return bf16_ ? __bfloat1622float2(*(static_cast<const __nv_bfloat162*>(first_) + at / 2))
+                 : *reinterpret_cast<const float2*>(static_cast<const float*>(first_) + at);
+  }
+
+  __device__ void store2(int r, int c, float x, float y) const {
+    const int64_t at = r * row_ + c;
+    if (bf16_)
+      store_pair(static_cast<__nv_bfloat16*>(first_) + at, x, y);
+    else
+      store_pair(static_cast<float*>(first_) + at, x, y);
+  }
+
  private:
   void* first_;
   bool bf16_;
@@ -147,10 +162,11 @@ struct MatrixRows {
 };
 
 /// What copy_operands moves: columns [first, first + cols) of the chunk's C rows of source (BlockRows or
-/// MatrixRows) to dst, rows dst_ld apart, rounded to TF32 (an operand) unless `exact`.
-template <class Source>
+/// MatrixRows) to dst (float32, or bf16: rounded), rows dst_ld apart; a float32 operand is rounded to TF32
+/// unless `exact`.
+template <class Source, class Dst = float>
 struct OperandCopy {
-  float* dst;
+  Dst* dst;
   int dst_ld;
   Source source;
   int first = 0;
@@ -158,14 +174,16 @@ struct OperandCopy {
 };
 
 /// C rows of a ChunkedRows operand, from column `first`, as an operand.
-__device__ inline OperandCopy<BlockRows> operand(float* dst, int dst_ld, const BlockRows& rows,
-                                                 int first = 0) {
+template <class Dst>
+__device__ inline OperandCopy<BlockRows, Dst> operand(Dst* dst, int dst_ld, const BlockRows& rows,
+                                                      int first = 0) {
   return {dst, dst_ld, rows, first};
 }
 
 /// C rows of a global float32 matrix (rows src_ld apart from src), from column `first`, as an operand.
-__device__ inline OperandCopy<MatrixRows> operand(float* dst, int dst_ld, const float* src, int64_t src_ld,
-                                                  int first = 0) {
+template <class Dst>
+__device__ inline OperandCopy<MatrixRows, Dst> operand(Dst* dst, int dst_ld, const float* src, int64_t src_ld,
+                                                       int first = 0) {
   return {dst, dst_ld, {src, src_ld}, first};
 }
 
@@ -180,29 +198,37 @@ struct Vectors {
   float4 v[N];
 };
 
+/// x as copy_operands stores it to dst.
+__device__ inline void store_copied(float* dst, float4 x, bool exact) {
+  store4(dst, exact ? x : tf32(x));
+}
+__device__ inline void store_copied(__nv_bfloat16* dst, float4 x, bool) {
+  store4(dst, x);
+}
+
 /// The copies, `cols` columns each, in one round of loads: a thread issues its loads for all of them before
 /// it waits for any, instead of one round trip to global memory per operand.
-template <class... Sources>
-__device__ inline void copy_operands(int cols, const OperandCopy<Sources>&... copies) {
+template <class... Sources, class... Dsts>
+__device__ inline void copy_operands(int cols, const OperandCopy<Sources, Dsts>&... copies) {
   constexpr int kCount = sizeof...(Sources);
   copy_rows<kBlockThreads>(
       kC, cols, [&](int r, int c) { return Vectors<kCount>{{copies.source.load(r, copies.first + c)...}}; },
       [&](int r, int c, const Vectors<kCount>& x) {
         int i = 0;
-        ((store4(copies.dst + r * copies.dst_ld + c, copies.exact ? x.v[i] : tf32(x.v[i])), ++i), ...);
+        ((store_copied(copies.dst + r * copies.dst_ld + c, x.v[i], copies.exact), ++i), ...);
       });
 }
 
-/// Both kernels' first operands: q and k into their C × K slots (rows wide_ld apart), and the chunk's T and Λ
-/// (exactly) from a.t_inverse and a.lam_in into theirs, Λ alone for SSD. Two rounds of loads; complete after
-/// the block's next barrier.
-template <bool kDeltaRule, class Args>
+/// Both kernels' first operands: q and k into their C × K slots (rows wide_ld apart), and the chunk's T
+/// (rows square_ld apart) and Λ (exactly, rows kSquareLd apart) from a.t_inverse and a.lam_in into theirs,
+/// Λ alone for SSD. Two rounds of loads; complete after the block's next barrier.
+template <bool kDeltaRule, class Args, class T>
 __device__ inline void load_chunk_operands(const Args& a, size_t pairs_at, const BlockRows& q_rows,
-                                           const BlockRows& k_rows, int K, int wide_ld, float* queries,
-                                           float* keys, float* inverse, float* lam) {
+                                           const BlockRows& k_rows, int K, int wide_ld, T* queries, T* keys,
+                                           int square_ld, T* inverse, float* lam) {
   copy_operands(K, operand(queries, wide_ld, q_rows), operand(keys, wide_ld, k_rows));
   if constexpr (kDeltaRule)
-    copy_operands(kC, operand(inverse, kSquareLd, a.t_inverse + pairs_at, kC),
+    copy_operands(kC, operand(inverse, square_ld, a.t_inverse + pairs_at, kC),
                   exact_copy(lam, kSquareLd, a.lam_in + pairs_at, kC));
   else
     copy_operands(kC, exact_copy(lam, kSquareLd, a.lam_in + pairs_at, kC));

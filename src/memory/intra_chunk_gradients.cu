@@ -89,7 +89,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     gamma[i] = a.g[chunk * kC + i];
   __syncthreads();
   cumsum_in_warp(gamma, kC);
-  load_chunk_operands<kDeltaRule>(a, pairs_at, q_rows, k_rows, K, kWideLd, wide0, keys, inverse, lam);
+  load_chunk_operands<kDeltaRule>(a, pairs_at, q_rows, k_rows, K, kWideLd, wide0, keys, kSquareLd, inverse,
+                                  lam);
   __syncthreads();
   for (int i = threadIdx.x; i < kC; i += kBlockThreads) {
     exp_gamma[i] = expf(gamma[i]);
@@ -410,11 +411,17 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 }  // namespace
 
 bool supports_intra_chunk_gradients(const IntraChunkGradientDims& dims) {
-  return chunk_products::supports_chunk_dims(dims, Layout<64>::kFloats, Layout<128>::kFloats);
+  // Either kernel may run: both layouts must fit.
+  const auto floats = [](size_t tf32_floats, int64_t key_dim) {
+    return std::max(tf32_floats, intra_chunk_gradients_bf16_bytes(key_dim) / sizeof(float));
+  };
+  return chunk_products::supports_chunk_dims(dims, floats(Layout<64>::kFloats, 64),
+                                             floats(Layout<128>::kFloats, 128));
 }
 
 const char* intra_chunk_gradients(const IntraChunkGradientArgs& args, const IntraChunkGradientDims& dims,
                                   void* stream) {
+  if (args.q.bf16) return intra_chunk_gradients_bf16(args, dims, stream);
   return chunk_products::with_chunk_kernel(dims, [&](auto delta_rule, auto key_dim) {
     return chunk_products::launch_per_chunk(
         intra_chunk_gradients_kernel<decltype(delta_rule)::value, decltype(key_dim)::value>, args, dims,

@@ -6,6 +6,7 @@
 // IntraChunkTerms with B·H·N flattened into one leading dim of chunks; `stream` is a cudaStream_t.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace dla::memory::kernels {
@@ -59,8 +60,15 @@ struct IntraChunkGradientArgs {
 /// of 32, and its shared memory within the device's limit.
 bool supports_intra_chunk_gradients(const IntraChunkGradientDims& dims);
 
-/// nullptr on success, else the CUDA error's text.
+/// nullptr on success, else the CUDA error's text. bf16 inputs (args.q.bf16) run the kernel of
+/// intra_chunk_gradients_bf16.cu, float32 ones the TF32 kernel.
 const char* intra_chunk_gradients(const IntraChunkGradientArgs& args, const IntraChunkGradientDims& dims,
                                   void* stream);
+
+/// The bf16 kernel (bf16 operands and tensor cores) and the shared memory it takes for a key dim of 64 or
+/// 128; intra_chunk_gradients launches it.
+const char* intra_chunk_gradients_bf16(const IntraChunkGradientArgs& args, const IntraChunkGradientDims& dims,
+                                       void* stream);
+size_t intra_chunk_gradients_bf16_bytes(int64_t key_dim);
 
 }  // namespace dla::memory::kernels
