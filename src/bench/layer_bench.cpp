@@ -110,7 +110,15 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
     at::NoGradGuard no_grad;
     fwd_ms = time_ms(device, o.warmup, o.iters, forward);
   }
-  const double fwd_bwd_ms = time_ms(device, o.warmup, o.iters, [&] { forward().backward(grad_out); });
+  // Each backward starts without input gradients, as in training (a layer's inputs are fresh activations each
+  // step) and in Triton's do_bench(grad_to_none=…): otherwise autograd adds every run's gradients to the last
+  // run's, kernels that a training step never runs.
+  const auto forward_backward = [&] {
+    for (const at::Tensor& leaf : {q, k, v, g, beta, lam, u})
+      leaf.mutable_grad().reset();
+    forward().backward(grad_out);
+  };
+  const double fwd_bwd_ms = time_ms(device, o.warmup, o.iters, forward_backward);
   nlohmann::json result = {{"mixer", o.mixer},
                            {"memory", o.memory},
                            {"levels", levels},
@@ -128,7 +136,7 @@ nlohmann::json bench_layer(const LayerBenchOptions& o) {
                            {"fwd_ms", fwd_ms},
                            {"fwd_bwd_ms", fwd_bwd_ms}};
   if (!o.profile.empty()) {
-    result["profile"] = profile_kernels([&] { forward().backward(grad_out); }, o.profile, q.is_cuda());
+    result["profile"] = profile_kernels(forward_backward, o.profile, q.is_cuda());
     if (q.is_cuda()) result["profile_by_op"] = kernel_time_by_op(o.profile);
   }
   return result;
