@@ -84,20 +84,13 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   // P ⊙ D = (q kᵀ) ⊙ D on and below the diagonal blocks; for SSD (R = P) also R ⊙ Λ. No product reads the
   // blocks above the diagonal, which are never written.
   if (warp < kLowerBlocks) {
-    const int2 lower = lower_block(warp);
-    const int rows = lower.x * kBlock, columns = lower.y * kBlock;
-    WarpBlock acc;
-    dla::ops::kernels::clear(acc);
-    accumulate<Stored::by_row, Stored::by_row>(acc, queries + rows * kWideLd, kWideLd,
-                                               keys + columns * kWideLd, kWideLd, K);
-    for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
-      const float first = j <= i ? x * expf(gamma[i] - gamma[j]) : 0.f;
-      const float second = j + 1 <= i ? y * expf(gamma[i] - gamma[j + 1]) : 0.f;
-      store_pair(pairs + i * kOperandSquareLd + j, first, second);
-      if constexpr (!kDeltaRule)
-        store_pair(weighted + i * kOperandSquareLd + j, first * lam[i * kSquareLd + j],
-                   second * lam[i * kSquareLd + j + 1]);
-    });
+    for_each_decayed_pair(warp, queries, kWideLd, keys, kWideLd, K, gamma,
+                          [&](int i, int j, float x, float y) {
+                            store_pair(pairs + i * kOperandSquareLd + j, x, y);
+                            if constexpr (!kDeltaRule)
+                              store_pair(weighted + i * kOperandSquareLd + j, x * lam[i * kSquareLd + j],
+                                         y * lam[i * kSquareLd + j + 1]);
+                          });
   }
   __syncthreads();
   if constexpr (kDeltaRule) {

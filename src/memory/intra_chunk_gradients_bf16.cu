@@ -154,22 +154,15 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   // P = (q kᵀ) ⊙ D and k kᵀ ⊙ D on and below the diagonal blocks; for SSD (R = P) also R ⊙ Λ.
   if (warp < (kDeltaRule ? 2 : 1) * kLowerBlocks) {
     const bool key_product = warp >= kLowerBlocks;
-    const int2 lower = lower_block(warp % kLowerBlocks);
-    const int rows = lower.x * kBlock, columns = lower.y * kBlock;
-    WarpBlock acc;
-    dla::ops::kernels::clear(acc);
-    accumulate<Stored::by_row, Stored::by_row>(acc, (key_product ? keys : queries) + rows * kWideLd, kWideLd,
-                                               keys + columns * kWideLd, kWideLd, K);
-    for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
-      const float first = j <= i ? x * expf(gamma[i] - gamma[j]) : 0.f;
-      const float second = j + 1 <= i ? y * expf(gamma[i] - gamma[j + 1]) : 0.f;
-      store_pair((key_product ? key_pairs : pairs) + i * kSquareLd + j, first, second);
-      if (key_product) return;
-      store_pair(pair_operand + i * kOperandLd + j, first, second);
-      if constexpr (!kDeltaRule)
-        store_pair(read_operand + i * kOperandLd + j, first * lam[i * kSquareLd + j],
-                   second * lam[i * kSquareLd + j + 1]);
-    });
+    for_each_decayed_pair(warp % kLowerBlocks, key_product ? keys : queries, kWideLd, keys, kWideLd, K, gamma,
+                          [&](int i, int j, float x, float y) {
+                            store_pair((key_product ? key_pairs : pairs) + i * kSquareLd + j, x, y);
+                            if (key_product) return;
+                            store_pair(pair_operand + i * kOperandLd + j, x, y);
+                            if constexpr (!kDeltaRule)
+                              store_pair(read_operand + i * kOperandLd + j, x * lam[i * kSquareLd + j],
+                                         y * lam[i * kSquareLd + j + 1]);
+                          });
   }
   __syncthreads();
   // R = P T (row block r of P ends at its diagonal, column block c of T starts at its own), and R ⊙ Λ.

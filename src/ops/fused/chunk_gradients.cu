@@ -96,17 +96,9 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
   __syncthreads();
   // P ⊙ D = (q kᵀ) ⊙ D on and below the diagonal blocks.
   if (warp < kLowerBlocks) {
-    const int2 lower = lower_block(warp);
-    const int rows = lower.x * kBlock, columns = lower.y * kBlock;
-    WarpBlock acc;
-    dla::ops::kernels::clear(acc);
-    accumulate<Stored::by_row, Stored::by_row>(acc, queries + rows * kKeysLd, kKeysLd,
-                                               keys + columns * kKeysLd, kKeysLd, K);
-    for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
-      const float first = j <= i ? x * expf(gamma[i] - gamma[j]) : 0.f;
-      const float second = j + 1 <= i ? y * expf(gamma[i] - gamma[j + 1]) : 0.f;
-      store_pair(pairs + i * kSquareLd + j, first, second);
-    });
+    for_each_decayed_pair(
+        warp, queries, kKeysLd, keys, kKeysLd, K, gamma,
+        [&](int i, int j, float x, float y) { store_pair(pairs + i * kSquareLd + j, x, y); });
   }
   __syncthreads();
 

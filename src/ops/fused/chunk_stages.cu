@@ -339,17 +339,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
   __syncthreads();
   // P = q kᵀ on and below the diagonal blocks, stored as (P ⊙ D) into the columns after q.
   if (warp < kLowerBlocks) {
-    const int2 lower = lower_block(warp);
-    const int rows = lower.x * kBlock, columns = lower.y * kBlock;
-    WarpBlock acc;
-    dla::ops::kernels::clear(acc);
-    accumulate<Stored::by_row, Stored::by_row>(acc, reads + rows * kLd, kLd, region + columns * L::kKeysLd,
-                                               L::kKeysLd, K);
-    for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
-      const float first = j <= i ? x * expf(gamma[i] - gamma[j]) : 0.f;
-      const float second = j + 1 <= i ? y * expf(gamma[i] - gamma[j + 1]) : 0.f;
-      store_pair(reads + i * kLd + K + j, first, second);
-    });
+    for_each_decayed_pair(warp, reads, kLd, region, L::kKeysLd, K, gamma,
+                          [&](int i, int j, float x, float y) { store_pair(reads + i * kLd + K + j, x, y); });
   }
   __syncthreads();
   copy_rows(

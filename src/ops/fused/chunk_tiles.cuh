@@ -304,6 +304,23 @@ __device__ void for_each_block_pair(const WarpBlock& block, int first_row, int f
           block.c[m][n][2 * h + 1]);
 }
 
+/// The warp's lower block s (lower_block) of (a bᵀ) ⊙ D, with a and b the C rows of by-row operands (rows
+/// a_ld and b_ld apart, `depth` columns) and D_ij = exp(γ_i − γ_j) on and below the diagonal, zero above it:
+/// f(i, j, x, y) for the entries (i, j) and (i, j + 1) of every pair the lane holds.
+template <class T, class F>
+__device__ void for_each_decayed_pair(int s, const T* a, int a_ld, const T* b, int b_ld, int depth,
+                                      const float* gamma, F f) {
+  const int2 lower = lower_block(s);
+  const int rows = lower.x * kBlock, columns = lower.y * kBlock;
+  WarpBlock acc;
+  dla::ops::kernels::clear(acc);
+  accumulate<Stored::by_row, Stored::by_row>(acc, a + rows * a_ld, a_ld, b + columns * b_ld, b_ld, depth);
+  for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
+    f(i, j, j <= i ? x * expf(gamma[i] - gamma[j]) : 0.f,
+      j + 1 <= i ? y * expf(gamma[i] - gamma[j + 1]) : 0.f);
+  });
+}
+
 /// Stores x and y at p[0] and p[1], as float32 or bf16.
 inline __device__ void store_pair(float* p, float x, float y) {
   *reinterpret_cast<float2*>(p) = make_float2(x, y);
