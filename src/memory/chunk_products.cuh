@@ -84,6 +84,20 @@ __device__ inline void lower_product(float* out, const float* p, const float* t)
   }
 }
 
+/// The warp's lower block s (lower_block) of R = P T for lower-triangular C × C operands P and T (rows ld
+/// apart): row block r of P ends at its diagonal and column block c of T starts at its own, so the depth runs
+/// over blocks c..r. f(i, j, x, y) for the entries (i, j) and (i, j + 1) of every pair the lane holds.
+template <class T, class F>
+__device__ void for_each_read_pair(int s, const T* pairs, const T* inverse, int ld, F f) {
+  const int2 lower = lower_block(s);
+  const int rows = lower.x * kBlock, columns = lower.y * kBlock;
+  WarpBlock acc;
+  dla::ops::kernels::clear(acc);
+  accumulate<Stored::by_row, Stored::by_column>(
+      acc, pairs + rows * ld + columns, ld, inverse + columns * ld + columns, ld, rows + kBlock - columns);
+  for_each_block_pair(acc, rows, columns, f);
+}
+
 /// The lower-triangular 16 × 16 tiles of a C × C matrix, row by row: f(r, c) for the warp's share.
 template <class F>
 __device__ inline void for_each_lower_tile(F f) {

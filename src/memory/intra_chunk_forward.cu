@@ -99,14 +99,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     // R ⊙ Λ with R = P T (row block r of P ends at its diagonal, column block c of T starts at its own) and
     // P W, on warps of their own.
     if (warp < kLowerBlocks) {
-      const int2 lower = lower_block(warp);
-      const int rows = lower.x * kBlock, columns = lower.y * kBlock;
-      WarpBlock acc;
-      dla::ops::kernels::clear(acc);
-      accumulate<Stored::by_row, Stored::by_column>(
-          acc, pairs + rows * kOperandSquareLd + columns, kOperandSquareLd,
-          inverse + columns * kOperandSquareLd + columns, kOperandSquareLd, rows + kBlock - columns);
-      for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
+      for_each_read_pair(warp, pairs, inverse, kOperandSquareLd, [&](int i, int j, float x, float y) {
         store_pair(weighted + i * kOperandSquareLd + j, x * lam[i * kSquareLd + j],
                    y * lam[i * kSquareLd + j + 1]);
       });

@@ -169,14 +169,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const float* reads_of_keys = kDeltaRule ? reads : pairs;
   if constexpr (kDeltaRule) {
     if (warp < kLowerBlocks) {
-      const int2 lower = lower_block(warp);
-      const int rows = lower.x * kBlock, columns = lower.y * kBlock;
-      WarpBlock acc;
-      dla::ops::kernels::clear(acc);
-      accumulate<Stored::by_row, Stored::by_column>(acc, pair_operand + rows * kOperandLd + columns,
-                                                    kOperandLd, inverse + columns * kOperandLd + columns,
-                                                    kOperandLd, rows + kBlock - columns);
-      for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
+      for_each_read_pair(warp, pair_operand, inverse, kOperandLd, [&](int i, int j, float x, float y) {
         store_pair(reads + i * kSquareLd + j, x, y);
         store_pair(read_operand + i * kOperandLd + j, x * lam[i * kSquareLd + j],
                    y * lam[i * kSquareLd + j + 1]);
