@@ -121,6 +121,17 @@ TEST_CASE("on the GPU the per-chunk kernels equal the LibTorch chunk stages in f
     CHECK(at::equal(without_u.inverse_BHMCC, got.inverse_BHMCC));
     CHECK(at::equal(without_u.w_bf16_BHMCK, got.w_BHMCK.to(at::kBFloat16)));
     CHECK(at::equal(without_u.inverse_bf16_BHMCC, got.inverse_BHMCC.to(at::kBFloat16)));
+    // With bf16 state operands (the single-state op's call for the bf16 state pass) k_to_end and w are the
+    // same numbers rounded to bf16, and no float32 copy of them is made.
+    const dla::ops::fused::PreparedChunks bf16_state = dla::ops::fused::prepare_chunks(
+        gpu[1], gpu[2], gpu[3], beta_or_none, C, {.inverse = got.inverse_BHMCC, .bf16_state_operands = true});
+    CHECK(bf16_state.k_to_end_BHMCK.scalar_type() == at::kBFloat16);
+    CHECK(at::equal(bf16_state.k_to_end_BHMCK, got.k_to_end_BHMCK.to(at::kBFloat16)));
+    CHECK(at::equal(bf16_state.w_BHMCK, got.w_BHMCK.to(at::kBFloat16)));
+    CHECK(at::equal(bf16_state.u_BHMCV, got.u_BHMCV));
+    CHECK_FALSE(bf16_state.k_to_end_bf16_BHMCK.defined());
+    CHECK_THROWS(dla::ops::fused::prepare_chunks(gpu[1], gpu[2], gpu[3], beta_or_none, C,
+                                                 {.bf16_copies = true, .bf16_state_operands = true}));
     // From a known T (the single-state backward's call, with the forward's T) the kernel reads T instead of
     // forming it: every term is the same number, and T is the tensor given.
     const dla::ops::fused::PreparedChunks from_inverse = dla::ops::fused::prepare_chunks(

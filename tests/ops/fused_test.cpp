@@ -236,6 +236,38 @@ TEST_CASE("on the GPU under a Tf32Scope the state-pass kernels multiply in TF32 
     CHECK(error <= 1e-5);
 }
 
+TEST_CASE("on the GPU the state-pass kernels take bf16 operands, on bf16 tensor cores where the dims allow it",
+          "[ops][fused][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the bf16 state-pass kernels are not exercised on this machine");
+    return;
+  }
+  // V = 200 ends in a tile of 8 columns; K = 256 has no bf16 kernel, so its operands go on in float32.
+  struct Bf16Case {
+    StatePassSizes sizes;
+    bool tensor_cores;
+  };
+  const Bf16Case c = GENERATE(Bf16Case{{2, 3, 5, 64, 128, 128}, true}, Bf16Case{{1, 2, 3, 32, 64, 40}, true},
+                              Bf16Case{{1, 1, 4, 64, 64, 200}, true}, Bf16Case{{1, 2, 3, 32, 128, 64}, true},
+                              Bf16Case{{1, 1, 2, 64, 256, 24}, false});
+  const StatePassSizes& d = c.sizes;
+  const bool delta_rule = GENERATE(true, false);
+  CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, delta_rule);
+  // The operands that prepare_chunks and chunk_value_gradient hand over in bf16; the CPU loop reads the same
+  // rounded numbers in float32.
+  StatePassInputs in = random_state_pass_inputs(d, delta_rule);
+  for (at::Tensor* x : {&in.k_to_end, &in.w, &in.q_read, &in.d_out}) {
+    if (x->defined()) *x = x->to(at::kBFloat16);
+  }
+  // The kernels round S and v_new (dS and dv_new) to bf16 where they are operands, 2^-9 relative: 1e-2
+  // leaves a margin over the sums of such products carried over a few chunks.
+  const double error = expect_state_pass_matches_loop(in, 1e-2);
+  if (c.tensor_cores)
+    CHECK(error > 1e-5);
+  else
+    CHECK(error <= 1e-5);
+}
+
 TEST_CASE("on the GPU the fused chunk equals the float64 CPU op, in float32 and from bfloat16 inputs",
           "[ops][fused][cuda]") {
   if (!at::hasCUDA()) {

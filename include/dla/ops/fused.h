@@ -27,6 +27,8 @@ struct StatePassForward {
   at::Tensor v_new_BHMCV;       ///< v_new_m (u itself when w is undefined)
   at::Tensor final_state_BHKV;  ///< S_M
 };
+/// k_to_end and w may be bf16 (prepare_chunks' bf16_state_operands): the products then run on bf16 tensor
+/// cores where the bf16 kernels apply, and in float32 otherwise. The results are float32.
 StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV,
                                     const at::Tensor& w_BHMCK, const at::Tensor& chunk_decay_BHM,
                                     const at::Tensor& initial_state_BHKV);
@@ -35,7 +37,8 @@ StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::
 ///   dv_new_m = d_v_new_intra_m + k_to_end_m dS_{m+1}
 ///   dS_m     = q_read_mᵀ d_out_m + chunk_decay_m dS_{m+1} − w_mᵀ dv_new_m   (no w term without w)
 /// starting from dS_M = d_final_state. q_read is the query as it reads the chunk-start state (scale and
-/// decay applied); d_v_new_intra the gradient v_new gets from the chunk's own outputs.
+/// decay applied); d_v_new_intra the gradient v_new gets from the chunk's own outputs. q_read, d_out,
+/// k_to_end and w may be bf16, as for the forward.
 struct StatePassBackward {
   at::Tensor d_states_next_BHMKV;   ///< dS_{m+1}, the gradient of the state chunk m hands on
   at::Tensor d_v_new_BHMCV;         ///< dv_new_m, complete
@@ -65,6 +68,9 @@ struct PrepareOptions {
   /// T from an earlier call on the same k, g and beta (the forward's, kept for the backward): read instead
   /// of formed, and returned as the result's inverse. Not with bf16_copies.
   at::Tensor inverse{};
+  /// k_to_end and w in bf16 instead of float32 (the result's k_to_end and w are then bf16), for the state
+  /// pass's bf16 kernels, which read nothing else of them. Not with bf16_copies.
+  bool bf16_state_operands = false;
 };
 
 /// Whether the per-chunk CUDA kernels (prepare_chunks, chunk_outputs) run for these inputs: CUDA tensors
@@ -93,7 +99,8 @@ bool chunk_gradients_apply(const at::Tensor& q, const at::Tensor& k, const at::T
                            at::ScalarType compute_dtype, int64_t chunk_size);
 
 /// What the state pass backward reads besides the forward's chunk terms, one CUDA kernel over all chunks
-/// from the output gradient d_out_BTHV. All float32, zero rows past the last token.
+/// from the output gradient d_out_BTHV, zero rows past the last token. q_read and d_out in q's dtype (bf16
+/// for bf16 inputs: the operands of the state pass's bf16 kernels, and d_out exact), d_v_new_intra float32.
 struct ValueGradient {
   at::Tensor q_read_BHMCK;         ///< scale · exp(γ) ⊙ q, the query as it reads the chunk-start state
   at::Tensor d_out_BHMCV;          ///< the output gradient in chunks
@@ -128,8 +135,15 @@ at::Tensor unit_lower_inverse(const at::Tensor& a_CC);
 /// the gradient dA = −Tᵀ dT Tᵀ on the strictly lower part (0 on and above the diagonal).
 at::Tensor differentiable_unit_lower_inverse(const at::Tensor& a_CC);
 
-/// Whether the state pass runs as a CUDA kernel for these operands (float32 on a CUDA device, C a multiple
-/// of 4, K of 8, V of 4, shared memory within the device's limit); otherwise it is a loop of LibTorch ops.
+/// Whether the state pass runs as a CUDA kernel for these operands: bf16 ones where the bf16 kernels run them
+/// (C of 32 or 64, K of 64 or 128, V a multiple of 8), else in float32 on a CUDA device with C a multiple of
+/// 4, K of 8, V of 4 and shared memory within the device's limit; otherwise it is a loop of LibTorch ops.
 bool state_pass_uses_cuda_kernel(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV);
+
+/// Whether the fused op hands the state pass bf16 operands (prepare_chunks' bf16_state_operands, and
+/// chunk_value_gradient's q_read and d_out, which are in q's dtype): the per-chunk kernels run
+/// (chunk_stages_apply) on bf16 inputs whose dims the bf16 state-pass kernels run.
+bool bf16_state_pass_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             at::ScalarType compute_dtype, int64_t chunk_size);
 
 }  // namespace dla::ops::fused

@@ -72,11 +72,14 @@ ChunkTerms aten_chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::
   return t;
 }
 
-/// The state-pass terms from prepare_chunks' kernel; `with_pair_terms` adds what only the backward reads.
+/// The state-pass terms from prepare_chunks' kernel; `with_pair_terms` adds what only the LibTorch-op
+/// backward reads. Without them, k_to_end and w are bf16 where the state pass's bf16 kernels take them.
 ChunkTerms kernel_chunk_terms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& g, const at::Tensor& beta, int64_t chunk_size,
                               at::ScalarType dtype, bool with_pair_terms) {
-  PreparedChunks prepared = prepare_chunks(k, v, g, beta, chunk_size);
+  const bool bf16_state = !with_pair_terms && bf16_state_pass_applies(q, k, v, dtype, chunk_size);
+  PreparedChunks prepared =
+      prepare_chunks(k, v, g, beta, chunk_size, {.bf16_state_operands = bf16_state});
   ChunkTerms t;
   t.gamma_BHMC = std::move(prepared.gamma_BHMC);
   t.k_to_end_BHMCK = std::move(prepared.k_to_end_BHMCK);
@@ -107,8 +110,12 @@ variable_list kernel_backward(const at::Tensor& q, const at::Tensor& k, const at
                               const at::Tensor& states_BHMKV, const at::Tensor& v_new_BHMCV,
                               const at::Tensor& forward_inverse_BHMCC, const at::Tensor& d_out_or_undefined,
                               const at::Tensor& d_final_or_undefined, double scale, int64_t chunk_size) {
+  // The per-chunk kernels compute in float32 (chunk_gradients_apply).
   const PreparedChunks prepared =
-      prepare_chunks(k, v, g, beta, chunk_size, {.written_values = false, .inverse = forward_inverse_BHMCC});
+      prepare_chunks(k, v, g, beta, chunk_size,
+                     {.written_values = false,
+                      .inverse = forward_inverse_BHMCC,
+                      .bf16_state_operands = bf16_state_pass_applies(q, k, v, at::kFloat, chunk_size)});
   const at::Tensor d_out_BTHV = d_out_or_undefined.defined()
                                     ? d_out_or_undefined
                                     : at::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());

@@ -41,11 +41,11 @@ ValueGradient chunk_value_gradient([[maybe_unused]] const at::Tensor& q, [[maybe
   const kernels::TokenRows d_out_rows = token_rows(d_out_BTHV.to(q.scalar_type()), d_out_kept);
   const at::Tensor gamma = kernel_buffer(gamma_BHMC.to(at::kFloat));
   const auto options = q.options().dtype(at::kFloat);
-  ValueGradient result{at::empty({B, H, M, C, K}, options), at::empty({B, H, M, C, V}, options),
+  ValueGradient result{at::empty({B, H, M, C, K}, q.options()), at::empty({B, H, M, C, V}, q.options()),
                        at::empty({B, H, M, C, V}, options)};
   const char* error = kernels::chunk_value_gradient(
-      q_rows, k_rows, d_out_rows, gamma.data_ptr<float>(), scale, result.q_read_BHMCK.data_ptr<float>(),
-      result.d_out_BHMCV.data_ptr<float>(), result.d_v_new_intra_BHMCV.data_ptr<float>(), dims_of(q, V, C),
+      q_rows, k_rows, d_out_rows, gamma.data_ptr<float>(), scale, result.q_read_BHMCK.data_ptr(),
+      result.d_out_BHMCV.data_ptr(), result.d_v_new_intra_BHMCV.data_ptr<float>(), dims_of(q, V, C),
       current_cuda_stream(q));
   TORCH_CHECK(error == nullptr, "fused chunk_value_gradient: CUDA kernel failed: ", error);
   return result;
@@ -68,7 +68,8 @@ ChunkGradients chunk_gradients(
   at::Tensor q_kept, k_kept, v_kept;
   const auto buffer = [](const at::Tensor& x) { return kernel_buffer(x.defined() ? x.to(at::kFloat) : x); };
   const at::Tensor beta_BTH = buffer(beta), gamma = buffer(gamma_BHMC), inverse = buffer(inverse_BHMCC);
-  const at::Tensor states = buffer(states_BHMKV), v_new = buffer(v_new_BHMCV), d_out = buffer(d_out_BHMCV);
+  const at::Tensor states = buffer(states_BHMKV), v_new = buffer(v_new_BHMCV);
+  const at::Tensor d_out = kernel_buffer(d_out_BHMCV.to(q.scalar_type()));
   const at::Tensor d_states_next = buffer(d_states_next_BHMKV), d_v_new = buffer(d_v_new_BHMCV);
   const auto float_options = q.options().dtype(at::kFloat);
   ChunkGradients result{at::empty({B, T, H, K}, q.options()), at::empty({B, T, H, K}, q.options()),
@@ -83,7 +84,7 @@ ChunkGradients chunk_gradients(
       .inverse = data_or_null(inverse),
       .states = states.data_ptr<float>(),
       .v_new = v_new.data_ptr<float>(),
-      .d_out = d_out.data_ptr<float>(),
+      .d_out = d_out.data_ptr(),
       .d_states_next = d_states_next.data_ptr<float>(),
       .d_v_new = d_v_new.data_ptr<float>(),
       .d_q = result.d_q.data_ptr(),

@@ -56,7 +56,8 @@ struct ValueGradientLayout {
 struct ValueGradientArgs {
   TokenRows q, k, d_out;
   const float* gamma;
-  float *q_read, *d_out_chunks, *d_v_new_intra;
+  void *q_read, *d_out_chunks;  // of the operand type: bf16 for bf16 inputs, else float32
+  float* d_v_new_intra;
   float scale;
   int tokens, heads, value_dim;
 };
@@ -85,7 +86,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
   __syncthreads();
   // q̂ leaves exact; q and k, loaded in one round, stay behind as operands. P ⊙ D starts as zeros (the
   // blocks above the diagonal stay so).
-  float* q_read = a.q_read + block.chunk * C * K;
+  T* q_read = static_cast<T*>(a.q_read) + block.chunk * C * K;
   copy_row_pairs(ChunkRows<Scalar>(a.q, block), ChunkRows<Scalar>(a.k, block), C, K,
                  [&](int r, int c, RowPair x) {
                    store4(q_read + r * K + c, scaled(x.first, a.scale * expf(gamma[r])));
@@ -103,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
   __syncthreads();
 
   const ChunkRows<Scalar> d_out_rows(a.d_out, block);
-  float* d_out_chunks = a.d_out_chunks + block.chunk * C * V;
+  T* d_out_chunks = static_cast<T*>(a.d_out_chunks) + block.chunk * C * V;
   float* d_v_new_intra = a.d_v_new_intra + block.chunk * C * V;
   for (int first_column = 0; first_column < V; first_column += kW) {
     const int width = min(kW, V - first_column);
@@ -184,7 +185,9 @@ struct GradientLayout {
 
 struct GradientArgs {
   TokenRows q, k, v;
-  const float *beta, *gamma, *inverse, *states, *v_new, *d_out, *d_states_next, *d_v_new;
+  const float *beta, *gamma, *inverse, *states, *v_new;
+  const void* d_out;  // of the operand type, as chunk_value_gradient writes it
+  const float *d_states_next, *d_v_new;
   void *d_q, *d_k, *d_v;
   float *d_g, *d_beta;
   float scale;
@@ -306,7 +309,7 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   float* gram_terms = terms(L::kGram);
 
   const ChunkRows<Scalar> v_rows(a.v, block);
-  const float* d_out_chunk = a.d_out + block.chunk * C * V;
+  const T* d_out_chunk = static_cast<const T*>(a.d_out) + block.chunk * C * V;
   const float* v_new_chunk = a.v_new + block.chunk * C * V;
   const float* d_v_new_chunk = a.d_v_new + block.chunk * C * V;
   const float* states_chunk = a.states + block.chunk * K * V;
@@ -566,7 +569,7 @@ bool supports_chunk_gradients(const ChunkStageDims& d) {
 }
 
 const char* chunk_value_gradient(const TokenRows& q, const TokenRows& k, const TokenRows& d_out,
-                                 const float* gamma, double scale, float* q_read, float* d_out_chunks,
+                                 const float* gamma, double scale, void* q_read, void* d_out_chunks,
                                  float* d_v_new_intra, const ChunkStageDims& dims, void* stream) {
   const ValueGradientArgs args{q,
                                k,

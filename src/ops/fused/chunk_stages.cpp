@@ -57,12 +57,16 @@ PreparedChunks prepare_chunks([[maybe_unused]] const at::Tensor& k, [[maybe_unus
         "delta rule on k's device, without bf16 copies; got ",
         known_inverse.sizes());
   }
+  TORCH_CHECK(!(prepare_options.bf16_state_operands && prepare_options.bf16_copies),
+              "fused chunk_prepare: bf16 state operands and bf16 copies exclude each other");
+  const bool bf16_operands = prepare_options.bf16_state_operands;
+  const auto operand_options = bf16_operands ? options.dtype(at::kBFloat16) : options;
   PreparedChunks p;
   p.gamma_BHMC = at::empty({B, H, M, C}, options);
-  p.k_to_end_BHMCK = at::empty({B, H, M, C, K}, options);
+  p.k_to_end_BHMCK = at::empty({B, H, M, C, K}, operand_options);
   p.chunk_decay_BHM = at::empty({B, H, M}, options);
   if (delta_rule) {
-    p.w_BHMCK = at::empty({B, H, M, C, K}, options);
+    p.w_BHMCK = at::empty({B, H, M, C, K}, operand_options);
     p.inverse_BHMCC = known_inverse.defined() ? known_inverse : at::empty({B, H, M, C, C}, options);
   }
   if (prepare_options.written_values) p.u_BHMCV = at::empty({B, H, M, C, V}, options);
@@ -76,13 +80,17 @@ PreparedChunks prepare_chunks([[maybe_unused]] const at::Tensor& k, [[maybe_unus
   }
   const auto data = [](at::Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
   const auto copy = [](at::Tensor& x) { return x.defined() ? x.data_ptr() : nullptr; };
+  // The kernel writes bf16 operands where it writes bf16 copies, and no float32 ones.
+  at::Tensor& k_to_end_bf16 = bf16_operands ? p.k_to_end_BHMCK : p.k_to_end_bf16_BHMCK;
+  at::Tensor& w_bf16 = bf16_operands ? p.w_BHMCK : p.w_bf16_BHMCK;
+  at::Tensor no_tensor;
   const char* error = kernels::chunk_prepare(
       k_rows, v_rows, g_BTH.data_ptr<float>(), data_or_null(beta_BTH), data(p.gamma_BHMC),
-      data(p.k_to_end_BHMCK), data(p.chunk_decay_BHM), data(p.w_BHMCK),
-      known_inverse.defined() ? nullptr : data(p.inverse_BHMCC),
+      data(bf16_operands ? no_tensor : p.k_to_end_BHMCK), data(p.chunk_decay_BHM),
+      data(bf16_operands ? no_tensor : p.w_BHMCK), known_inverse.defined() ? nullptr : data(p.inverse_BHMCC),
       known_inverse.defined() ? known_inverse.data_ptr<float>() : nullptr, data(p.u_BHMCV),
-      {copy(p.k_to_end_bf16_BHMCK), copy(p.w_bf16_BHMCK), copy(p.inverse_bf16_BHMCC)},
-      dims_of(k, V, chunk_size), current_cuda_stream(k));
+      {copy(k_to_end_bf16), copy(w_bf16), copy(p.inverse_bf16_BHMCC)}, dims_of(k, V, chunk_size),
+      current_cuda_stream(k));
   TORCH_CHECK(error == nullptr, "fused chunk_prepare: CUDA kernel failed: ", error);
   return p;
 #else

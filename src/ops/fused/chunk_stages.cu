@@ -205,14 +205,15 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
   }
   if (threadIdx.x == 0) a.chunk_decay[block.chunk] = expf(gamma_last);
   __syncthreads();
-  float* k_to_end = a.k_to_end + block.chunk * C * K;
+  float* k_to_end = a.k_to_end;
+  if (k_to_end != nullptr) k_to_end += block.chunk * C * K;
   auto* k_to_end_copy = static_cast<__nv_bfloat16*>(a.copies.k_to_end);
   if (k_to_end_copy != nullptr) k_to_end_copy += block.chunk * C * K;
   copy_rows(
       C, K, [&](int r, int c) { return load_shared4(keys + r * L::kKeysLd + c); },
       [&](int r, int c, float4 x) {
         const float4 to_end = scaled(x, row_scale[r]);
-        store4(k_to_end + r * K + c, to_end);
+        if (k_to_end != nullptr) store4(k_to_end + r * K + c, to_end);
         if (k_to_end_copy != nullptr) store4(k_to_end_copy + r * K + c, to_end);
       });
   if (!delta_rule) {
@@ -249,10 +250,12 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
                                                   operand + columns, L::kOperandLd, rows + kBlock);
     for_each_block_pair(acc, rows, columns, [&](int i, int j, float x, float y) {
       if (j >= width) return;
-      store_pair(out + i * cols + first_column + j, x, y);
+      if (out != nullptr) store_pair(out + i * cols + first_column + j, x, y);
       if (out_copy != nullptr) store_pair(out_copy + i * cols + first_column + j, x, y);
     });
   };
+  float* w = a.w;
+  if (w != nullptr) w += block.chunk * C * K;
   auto* w_copy = static_cast<__nv_bfloat16*>(a.copies.w);
   if (w_copy != nullptr) w_copy += block.chunk * C * K;
   for (int first_column = 0; first_column < K; first_column += kW) {
@@ -261,7 +264,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
         C, width, [&](int r, int c) { return load_shared4(keys + r * L::kKeysLd + first_column + c); },
         [&](int r, int c, float4 x) { store4(operand + r * L::kOperandLd + c, scaled(x, row_scale[r])); });
     __syncthreads();
-    multiply_by_inverse(a.w + block.chunk * C * K, w_copy, K, first_column);
+    multiply_by_inverse(w, w_copy, K, first_column);
     __syncthreads();
   }
   if (a.u == nullptr) return;

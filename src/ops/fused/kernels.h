@@ -33,6 +33,25 @@ const char* state_pass_backward(const float* q_read, const float* d_out, const f
                                 const float* d_final_state, float* d_states_next, float* d_v_new,
                                 float* d_initial_state, const StatePassDims& dims, bool tf32, void* stream);
 
+/// Whether the bf16 state-pass kernels run these dims on the current device: C of 32 or 64 and K of 64 or 128
+/// (the instantiated kernels), V a multiple of 8, and their shared memory within the device's limit.
+bool supports_bf16_state_pass(const StatePassDims& dims);
+
+/// The state pass for bf16 operands: k_to_end and w (null without the delta rule) are contiguous bf16 buffers,
+/// everything else float32 as for state_pass_forward. The products run on bf16 tensor cores with the state
+/// in float32, rounded to bf16 where it is an operand. nullptr on success, else the CUDA error's text.
+const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const void* w, const float* chunk_decay,
+                                    const float* initial_state, float* states, float* v_new, float* final_state,
+                                    const StatePassDims& dims, void* stream);
+
+/// The state pass backward for bf16 operands: q_read, d_out, k_to_end and w (null without the delta rule) are
+/// contiguous bf16 buffers, everything else float32 as for state_pass_backward. nullptr on success, else the
+/// CUDA error's text.
+const char* state_pass_backward_bf16(const void* q_read, const void* d_out, const float* d_v_new_intra,
+                                     const void* k_to_end, const void* w, const float* chunk_decay,
+                                     const float* d_final_state, float* d_states_next, float* d_v_new,
+                                     float* d_initial_state, const StatePassDims& dims, void* stream);
+
 /// Whether unit_lower_inverse runs n × n matrices on the current device.
 bool supports_unit_lower_inverse(int64_t n);
 
@@ -75,7 +94,8 @@ struct PreparedCopies {
 /// [B·H, M, C, V] as the WY representation, else u = v (u null: not formed). g and beta are contiguous
 /// float32 [B, T, H]; beta null selects SSD (w and inverse are then not written). With known_inverse (T
 /// from an earlier call on the same k, g and beta) the kernel reads T instead of forming it, and inverse is
-/// not written. nullptr on success, else the CUDA error's text.
+/// not written. k_to_end and w may be null where their bf16 copies are all that is wanted. nullptr on
+/// success, else the CUDA error's text.
 const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g, const float* beta,
                           float* gamma, float* k_to_end, float* chunk_decay, float* w, float* inverse,
                           const float* known_inverse, float* u, const PreparedCopies& copies,
@@ -94,11 +114,11 @@ const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* ga
 bool supports_chunk_gradients(const ChunkStageDims& dims);
 
 /// Before the state pass backward, for every chunk: d_v_new_intra = scale · ((q kᵀ) ⊙ D)ᵀ dO [B·H, M, C, V],
-/// q_read = scale · exp(gamma) ⊙ q [B·H, M, C, K] and d_out_chunks = dO [B·H, M, C, V] as contiguous float32
-/// buffers (zero rows past the last token). dO is read in place like q (same type). nullptr on success, else
-/// the CUDA error's text.
+/// q_read = scale · exp(gamma) ⊙ q [B·H, M, C, K] and d_out_chunks = dO [B·H, M, C, V] as contiguous buffers
+/// (zero rows past the last token), d_v_new_intra float32 and q_read and d_out_chunks of q's type. dO is read
+/// in place like q (same type). nullptr on success, else the CUDA error's text.
 const char* chunk_value_gradient(const TokenRows& q, const TokenRows& k, const TokenRows& d_out,
-                                 const float* gamma, double scale, float* q_read, float* d_out_chunks,
+                                 const float* gamma, double scale, void* q_read, void* d_out_chunks,
                                  float* d_v_new_intra, const ChunkStageDims& dims, void* stream);
 
 /// What chunk_gradients reads and writes. q, k and v are the op's inputs read in place; beta is contiguous
@@ -113,7 +133,7 @@ struct ChunkGradientBuffers {
   const float* inverse;
   const float* states;
   const float* v_new;
-  const float* d_out;
+  const void* d_out;  ///< of q's type
   const float* d_states_next;
   const float* d_v_new;
   void* d_q;

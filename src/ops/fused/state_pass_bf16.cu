@@ -1,0 +1,404 @@
+// CUDA kernels of the fused state pass for bf16 operands (dla/ops/fused.h): the recurrences of
+// state_pass.cu with the state, or its gradient, in float32 registers and the products on bf16 tensor cores.
+// One block of 4 warps per (batch·head, 64 value columns); each warp keeps its 32 × 32 blocks of the [K, 64]
+// state in registers across all chunks (src/ops/warp_block.cuh), so a chunk's sequential work is two
+// products and two barriers:
+//   forward   v_new = u − w S             (C × 64, depth K; S rounded to bf16 in shared memory)
+//             S ← decay S + k_to_endᵀ v_new (K × 64, depth C; v_new rounded to bf16)
+//   backward  dv_new = d_intra + k_to_end dS
+//             dS ← decay dS + q_readᵀ dO − wᵀ dv_new
+// The chunk's [C, K] operands arrive by cp.async one chunk ahead into the other of two shared stages, and the
+// float32 addends (u, d_intra) into registers one chunk ahead, so that nothing on a chunk's critical path
+// waits on global memory. The operands are rounded as fla's Triton kernels round them; the state and the
+// addends stay float32, and states, v_new and their gradients are written in float32.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "../async_copy.cuh"
+#include "../cuda_launch.cuh"
+#include "../warp_block.cuh"
+#include "kernels.h"
+
+namespace dla::ops::fused::kernels {
+namespace {
+
+using dla::ops::kernels::commit_copies;
+using dla::ops::kernels::copy_async;
+using dla::ops::kernels::kBlock;
+using dla::ops::kernels::launched;
+using dla::ops::kernels::max_shared_bytes;
+using dla::ops::kernels::Stored;
+using dla::ops::kernels::wait_copies;
+using dla::ops::kernels::WarpBlock;
+using bf16 = __nv_bfloat16;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTileV = 2 * kBlock;  // value columns per block
+constexpr int kPad = 8;             // bf16 rows are padded by 16 bytes: ldmatrix's eight rows on distinct banks
+constexpr int kPiece = 8;           // bf16 entries per 16-byte copy
+
+/// Shared-memory layout in bytes for chunk length C and key dim K: two stages, each kOperands [C, K] operands
+/// and, with kTile, a [C, kTileV] one (dO), then the state (or its gradient) and the chunk's written values
+/// (or their gradient) as bf16 operands.
+template <int C, int K, int kOperands, bool kTile>
+struct Layout {
+  static constexpr int kOperandLd = K + kPad;
+  static constexpr int kTileLd = kTileV + kPad;
+  static constexpr int kOperandBytes = C * kOperandLd * 2;
+  static constexpr int kStageBytes = kOperands * kOperandBytes + (kTile ? C * kTileLd * 2 : 0);
+  static constexpr int kState = 2 * kStageBytes;
+  static constexpr int kWritten = kState + K * kTileLd * 2;
+  static constexpr int kBytes = kWritten + C * kTileLd * 2;
+  __host__ __device__ static constexpr int operand(int stage, int i) { return stage * kStageBytes + i * kOperandBytes; }
+  __host__ __device__ static constexpr int tile(int stage) { return stage * kStageBytes + kOperands * kOperandBytes; }
+};
+
+template <int C, int K>
+using ForwardLayout = Layout<C, K, 2, false>;  // w, k_to_end
+template <int C, int K>
+using BackwardLayout = Layout<C, K, 3, true>;  // k_to_end, q_read, w; dO
+
+/// The warp's blocks: of the written values (phase one, one block for warps below kWrittenBlocks) and of the
+/// state (phase two, kStateBlocks each, block s of the warp at index warp + kWarps·s).
+template <int C, int K>
+struct Blocks {
+  static constexpr int kWrittenBlocks = (C / kBlock) * (kTileV / kBlock);
+  static constexpr int kStateBlocks = (K / kBlock) * (kTileV / kBlock) / kWarps;
+  static_assert(kWrittenBlocks <= kWarps && kStateBlocks * kWarps * kBlock * kBlock == K * kTileV);
+  __device__ static int2 origin(int index) {
+    return {(index / (kTileV / kBlock)) * kBlock, (index % (kTileV / kBlock)) * kBlock};
+  }
+};
+
+/// Starts dst (rows Ld apart) = the [C, K] bf16 matrix at src (contiguous).
+template <int C, int K, int Ld>
+__device__ void copy_operand(bf16* dst, const bf16* src) {
+  constexpr int kPerRow = K / kPiece;
+  for (int i = threadIdx.x; i < C * kPerRow; i += kThreads) {
+    const int row = i / kPerRow, column = (i % kPerRow) * kPiece;
+    copy_async(reinterpret_cast<float*>(dst + row * Ld + column),
+               reinterpret_cast<const float*>(src + row * K + column));
+  }
+}
+
+/// Starts dst (rows Ld apart) = the kTileV columns from first_column of a [C, V] bf16 matrix at src, zeros
+/// from column V on (V a multiple of 8).
+template <int C, int Ld>
+__device__ void copy_tile(bf16* dst, const bf16* src, int V, int first_column) {
+  constexpr int kPerRow = kTileV / kPiece;
+  for (int i = threadIdx.x; i < C * kPerRow; i += kThreads) {
+    const int row = i / kPerRow, column = (i % kPerRow) * kPiece;
+    const bool inside = first_column + column < V;
+    const bf16* from = src + static_cast<size_t>(row) * V + (inside ? first_column + column : 0);
+    copy_async(reinterpret_cast<float*>(dst + row * Ld + column), reinterpret_cast<const float*>(from), inside);
+  }
+}
+
+/// Calls f(row, column, e) for each entry of the lane's share of a warp block: c[m][n][e] sits at row
+/// 16m + 8(e / 2) + g and column 8n + 2t + e % 2; f sees the pair's first column (e even).
+template <class F>
+__device__ void for_each_lane_pair(F f) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        f(m, n, h, 16 * m + 8 * h + g, 8 * n + 2 * t);
+}
+
+/// block = scale · the 32 × 32 block from (row, column) of a [*, V] float32 global matrix at src, zeros from
+/// column V on.
+__device__ void load_global(WarpBlock& block, const float* __restrict__ src, int V, int2 at, float scale) {
+  for_each_lane_pair([&](int m, int n, int h, int r, int c) {
+    float2 x = make_float2(0.f, 0.f);
+    if (at.y + c < V) x = __ldg(reinterpret_cast<const float2*>(src + static_cast<size_t>(at.x + r) * V + at.y + c));
+    block.c[m][n][2 * h] = scale * x.x;
+    block.c[m][n][2 * h + 1] = scale * x.y;
+  });
+}
+
+/// The 32 × 32 block from (row, column) of a [*, V] float32 global matrix at dst = scale · block, the columns
+/// from V on left out.
+__device__ void store_global(const WarpBlock& block, float* dst, int V, int2 at, float scale) {
+  for_each_lane_pair([&](int m, int n, int h, int r, int c) {
+    if (at.y + c < V)
+      *reinterpret_cast<float2*>(dst + static_cast<size_t>(at.x + r) * V + at.y + c) =
+          make_float2(scale * block.c[m][n][2 * h], scale * block.c[m][n][2 * h + 1]);
+  });
+}
+
+/// dst (rows ld apart, from the block's origin) = scale · block, rounded to bf16.
+__device__ void store_shared(const WarpBlock& block, bf16* dst, int ld, float scale) {
+  for_each_lane_pair([&](int m, int n, int h, int r, int c) {
+    *reinterpret_cast<__nv_bfloat162*>(dst + r * ld + c) =
+        __floats2bfloat162_rn(scale * block.c[m][n][2 * h], scale * block.c[m][n][2 * h + 1]);
+  });
+}
+
+__device__ void scale_block(WarpBlock& block, float scale) {
+  for_each_lane_pair([&](int m, int n, int h, int, int) {
+    block.c[m][n][2 * h] *= scale;
+    block.c[m][n][2 * h + 1] *= scale;
+  });
+}
+
+/// block += A B with A's rows and B's columns as the Operands give them, over `depth`.
+template <Stored kA, Stored kB>
+__device__ void accumulate(WarpBlock& block, const bf16* a, int a_ld, const bf16* b, int b_ld, int depth) {
+  dla::ops::kernels::multiply_accumulate_bf16<kA, false, kB, false>(block, {a, a_ld}, {b, b_ld}, depth);
+}
+
+struct ForwardArgs {
+  const bf16 *k_to_end, *w;  // w null without the delta rule
+  const float *u, *chunk_decay, *initial_state;
+  float *states, *v_new, *final_state;
+  int chunks, value_dim;
+};
+
+template <int C, int K>
+__global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(ForwardArgs a) {
+  using L = ForwardLayout<C, K>;
+  using W = Blocks<C, K>;
+  extern __shared__ float4 shared_vectors[];
+  char* shared = reinterpret_cast<char*>(shared_vectors);
+  const auto at = [&](int offset) { return reinterpret_cast<bf16*>(shared + offset); };
+  bf16* state_operand = at(L::kState);
+  bf16* written_operand = at(L::kWritten);
+  const int V = a.value_dim, first_column = blockIdx.x * kTileV, warp = threadIdx.x / 32;
+  const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K, CV = static_cast<size_t>(C) * V;
+  const bool delta_rule = a.w != nullptr;
+  const bool writes = warp < W::kWrittenBlocks;
+  const int2 written_at = W::origin(warp);
+  const int2 written_column = {written_at.x, first_column + written_at.y};
+
+  WarpBlock state[W::kStateBlocks];
+#pragma unroll
+  for (int s = 0; s < W::kStateBlocks; ++s) {
+    const int2 o = W::origin(warp + kWarps * s);
+    load_global(state[s], a.initial_state + head * KV, V, {o.x, first_column + o.y}, 1.f);
+  }
+  const auto fetch = [&](int stage, size_t chunk) {
+    if (delta_rule) copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 0)), a.w + chunk * CK);
+    copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 1)), a.k_to_end + chunk * CK);
+    commit_copies();
+  };
+  // The written block starts as −u, so that the product adds w S and v_new leaves as its negation.
+  WarpBlock written;
+  const auto fetch_values = [&](size_t chunk) {
+    if (writes) load_global(written, a.u + chunk * CV, V, written_column, delta_rule ? -1.f : 1.f);
+  };
+  const size_t first_chunk = head * a.chunks;
+  fetch(0, first_chunk);
+  fetch_values(first_chunk);
+  float decay = __ldg(a.chunk_decay + first_chunk);
+  for (int m = 0; m < a.chunks; ++m) {
+    const size_t chunk = first_chunk + m;
+    const int stage = m % 2;
+#pragma unroll
+    for (int s = 0; s < W::kStateBlocks; ++s) {
+      const int2 o = W::origin(warp + kWarps * s);
+      store_global(state[s], a.states + chunk * KV, V, {o.x, first_column + o.y}, 1.f);
+      store_shared(state[s], state_operand + o.x * L::kTileLd + o.y, L::kTileLd, 1.f);
+    }
+    wait_copies<0>();
+    __syncthreads();  // the chunk's operands and S are in; every warp is done with the other stage
+    if (m + 1 < a.chunks) fetch(1 - stage, chunk + 1);
+    if (writes) {
+      if (delta_rule) {
+        accumulate<Stored::by_row, Stored::by_column>(written, at(L::operand(stage, 0)) + written_at.x * L::kOperandLd,
+                                                      L::kOperandLd, state_operand + written_at.y, L::kTileLd, K);
+        store_global(written, a.v_new + chunk * CV, V, written_column, -1.f);
+      }
+      store_shared(written, written_operand + written_at.x * L::kTileLd + written_at.y, L::kTileLd,
+                   delta_rule ? -1.f : 1.f);
+      if (m + 1 < a.chunks) fetch_values(chunk + 1);
+    }
+    const float next_decay = m + 1 < a.chunks ? __ldg(a.chunk_decay + chunk + 1) : 0.f;
+    __syncthreads();  // v_new is in
+#pragma unroll
+    for (int s = 0; s < W::kStateBlocks; ++s) {
+      const int2 o = W::origin(warp + kWarps * s);
+      scale_block(state[s], decay);
+      accumulate<Stored::by_column, Stored::by_column>(state[s], at(L::operand(stage, 1)) + o.x, L::kOperandLd,
+                                                       written_operand + o.y, L::kTileLd, C);
+    }
+    decay = next_decay;
+  }
+#pragma unroll
+  for (int s = 0; s < W::kStateBlocks; ++s) {
+    const int2 o = W::origin(warp + kWarps * s);
+    store_global(state[s], a.final_state + head * KV, V, {o.x, first_column + o.y}, 1.f);
+  }
+}
+
+struct BackwardArgs {
+  const bf16 *q_read, *d_out, *k_to_end, *w;  // w null without the delta rule
+  const float *d_v_new_intra, *chunk_decay, *d_final_state;
+  float *d_states_next, *d_v_new, *d_initial_state;
+  int chunks, value_dim;
+};
+
+template <int C, int K>
+__global__ void __launch_bounds__(kThreads) state_pass_backward_bf16_kernel(BackwardArgs a) {
+  using L = BackwardLayout<C, K>;
+  using W = Blocks<C, K>;
+  extern __shared__ float4 shared_vectors[];
+  char* shared = reinterpret_cast<char*>(shared_vectors);
+  const auto at = [&](int offset) { return reinterpret_cast<bf16*>(shared + offset); };
+  bf16* d_state_operand = at(L::kState);
+  bf16* d_written_operand = at(L::kWritten);  // −dv_new
+  const int V = a.value_dim, first_column = blockIdx.x * kTileV, warp = threadIdx.x / 32;
+  const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K, CV = static_cast<size_t>(C) * V;
+  const bool delta_rule = a.w != nullptr;
+  const bool writes = warp < W::kWrittenBlocks;
+  const int2 written_at = W::origin(warp);
+  const int2 written_column = {written_at.x, first_column + written_at.y};
+
+  WarpBlock d_state[W::kStateBlocks];
+#pragma unroll
+  for (int s = 0; s < W::kStateBlocks; ++s) {
+    const int2 o = W::origin(warp + kWarps * s);
+    load_global(d_state[s], a.d_final_state + head * KV, V, {o.x, first_column + o.y}, 1.f);
+  }
+  const auto fetch = [&](int stage, size_t chunk) {
+    copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 0)), a.k_to_end + chunk * CK);
+    copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 1)), a.q_read + chunk * CK);
+    if (delta_rule) copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 2)), a.w + chunk * CK);
+    copy_tile<C, L::kTileLd>(at(L::tile(stage)), a.d_out + chunk * CV, V, first_column);
+    commit_copies();
+  };
+  WarpBlock d_written;
+  const auto fetch_values = [&](size_t chunk) {
+    if (writes) load_global(d_written, a.d_v_new_intra + chunk * CV, V, written_column, 1.f);
+  };
+  const size_t last_chunk = head * a.chunks + a.chunks - 1;
+  fetch(0, last_chunk);
+  fetch_values(last_chunk);
+  float decay = __ldg(a.chunk_decay + last_chunk);
+  for (int i = 0; i < a.chunks; ++i) {
+    const size_t chunk = last_chunk - i;
+    const int stage = i % 2;
+    const bool more = i + 1 < a.chunks;
+#pragma unroll
+    for (int s = 0; s < W::kStateBlocks; ++s) {
+      const int2 o = W::origin(warp + kWarps * s);
+      store_global(d_state[s], a.d_states_next + chunk * KV, V, {o.x, first_column + o.y}, 1.f);
+      store_shared(d_state[s], d_state_operand + o.x * L::kTileLd + o.y, L::kTileLd, 1.f);
+    }
+    wait_copies<0>();
+    __syncthreads();  // the chunk's operands and dS_{m+1} are in; every warp is done with the other stage
+    if (more) fetch(1 - stage, chunk - 1);
+    if (writes) {
+      accumulate<Stored::by_row, Stored::by_column>(d_written,
+                                                    at(L::operand(stage, 0)) + written_at.x * L::kOperandLd,
+                                                    L::kOperandLd, d_state_operand + written_at.y, L::kTileLd, K);
+      store_global(d_written, a.d_v_new + chunk * CV, V, written_column, 1.f);
+      if (delta_rule)
+        store_shared(d_written, d_written_operand + written_at.x * L::kTileLd + written_at.y, L::kTileLd, -1.f);
+      if (more) fetch_values(chunk - 1);
+    }
+    const float next_decay = more ? __ldg(a.chunk_decay + chunk - 1) : 0.f;
+    __syncthreads();  // −dv_new is in
+#pragma unroll
+    for (int s = 0; s < W::kStateBlocks; ++s) {
+      const int2 o = W::origin(warp + kWarps * s);
+      scale_block(d_state[s], decay);
+      accumulate<Stored::by_column, Stored::by_column>(d_state[s], at(L::operand(stage, 1)) + o.x, L::kOperandLd,
+                                                       at(L::tile(stage)) + o.y, L::kTileLd, C);
+      if (delta_rule) {
+        accumulate<Stored::by_column, Stored::by_column>(d_state[s], at(L::operand(stage, 2)) + o.x,
+                                                         L::kOperandLd, d_written_operand + o.y, L::kTileLd, C);
+      }
+    }
+    decay = next_decay;
+  }
+#pragma unroll
+  for (int s = 0; s < W::kStateBlocks; ++s) {
+    const int2 o = W::origin(warp + kWarps * s);
+    store_global(d_state[s], a.d_initial_state + head * KV, V, {o.x, first_column + o.y}, 1.f);
+  }
+}
+
+/// Calls f.template operator()<C, K>() for the instantiated (C, K) of dims; false when there is none.
+template <class F>
+bool with_shape(const StatePassDims& d, F&& f) {
+  const auto one = [&]<int C, int K>() {
+    if (d.chunk_size != C || d.key_dim != K) return false;
+    f.template operator()<C, K>();
+    return true;
+  };
+  return one.template operator()<64, 128>() || one.template operator()<64, 64>() ||
+         one.template operator()<32, 128>() || one.template operator()<32, 64>();
+}
+
+template <class Kernel, class Args>
+const char* launch(Kernel kernel, const Args& args, int bytes, const StatePassDims& d, void* stream) {
+  const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (error != cudaSuccess) return cudaGetErrorString(error);
+  const dim3 grid(static_cast<unsigned>((d.value_dim + kTileV - 1) / kTileV), static_cast<unsigned>(d.batch_heads));
+  kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(args);
+  return launched();
+}
+
+}  // namespace
+
+bool supports_bf16_state_pass(const StatePassDims& d) {
+  if (d.chunks < 1 || d.chunks > (int64_t{1} << 30) || d.value_dim < 1 || d.value_dim % kPiece != 0 ||
+      d.value_dim > (int64_t{1} << 20) || d.batch_heads < 1 || d.batch_heads > 65535)
+    return false;
+  bool fits = false;
+  const bool instantiated = with_shape(d, [&]<int C, int K>() {
+    fits = std::max(ForwardLayout<C, K>::kBytes, BackwardLayout<C, K>::kBytes) <= max_shared_bytes();
+  });
+  return instantiated && fits;
+}
+
+const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const void* w, const float* chunk_decay,
+                                    const float* initial_state, float* states, float* v_new, float* final_state,
+                                    const StatePassDims& dims, void* stream) {
+  const ForwardArgs args{static_cast<const bf16*>(k_to_end),
+                         static_cast<const bf16*>(w),
+                         u,
+                         chunk_decay,
+                         initial_state,
+                         states,
+                         v_new,
+                         final_state,
+                         static_cast<int>(dims.chunks),
+                         static_cast<int>(dims.value_dim)};
+  const char* error = "state_pass_forward_bf16: no kernel for this chunk length and key dim";
+  with_shape(dims, [&]<int C, int K>() {
+    error = launch(state_pass_forward_bf16_kernel<C, K>, args, ForwardLayout<C, K>::kBytes, dims, stream);
+  });
+  return error;
+}
+
+const char* state_pass_backward_bf16(const void* q_read, const void* d_out, const float* d_v_new_intra,
+                                     const void* k_to_end, const void* w, const float* chunk_decay,
+                                     const float* d_final_state, float* d_states_next, float* d_v_new,
+                                     float* d_initial_state, const StatePassDims& dims, void* stream) {
+  const BackwardArgs args{static_cast<const bf16*>(q_read),
+                          static_cast<const bf16*>(d_out),
+                          static_cast<const bf16*>(k_to_end),
+                          static_cast<const bf16*>(w),
+                          d_v_new_intra,
+                          chunk_decay,
+                          d_final_state,
+                          d_states_next,
+                          d_v_new,
+                          d_initial_state,
+                          static_cast<int>(dims.chunks),
+                          static_cast<int>(dims.value_dim)};
+  const char* error = "state_pass_backward_bf16: no kernel for this chunk length and key dim";
+  with_shape(dims, [&]<int C, int K>() {
+    error = launch(state_pass_backward_bf16_kernel<C, K>, args, BackwardLayout<C, K>::kBytes, dims, stream);
+  });
+  return error;
+}
+
+}  // namespace dla::ops::fused::kernels
