@@ -236,20 +236,25 @@ TEST_CASE("on the GPU under a Tf32Scope the state-pass kernels multiply in TF32 
     CHECK(error <= 1e-5);
 }
 
-TEST_CASE("on the GPU the state-pass kernels take bf16 operands, on bf16 tensor cores where the dims allow it",
-          "[ops][fused][cuda]") {
+TEST_CASE(
+    "on the GPU the state-pass kernels take bf16 operands, on bf16 tensor cores where the dims allow it",
+    "[ops][fused][cuda]") {
   if (!at::hasCUDA()) {
     WARN("no CUDA device: the bf16 state-pass kernels are not exercised on this machine");
     return;
   }
-  // V = 200 ends in a tile of 8 columns; K = 256 has no bf16 kernel, so its operands go on in float32.
+  // V = 200 ends in a tile of 8 columns; K = 256 has no bf16 kernel, so its operands go on in float32. With
+  // few heads the blocks take 32 value columns; 160 heads of V = 128 fill a GPU of up to 640 SMs with blocks
+  // of 64 columns.
   struct Bf16Case {
     StatePassSizes sizes;
     bool tensor_cores;
   };
-  const Bf16Case c = GENERATE(Bf16Case{{2, 3, 5, 64, 128, 128}, true}, Bf16Case{{1, 2, 3, 32, 64, 40}, true},
-                              Bf16Case{{1, 1, 4, 64, 64, 200}, true}, Bf16Case{{1, 2, 3, 32, 128, 64}, true},
-                              Bf16Case{{1, 1, 2, 64, 256, 24}, false});
+  const Bf16Case c =
+      GENERATE(Bf16Case{{2, 3, 5, 64, 128, 128}, true}, Bf16Case{{1, 2, 3, 32, 64, 40}, true},
+               Bf16Case{{1, 1, 4, 64, 64, 200}, true}, Bf16Case{{1, 2, 3, 32, 128, 64}, true},
+               Bf16Case{{4, 40, 2, 64, 128, 128}, true}, Bf16Case{{4, 40, 2, 32, 64, 96}, true},
+               Bf16Case{{1, 1, 2, 64, 256, 24}, false});
   const StatePassSizes& d = c.sizes;
   const bool delta_rule = GENERATE(true, false);
   CAPTURE(d.chunks, d.chunk_size, d.key_dim, d.value_dim, delta_rule);

@@ -78,8 +78,7 @@ ChunkTerms kernel_chunk_terms(const at::Tensor& q, const at::Tensor& k, const at
                               const at::Tensor& g, const at::Tensor& beta, int64_t chunk_size,
                               at::ScalarType dtype, bool with_pair_terms) {
   const bool bf16_state = !with_pair_terms && bf16_state_pass_applies(q, k, v, dtype, chunk_size);
-  PreparedChunks prepared =
-      prepare_chunks(k, v, g, beta, chunk_size, {.bf16_state_operands = bf16_state});
+  PreparedChunks prepared = prepare_chunks(k, v, g, beta, chunk_size, {.bf16_state_operands = bf16_state});
   ChunkTerms t;
   t.gamma_BHMC = std::move(prepared.gamma_BHMC);
   t.k_to_end_BHMCK = std::move(prepared.k_to_end_BHMCK);

@@ -37,12 +37,13 @@ const char* state_pass_backward(const float* q_read, const float* d_out, const f
 /// (the instantiated kernels), V a multiple of 8, and their shared memory within the device's limit.
 bool supports_bf16_state_pass(const StatePassDims& dims);
 
-/// The state pass for bf16 operands: k_to_end and w (null without the delta rule) are contiguous bf16 buffers,
-/// everything else float32 as for state_pass_forward. The products run on bf16 tensor cores with the state
-/// in float32, rounded to bf16 where it is an operand. nullptr on success, else the CUDA error's text.
-const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const void* w, const float* chunk_decay,
-                                    const float* initial_state, float* states, float* v_new, float* final_state,
-                                    const StatePassDims& dims, void* stream);
+/// The state pass for bf16 operands: k_to_end and w (null without the delta rule) are contiguous bf16
+/// buffers, everything else float32 as for state_pass_forward. The products run on bf16 tensor cores with the
+/// state in float32, rounded to bf16 where it is an operand. nullptr on success, else the CUDA error's text.
+const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const void* w,
+                                    const float* chunk_decay, const float* initial_state, float* states,
+                                    float* v_new, float* final_state, const StatePassDims& dims,
+                                    void* stream);
 
 /// The state pass backward for bf16 operands: q_read, d_out, k_to_end and w (null without the delta rule) are
 /// contiguous bf16 buffers, everything else float32 as for state_pass_backward. nullptr on success, else the

@@ -95,7 +95,8 @@ bool state_pass_uses_cuda_kernel([[maybe_unused]] const at::Tensor& k_to_end_BHM
                                  [[maybe_unused]] const at::Tensor& u_BHMCV) {
 #if defined(DLA_WITH_CUDA)
   if (!k_to_end_BHMCK.is_cuda()) return false;
-  if (k_to_end_BHMCK.scalar_type() == at::kBFloat16 && bf16_kernel_runs({&k_to_end_BHMCK}, k_to_end_BHMCK, u_BHMCV))
+  if (k_to_end_BHMCK.scalar_type() == at::kBFloat16 &&
+      bf16_kernel_runs({&k_to_end_BHMCK}, k_to_end_BHMCK, u_BHMCV))
     return true;
   const c10::cuda::CUDAGuard device_guard(k_to_end_BHMCK.device());
   return kernels::supports(dims_of(k_to_end_BHMCK, u_BHMCV));
@@ -106,7 +107,8 @@ bool state_pass_uses_cuda_kernel([[maybe_unused]] const at::Tensor& k_to_end_BHM
 
 bool bf16_state_pass_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              at::ScalarType compute_dtype, int64_t chunk_size) {
-  if (q.scalar_type() != at::kBFloat16 || !chunk_stages_apply(q, k, v, compute_dtype, chunk_size)) return false;
+  if (q.scalar_type() != at::kBFloat16 || !chunk_stages_apply(q, k, v, compute_dtype, chunk_size))
+    return false;
 #if defined(DLA_WITH_CUDA)
   const c10::cuda::CUDAGuard device_guard(q.device());
   const int64_t chunks = (q.size(1) + chunk_size - 1) / chunk_size;
@@ -131,10 +133,10 @@ StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::
     StatePassForward result{at::empty({B, H, M, K, V}, u.options()), w.defined() ? at::empty_like(u) : u,
                             at::empty({B, H, K, V}, u.options())};
     const char* error = kernels::state_pass_forward_bf16(
-        k_to_end.data_ptr(), u.data_ptr<float>(), untyped_data_or_null(w),
-        chunk_decay.data_ptr<float>(), initial_state.data_ptr<float>(), result.states_BHMKV.data_ptr<float>(),
-        w.defined() ? result.v_new_BHMCV.data_ptr<float>() : nullptr, result.final_state_BHKV.data_ptr<float>(),
-        dims_of(k_to_end, u), current_cuda_stream(u));
+        k_to_end.data_ptr(), u.data_ptr<float>(), untyped_data_or_null(w), chunk_decay.data_ptr<float>(),
+        initial_state.data_ptr<float>(), result.states_BHMKV.data_ptr<float>(),
+        w.defined() ? result.v_new_BHMCV.data_ptr<float>() : nullptr,
+        result.final_state_BHKV.data_ptr<float>(), dims_of(k_to_end, u), current_cuda_stream(u));
     TORCH_CHECK(error == nullptr, "fused state pass forward (bf16): CUDA kernel failed: ", error);
     return result;
   }
@@ -173,7 +175,8 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
                                       const at::Tensor& w_BHMCK, const at::Tensor& chunk_decay_BHM,
                                       const at::Tensor& d_final_state_BHKV) {
 #if defined(DLA_WITH_CUDA)
-  if (bf16_kernel_runs({&q_read_BHMCK, &d_out_BHMCV, &k_to_end_BHMCK, &w_BHMCK}, k_to_end_BHMCK, d_out_BHMCV)) {
+  if (bf16_kernel_runs({&q_read_BHMCK, &d_out_BHMCV, &k_to_end_BHMCK, &w_BHMCK}, k_to_end_BHMCK,
+                       d_out_BHMCV)) {
     const c10::cuda::CUDAGuard device_guard(k_to_end_BHMCK.device());
     const at::Tensor q_read = kernel_buffer(q_read_BHMCK);
     const at::Tensor d_out = kernel_buffer(d_out_BHMCV);

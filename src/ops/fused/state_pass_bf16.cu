@@ -34,43 +34,54 @@ using dla::ops::kernels::wait_copies;
 using dla::ops::kernels::WarpBlock;
 using bf16 = __nv_bfloat16;
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kTileV = 2 * kBlock;  // value columns per block
-constexpr int kPad = 8;             // bf16 rows are padded by 16 bytes: ldmatrix's eight rows on distinct banks
-constexpr int kPiece = 8;           // bf16 entries per 16-byte copy
+constexpr int kPad = 8;    // bf16 rows are padded by 16 bytes: ldmatrix's eight rows on distinct banks
+constexpr int kPiece = 8;  // bf16 entries per 16-byte copy
+constexpr int kWide = 2 * kBlock, kNarrow = kBlock;  // value columns per block
 
-/// Shared-memory layout in bytes for chunk length C and key dim K: two stages, each kOperands [C, K] operands
-/// and, with kTile, a [C, kTileV] one (dO), then the state (or its gradient) and the chunk's written values
-/// (or their gradient) as bf16 operands.
-template <int C, int K, int kOperands, bool kTile>
+/// Shared-memory layout in bytes for chunk length C, key dim K and Width value columns per block: two stages,
+/// each kOperands [C, K] operands and, with kTile, a [C, Width] one (dO), then the state (or its gradient)
+/// and the chunk's written values (or their gradient) as bf16 operands.
+template <int C, int K, int Width, int kOperands, bool kTile>
 struct Layout {
   static constexpr int kOperandLd = K + kPad;
-  static constexpr int kTileLd = kTileV + kPad;
+  static constexpr int kTileLd = Width + kPad;
   static constexpr int kOperandBytes = C * kOperandLd * 2;
   static constexpr int kStageBytes = kOperands * kOperandBytes + (kTile ? C * kTileLd * 2 : 0);
   static constexpr int kState = 2 * kStageBytes;
   static constexpr int kWritten = kState + K * kTileLd * 2;
   static constexpr int kBytes = kWritten + C * kTileLd * 2;
-  __host__ __device__ static constexpr int operand(int stage, int i) { return stage * kStageBytes + i * kOperandBytes; }
-  __host__ __device__ static constexpr int tile(int stage) { return stage * kStageBytes + kOperands * kOperandBytes; }
+  __host__ __device__ static constexpr int operand(int stage, int i) {
+    return stage * kStageBytes + i * kOperandBytes;
+  }
+  __host__ __device__ static constexpr int tile(int stage) {
+    return stage * kStageBytes + kOperands * kOperandBytes;
+  }
 };
 
-template <int C, int K>
-using ForwardLayout = Layout<C, K, 2, false>;  // w, k_to_end
-template <int C, int K>
-using BackwardLayout = Layout<C, K, 3, true>;  // k_to_end, q_read, w; dO
+template <int C, int K, int Width>
+using ForwardLayout = Layout<C, K, Width, 2, false>;  // w, k_to_end
+template <int C, int K, int Width>
+using BackwardLayout = Layout<C, K, Width, 3, true>;  // k_to_end, q_read, w; dO
 
-/// The warp's blocks: of the written values (phase one, one block for warps below kWrittenBlocks) and of the
-/// state (phase two, kStateBlocks each, block s of the warp at index warp + kWarps·s).
-template <int C, int K>
+/// The warp's blocks of the state (phase two: block warp + kWarps·s for s < kStateBlocks, where there is
+/// one) and of the written values (phase one: one block for each of the last kWrittenBlocks warps, which at
+/// K = 64 are those without a state block). Two warps per scheduler overlap each other's latencies: with one,
+/// the kernel issued an instruction every five cycles.
+template <int C, int K, int Width>
 struct Blocks {
-  static constexpr int kWrittenBlocks = (C / kBlock) * (kTileV / kBlock);
-  static constexpr int kStateBlocks = (K / kBlock) * (kTileV / kBlock) / kWarps;
-  static_assert(kWrittenBlocks <= kWarps && kStateBlocks * kWarps * kBlock * kBlock == K * kTileV);
+  static constexpr int kAcross = Width / kBlock;
+  static constexpr int kWrittenBlocks = (C / kBlock) * kAcross;
+  static constexpr int kStateTotal = (K / kBlock) * kAcross;
+  static constexpr int kStateBlocks = (kStateTotal + kWarps - 1) / kWarps;
+  static_assert(kWrittenBlocks <= kWarps);
   __device__ static int2 origin(int index) {
-    return {(index / (kTileV / kBlock)) * kBlock, (index % (kTileV / kBlock)) * kBlock};
+    return {(index / kAcross) * kBlock, (index % kAcross) * kBlock};
   }
+  __device__ static bool has_state(int warp, int s) { return warp + kWarps * s < kStateTotal; }
+  /// The warp's written block, negative for none.
+  __device__ static int written_index(int warp) { return warp - (kWarps - kWrittenBlocks); }
 };
 
 /// Starts dst (rows Ld apart) = the [C, K] bf16 matrix at src (contiguous).
@@ -84,16 +95,17 @@ __device__ void copy_operand(bf16* dst, const bf16* src) {
   }
 }
 
-/// Starts dst (rows Ld apart) = the kTileV columns from first_column of a [C, V] bf16 matrix at src, zeros
+/// Starts dst (rows Ld apart) = the Width columns from first_column of a [C, V] bf16 matrix at src, zeros
 /// from column V on (V a multiple of 8).
-template <int C, int Ld>
+template <int C, int Width, int Ld>
 __device__ void copy_tile(bf16* dst, const bf16* src, int V, int first_column) {
-  constexpr int kPerRow = kTileV / kPiece;
+  constexpr int kPerRow = Width / kPiece;
   for (int i = threadIdx.x; i < C * kPerRow; i += kThreads) {
     const int row = i / kPerRow, column = (i % kPerRow) * kPiece;
     const bool inside = first_column + column < V;
     const bf16* from = src + static_cast<size_t>(row) * V + (inside ? first_column + column : 0);
-    copy_async(reinterpret_cast<float*>(dst + row * Ld + column), reinterpret_cast<const float*>(from), inside);
+    copy_async(reinterpret_cast<float*>(dst + row * Ld + column), reinterpret_cast<const float*>(from),
+               inside);
   }
 }
 
@@ -111,23 +123,24 @@ __device__ void for_each_lane_pair(F f) {
         f(m, n, h, 16 * m + 8 * h + g, 8 * n + 2 * t);
 }
 
-/// block = scale · the 32 × 32 block from (row, column) of a [*, V] float32 global matrix at src, zeros from
-/// column V on.
-__device__ void load_global(WarpBlock& block, const float* __restrict__ src, int V, int2 at, float scale) {
+/// block = scale · the 32 × 32 block at `origin` of a float32 global matrix with rows V apart, whose first
+/// column is column `column` of V: zeros from column V on.
+__device__ void load_global(WarpBlock& block, const float* __restrict__ origin, int V, int column,
+                            float scale) {
   for_each_lane_pair([&](int m, int n, int h, int r, int c) {
     float2 x = make_float2(0.f, 0.f);
-    if (at.y + c < V) x = __ldg(reinterpret_cast<const float2*>(src + static_cast<size_t>(at.x + r) * V + at.y + c));
+    if (column + c < V) x = __ldg(reinterpret_cast<const float2*>(origin + r * V + c));
     block.c[m][n][2 * h] = scale * x.x;
     block.c[m][n][2 * h + 1] = scale * x.y;
   });
 }
 
-/// The 32 × 32 block from (row, column) of a [*, V] float32 global matrix at dst = scale · block, the columns
+/// The 32 × 32 block at `origin` of a float32 global matrix (as load_global's) = scale · block, the columns
 /// from V on left out.
-__device__ void store_global(const WarpBlock& block, float* dst, int V, int2 at, float scale) {
+__device__ void store_global(const WarpBlock& block, float* origin, int V, int column, float scale) {
   for_each_lane_pair([&](int m, int n, int h, int r, int c) {
-    if (at.y + c < V)
-      *reinterpret_cast<float2*>(dst + static_cast<size_t>(at.x + r) * V + at.y + c) =
+    if (column + c < V)
+      *reinterpret_cast<float2*>(origin + r * V + c) =
           make_float2(scale * block.c[m][n][2 * h], scale * block.c[m][n][2 * h + 1]);
   });
 }
@@ -160,27 +173,38 @@ struct ForwardArgs {
   int chunks, value_dim;
 };
 
-template <int C, int K>
+template <int C, int K, int Width>
 __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(ForwardArgs a) {
-  using L = ForwardLayout<C, K>;
-  using W = Blocks<C, K>;
+  using L = ForwardLayout<C, K, Width>;
+  using W = Blocks<C, K, Width>;
   extern __shared__ float4 shared_vectors[];
   char* shared = reinterpret_cast<char*>(shared_vectors);
   const auto at = [&](int offset) { return reinterpret_cast<bf16*>(shared + offset); };
   bf16* state_operand = at(L::kState);
   bf16* written_operand = at(L::kWritten);
-  const int V = a.value_dim, first_column = blockIdx.x * kTileV, warp = threadIdx.x / 32;
-  const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K, CV = static_cast<size_t>(C) * V;
+  const int V = a.value_dim, first_column = blockIdx.x * Width, warp = threadIdx.x / 32;
+  const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K,
+               CV = static_cast<size_t>(C) * V;
   const bool delta_rule = a.w != nullptr;
-  const bool writes = warp < W::kWrittenBlocks;
-  const int2 written_at = W::origin(warp);
-  const int2 written_column = {written_at.x, first_column + written_at.y};
+  const bool writes = W::written_index(warp) >= 0;
+  const int2 written_at = W::origin(max(W::written_index(warp), 0));
+  const int written_offset = written_at.x * V + first_column + written_at.y;
+  const int written_column = first_column + written_at.y;
+  // The warp's state blocks: where they start in a [K, V] matrix, and in the shared operand.
+  int state_offset[W::kStateBlocks], state_column[W::kStateBlocks], state_shared[W::kStateBlocks];
+#pragma unroll
+  for (int s = 0; s < W::kStateBlocks; ++s) {
+    const int2 o = W::origin(warp + kWarps * s);
+    state_offset[s] = o.x * V + first_column + o.y;
+    state_column[s] = first_column + o.y;
+    state_shared[s] = o.x * L::kTileLd + o.y;
+  }
 
   WarpBlock state[W::kStateBlocks];
 #pragma unroll
   for (int s = 0; s < W::kStateBlocks; ++s) {
-    const int2 o = W::origin(warp + kWarps * s);
-    load_global(state[s], a.initial_state + head * KV, V, {o.x, first_column + o.y}, 1.f);
+    if (W::has_state(warp, s))
+      load_global(state[s], a.initial_state + head * KV + state_offset[s], V, state_column[s], 1.f);
   }
   const auto fetch = [&](int stage, size_t chunk) {
     if (delta_rule) copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 0)), a.w + chunk * CK);
@@ -190,29 +214,30 @@ __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(Forwa
   // The written block starts as −u, so that the product adds w S and v_new leaves as its negation.
   WarpBlock written;
   const auto fetch_values = [&](size_t chunk) {
-    if (writes) load_global(written, a.u + chunk * CV, V, written_column, delta_rule ? -1.f : 1.f);
+    load_global(written, a.u + chunk * CV + written_offset, V, written_column, delta_rule ? -1.f : 1.f);
   };
   const size_t first_chunk = head * a.chunks;
   fetch(0, first_chunk);
-  fetch_values(first_chunk);
+  if (writes) fetch_values(first_chunk);
   float decay = __ldg(a.chunk_decay + first_chunk);
   for (int m = 0; m < a.chunks; ++m) {
     const size_t chunk = first_chunk + m;
     const int stage = m % 2;
 #pragma unroll
     for (int s = 0; s < W::kStateBlocks; ++s) {
-      const int2 o = W::origin(warp + kWarps * s);
-      store_global(state[s], a.states + chunk * KV, V, {o.x, first_column + o.y}, 1.f);
-      store_shared(state[s], state_operand + o.x * L::kTileLd + o.y, L::kTileLd, 1.f);
+      if (!W::has_state(warp, s)) continue;
+      store_global(state[s], a.states + chunk * KV + state_offset[s], V, state_column[s], 1.f);
+      store_shared(state[s], state_operand + state_shared[s], L::kTileLd, 1.f);
     }
     wait_copies<0>();
     __syncthreads();  // the chunk's operands and S are in; every warp is done with the other stage
     if (m + 1 < a.chunks) fetch(1 - stage, chunk + 1);
     if (writes) {
       if (delta_rule) {
-        accumulate<Stored::by_row, Stored::by_column>(written, at(L::operand(stage, 0)) + written_at.x * L::kOperandLd,
-                                                      L::kOperandLd, state_operand + written_at.y, L::kTileLd, K);
-        store_global(written, a.v_new + chunk * CV, V, written_column, -1.f);
+        accumulate<Stored::by_row, Stored::by_column>(
+            written, at(L::operand(stage, 0)) + written_at.x * L::kOperandLd, L::kOperandLd,
+            state_operand + written_at.y, L::kTileLd, K);
+        store_global(written, a.v_new + chunk * CV + written_offset, V, written_column, -1.f);
       }
       store_shared(written, written_operand + written_at.x * L::kTileLd + written_at.y, L::kTileLd,
                    delta_rule ? -1.f : 1.f);
@@ -222,17 +247,18 @@ __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(Forwa
     __syncthreads();  // v_new is in
 #pragma unroll
     for (int s = 0; s < W::kStateBlocks; ++s) {
+      if (!W::has_state(warp, s)) continue;
       const int2 o = W::origin(warp + kWarps * s);
       scale_block(state[s], decay);
-      accumulate<Stored::by_column, Stored::by_column>(state[s], at(L::operand(stage, 1)) + o.x, L::kOperandLd,
-                                                       written_operand + o.y, L::kTileLd, C);
+      accumulate<Stored::by_column, Stored::by_column>(state[s], at(L::operand(stage, 1)) + o.x,
+                                                       L::kOperandLd, written_operand + o.y, L::kTileLd, C);
     }
     decay = next_decay;
   }
 #pragma unroll
   for (int s = 0; s < W::kStateBlocks; ++s) {
-    const int2 o = W::origin(warp + kWarps * s);
-    store_global(state[s], a.final_state + head * KV, V, {o.x, first_column + o.y}, 1.f);
+    if (W::has_state(warp, s))
+      store_global(state[s], a.final_state + head * KV + state_offset[s], V, state_column[s], 1.f);
   }
 }
 
@@ -243,42 +269,52 @@ struct BackwardArgs {
   int chunks, value_dim;
 };
 
-template <int C, int K>
+template <int C, int K, int Width>
 __global__ void __launch_bounds__(kThreads) state_pass_backward_bf16_kernel(BackwardArgs a) {
-  using L = BackwardLayout<C, K>;
-  using W = Blocks<C, K>;
+  using L = BackwardLayout<C, K, Width>;
+  using W = Blocks<C, K, Width>;
   extern __shared__ float4 shared_vectors[];
   char* shared = reinterpret_cast<char*>(shared_vectors);
   const auto at = [&](int offset) { return reinterpret_cast<bf16*>(shared + offset); };
   bf16* d_state_operand = at(L::kState);
   bf16* d_written_operand = at(L::kWritten);  // −dv_new
-  const int V = a.value_dim, first_column = blockIdx.x * kTileV, warp = threadIdx.x / 32;
-  const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K, CV = static_cast<size_t>(C) * V;
+  const int V = a.value_dim, first_column = blockIdx.x * Width, warp = threadIdx.x / 32;
+  const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K,
+               CV = static_cast<size_t>(C) * V;
   const bool delta_rule = a.w != nullptr;
-  const bool writes = warp < W::kWrittenBlocks;
-  const int2 written_at = W::origin(warp);
-  const int2 written_column = {written_at.x, first_column + written_at.y};
+  const bool writes = W::written_index(warp) >= 0;
+  const int2 written_at = W::origin(max(W::written_index(warp), 0));
+  const int written_offset = written_at.x * V + first_column + written_at.y;
+  const int written_column = first_column + written_at.y;
+  int state_offset[W::kStateBlocks], state_column[W::kStateBlocks], state_shared[W::kStateBlocks];
+#pragma unroll
+  for (int s = 0; s < W::kStateBlocks; ++s) {
+    const int2 o = W::origin(warp + kWarps * s);
+    state_offset[s] = o.x * V + first_column + o.y;
+    state_column[s] = first_column + o.y;
+    state_shared[s] = o.x * L::kTileLd + o.y;
+  }
 
   WarpBlock d_state[W::kStateBlocks];
 #pragma unroll
   for (int s = 0; s < W::kStateBlocks; ++s) {
-    const int2 o = W::origin(warp + kWarps * s);
-    load_global(d_state[s], a.d_final_state + head * KV, V, {o.x, first_column + o.y}, 1.f);
+    if (W::has_state(warp, s))
+      load_global(d_state[s], a.d_final_state + head * KV + state_offset[s], V, state_column[s], 1.f);
   }
   const auto fetch = [&](int stage, size_t chunk) {
     copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 0)), a.k_to_end + chunk * CK);
     copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 1)), a.q_read + chunk * CK);
     if (delta_rule) copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 2)), a.w + chunk * CK);
-    copy_tile<C, L::kTileLd>(at(L::tile(stage)), a.d_out + chunk * CV, V, first_column);
+    copy_tile<C, Width, L::kTileLd>(at(L::tile(stage)), a.d_out + chunk * CV, V, first_column);
     commit_copies();
   };
   WarpBlock d_written;
   const auto fetch_values = [&](size_t chunk) {
-    if (writes) load_global(d_written, a.d_v_new_intra + chunk * CV, V, written_column, 1.f);
+    load_global(d_written, a.d_v_new_intra + chunk * CV + written_offset, V, written_column, 1.f);
   };
   const size_t last_chunk = head * a.chunks + a.chunks - 1;
   fetch(0, last_chunk);
-  fetch_values(last_chunk);
+  if (writes) fetch_values(last_chunk);
   float decay = __ldg(a.chunk_decay + last_chunk);
   for (int i = 0; i < a.chunks; ++i) {
     const size_t chunk = last_chunk - i;
@@ -286,41 +322,45 @@ __global__ void __launch_bounds__(kThreads) state_pass_backward_bf16_kernel(Back
     const bool more = i + 1 < a.chunks;
 #pragma unroll
     for (int s = 0; s < W::kStateBlocks; ++s) {
-      const int2 o = W::origin(warp + kWarps * s);
-      store_global(d_state[s], a.d_states_next + chunk * KV, V, {o.x, first_column + o.y}, 1.f);
-      store_shared(d_state[s], d_state_operand + o.x * L::kTileLd + o.y, L::kTileLd, 1.f);
+      if (!W::has_state(warp, s)) continue;
+      store_global(d_state[s], a.d_states_next + chunk * KV + state_offset[s], V, state_column[s], 1.f);
+      store_shared(d_state[s], d_state_operand + state_shared[s], L::kTileLd, 1.f);
     }
     wait_copies<0>();
     __syncthreads();  // the chunk's operands and dS_{m+1} are in; every warp is done with the other stage
     if (more) fetch(1 - stage, chunk - 1);
     if (writes) {
-      accumulate<Stored::by_row, Stored::by_column>(d_written,
-                                                    at(L::operand(stage, 0)) + written_at.x * L::kOperandLd,
-                                                    L::kOperandLd, d_state_operand + written_at.y, L::kTileLd, K);
-      store_global(d_written, a.d_v_new + chunk * CV, V, written_column, 1.f);
-      if (delta_rule)
-        store_shared(d_written, d_written_operand + written_at.x * L::kTileLd + written_at.y, L::kTileLd, -1.f);
+      accumulate<Stored::by_row, Stored::by_column>(
+          d_written, at(L::operand(stage, 0)) + written_at.x * L::kOperandLd, L::kOperandLd,
+          d_state_operand + written_at.y, L::kTileLd, K);
+      store_global(d_written, a.d_v_new + chunk * CV + written_offset, V, written_column, 1.f);
+      if (delta_rule) {
+        store_shared(d_written, d_written_operand + written_at.x * L::kTileLd + written_at.y, L::kTileLd,
+                     -1.f);
+      }
       if (more) fetch_values(chunk - 1);
     }
     const float next_decay = more ? __ldg(a.chunk_decay + chunk - 1) : 0.f;
     __syncthreads();  // −dv_new is in
 #pragma unroll
     for (int s = 0; s < W::kStateBlocks; ++s) {
+      if (!W::has_state(warp, s)) continue;
       const int2 o = W::origin(warp + kWarps * s);
       scale_block(d_state[s], decay);
-      accumulate<Stored::by_column, Stored::by_column>(d_state[s], at(L::operand(stage, 1)) + o.x, L::kOperandLd,
-                                                       at(L::tile(stage)) + o.y, L::kTileLd, C);
+      accumulate<Stored::by_column, Stored::by_column>(
+          d_state[s], at(L::operand(stage, 1)) + o.x, L::kOperandLd, at(L::tile(stage)) + o.y, L::kTileLd, C);
       if (delta_rule) {
         accumulate<Stored::by_column, Stored::by_column>(d_state[s], at(L::operand(stage, 2)) + o.x,
-                                                         L::kOperandLd, d_written_operand + o.y, L::kTileLd, C);
+                                                         L::kOperandLd, d_written_operand + o.y, L::kTileLd,
+                                                         C);
       }
     }
     decay = next_decay;
   }
 #pragma unroll
   for (int s = 0; s < W::kStateBlocks; ++s) {
-    const int2 o = W::origin(warp + kWarps * s);
-    store_global(d_state[s], a.d_initial_state + head * KV, V, {o.x, first_column + o.y}, 1.f);
+    if (W::has_state(warp, s))
+      store_global(d_state[s], a.d_initial_state + head * KV + state_offset[s], V, state_column[s], 1.f);
   }
 }
 
@@ -336,11 +376,23 @@ bool with_shape(const StatePassDims& d, F&& f) {
          one.template operator()<32, 128>() || one.template operator()<32, 64>();
 }
 
-template <class Kernel, class Args>
+/// Value columns per block: 64, or 32 where blocks of 64 would leave most SMs idle (few heads, long
+/// sequences), since a block's chunk step is bound by its SM's shared-memory and load-store traffic rather
+/// than by the operands it shares with the other blocks of its head.
+bool narrow_blocks(const StatePassDims& d) {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return false;
+  return d.batch_heads * ((d.value_dim + kBlock - 1) / kBlock) <= sms;
+}
+
+template <int Width, class Kernel, class Args>
 const char* launch(Kernel kernel, const Args& args, int bytes, const StatePassDims& d, void* stream) {
   const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (error != cudaSuccess) return cudaGetErrorString(error);
-  const dim3 grid(static_cast<unsigned>((d.value_dim + kTileV - 1) / kTileV), static_cast<unsigned>(d.batch_heads));
+  const dim3 grid(static_cast<unsigned>((d.value_dim + Width - 1) / Width),
+                  static_cast<unsigned>(d.batch_heads));
   kernel<<<grid, kThreads, bytes, static_cast<cudaStream_t>(stream)>>>(args);
   return launched();
 }
@@ -353,14 +405,16 @@ bool supports_bf16_state_pass(const StatePassDims& d) {
     return false;
   bool fits = false;
   const bool instantiated = with_shape(d, [&]<int C, int K>() {
-    fits = std::max(ForwardLayout<C, K>::kBytes, BackwardLayout<C, K>::kBytes) <= max_shared_bytes();
+    fits = std::max(ForwardLayout<C, K, kWide>::kBytes, BackwardLayout<C, K, kWide>::kBytes) <=
+           max_shared_bytes();
   });
   return instantiated && fits;
 }
 
-const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const void* w, const float* chunk_decay,
-                                    const float* initial_state, float* states, float* v_new, float* final_state,
-                                    const StatePassDims& dims, void* stream) {
+const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const void* w,
+                                    const float* chunk_decay, const float* initial_state, float* states,
+                                    float* v_new, float* final_state, const StatePassDims& dims,
+                                    void* stream) {
   const ForwardArgs args{static_cast<const bf16*>(k_to_end),
                          static_cast<const bf16*>(w),
                          u,
@@ -373,7 +427,10 @@ const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const 
                          static_cast<int>(dims.value_dim)};
   const char* error = "state_pass_forward_bf16: no kernel for this chunk length and key dim";
   with_shape(dims, [&]<int C, int K>() {
-    error = launch(state_pass_forward_bf16_kernel<C, K>, args, ForwardLayout<C, K>::kBytes, dims, stream);
+    error = narrow_blocks(dims) ? launch<kNarrow>(state_pass_forward_bf16_kernel<C, K, kNarrow>, args,
+                                                  ForwardLayout<C, K, kNarrow>::kBytes, dims, stream)
+                                : launch<kWide>(state_pass_forward_bf16_kernel<C, K, kWide>, args,
+                                                ForwardLayout<C, K, kWide>::kBytes, dims, stream);
   });
   return error;
 }
@@ -396,7 +453,10 @@ const char* state_pass_backward_bf16(const void* q_read, const void* d_out, cons
                           static_cast<int>(dims.value_dim)};
   const char* error = "state_pass_backward_bf16: no kernel for this chunk length and key dim";
   with_shape(dims, [&]<int C, int K>() {
-    error = launch(state_pass_backward_bf16_kernel<C, K>, args, BackwardLayout<C, K>::kBytes, dims, stream);
+    error = narrow_blocks(dims) ? launch<kNarrow>(state_pass_backward_bf16_kernel<C, K, kNarrow>, args,
+                                                  BackwardLayout<C, K, kNarrow>::kBytes, dims, stream)
+                                : launch<kWide>(state_pass_backward_bf16_kernel<C, K, kWide>, args,
+                                                BackwardLayout<C, K, kWide>::kBytes, dims, stream);
   });
   return error;
 }
