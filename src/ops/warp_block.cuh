@@ -183,6 +183,20 @@ __device__ inline void multiply_accumulate_transposed(WarpBlock& block, const __
   multiply_accumulate_bf16<Stored::by_row, false, Stored::by_row, false>(block, {a, a_ld}, {b, b_ld}, depth);
 }
 
+/// Calls f(m, n, h, row, column) for each pair of entries the lane holds of a warp block: c[m][n][2h] and
+/// c[m][n][2h + 1] sit at (row, column) and (row, column + 1) of the block.
+template <class F>
+__device__ void for_each_lane_pair(F f) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        f(m, n, h, 16 * m + 8 * h + g, 8 * n + 2 * t);
+}
+
 /// The sum of the block's diagonal over the warp's lanes (each lane returns its part).
 __device__ inline float diagonal_sum(const WarpBlock& block) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;

@@ -293,15 +293,9 @@ inline __device__ int2 lower_block(int s) {
 /// entry is (first_row, first_column), for every pair the lane holds.
 template <class F>
 __device__ void for_each_block_pair(const WarpBlock& block, int first_row, int first_column, F f) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int m = 0; m < 2; ++m)
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        f(first_row + 16 * m + 8 * h + g, first_column + 8 * n + 2 * t, block.c[m][n][2 * h],
-          block.c[m][n][2 * h + 1]);
+  dla::ops::kernels::for_each_lane_pair([&](int m, int n, int h, int row, int column) {
+    f(first_row + row, first_column + column, block.c[m][n][2 * h], block.c[m][n][2 * h + 1]);
+  });
 }
 
 /// The warp's lower block s (lower_block) of (a bᵀ) ⊙ D, with a and b the C rows of by-row operands (rows

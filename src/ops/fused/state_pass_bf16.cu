@@ -26,6 +26,7 @@ namespace {
 
 using dla::ops::kernels::commit_copies;
 using dla::ops::kernels::copy_async;
+using dla::ops::kernels::for_each_lane_pair;
 using dla::ops::kernels::kBlock;
 using dla::ops::kernels::launched;
 using dla::ops::kernels::max_shared_bytes;
@@ -84,6 +85,45 @@ struct Blocks {
   __device__ static int written_index(int warp) { return warp - (kWarps - kWrittenBlocks); }
 };
 
+/// Where a warp's blocks (Blocks) start: as offsets into a [K, V] or [C, V] matrix of the block's head and
+/// chunk, as the first value columns (for the edge check), and as the row and the column within the block's
+/// value columns (for the shared operands).
+template <int C, int K, int Width>
+struct WarpPlace {
+  using W = Blocks<C, K, Width>;
+  int warp;
+  bool writes;
+  int written_offset, written_column, written_row, written_in_tile;
+  int state_offset[W::kStateBlocks], state_column[W::kStateBlocks], state_row[W::kStateBlocks],
+      state_in_tile[W::kStateBlocks];
+
+  __device__ WarpPlace(int V, int first_column) : warp(static_cast<int>(threadIdx.x / 32)) {
+    writes = W::written_index(warp) >= 0;
+    const int2 w = W::origin(max(W::written_index(warp), 0));
+    written_offset = w.x * V + first_column + w.y;
+    written_column = first_column + w.y;
+    written_row = w.x;
+    written_in_tile = w.y;
+#pragma unroll
+    for (int s = 0; s < W::kStateBlocks; ++s) {
+      const int2 o = W::origin(warp + kWarps * s);
+      state_offset[s] = o.x * V + first_column + o.y;
+      state_column[s] = first_column + o.y;
+      state_row[s] = o.x;
+      state_in_tile[s] = o.y;
+    }
+  }
+
+  /// Calls f(s) for each state block s the warp holds.
+  template <class F>
+  __device__ void for_each_state_block(F f) const {
+#pragma unroll
+    for (int s = 0; s < W::kStateBlocks; ++s) {
+      if (W::has_state(warp, s)) f(s);
+    }
+  }
+};
+
 /// Starts dst (rows Ld apart) = the [C, K] bf16 matrix at src (contiguous).
 template <int C, int K, int Ld>
 __device__ void copy_operand(bf16* dst, const bf16* src) {
@@ -107,20 +147,6 @@ __device__ void copy_tile(bf16* dst, const bf16* src, int V, int first_column) {
     copy_async(reinterpret_cast<float*>(dst + row * Ld + column), reinterpret_cast<const float*>(from),
                inside);
   }
-}
-
-/// Calls f(row, column, e) for each entry of the lane's share of a warp block: c[m][n][e] sits at row
-/// 16m + 8(e / 2) + g and column 8n + 2t + e % 2; f sees the pair's first column (e even).
-template <class F>
-__device__ void for_each_lane_pair(F f) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int m = 0; m < 2; ++m)
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        f(m, n, h, 16 * m + 8 * h + g, 8 * n + 2 * t);
 }
 
 /// block = scale · the 32 × 32 block at `origin` of a float32 global matrix with rows V apart, whose first
@@ -176,36 +202,21 @@ struct ForwardArgs {
 template <int C, int K, int Width>
 __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(ForwardArgs a) {
   using L = ForwardLayout<C, K, Width>;
-  using W = Blocks<C, K, Width>;
   extern __shared__ float4 shared_vectors[];
   char* shared = reinterpret_cast<char*>(shared_vectors);
   const auto at = [&](int offset) { return reinterpret_cast<bf16*>(shared + offset); };
   bf16* state_operand = at(L::kState);
   bf16* written_operand = at(L::kWritten);
-  const int V = a.value_dim, first_column = blockIdx.x * Width, warp = threadIdx.x / 32;
+  const int V = a.value_dim, first_column = blockIdx.x * Width;
   const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K,
                CV = static_cast<size_t>(C) * V;
   const bool delta_rule = a.w != nullptr;
-  const bool writes = W::written_index(warp) >= 0;
-  const int2 written_at = W::origin(max(W::written_index(warp), 0));
-  const int written_offset = written_at.x * V + first_column + written_at.y;
-  const int written_column = first_column + written_at.y;
-  // The warp's state blocks: where they start in a [K, V] matrix, and in the shared operand.
-  int state_offset[W::kStateBlocks], state_column[W::kStateBlocks], state_shared[W::kStateBlocks];
-#pragma unroll
-  for (int s = 0; s < W::kStateBlocks; ++s) {
-    const int2 o = W::origin(warp + kWarps * s);
-    state_offset[s] = o.x * V + first_column + o.y;
-    state_column[s] = first_column + o.y;
-    state_shared[s] = o.x * L::kTileLd + o.y;
-  }
+  const WarpPlace<C, K, Width> p(V, first_column);
 
-  WarpBlock state[W::kStateBlocks];
-#pragma unroll
-  for (int s = 0; s < W::kStateBlocks; ++s) {
-    if (W::has_state(warp, s))
-      load_global(state[s], a.initial_state + head * KV + state_offset[s], V, state_column[s], 1.f);
-  }
+  WarpBlock state[Blocks<C, K, Width>::kStateBlocks];
+  p.for_each_state_block([&](int s) {
+    load_global(state[s], a.initial_state + head * KV + p.state_offset[s], V, p.state_column[s], 1.f);
+  });
   const auto fetch = [&](int stage, size_t chunk) {
     if (delta_rule) copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 0)), a.w + chunk * CK);
     copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 1)), a.k_to_end + chunk * CK);
@@ -214,52 +225,47 @@ __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(Forwa
   // The written block starts as −u, so that the product adds w S and v_new leaves as its negation.
   WarpBlock written;
   const auto fetch_values = [&](size_t chunk) {
-    load_global(written, a.u + chunk * CV + written_offset, V, written_column, delta_rule ? -1.f : 1.f);
+    load_global(written, a.u + chunk * CV + p.written_offset, V, p.written_column, delta_rule ? -1.f : 1.f);
   };
   const size_t first_chunk = head * a.chunks;
   fetch(0, first_chunk);
-  if (writes) fetch_values(first_chunk);
+  if (p.writes) fetch_values(first_chunk);
   float decay = __ldg(a.chunk_decay + first_chunk);
   for (int m = 0; m < a.chunks; ++m) {
     const size_t chunk = first_chunk + m;
     const int stage = m % 2;
-#pragma unroll
-    for (int s = 0; s < W::kStateBlocks; ++s) {
-      if (!W::has_state(warp, s)) continue;
-      store_global(state[s], a.states + chunk * KV + state_offset[s], V, state_column[s], 1.f);
-      store_shared(state[s], state_operand + state_shared[s], L::kTileLd, 1.f);
-    }
+    p.for_each_state_block([&](int s) {
+      store_global(state[s], a.states + chunk * KV + p.state_offset[s], V, p.state_column[s], 1.f);
+      store_shared(state[s], state_operand + p.state_row[s] * L::kTileLd + p.state_in_tile[s], L::kTileLd,
+                   1.f);
+    });
     wait_copies<0>();
     __syncthreads();  // the chunk's operands and S are in; every warp is done with the other stage
     if (m + 1 < a.chunks) fetch(1 - stage, chunk + 1);
-    if (writes) {
+    if (p.writes) {
       if (delta_rule) {
         accumulate<Stored::by_row, Stored::by_column>(
-            written, at(L::operand(stage, 0)) + written_at.x * L::kOperandLd, L::kOperandLd,
-            state_operand + written_at.y, L::kTileLd, K);
-        store_global(written, a.v_new + chunk * CV + written_offset, V, written_column, -1.f);
+            written, at(L::operand(stage, 0)) + p.written_row * L::kOperandLd, L::kOperandLd,
+            state_operand + p.written_in_tile, L::kTileLd, K);
+        store_global(written, a.v_new + chunk * CV + p.written_offset, V, p.written_column, -1.f);
       }
-      store_shared(written, written_operand + written_at.x * L::kTileLd + written_at.y, L::kTileLd,
+      store_shared(written, written_operand + p.written_row * L::kTileLd + p.written_in_tile, L::kTileLd,
                    delta_rule ? -1.f : 1.f);
       if (m + 1 < a.chunks) fetch_values(chunk + 1);
     }
     const float next_decay = m + 1 < a.chunks ? __ldg(a.chunk_decay + chunk + 1) : 0.f;
     __syncthreads();  // v_new is in
-#pragma unroll
-    for (int s = 0; s < W::kStateBlocks; ++s) {
-      if (!W::has_state(warp, s)) continue;
-      const int2 o = W::origin(warp + kWarps * s);
+    p.for_each_state_block([&](int s) {
       scale_block(state[s], decay);
-      accumulate<Stored::by_column, Stored::by_column>(state[s], at(L::operand(stage, 1)) + o.x,
-                                                       L::kOperandLd, written_operand + o.y, L::kTileLd, C);
-    }
+      accumulate<Stored::by_column, Stored::by_column>(state[s], at(L::operand(stage, 1)) + p.state_row[s],
+                                                       L::kOperandLd, written_operand + p.state_in_tile[s],
+                                                       L::kTileLd, C);
+    });
     decay = next_decay;
   }
-#pragma unroll
-  for (int s = 0; s < W::kStateBlocks; ++s) {
-    if (W::has_state(warp, s))
-      store_global(state[s], a.final_state + head * KV + state_offset[s], V, state_column[s], 1.f);
-  }
+  p.for_each_state_block([&](int s) {
+    store_global(state[s], a.final_state + head * KV + p.state_offset[s], V, p.state_column[s], 1.f);
+  });
 }
 
 struct BackwardArgs {
@@ -272,35 +278,21 @@ struct BackwardArgs {
 template <int C, int K, int Width>
 __global__ void __launch_bounds__(kThreads) state_pass_backward_bf16_kernel(BackwardArgs a) {
   using L = BackwardLayout<C, K, Width>;
-  using W = Blocks<C, K, Width>;
   extern __shared__ float4 shared_vectors[];
   char* shared = reinterpret_cast<char*>(shared_vectors);
   const auto at = [&](int offset) { return reinterpret_cast<bf16*>(shared + offset); };
   bf16* d_state_operand = at(L::kState);
   bf16* d_written_operand = at(L::kWritten);  // −dv_new
-  const int V = a.value_dim, first_column = blockIdx.x * Width, warp = threadIdx.x / 32;
+  const int V = a.value_dim, first_column = blockIdx.x * Width;
   const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K,
                CV = static_cast<size_t>(C) * V;
   const bool delta_rule = a.w != nullptr;
-  const bool writes = W::written_index(warp) >= 0;
-  const int2 written_at = W::origin(max(W::written_index(warp), 0));
-  const int written_offset = written_at.x * V + first_column + written_at.y;
-  const int written_column = first_column + written_at.y;
-  int state_offset[W::kStateBlocks], state_column[W::kStateBlocks], state_shared[W::kStateBlocks];
-#pragma unroll
-  for (int s = 0; s < W::kStateBlocks; ++s) {
-    const int2 o = W::origin(warp + kWarps * s);
-    state_offset[s] = o.x * V + first_column + o.y;
-    state_column[s] = first_column + o.y;
-    state_shared[s] = o.x * L::kTileLd + o.y;
-  }
+  const WarpPlace<C, K, Width> p(V, first_column);
 
-  WarpBlock d_state[W::kStateBlocks];
-#pragma unroll
-  for (int s = 0; s < W::kStateBlocks; ++s) {
-    if (W::has_state(warp, s))
-      load_global(d_state[s], a.d_final_state + head * KV + state_offset[s], V, state_column[s], 1.f);
-  }
+  WarpBlock d_state[Blocks<C, K, Width>::kStateBlocks];
+  p.for_each_state_block([&](int s) {
+    load_global(d_state[s], a.d_final_state + head * KV + p.state_offset[s], V, p.state_column[s], 1.f);
+  });
   const auto fetch = [&](int stage, size_t chunk) {
     copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 0)), a.k_to_end + chunk * CK);
     copy_operand<C, K, L::kOperandLd>(at(L::operand(stage, 1)), a.q_read + chunk * CK);
@@ -310,58 +302,53 @@ __global__ void __launch_bounds__(kThreads) state_pass_backward_bf16_kernel(Back
   };
   WarpBlock d_written;
   const auto fetch_values = [&](size_t chunk) {
-    load_global(d_written, a.d_v_new_intra + chunk * CV + written_offset, V, written_column, 1.f);
+    load_global(d_written, a.d_v_new_intra + chunk * CV + p.written_offset, V, p.written_column, 1.f);
   };
   const size_t last_chunk = head * a.chunks + a.chunks - 1;
   fetch(0, last_chunk);
-  if (writes) fetch_values(last_chunk);
+  if (p.writes) fetch_values(last_chunk);
   float decay = __ldg(a.chunk_decay + last_chunk);
   for (int i = 0; i < a.chunks; ++i) {
     const size_t chunk = last_chunk - i;
     const int stage = i % 2;
     const bool more = i + 1 < a.chunks;
-#pragma unroll
-    for (int s = 0; s < W::kStateBlocks; ++s) {
-      if (!W::has_state(warp, s)) continue;
-      store_global(d_state[s], a.d_states_next + chunk * KV + state_offset[s], V, state_column[s], 1.f);
-      store_shared(d_state[s], d_state_operand + state_shared[s], L::kTileLd, 1.f);
-    }
+    p.for_each_state_block([&](int s) {
+      store_global(d_state[s], a.d_states_next + chunk * KV + p.state_offset[s], V, p.state_column[s], 1.f);
+      store_shared(d_state[s], d_state_operand + p.state_row[s] * L::kTileLd + p.state_in_tile[s], L::kTileLd,
+                   1.f);
+    });
     wait_copies<0>();
     __syncthreads();  // the chunk's operands and dS_{m+1} are in; every warp is done with the other stage
     if (more) fetch(1 - stage, chunk - 1);
-    if (writes) {
+    if (p.writes) {
       accumulate<Stored::by_row, Stored::by_column>(
-          d_written, at(L::operand(stage, 0)) + written_at.x * L::kOperandLd, L::kOperandLd,
-          d_state_operand + written_at.y, L::kTileLd, K);
-      store_global(d_written, a.d_v_new + chunk * CV + written_offset, V, written_column, 1.f);
+          d_written, at(L::operand(stage, 0)) + p.written_row * L::kOperandLd, L::kOperandLd,
+          d_state_operand + p.written_in_tile, L::kTileLd, K);
+      store_global(d_written, a.d_v_new + chunk * CV + p.written_offset, V, p.written_column, 1.f);
       if (delta_rule) {
-        store_shared(d_written, d_written_operand + written_at.x * L::kTileLd + written_at.y, L::kTileLd,
-                     -1.f);
+        store_shared(d_written, d_written_operand + p.written_row * L::kTileLd + p.written_in_tile,
+                     L::kTileLd, -1.f);
       }
       if (more) fetch_values(chunk - 1);
     }
     const float next_decay = more ? __ldg(a.chunk_decay + chunk - 1) : 0.f;
     __syncthreads();  // −dv_new is in
-#pragma unroll
-    for (int s = 0; s < W::kStateBlocks; ++s) {
-      if (!W::has_state(warp, s)) continue;
-      const int2 o = W::origin(warp + kWarps * s);
+    p.for_each_state_block([&](int s) {
       scale_block(d_state[s], decay);
-      accumulate<Stored::by_column, Stored::by_column>(
-          d_state[s], at(L::operand(stage, 1)) + o.x, L::kOperandLd, at(L::tile(stage)) + o.y, L::kTileLd, C);
+      accumulate<Stored::by_column, Stored::by_column>(d_state[s], at(L::operand(stage, 1)) + p.state_row[s],
+                                                       L::kOperandLd, at(L::tile(stage)) + p.state_in_tile[s],
+                                                       L::kTileLd, C);
       if (delta_rule) {
-        accumulate<Stored::by_column, Stored::by_column>(d_state[s], at(L::operand(stage, 2)) + o.x,
-                                                         L::kOperandLd, d_written_operand + o.y, L::kTileLd,
-                                                         C);
+        accumulate<Stored::by_column, Stored::by_column>(
+            d_state[s], at(L::operand(stage, 2)) + p.state_row[s], L::kOperandLd,
+            d_written_operand + p.state_in_tile[s], L::kTileLd, C);
       }
-    }
+    });
     decay = next_decay;
   }
-#pragma unroll
-  for (int s = 0; s < W::kStateBlocks; ++s) {
-    if (W::has_state(warp, s))
-      store_global(d_state[s], a.d_initial_state + head * KV + state_offset[s], V, state_column[s], 1.f);
-  }
+  p.for_each_state_block([&](int s) {
+    store_global(d_state[s], a.d_initial_state + head * KV + p.state_offset[s], V, p.state_column[s], 1.f);
+  });
 }
 
 /// Calls f.template operator()<C, K>() for the instantiated (C, K) of dims; false when there is none.
