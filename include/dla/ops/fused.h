@@ -28,7 +28,8 @@ struct StatePassForward {
   at::Tensor final_state_BHKV;  ///< S_M
 };
 /// k_to_end and w may be bf16 (prepare_chunks' bf16_state_operands): the products then run on bf16 tensor
-/// cores where the bf16 kernels apply, and in float32 otherwise. The results are float32.
+/// cores where the bf16 kernels apply, which return the states and v_new in bf16 (also without w), and in
+/// float32 otherwise. The final state is float32.
 StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::Tensor& u_BHMCV,
                                     const at::Tensor& w_BHMCK, const at::Tensor& chunk_decay_BHM,
                                     const at::Tensor& initial_state_BHKV);
@@ -38,7 +39,7 @@ StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::
 ///   dS_m     = q_read_mᵀ d_out_m + chunk_decay_m dS_{m+1} − w_mᵀ dv_new_m   (no w term without w)
 /// starting from dS_M = d_final_state. q_read is the query as it reads the chunk-start state (scale and
 /// decay applied); d_v_new_intra the gradient v_new gets from the chunk's own outputs. q_read, d_out,
-/// k_to_end and w may be bf16, as for the forward.
+/// k_to_end and w may be bf16, as for the forward: where the bf16 kernels run, dS_next and dv_new are bf16.
 struct StatePassBackward {
   at::Tensor d_states_next_BHMKV;   ///< dS_{m+1}, the gradient of the state chunk m hands on
   at::Tensor d_v_new_BHMCV;         ///< dv_new_m, complete

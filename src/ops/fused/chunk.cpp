@@ -119,8 +119,9 @@ variable_list kernel_backward(const at::Tensor& q, const at::Tensor& k, const at
                                     ? d_out_or_undefined
                                     : at::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   const ValueGradient value = chunk_value_gradient(q, k, d_out_BTHV, prepared.gamma_BHMC, scale);
-  const at::Tensor d_final_BHKV = d_final_or_undefined.defined() ? d_final_or_undefined.to(at::kFloat)
-                                                                 : at::zeros_like(states_BHMKV.select(2, 0));
+  const at::Tensor d_final_BHKV = d_final_or_undefined.defined()
+                                      ? d_final_or_undefined.to(at::kFloat)
+                                      : at::zeros_like(states_BHMKV.select(2, 0), at::kFloat);
   const StatePassBackward back =
       state_pass_backward(value.q_read_BHMCK, value.d_out_BHMCV, value.d_v_new_intra_BHMCV,
                           prepared.k_to_end_BHMCK, prepared.w_BHMCK, prepared.chunk_decay_BHM, d_final_BHKV);
@@ -187,12 +188,13 @@ class ChunkFunction : public torch::autograd::Function<ChunkFunction> {
     const Tf32Scope tf32(tf32_suits(q));
     const at::ScalarType dtype = common::compute_dtype({q, k, v, g, beta, initial_state});
     const int64_t num_tokens = q.size(1);
-    const at::Tensor& states_BHMKV = saved[6];
-    const at::Tensor& v_new_BHMCV = saved[7];
     if (chunk_gradients_apply(q, k, v, dtype, chunk_size)) {
-      return kernel_backward(q, k, v, g, beta, initial_state, states_BHMKV, v_new_BHMCV, saved[8],
-                             grad_outputs[0], grad_outputs[1], scale, chunk_size);
+      return kernel_backward(q, k, v, g, beta, initial_state, saved[6], saved[7], saved[8], grad_outputs[0],
+                             grad_outputs[1], scale, chunk_size);
     }
+    // The bf16 state pass keeps the states and written values in bf16; the ops below compute in dtype.
+    const at::Tensor states_BHMKV = saved[6].to(dtype);
+    const at::Tensor v_new_BHMCV = saved[7].to(dtype);
 
     const ChunkTerms t = chunk_stages_apply(q, k, v, dtype, chunk_size)
                              ? kernel_chunk_terms(q, k, v, g, beta, chunk_size, dtype, true)

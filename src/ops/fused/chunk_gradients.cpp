@@ -68,9 +68,10 @@ ChunkGradients chunk_gradients(
   at::Tensor q_kept, k_kept, v_kept;
   const auto buffer = [](const at::Tensor& x) { return kernel_buffer(x.defined() ? x.to(at::kFloat) : x); };
   const at::Tensor beta_BTH = buffer(beta), gamma = buffer(gamma_BHMC), inverse = buffer(inverse_BHMCC);
-  const at::Tensor states = buffer(states_BHMKV), v_new = buffer(v_new_BHMCV);
-  const at::Tensor d_out = kernel_buffer(d_out_BHMCV.to(q.scalar_type()));
-  const at::Tensor d_states_next = buffer(d_states_next_BHMKV), d_v_new = buffer(d_v_new_BHMCV);
+  // The kernel reads these of q's type (bf16 from the bf16 state pass, float32 from the others).
+  const auto operand = [&](const at::Tensor& x) { return kernel_buffer(x.to(q.scalar_type())); };
+  const at::Tensor states = operand(states_BHMKV), v_new = operand(v_new_BHMCV), d_out = operand(d_out_BHMCV);
+  const at::Tensor d_states_next = operand(d_states_next_BHMKV), d_v_new = operand(d_v_new_BHMCV);
   const auto float_options = q.options().dtype(at::kFloat);
   ChunkGradients result{at::empty({B, T, H, K}, q.options()), at::empty({B, T, H, K}, q.options()),
                         at::empty({B, T, H, V}, q.options()), at::empty({B, T, H}, float_options),
@@ -82,11 +83,11 @@ ChunkGradients chunk_gradients(
       .beta = data_or_null(beta_BTH),
       .gamma = gamma.data_ptr<float>(),
       .inverse = data_or_null(inverse),
-      .states = states.data_ptr<float>(),
-      .v_new = v_new.data_ptr<float>(),
+      .states = states.data_ptr(),
+      .v_new = v_new.data_ptr(),
       .d_out = d_out.data_ptr(),
-      .d_states_next = d_states_next.data_ptr<float>(),
-      .d_v_new = d_v_new.data_ptr<float>(),
+      .d_states_next = d_states_next.data_ptr(),
+      .d_v_new = d_v_new.data_ptr(),
       .d_q = result.d_q.data_ptr(),
       .d_k = result.d_k.data_ptr(),
       .d_v = result.d_v.data_ptr(),

@@ -185,9 +185,9 @@ struct GradientLayout {
 
 struct GradientArgs {
   TokenRows q, k, v;
-  const float *beta, *gamma, *inverse, *states, *v_new;
-  const void* d_out;  // of the operand type, as chunk_value_gradient writes it
-  const float *d_states_next, *d_v_new;
+  const float *beta, *gamma, *inverse;
+  // Of the operand type, as chunk_value_gradient and the state pass write them for these inputs.
+  const void *states, *v_new, *d_out, *d_states_next, *d_v_new;
   void *d_q, *d_k, *d_v;
   float *d_g, *d_beta;
   float scale;
@@ -310,10 +310,10 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
 
   const ChunkRows<Scalar> v_rows(a.v, block);
   const T* d_out_chunk = static_cast<const T*>(a.d_out) + block.chunk * C * V;
-  const float* v_new_chunk = a.v_new + block.chunk * C * V;
-  const float* d_v_new_chunk = a.d_v_new + block.chunk * C * V;
-  const float* states_chunk = a.states + block.chunk * K * V;
-  const float* d_states_chunk = a.d_states_next + block.chunk * K * V;
+  const T* v_new_chunk = static_cast<const T*>(a.v_new) + block.chunk * C * V;
+  const T* d_v_new_chunk = static_cast<const T*>(a.d_v_new) + block.chunk * C * V;
+  const T* states_chunk = static_cast<const T*>(a.states) + block.chunk * K * V;
+  const T* d_states_chunk = static_cast<const T*>(a.d_states_next) + block.chunk * K * V;
   float state_dot = 0.f, to_end_dot = 0.f;  // this thread's shares of the two totals
   for (int first_column = 0; first_column < V; first_column += kW) {
     const int width = min(kW, V - first_column);  // a multiple of 16

@@ -109,11 +109,12 @@ at::Tensor chunk_outputs([[maybe_unused]] const at::Tensor& q, [[maybe_unused]] 
   const kernels::TokenRows q_rows = token_rows(q, q_kept);
   const kernels::TokenRows k_rows = token_rows(k, k_kept);
   const at::Tensor gamma = kernel_buffer(gamma_BHMC.to(at::kFloat));
-  const at::Tensor states = kernel_buffer(states_BHMKV.to(at::kFloat));
-  const at::Tensor v_new = kernel_buffer(v_new_BHMCV.to(at::kFloat));
+  // Of q's type: bf16 from the bf16 state pass, float32 from the others.
+  const at::Tensor states = kernel_buffer(states_BHMKV.to(q.scalar_type()));
+  const at::Tensor v_new = kernel_buffer(v_new_BHMCV.to(q.scalar_type()));
   at::Tensor out_BTHV = at::empty({q.size(0), q.size(1), q.size(2), v_new.size(-1)}, q.options());
-  const char* error = kernels::chunk_output(q_rows, k_rows, gamma.data_ptr<float>(), states.data_ptr<float>(),
-                                            v_new.data_ptr<float>(), scale, out_BTHV.data_ptr(),
+  const char* error = kernels::chunk_output(q_rows, k_rows, gamma.data_ptr<float>(), states.data_ptr(),
+                                            v_new.data_ptr(), scale, out_BTHV.data_ptr(),
                                             dims_of(q, v_new.size(-1), chunk_size), current_cuda_stream(q));
   TORCH_CHECK(error == nullptr, "fused chunk_output: CUDA kernel failed: ", error);
   return out_BTHV;

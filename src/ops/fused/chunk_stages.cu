@@ -300,8 +300,9 @@ struct OutputLayout {
 
 struct OutputArgs {
   TokenRows q, k;
-  const float *gamma, *states, *v_new;
-  void* out;  // contiguous [B, T, H, V]
+  const float* gamma;
+  const void *states, *v_new;  // of the operand type
+  void* out;                   // contiguous [B, T, H, V]
   float scale;
   int tokens, heads, value_dim;
 };
@@ -355,8 +356,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
   for (int first_column = 0; first_column < V; first_column += kW) {
     const int width = min(kW, V - first_column);
     // S's K rows and v_new's C rows, stacked as the region's K + C rows, in one round of loads.
-    const float* states = a.states + block.chunk * K * V + first_column;
-    const float* v_new = a.v_new + block.chunk * C * V + first_column;
+    const T* states = static_cast<const T*>(a.states) + block.chunk * K * V + first_column;
+    const T* v_new = static_cast<const T*>(a.v_new) + block.chunk * C * V + first_column;
     copy_rows<kThreads, kOutputRowsInFlight<C, K, kW>>(
         K + C, width,
         [&](int r, int c) { return load4(r < K ? states + r * V + c : v_new + (r - K) * V + c); },
@@ -437,8 +438,8 @@ const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g
   return error;
 }
 
-const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* gamma, const float* states,
-                         const float* v_new, double scale, void* out, const ChunkStageDims& dims,
+const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* gamma, const void* states,
+                         const void* v_new, double scale, void* out, const ChunkStageDims& dims,
                          void* stream) {
   const OutputArgs args{q,
                         k,

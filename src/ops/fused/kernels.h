@@ -38,19 +38,19 @@ const char* state_pass_backward(const float* q_read, const float* d_out, const f
 bool supports_bf16_state_pass(const StatePassDims& dims);
 
 /// The state pass for bf16 operands: k_to_end and w (null without the delta rule) are contiguous bf16
-/// buffers, everything else float32 as for state_pass_forward. The products run on bf16 tensor cores with the
-/// state in float32, rounded to bf16 where it is an operand. nullptr on success, else the CUDA error's text.
+/// buffers, states and v_new (written also without the delta rule: u rounded) bf16, everything else float32
+/// as for state_pass_forward. The products run on bf16 tensor cores with the state in float32, rounded to
+/// bf16 where it is an operand. nullptr on success, else the CUDA error's text.
 const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const void* w,
-                                    const float* chunk_decay, const float* initial_state, float* states,
-                                    float* v_new, float* final_state, const StatePassDims& dims,
-                                    void* stream);
+                                    const float* chunk_decay, const float* initial_state, void* states,
+                                    void* v_new, float* final_state, const StatePassDims& dims, void* stream);
 
 /// The state pass backward for bf16 operands: q_read, d_out, k_to_end and w (null without the delta rule) are
-/// contiguous bf16 buffers, everything else float32 as for state_pass_backward. nullptr on success, else the
-/// CUDA error's text.
+/// contiguous bf16 buffers, and so are d_states_next and d_v_new; everything else float32 as for
+/// state_pass_backward. nullptr on success, else the CUDA error's text.
 const char* state_pass_backward_bf16(const void* q_read, const void* d_out, const float* d_v_new_intra,
                                      const void* k_to_end, const void* w, const float* chunk_decay,
-                                     const float* d_final_state, float* d_states_next, float* d_v_new,
+                                     const float* d_final_state, void* d_states_next, void* d_v_new,
                                      float* d_initial_state, const StatePassDims& dims, void* stream);
 
 /// Whether unit_lower_inverse runs n × n matrices on the current device.
@@ -104,9 +104,9 @@ const char* chunk_prepare(const TokenRows& k, const TokenRows& v, const float* g
 
 /// out = scale · ((exp(gamma) ⊙ q) S + ((q kᵀ) ⊙ D) v_new) for every chunk, on TF32 tensor cores, written
 /// to a contiguous [B, T, H, V] buffer of q's type. states [B·H, M, K, V] and v_new [B·H, M, C, V] are the
-/// state pass's. nullptr on success, else the CUDA error's text.
-const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* gamma, const float* states,
-                         const float* v_new, double scale, void* out, const ChunkStageDims& dims,
+/// state pass's, of q's type. nullptr on success, else the CUDA error's text.
+const char* chunk_output(const TokenRows& q, const TokenRows& k, const float* gamma, const void* states,
+                         const void* v_new, double scale, void* out, const ChunkStageDims& dims,
                          void* stream);
 
 /// Whether chunk_value_gradient and chunk_gradients run these dims on the current device: as
@@ -124,19 +124,19 @@ const char* chunk_value_gradient(const TokenRows& q, const TokenRows& k, const T
 
 /// What chunk_gradients reads and writes. q, k and v are the op's inputs read in place; beta is contiguous
 /// float32 [B, T, H], null for SSD; gamma and inverse are chunk_prepare's; states and v_new the forward state
-/// pass's; d_out chunk_value_gradient's d_out_chunks; d_states_next and d_v_new the state pass backward's.
-/// d_q, d_k and d_v are contiguous [B, T, H, ·] of q's type, d_g and d_beta contiguous float32 [B, T, H]
-/// (d_beta unused for SSD).
+/// pass's; d_out chunk_value_gradient's d_out_chunks; d_states_next and d_v_new the state pass backward's;
+/// these five of q's type. d_q, d_k and d_v are contiguous [B, T, H, ·] of q's type, d_g and d_beta
+/// contiguous float32 [B, T, H] (d_beta unused for SSD).
 struct ChunkGradientBuffers {
   TokenRows q, k, v;
   const float* beta;
   const float* gamma;
   const float* inverse;
-  const float* states;
-  const float* v_new;
-  const void* d_out;  ///< of q's type
-  const float* d_states_next;
-  const float* d_v_new;
+  const void* states;
+  const void* v_new;
+  const void* d_out;
+  const void* d_states_next;
+  const void* d_v_new;
   void* d_q;
   void* d_k;
   void* d_v;

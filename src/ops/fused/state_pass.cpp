@@ -130,12 +130,12 @@ StatePassForward state_pass_forward(const at::Tensor& k_to_end_BHMCK, const at::
     const at::Tensor chunk_decay = kernel_buffer(chunk_decay_BHM.to(at::kFloat));
     const at::Tensor initial_state = kernel_buffer(initial_state_BHKV.to(at::kFloat));
     const int64_t B = u.size(0), H = u.size(1), M = u.size(2), K = k_to_end.size(4), V = u.size(4);
-    StatePassForward result{at::empty({B, H, M, K, V}, u.options()), w.defined() ? at::empty_like(u) : u,
+    const auto bf16 = u.options().dtype(at::kBFloat16);
+    StatePassForward result{at::empty({B, H, M, K, V}, bf16), at::empty_like(u, bf16),
                             at::empty({B, H, K, V}, u.options())};
     const char* error = kernels::state_pass_forward_bf16(
         k_to_end.data_ptr(), u.data_ptr<float>(), untyped_data_or_null(w), chunk_decay.data_ptr<float>(),
-        initial_state.data_ptr<float>(), result.states_BHMKV.data_ptr<float>(),
-        w.defined() ? result.v_new_BHMCV.data_ptr<float>() : nullptr,
+        initial_state.data_ptr<float>(), result.states_BHMKV.data_ptr(), result.v_new_BHMCV.data_ptr(),
         result.final_state_BHKV.data_ptr<float>(), dims_of(k_to_end, u), current_cuda_stream(u));
     TORCH_CHECK(error == nullptr, "fused state pass forward (bf16): CUDA kernel failed: ", error);
     return result;
@@ -187,13 +187,13 @@ StatePassBackward state_pass_backward(const at::Tensor& q_read_BHMCK, const at::
     const at::Tensor d_final_state = kernel_buffer(d_final_state_BHKV.to(at::kFloat));
     const int64_t B = d_out.size(0), H = d_out.size(1), M = d_out.size(2), K = k_to_end.size(4),
                   V = d_out.size(4);
-    const auto options = d_v_new_intra.options();
-    StatePassBackward result{at::empty({B, H, M, K, V}, options), at::empty_like(d_v_new_intra),
-                             at::empty({B, H, K, V}, options)};
+    const auto bf16 = d_v_new_intra.options().dtype(at::kBFloat16);
+    StatePassBackward result{at::empty({B, H, M, K, V}, bf16), at::empty_like(d_v_new_intra, bf16),
+                             at::empty({B, H, K, V}, d_v_new_intra.options())};
     const char* error = kernels::state_pass_backward_bf16(
         q_read.data_ptr(), d_out.data_ptr(), d_v_new_intra.data_ptr<float>(), k_to_end.data_ptr(),
         untyped_data_or_null(w), chunk_decay.data_ptr<float>(), d_final_state.data_ptr<float>(),
-        result.d_states_next_BHMKV.data_ptr<float>(), result.d_v_new_BHMCV.data_ptr<float>(),
+        result.d_states_next_BHMKV.data_ptr(), result.d_v_new_BHMCV.data_ptr(),
         result.d_initial_state_BHKV.data_ptr<float>(), dims_of(k_to_end, d_out), current_cuda_stream(d_out));
     TORCH_CHECK(error == nullptr, "fused state pass backward (bf16): CUDA kernel failed: ", error);
     return result;

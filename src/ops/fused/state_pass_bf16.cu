@@ -10,7 +10,8 @@
 // The chunk's [C, K] operands arrive by cp.async one chunk ahead into the other of two shared stages, and the
 // float32 addends (u, d_intra) into registers one chunk ahead, so that nothing on a chunk's critical path
 // waits on global memory. The operands are rounded as fla's Triton kernels round them; the state and the
-// addends stay float32, and states, v_new and their gradients are written in float32.
+// addends stay float32. The chunk-start states, v_new and their gradients leave in bf16 (as fla writes them),
+// copied from the shared operands in whole sectors; the final state and its gradient in float32.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -149,6 +150,21 @@ __device__ void copy_tile(bf16* dst, const bf16* src, int V, int first_column) {
   }
 }
 
+/// The Width columns from first_column of the first `Rows` rows of a [*, V] bf16 global matrix at dst = the
+/// shared tile at src (rows Ld apart), the columns from V on left out: 16 bytes at a time by the block's
+/// first `threads` threads, so that each store fills whole sectors.
+template <int Rows, int Width, int Ld>
+__device__ void store_tile(bf16* dst, const bf16* src, int V, int first_column, int threads) {
+  constexpr int kPerRow = Width / kPiece;
+  for (int i = threadIdx.x; i < Rows * kPerRow; i += threads) {
+    const int row = i / kPerRow, column = (i % kPerRow) * kPiece;
+    if (first_column + column < V) {
+      *reinterpret_cast<uint4*>(dst + static_cast<size_t>(row) * V + first_column + column) =
+          *reinterpret_cast<const uint4*>(src + row * Ld + column);
+    }
+  }
+}
+
 /// block = scale · the 32 × 32 block at `origin` of a float32 global matrix with rows V apart, whose first
 /// column is column `column` of V: zeros from column V on.
 __device__ void load_global(WarpBlock& block, const float* __restrict__ origin, int V, int column,
@@ -195,7 +211,8 @@ __device__ void accumulate(WarpBlock& block, const bf16* a, int a_ld, const bf16
 struct ForwardArgs {
   const bf16 *k_to_end, *w;  // w null without the delta rule
   const float *u, *chunk_decay, *initial_state;
-  float *states, *v_new, *final_state;
+  bf16 *states, *v_new;
+  float* final_state;
   int chunks, value_dim;
 };
 
@@ -212,6 +229,8 @@ __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(Forwa
                CV = static_cast<size_t>(C) * V;
   const bool delta_rule = a.w != nullptr;
   const WarpPlace<C, K, Width> p(V, first_column);
+  // The warps without a written block store S and v_new from their shared operands while the others work.
+  constexpr int kCopyThreads = 32 * (kWarps - Blocks<C, K, Width>::kWrittenBlocks);
 
   WarpBlock state[Blocks<C, K, Width>::kStateBlocks];
   p.for_each_state_block([&](int s) {
@@ -235,7 +254,6 @@ __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(Forwa
     const size_t chunk = first_chunk + m;
     const int stage = m % 2;
     p.for_each_state_block([&](int s) {
-      store_global(state[s], a.states + chunk * KV + p.state_offset[s], V, p.state_column[s], 1.f);
       store_shared(state[s], state_operand + p.state_row[s] * L::kTileLd + p.state_in_tile[s], L::kTileLd,
                    1.f);
     });
@@ -247,11 +265,12 @@ __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(Forwa
         accumulate<Stored::by_row, Stored::by_column>(
             written, at(L::operand(stage, 0)) + p.written_row * L::kOperandLd, L::kOperandLd,
             state_operand + p.written_in_tile, L::kTileLd, K);
-        store_global(written, a.v_new + chunk * CV + p.written_offset, V, p.written_column, -1.f);
       }
       store_shared(written, written_operand + p.written_row * L::kTileLd + p.written_in_tile, L::kTileLd,
                    delta_rule ? -1.f : 1.f);
       if (m + 1 < a.chunks) fetch_values(chunk + 1);
+    } else {
+      store_tile<K, Width, L::kTileLd>(a.states + chunk * KV, state_operand, V, first_column, kCopyThreads);
     }
     const float next_decay = m + 1 < a.chunks ? __ldg(a.chunk_decay + chunk + 1) : 0.f;
     __syncthreads();  // v_new is in
@@ -261,6 +280,8 @@ __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(Forwa
                                                        L::kOperandLd, written_operand + p.state_in_tile[s],
                                                        L::kTileLd, C);
     });
+    if (!p.writes)
+      store_tile<C, Width, L::kTileLd>(a.v_new + chunk * CV, written_operand, V, first_column, kCopyThreads);
     decay = next_decay;
   }
   p.for_each_state_block([&](int s) {
@@ -271,7 +292,8 @@ __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(Forwa
 struct BackwardArgs {
   const bf16 *q_read, *d_out, *k_to_end, *w;  // w null without the delta rule
   const float *d_v_new_intra, *chunk_decay, *d_final_state;
-  float *d_states_next, *d_v_new, *d_initial_state;
+  bf16 *d_states_next, *d_v_new;
+  float* d_initial_state;
   int chunks, value_dim;
 };
 
@@ -282,12 +304,14 @@ __global__ void __launch_bounds__(kThreads) state_pass_backward_bf16_kernel(Back
   char* shared = reinterpret_cast<char*>(shared_vectors);
   const auto at = [&](int offset) { return reinterpret_cast<bf16*>(shared + offset); };
   bf16* d_state_operand = at(L::kState);
-  bf16* d_written_operand = at(L::kWritten);  // −dv_new
+  bf16* d_written_operand = at(L::kWritten);
   const int V = a.value_dim, first_column = blockIdx.x * Width;
   const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K,
                CV = static_cast<size_t>(C) * V;
   const bool delta_rule = a.w != nullptr;
   const WarpPlace<C, K, Width> p(V, first_column);
+  // The warps without a written block store dS and dv_new from their shared operands while the others work.
+  constexpr int kCopyThreads = 32 * (kWarps - Blocks<C, K, Width>::kWrittenBlocks);
 
   WarpBlock d_state[Blocks<C, K, Width>::kStateBlocks];
   p.for_each_state_block([&](int s) {
@@ -313,7 +337,6 @@ __global__ void __launch_bounds__(kThreads) state_pass_backward_bf16_kernel(Back
     const int stage = i % 2;
     const bool more = i + 1 < a.chunks;
     p.for_each_state_block([&](int s) {
-      store_global(d_state[s], a.d_states_next + chunk * KV + p.state_offset[s], V, p.state_column[s], 1.f);
       store_shared(d_state[s], d_state_operand + p.state_row[s] * L::kTileLd + p.state_in_tile[s], L::kTileLd,
                    1.f);
     });
@@ -324,26 +347,35 @@ __global__ void __launch_bounds__(kThreads) state_pass_backward_bf16_kernel(Back
       accumulate<Stored::by_row, Stored::by_column>(
           d_written, at(L::operand(stage, 0)) + p.written_row * L::kOperandLd, L::kOperandLd,
           d_state_operand + p.written_in_tile, L::kTileLd, K);
-      store_global(d_written, a.d_v_new + chunk * CV + p.written_offset, V, p.written_column, 1.f);
-      if (delta_rule) {
-        store_shared(d_written, d_written_operand + p.written_row * L::kTileLd + p.written_in_tile,
-                     L::kTileLd, -1.f);
-      }
+      store_shared(d_written, d_written_operand + p.written_row * L::kTileLd + p.written_in_tile, L::kTileLd,
+                   1.f);
       if (more) fetch_values(chunk - 1);
+    } else {
+      store_tile<K, Width, L::kTileLd>(a.d_states_next + chunk * KV, d_state_operand, V, first_column,
+                                       kCopyThreads);
     }
     const float next_decay = more ? __ldg(a.chunk_decay + chunk - 1) : 0.f;
-    __syncthreads();  // −dv_new is in
+    __syncthreads();  // dv_new is in
+    // dS_m = decay dS_{m+1} + q̂ᵀ dO − Wᵀ dv_new, as −(−decay dS_{m+1} + Wᵀ dv_new) + q̂ᵀ dO: dv_new enters
+    // the product as it was stored.
     p.for_each_state_block([&](int s) {
-      scale_block(d_state[s], decay);
-      accumulate<Stored::by_column, Stored::by_column>(d_state[s], at(L::operand(stage, 1)) + p.state_row[s],
-                                                       L::kOperandLd, at(L::tile(stage)) + p.state_in_tile[s],
-                                                       L::kTileLd, C);
       if (delta_rule) {
+        scale_block(d_state[s], -decay);
         accumulate<Stored::by_column, Stored::by_column>(
             d_state[s], at(L::operand(stage, 2)) + p.state_row[s], L::kOperandLd,
             d_written_operand + p.state_in_tile[s], L::kTileLd, C);
+        scale_block(d_state[s], -1.f);
+      } else {
+        scale_block(d_state[s], decay);
       }
+      accumulate<Stored::by_column, Stored::by_column>(d_state[s], at(L::operand(stage, 1)) + p.state_row[s],
+                                                       L::kOperandLd, at(L::tile(stage)) + p.state_in_tile[s],
+                                                       L::kTileLd, C);
     });
+    if (!p.writes) {
+      store_tile<C, Width, L::kTileLd>(a.d_v_new + chunk * CV, d_written_operand, V, first_column,
+                                       kCopyThreads);
+    }
     decay = next_decay;
   }
   p.for_each_state_block([&](int s) {
@@ -399,16 +431,16 @@ bool supports_bf16_state_pass(const StatePassDims& d) {
 }
 
 const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const void* w,
-                                    const float* chunk_decay, const float* initial_state, float* states,
-                                    float* v_new, float* final_state, const StatePassDims& dims,
+                                    const float* chunk_decay, const float* initial_state, void* states,
+                                    void* v_new, float* final_state, const StatePassDims& dims,
                                     void* stream) {
   const ForwardArgs args{static_cast<const bf16*>(k_to_end),
                          static_cast<const bf16*>(w),
                          u,
                          chunk_decay,
                          initial_state,
-                         states,
-                         v_new,
+                         static_cast<bf16*>(states),
+                         static_cast<bf16*>(v_new),
                          final_state,
                          static_cast<int>(dims.chunks),
                          static_cast<int>(dims.value_dim)};
@@ -424,7 +456,7 @@ const char* state_pass_forward_bf16(const void* k_to_end, const float* u, const 
 
 const char* state_pass_backward_bf16(const void* q_read, const void* d_out, const float* d_v_new_intra,
                                      const void* k_to_end, const void* w, const float* chunk_decay,
-                                     const float* d_final_state, float* d_states_next, float* d_v_new,
+                                     const float* d_final_state, void* d_states_next, void* d_v_new,
                                      float* d_initial_state, const StatePassDims& dims, void* stream) {
   const BackwardArgs args{static_cast<const bf16*>(q_read),
                           static_cast<const bf16*>(d_out),
@@ -433,8 +465,8 @@ const char* state_pass_backward_bf16(const void* q_read, const void* d_out, cons
                           d_v_new_intra,
                           chunk_decay,
                           d_final_state,
-                          d_states_next,
-                          d_v_new,
+                          static_cast<bf16*>(d_states_next),
+                          static_cast<bf16*>(d_v_new),
                           d_initial_state,
                           static_cast<int>(dims.chunks),
                           static_cast<int>(dims.value_dim)};
