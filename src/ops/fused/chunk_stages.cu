@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "../async_copy.cuh"
 #include "chunk_tiles.cuh"
 
 namespace dla::ops::fused::kernels {
@@ -358,10 +359,24 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
     // S's K rows and v_new's C rows, stacked as the region's K + C rows, in one round of loads.
     const T* states = static_cast<const T*>(a.states) + block.chunk * K * V + first_column;
     const T* v_new = static_cast<const T*>(a.v_new) + block.chunk * C * V + first_column;
-    copy_rows<kThreads, kOutputRowsInFlight<C, K, kW>>(
-        K + C, width,
-        [&](int r, int c) { return load4(r < K ? states + r * V + c : v_new + (r - K) * V + c); },
-        [&](int r, int c, float4 x) { store4(region + r * kValueLd + c, x); });
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      // Already operands (the bf16 state pass writes them): copied as they are, all pieces in flight at once.
+      constexpr int kPiece = 8;  // bf16 entries per 16-byte copy
+      const int per_row = width / kPiece;
+      for (int i = threadIdx.x; i < (K + C) * per_row; i += kThreads) {
+        const int row = i / per_row, column = (i % per_row) * kPiece;
+        const T* from = row < K ? states + row * V + column : v_new + (row - K) * V + column;
+        dla::ops::kernels::copy_async(reinterpret_cast<float*>(region + row * kValueLd + column),
+                                      reinterpret_cast<const float*>(from));
+      }
+      dla::ops::kernels::commit_copies();
+      dla::ops::kernels::wait_copies<0>();
+    } else {
+      copy_rows<kThreads, kOutputRowsInFlight<C, K, kW>>(
+          K + C, width,
+          [&](int r, int c) { return load4(r < K ? states + r * V + c : v_new + (r - K) * V + c); },
+          [&](int r, int c, float4 x) { store4(region + r * kValueLd + c, x); });
+    }
     __syncthreads();
     // Row block r reads q̂ against S, then P's columns up to its diagonal against v_new.
     const int r = warp / kColumnBlocks, c = warp % kColumnBlocks;
