@@ -208,6 +208,23 @@ __device__ void accumulate(WarpBlock& block, const bf16* a, int a_ld, const bf16
   dla::ops::kernels::multiply_accumulate_bf16<kA, false, kB, false>(block, {a, a_ld}, {b, b_ld}, depth);
 }
 
+/// What both kernels work out first: the block's value columns and head, the strides of one chunk's [C, K],
+/// [C, V] and [K, V] matrices, and the threads of the warps without a written block, which store the
+/// chunk-start states and the written values (or their gradients) from the shared operands.
+template <int C, int K, int Width>
+struct Frame {
+  static constexpr int kCopyThreads = 32 * (kWarps - Blocks<C, K, Width>::kWrittenBlocks);
+  int V, first_column;
+  size_t head, CK, CV, KV;
+  __device__ explicit Frame(int value_dim)
+      : V(value_dim),
+        first_column(static_cast<int>(blockIdx.x) * Width),
+        head(blockIdx.y),
+        CK(static_cast<size_t>(C) * K),
+        CV(static_cast<size_t>(C) * value_dim),
+        KV(static_cast<size_t>(K) * value_dim) {}
+};
+
 struct ForwardArgs {
   const bf16 *k_to_end, *w;  // w null without the delta rule
   const float *u, *chunk_decay, *initial_state;
@@ -224,13 +241,11 @@ __global__ void __launch_bounds__(kThreads) state_pass_forward_bf16_kernel(Forwa
   const auto at = [&](int offset) { return reinterpret_cast<bf16*>(shared + offset); };
   bf16* state_operand = at(L::kState);
   bf16* written_operand = at(L::kWritten);
-  const int V = a.value_dim, first_column = blockIdx.x * Width;
-  const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K,
-               CV = static_cast<size_t>(C) * V;
+  const Frame<C, K, Width> f(a.value_dim);
+  const auto [V, first_column, head, CK, CV, KV] = f;
+  constexpr int kCopyThreads = Frame<C, K, Width>::kCopyThreads;
   const bool delta_rule = a.w != nullptr;
   const WarpPlace<C, K, Width> p(V, first_column);
-  // The warps without a written block store S and v_new from their shared operands while the others work.
-  constexpr int kCopyThreads = 32 * (kWarps - Blocks<C, K, Width>::kWrittenBlocks);
 
   WarpBlock state[Blocks<C, K, Width>::kStateBlocks];
   p.for_each_state_block([&](int s) {
@@ -305,13 +320,11 @@ __global__ void __launch_bounds__(kThreads) state_pass_backward_bf16_kernel(Back
   const auto at = [&](int offset) { return reinterpret_cast<bf16*>(shared + offset); };
   bf16* d_state_operand = at(L::kState);
   bf16* d_written_operand = at(L::kWritten);
-  const int V = a.value_dim, first_column = blockIdx.x * Width;
-  const size_t head = blockIdx.y, KV = static_cast<size_t>(K) * V, CK = C * K,
-               CV = static_cast<size_t>(C) * V;
+  const Frame<C, K, Width> f(a.value_dim);
+  const auto [V, first_column, head, CK, CV, KV] = f;
+  constexpr int kCopyThreads = Frame<C, K, Width>::kCopyThreads;
   const bool delta_rule = a.w != nullptr;
   const WarpPlace<C, K, Width> p(V, first_column);
-  // The warps without a written block store dS and dv_new from their shared operands while the others work.
-  constexpr int kCopyThreads = 32 * (kWarps - Blocks<C, K, Width>::kWrittenBlocks);
 
   WarpBlock d_state[Blocks<C, K, Width>::kStateBlocks];
   p.for_each_state_block([&](int s) {
