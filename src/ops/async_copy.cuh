@@ -17,6 +17,21 @@ __device__ inline void copy_async(float* dst, const float* src, bool valid = tru
                : "memory");
 }
 
+/// Starts copying kBytes (4, 8 or 16; src and dst aligned to them) from global src to shared dst; zeros
+/// instead when !valid.
+template <int kBytes>
+__device__ void copy_bytes_async(void* dst, const void* src, bool valid = true) {
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16);
+  if constexpr (kBytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(shared_address(dst)), "l"(src),
+                 "n"(kBytes), "r"(valid ? kBytes : 0)
+                 : "memory");
+}
+
 /// Starts copying one float (4-byte aligned) from global src to shared dst.
 __device__ inline void copy_float_async(float* dst, const float* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(dst)), "l"(src) : "memory");

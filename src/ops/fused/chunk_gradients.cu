@@ -2,11 +2,12 @@
 // (chunk, batch·head) as in chunk_stages.cu:
 //   chunk_value_gradient  before the state pass backward: Δ's gradient from the chunk's own outputs,
 //                         scale · ((q kᵀ) ⊙ D)ᵀ dO, and the pass's operands q̂ = scale · exp(γ) ⊙ q and dO
-//                         as float32 chunks; TF32 tensor cores (chunk_tiles.cuh)
+//                         as chunks of the operand type; tensor cores on warp blocks (chunk_tiles.cuh)
 //   chunk_gradients       after it: dq, dk, dv, dg and dβ of the chunk from dΔ and dS_next, every term of
 //                         docs/ops/fused.md in one block, none of them through global memory; each warp
 //                         holds 32 × 32 blocks of its products in registers (../warp_block.cuh), on bf16
 //                         tensor cores for bf16 inputs and TF32 ones for float32 inputs
+// Both copy their inputs into shared memory by cp.async, every copy of a phase in flight at once.
 // chunk_gradients folds the row factors of the terms into the operands it accumulates, and uses
 // W S = U − Δ: the WY part's dA = −(Tᵀ dW) Wᵀ − (Tᵀ dΔ) Uᵀ becomes −(Tᵀ dΔ) Δᵀ (dW = −dΔ Sᵀ), so neither
 // W nor U is read.
@@ -81,20 +82,22 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
   const ChunkBlock block(a.tokens, a.heads, C);
   const int warp = threadIdx.x / 32;
 
+  // q, k and the first pass of dO arrive as they are while γ loads; q̂ and dO's copy leave from shared
+  // memory. P ⊙ D starts as zeros (the blocks above the diagonal stay so).
+  const ChunkRows<Scalar> d_out_rows(a.d_out, block);
+  copy_chunk_rows_async(queries, kKeysLd, ChunkRows<Scalar>(a.q, block), C, 0, K);
+  copy_chunk_rows_async(keys, kKeysLd, ChunkRows<Scalar>(a.k, block), C, 0, K);
+  copy_chunk_rows_async(grads, kValueLd, d_out_rows, C, 0, min(kW, V));
+  dla::ops::kernels::commit_copies();
   for (int i = threadIdx.x; i < C; i += kThreads)
     gamma[i] = a.gamma[block.chunk * C + i];
-  __syncthreads();
-  // q̂ leaves exact; q and k, loaded in one round, stay behind as operands. P ⊙ D starts as zeros (the
-  // blocks above the diagonal stay so).
-  T* q_read = static_cast<T*>(a.q_read) + block.chunk * C * K;
-  copy_row_pairs(ChunkRows<Scalar>(a.q, block), ChunkRows<Scalar>(a.k, block), C, K,
-                 [&](int r, int c, RowPair x) {
-                   store4(q_read + r * K + c, scaled(x.first, a.scale * expf(gamma[r])));
-                   store4(queries + r * kKeysLd + c, x.first);
-                   store4(keys + r * kKeysLd + c, x.second);
-                 });
   for_each_entry(C, C, [&](int i, int j) { pairs[i * kSquareLd + j] = operand_of<T>(0.f); });
+  dla::ops::kernels::wait_copies<0>();
   __syncthreads();
+  T* q_read = static_cast<T*>(a.q_read) + block.chunk * C * K;
+  dla::ops::kernels::for_each_piece<kThreads>(K / 4, C, [&](int r, int c) {
+    store4(q_read + r * K + c, scaled(load_shared4(queries + r * kKeysLd + c), a.scale * expf(gamma[r])));
+  });
   // P ⊙ D = (q kᵀ) ⊙ D on and below the diagonal blocks.
   if (warp < kLowerBlocks) {
     for_each_decayed_pair(
@@ -103,18 +106,19 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_value_gradient_kernel(Value
   }
   __syncthreads();
 
-  const ChunkRows<Scalar> d_out_rows(a.d_out, block);
   T* d_out_chunks = static_cast<T*>(a.d_out_chunks) + block.chunk * C * V;
   float* d_v_new_intra = a.d_v_new_intra + block.chunk * C * V;
   for (int first_column = 0; first_column < V; first_column += kW) {
     const int width = min(kW, V - first_column);
-    copy_rows(
-        C, width, [&](int r, int c) { return d_out_rows.load(r, first_column + c); },
-        [&](int r, int c, float4 x) {
-          store4(d_out_chunks + r * V + first_column + c, x);
-          store4(grads + r * kValueLd + c, x);
-        });
-    __syncthreads();
+    if (first_column > 0) {
+      copy_chunk_rows_async(grads, kValueLd, d_out_rows, C, first_column, width);
+      dla::ops::kernels::commit_copies();
+      dla::ops::kernels::wait_copies<0>();
+      __syncthreads();
+    }
+    dla::ops::kernels::for_each_piece<kThreads>(width / 4, C, [&](int r, int c) {
+      store4(d_out_chunks + r * V + first_column + c, load_shared4(grads + r * kValueLd + c));
+    });
     // scale · (P ⊙ D)ᵀ dO: row block r of the transpose is zero left of its diagonal block.
     const int r = warp / kColumnBlocks, c = warp % kColumnBlocks;
     if (r < kRowBlocks && c * kBlock < width) {
@@ -154,23 +158,25 @@ struct GradientLayout {
   static constexpr int kDPairs = kKeys + kKeyRows;      // dP / scale, then dP ⊙ D
   static constexpr int kGram = kDPairs + kSquareTerms;  // d(βV) Δᵀ, then dKK
   static constexpr int kRegion = kGram + kSquareTerms;
-  // Value-column passes: T, seven C-row operands, three C-row float32 terms, S and dS_next.
+  // Value-column passes: T, six C-row operands, three C-row float32 terms, S and dS_next. The buffers before
+  // dO are not read by a pass's last products, so that q for the key-side stage arrives there meanwhile.
   static constexpr int kInverse = kRegion;
-  static constexpr int kDOut = kInverse + kSquareRows;          // dO
-  static constexpr int kDOutRead = kDOut + kValueRows;          // scale exp(γ) ⊙ dO
-  static constexpr int kVNew = kDOutRead + kValueRows;          // Δ
-  static constexpr int kVNewToEnd = kVNew + kValueRows;         // exp(γ_last − γ) ⊙ Δ
-  static constexpr int kDVNew = kVNewToEnd + kValueRows;        // dΔ
-  static constexpr int kDVbOperand = kDVNew + kValueRows;       // d(βV) = Tᵀ dΔ
-  static constexpr int kDVbRead = kDVbOperand + kValueRows;     // −β exp(γ) ⊙ d(βV)
-  static constexpr int kDVb = kDVbRead + kValueRows;            // d(βV), float32
+  static constexpr int kDVNew = kInverse + kSquareRows;         // dΔ
+  static constexpr int kValues = kDVNew + kValueRows;           // v
+  static constexpr int kDVb = kValues + kValueRows;             // d(βV), float32
   static constexpr int kKeysStates = kDVb + kTermRows;          // k S
   static constexpr int kKeysDStates = kKeysStates + kTermRows;  // k dS_next
-  static constexpr int kStates = kKeysDStates + kTermRows;
+  static constexpr int kDOut = kKeysDStates + kTermRows;        // dO
+  static constexpr int kVNew = kDOut + kValueRows;              // Δ
+  static constexpr int kVNewToEnd = kVNew + kValueRows;         // exp(γ_last − γ) ⊙ Δ
+  static constexpr int kDVbOperand = kVNewToEnd + kValueRows;   // d(βV) = Tᵀ dΔ
+  static constexpr int kDVbRead = kDVbOperand + kValueRows;     // −β exp(γ) ⊙ d(βV)
+  static constexpr int kStates = kDVbRead + kValueRows;
   static constexpr int kDStates = kStates + kStateRows;
   static constexpr int kValuePassEnd = kDStates + kStateRows;
   // Key-side stage: q, two more float32 C × C terms and two C × C operands.
   static constexpr int kQueries = kRegion;
+  static_assert(kQueries + kKeyRows <= kDOut);
   static constexpr int kPairs = kQueries + kKeyRows;              // q kᵀ
   static constexpr int kKeyPairs = kPairs + kSquareTerms;         // k kᵀ
   static constexpr int kDPairOperand = kKeyPairs + kSquareTerms;  // dP ⊙ D
@@ -192,16 +198,6 @@ struct GradientArgs {
   float *d_g, *d_beta;
   float scale;
   int tokens, heads, value_dim;
-};
-
-/// A value of S with the same entry of dS_next.
-struct StatePair {
-  float4 state, d_state;
-};
-
-/// The same entries of dO, Δ and dΔ.
-struct ValueRows {
-  float4 d_out, v_new, d_v_new;
 };
 
 __device__ float dot4(float4 a, float4 b) {
@@ -264,10 +260,46 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     column_sums[i] = 0.f;
   }
   if (threadIdx.x < 4) totals[threadIdx.x] = 0.f;
-  const ChunkRows<Scalar> k_rows(a.k, block);
-  copy_rows<kGradientThreads>(
-      C, K, [&](int r, int c) { return k_rows.load(r, c); },
-      [&](int r, int c, float4 x) { store4(keys + r * kKeysLd + c, x); });
+  T* inverse = operands(L::kInverse);
+  T* d_v_new = operands(L::kDVNew);
+  T* values = operands(L::kValues);
+  float* d_vb = terms(L::kDVb);
+  float* keys_states = terms(L::kKeysStates);
+  float* keys_d_states = terms(L::kKeysDStates);
+  T* d_out = operands(L::kDOut);
+  T* v_new = operands(L::kVNew);
+  T* v_new_to_end = operands(L::kVNewToEnd);
+  T* d_vb_operand = operands(L::kDVbOperand);
+  T* d_vb_read = operands(L::kDVbRead);
+  T* states = operands(L::kStates);
+  T* d_states = operands(L::kDStates);
+  T* queries = operands(L::kQueries);
+  const ChunkRows<Scalar> q_rows(a.q, block), k_rows(a.k, block), v_rows(a.v, block);
+  const T* d_out_chunk = static_cast<const T*>(a.d_out) + block.chunk * C * V;
+  const T* v_new_chunk = static_cast<const T*>(a.v_new) + block.chunk * C * V;
+  const T* d_v_new_chunk = static_cast<const T*>(a.d_v_new) + block.chunk * C * V;
+  const T* states_chunk = static_cast<const T*>(a.states) + block.chunk * K * V;
+  const T* d_states_chunk = static_cast<const T*>(a.d_states_next) + block.chunk * K * V;
+  // A pass's operands as they are in global memory, every copy of the pass in flight at once; the operands
+  // with row factors are made from them in shared memory.
+  const auto start_pass_copies = [&](int first_column) {
+    const int width = min(kW, V - first_column);
+    copy_tile_async<kGradientThreads>(d_out, kValueLd, d_out_chunk + first_column, V, C, width);
+    copy_tile_async<kGradientThreads>(v_new, kValueLd, v_new_chunk + first_column, V, C, width);
+    copy_tile_async<kGradientThreads>(d_v_new, kValueLd, d_v_new_chunk + first_column, V, C, width);
+    copy_tile_async<kGradientThreads>(states, kValueLd, states_chunk + first_column, V, K, width);
+    copy_tile_async<kGradientThreads>(d_states, kValueLd, d_states_chunk + first_column, V, K, width);
+    if (delta_rule) copy_chunk_rows_async<kGradientThreads>(values, kValueLd, v_rows, C, first_column, width);
+    dla::ops::kernels::commit_copies();
+  };
+  copy_chunk_rows_async<kGradientThreads>(keys, kKeysLd, k_rows, C, 0, K);
+  start_pass_copies(0);
+  if (delta_rule) {
+    const float* chunk_inverse = a.inverse + block.chunk * C * C;
+    copy_rows<kGradientThreads>(
+        C, C, [&](int r, int c) { return load4(chunk_inverse + r * C + c); },
+        [&](int r, int c, float4 x) { store4(inverse + r * kSquareLd + c, x); });
+  }
   __syncthreads();
   for (int i = threadIdx.x; i < C; i += kGradientThreads) {
     exp_gamma[i] = expf(gamma[i]);
@@ -275,27 +307,10 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   }
 
   // ---- value-column passes: every product whose depth is V ----
-  T* inverse = operands(L::kInverse);
-  T* d_out = operands(L::kDOut);
-  T* d_out_read = operands(L::kDOutRead);
-  T* v_new = operands(L::kVNew);
-  T* v_new_to_end = operands(L::kVNewToEnd);
-  T* d_v_new = operands(L::kDVNew);
-  T* d_vb_operand = operands(L::kDVbOperand);
-  T* d_vb_read = operands(L::kDVbRead);
-  T* states = operands(L::kStates);
-  T* d_states = operands(L::kDStates);
-  float* d_vb = terms(L::kDVb);
-  float* keys_states = terms(L::kKeysStates);
-  float* keys_d_states = terms(L::kKeysDStates);
-  if (delta_rule) {
-    const float* chunk_inverse = a.inverse + block.chunk * C * C;
-    copy_rows<kGradientThreads>(
-        C, C, [&](int r, int c) { return load4(chunk_inverse + r * C + c); },
-        [&](int r, int c, float4 x) { store4(inverse + r * kSquareLd + c, x); });
-  }
-  // Accumulated over the value columns, with their row factors folded into the left operands:
-  //   dq      dO Sᵀ · scale exp(γ) = dq̂ · scale exp(γ), q's gradient through the state read
+  // Accumulated over the value columns, with their row factors folded into the left operands where a
+  // block's terms differ in them:
+  //   dq      dO Sᵀ, times scale exp(γ) after the passes: dq̂ · scale exp(γ), q's gradient through the state
+  //           read
   //   dk      exp(γ_last − γ) ⊙ Δ dS_nextᵀ (dK̃'s share of dk) − β exp(γ) ⊙ d(βV) Sᵀ (w's operand's)
   //   dP      dO Δᵀ = dP / scale;   Gram  d(βV) Δᵀ = −dA below the diagonal
   // The row dots γ and β need of the two dk terms come from k S and k dS_next instead:
@@ -307,47 +322,14 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   dla::ops::kernels::clear(key_acc);
   float* d_pair_terms = terms(L::kDPairs);
   float* gram_terms = terms(L::kGram);
-
-  const ChunkRows<Scalar> v_rows(a.v, block);
-  const T* d_out_chunk = static_cast<const T*>(a.d_out) + block.chunk * C * V;
-  const T* v_new_chunk = static_cast<const T*>(a.v_new) + block.chunk * C * V;
-  const T* d_v_new_chunk = static_cast<const T*>(a.d_v_new) + block.chunk * C * V;
-  const T* states_chunk = static_cast<const T*>(a.states) + block.chunk * K * V;
-  const T* d_states_chunk = static_cast<const T*>(a.d_states_next) + block.chunk * K * V;
   float state_dot = 0.f, to_end_dot = 0.f;  // this thread's shares of the two totals
   for (int first_column = 0; first_column < V; first_column += kW) {
     const int width = min(kW, V - first_column);  // a multiple of 16
-    copy_rows<kGradientThreads, 1>(
-        C, width,
-        [&](int r, int c) {
-          const int at = r * V + first_column + c;
-          return ValueRows{load4(d_out_chunk + at), load4(v_new_chunk + at), load4(d_v_new_chunk + at)};
-        },
-        [&](int r, int c, ValueRows x) {
-          store4(d_out + r * kValueLd + c, x.d_out);
-          store4(d_out_read + r * kValueLd + c, scaled(x.d_out, a.scale * exp_gamma[r]));
-          store4(v_new + r * kValueLd + c, x.v_new);
-          store4(v_new_to_end + r * kValueLd + c, scaled(x.v_new, to_end[r]));
-          if (delta_rule)
-            store4(d_v_new + r * kValueLd + c, x.d_v_new);
-          else if (r < block.valid)  // SSD: dV = dΔ
-            store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, x.d_v_new);
-        });
-    copy_rows<kGradientThreads, 1>(
-        K, width,
-        [&](int r, int c) {
-          return StatePair{load4(states_chunk + r * V + first_column + c),
-                           load4(d_states_chunk + r * V + first_column + c)};
-        },
-        [&](int r, int c, StatePair x) {
-          state_dot += dot4(x.state, x.d_state);
-          store4(states + r * kValueLd + c, x.state);
-          store4(d_states + r * kValueLd + c, x.d_state);
-        });
+    if (first_column > 0) start_pass_copies(first_column);
+    dla::ops::kernels::wait_copies<0>();
     __syncthreads();
     // [C, width] products, one 32 × 32 block per warp: k dS_next, and for the delta rule k S and
-    // d(βV) = Tᵀ dΔ (Tᵀ is upper triangular: row block r starts at depth 32r). The dk warps also add their
-    // first term.
+    // d(βV) = Tᵀ dΔ (Tᵀ is upper triangular: row block r starts at depth 32r).
     {
       constexpr int kColumnBlocks = kW / kBlock, kBlocksPerProduct = kRowBlocks * kColumnBlocks;
       const int product = warp / kBlocksPerProduct, r = (warp % kBlocksPerProduct) / kColumnBlocks,
@@ -366,32 +348,34 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
                                                            C - rows);
         dla::ops::kernels::store(acc, out + rows * kTermLd + columns, kTermLd, 1.f);
       }
-      if (key_role == 1)
-        accumulate<Stored::by_row, Stored::by_row>(key_acc, v_new_to_end + key_rows * kValueLd, kValueLd,
-                                                   d_states + key_columns * kValueLd, kValueLd, width);
     }
+    dla::ops::kernels::for_each_piece<kGradientThreads>(width / 4, K, [&](int r, int c) {
+      state_dot += dot4(load_shared4(states + r * kValueLd + c), load_shared4(d_states + r * kValueLd + c));
+    });
     __syncthreads();
     // ⟨dK̃_i, K̃_i⟩ leaves γ_i and reaches γ_last. For the delta rule also dV = β ⊙ d(βV), dβ_i +=
-    // ⟨d(βV)_i, v_i⟩ and the w operand's exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩, which γ_i gets times β_i. A row's
-    // lanes sum their parts first: one update per row. Δ comes again from global memory (L2), unrounded.
+    // ⟨d(βV)_i, v_i⟩ and the w operand's exp(γ_i) ⟨d(β exp(γ) K)_i, k_i⟩, which γ_i gets times β_i; for
+    // SSD dV = dΔ. A row's lanes sum their parts first: one update per row.
     for_each_row_vector<kGradientThreads, C>(kW, [&](int r, int c, bool leader) {
       constexpr int kLanes = kW / 4;
       const bool inside = c < width;
-      const float end_dot =
-          group_sum(inside ? dot4(load4(v_new_chunk + r * V + first_column + c),
-                                  *reinterpret_cast<const float4*>(keys_d_states + r * kTermLd + c))
-                           : 0.f,
-                    kLanes);
+      float end_dot = 0.f;
+      if (inside) {
+        const float4 delta = load_shared4(v_new + r * kValueLd + c);
+        store4(v_new_to_end + r * kValueLd + c, scaled(delta, to_end[r]));
+        end_dot = dot4(delta, load_shared4(keys_d_states + r * kTermLd + c));
+      }
+      end_dot = group_sum(end_dot, kLanes);
       float gamma_part = -to_end[r] * end_dot;
       if (leader) to_end_dot += to_end[r] * end_dot;
       if (delta_rule) {
         float kb_dot = 0.f, beta_part = 0.f;
         if (inside) {
-          const float4 x = *reinterpret_cast<const float4*>(d_vb + r * kTermLd + c);
+          const float4 x = load_shared4(d_vb + r * kTermLd + c);
           if (r < block.valid) {
             store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c, scaled(x, beta[r]));
-            kb_dot = -exp_gamma[r] * dot4(x, *reinterpret_cast<const float4*>(keys_states + r * kTermLd + c));
-            beta_part = dot4(x, v_rows.load(r, first_column + c)) + kb_dot;
+            kb_dot = -exp_gamma[r] * dot4(x, load_shared4(keys_states + r * kTermLd + c));
+            beta_part = dot4(x, load_shared4(values + r * kValueLd + c)) + kb_dot;
           }
           store4(d_vb_read + r * kValueLd + c, scaled(x, -beta[r] * exp_gamma[r]));
           store4(d_vb_operand + r * kValueLd + c, x);
@@ -400,15 +384,27 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
         beta_part = group_sum(beta_part, kLanes);
         gamma_part += beta[r] * kb_dot;
         if (leader) d_beta[r] += beta_part;
+      } else if (inside && r < block.valid) {
+        store4(output_row<Scalar>(a.d_v, block.token(r), V) + first_column + c,
+               load_shared4(d_v_new + r * kValueLd + c));
       }
       if (leader) d_gamma[r] += gamma_part;
     });
     __syncthreads();
-    // The products that share S (dq̂'s and w's operand's) or Δ (dP's and the Gram term's) as B.
-    if (key_role == 0 || (key_role == 1 && delta_rule))
-      accumulate<Stored::by_row, Stored::by_row>(
-          key_acc, (key_role == 0 ? d_out_read : d_vb_read) + key_rows * kValueLd, kValueLd,
-          states + key_columns * kValueLd, kValueLd, width);
+    // After the last pass q arrives over the buffers this phase does not read.
+    if (first_column + kW >= V) copy_chunk_rows_async<kGradientThreads>(queries, kKeysLd, q_rows, C, 0, K);
+    // The products that share S (dq's and w's operand's), dS_next (dK̃'s) or Δ (dP's and the Gram term's)
+    // as B.
+    if (key_role == 0)
+      accumulate<Stored::by_row, Stored::by_row>(key_acc, d_out + key_rows * kValueLd, kValueLd,
+                                                 states + key_columns * kValueLd, kValueLd, width);
+    if (key_role == 1) {
+      accumulate<Stored::by_row, Stored::by_row>(key_acc, v_new_to_end + key_rows * kValueLd, kValueLd,
+                                                 d_states + key_columns * kValueLd, kValueLd, width);
+      if (delta_rule)
+        accumulate<Stored::by_row, Stored::by_row>(key_acc, d_vb_read + key_rows * kValueLd, kValueLd,
+                                                   states + key_columns * kValueLd, kValueLd, width);
+    }
     if (square_role >= 0) {
       float* sums =
           (square_role == 0 ? d_pair_terms : gram_terms) + square_rows * kSquareTermLd + square_columns;
@@ -422,6 +418,8 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
           v_new + square_columns * kValueLd, kValueLd, width);
       dla::ops::kernels::store(acc, sums, kSquareTermLd, 1.f);
     }
+    dla::ops::kernels::commit_copies();
+    dla::ops::kernels::wait_copies<0>();
     __syncthreads();
   }
   state_dot = warp_sum(state_dot);
@@ -430,18 +428,18 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
     atomicAdd(totals, state_dot);
     atomicAdd(totals + 1, to_end_dot);
   }
+  if (key_role == 0)
+    dla::ops::kernels::for_each_lane_pair([&](int m, int n, int h, int row, int) {
+      const float factor = a.scale * exp_gamma[key_rows + row];
+      key_acc.c[m][n][2 * h] *= factor;
+      key_acc.c[m][n][2 * h + 1] *= factor;
+    });
 
   // ---- key-side stage ----
-  T* queries = operands(L::kQueries);
   float* pairs = terms(L::kPairs);
   float* key_pairs = terms(L::kKeyPairs);
   T* d_pair_operand = operands(L::kDPairOperand);
   T* key_sum = operands(L::kKeySum);
-  const ChunkRows<Scalar> q_rows(a.q, block);
-  copy_rows<kGradientThreads>(
-      C, K, [&](int r, int c) { return q_rows.load(r, c); },
-      [&](int r, int c, float4 x) { store4(queries + r * kKeysLd + c, x); });
-  __syncthreads();
   // q kᵀ and k kᵀ on and below the diagonal blocks; dγ_i += ⟨dq̂_i, q̂_i⟩ from the dq blocks as they are.
   if (warp < (delta_rule ? 2 : 1) * kLowerBlocks) {
     const int2 lower = lower_block(warp % kLowerBlocks);

@@ -186,17 +186,25 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
 
   const ChunkRows<Scalar> k_rows(a.k, block);
   const ChunkRows<Scalar> v_rows(a.v, block);
-  // The keys as operands: exact, since they are the inputs' own type.
-  copy_rows(
-      C, K, [&](int r, int c) { return k_rows.load(r, c); },
-      [&](int r, int c, float4 x) { store4(keys + r * L::kKeysLd + c, x); });
+  // The keys as operands (exact, since they are the inputs' own type) and, for the delta rule's u, the
+  // first pass of v, copied as they are while the block forms T.
+  const bool values_ahead = delta_rule && a.u != nullptr;
+  copy_chunk_rows_async(keys, L::kKeysLd, k_rows, C, 0, K);
+  if (values_ahead) copy_chunk_rows_async(operand, L::kOperandLd, v_rows, C, 0, min(kW, V));
+  dla::ops::kernels::commit_copies();
   for (int i = threadIdx.x; i < C; i += kThreads) {
     const size_t token = block.token(i);
     // Padding tokens decay by nothing and write nothing, as in the LibTorch path's zero-padded chunks.
     gamma[i] = i < block.valid ? a.g[token] : 0.f;
     beta[i] = delta_rule && i < block.valid ? a.beta[token] : 0.f;
   }
+  dla::ops::kernels::wait_copies<0>();
   __syncthreads();
+  if (values_ahead)
+    dla::ops::kernels::for_each_piece<kThreads>(min(kW, V) / 4, C, [&](int r, int c) {
+      T* x = operand + r * L::kOperandLd + c;
+      store4(x, scaled(load_shared4(x), beta[r]));
+    });
   cumsum_in_warp(gamma, C);
   __syncthreads();
   const float gamma_last = gamma[C - 1];
@@ -255,6 +263,19 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
       if (out_copy != nullptr) store_pair(out_copy + i * cols + first_column + j, x, y);
     });
   };
+  // u first: its first pass's operand β ⊙ v is in place already.
+  if (a.u != nullptr) {
+    for (int first_column = 0; first_column < V; first_column += kW) {
+      if (first_column > 0) {
+        copy_rows(
+            C, min(kW, V - first_column), [&](int r, int c) { return v_rows.load(r, first_column + c); },
+            [&](int r, int c, float4 x) { store4(operand + r * L::kOperandLd + c, scaled(x, beta[r])); });
+        __syncthreads();
+      }
+      multiply_by_inverse(a.u + block.chunk * C * V, nullptr, V, first_column);
+      __syncthreads();
+    }
+  }
   float* w = a.w;
   if (w != nullptr) w += block.chunk * C * K;
   auto* w_copy = static_cast<__nv_bfloat16*>(a.copies.w);
@@ -266,15 +287,6 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_prepare_kernel(PrepareArgs 
         [&](int r, int c, float4 x) { store4(operand + r * L::kOperandLd + c, scaled(x, row_scale[r])); });
     __syncthreads();
     multiply_by_inverse(w, w_copy, K, first_column);
-    __syncthreads();
-  }
-  if (a.u == nullptr) return;
-  for (int first_column = 0; first_column < V; first_column += kW) {
-    copy_rows(
-        C, min(kW, V - first_column), [&](int r, int c) { return v_rows.load(r, first_column + c); },
-        [&](int r, int c, float4 x) { store4(operand + r * L::kOperandLd + c, scaled(x, beta[r])); });
-    __syncthreads();
-    multiply_by_inverse(a.u + block.chunk * C * V, nullptr, V, first_column);
     __syncthreads();
   }
 }

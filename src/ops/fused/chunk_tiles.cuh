@@ -11,6 +11,7 @@
 
 #include <type_traits>
 
+#include "../async_copy.cuh"
 #include "../cuda_launch.cuh"
 #include "../warp_block.cuh"
 #include "../wmma_shared.cuh"
@@ -241,6 +242,31 @@ __device__ void copy_row_pairs(const ChunkRows<Scalar>& first, const ChunkRows<S
         return RowPair{first.load(r, c), second.load(r, c)};
       },
       sink);
+}
+
+/// Starts copying columns [first_column, first_column + cols) of the chunk's rows (cols a multiple of 4)
+/// into shared rows dst_ld apart, zeros past the last token; four entries per copy, the alignment token_rows
+/// guarantees. The block's Threads threads share the copies.
+template <int Threads = kThreads, class Scalar>
+__device__ void copy_chunk_rows_async(Scalar* dst, int dst_ld, const ChunkRows<Scalar>& rows, int C,
+                                      int first_column, int cols) {
+  dla::ops::kernels::for_each_piece<Threads>(cols / 4, C, [&](int r, int c) {
+    const bool valid = r < rows.valid;
+    const Scalar* from = rows.first_row + (valid ? r * rows.token_stride + first_column + c : 0);
+    dla::ops::kernels::copy_bytes_async<4 * sizeof(Scalar)>(dst + r * dst_ld + c, from, valid);
+  });
+}
+
+/// Starts copying a [rows, cols] tile of contiguous rows src_ld apart (both 16-byte aligned, cols a multiple
+/// of 16 bytes' worth) into shared rows dst_ld apart, in 16-byte pieces the block's Threads threads share.
+template <int Threads = kThreads, class T>
+__device__ void copy_tile_async(T* dst, int dst_ld, const T* src, int src_ld, int rows, int cols) {
+  constexpr int kPiece = 16 / sizeof(T);
+  const int per_row = cols / kPiece;
+  for (int i = threadIdx.x; i < rows * per_row; i += Threads) {
+    const int row = i / per_row, column = (i % per_row) * kPiece;
+    dla::ops::kernels::copy_bytes_async<16>(dst + row * dst_ld + column, src + row * src_ld + column);
+  }
 }
 
 /// The row tile and column tile of each warp's share of a (C / 16) × col_tiles grid of 16 × 16 tiles:
