@@ -19,9 +19,13 @@ struct BoundaryScanDims {
 /// The most slots one warp scans: a lane per alive boundary plus the candidate.
 constexpr int64_t kMaxScanCapacity = 32;
 
+/// The bytes of device memory boundary_scan needs beside its outputs for these dims.
+int64_t boundary_scan_workspace_bytes(const BoundaryScanDims& dims);
+
 /// u: [B, T, H] float32 on the device; start and opener: [B, H, T + 1, S] int64 on the device, every entry
-/// written. nullptr on success, else the CUDA error's text. `stream` is a cudaStream_t.
-const char* boundary_scan(const float* u, int64_t* start, int64_t* opener, const BoundaryScanDims& dims,
-                          void* stream);
+/// written; workspace: boundary_scan_workspace_bytes(dims) on the device. nullptr on success, else the CUDA
+/// error's text. `stream` is a cudaStream_t.
+const char* boundary_scan(const float* u, int64_t* start, int64_t* opener, void* workspace,
+                          const BoundaryScanDims& dims, void* stream);
 
 }  // namespace dla::memory::kernels

@@ -38,6 +38,11 @@ struct Bf16Layout {
   static constexpr int kReads = kLam + kSquareTerm;       // R, then dA
   static constexpr int kPairs = kReads + kSquareTerm;     // P = (q kᵀ) ⊙ D
   static constexpr int kKeyPairs = kPairs + kSquareTerm;  // k kᵀ ⊙ D, then dKK
+  // For dq and dk: dQ̃ over Λ and R, dK̃ over P and k kᵀ ⊙ D, float32, once those are read.
+  static constexpr int kStagedLd = K + 8;
+  static constexpr int kStagedDQueries = kLam;
+  static constexpr int kStagedDKeys = kPairs;
+  static_assert(kC * kStagedLd * 4 <= 2 * kSquareTerm);
   // bf16 C × C operands.
   static constexpr int kInverse = kKeyPairs + kSquareTerm;            // T
   static constexpr int kPairOperand = kInverse + kSquareOperand;      // P, then dQK = dP ⊙ D
@@ -403,6 +408,13 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     atomicAdd(d_gamma + j, -column_sum);
   }
   __syncthreads();
+  // dQ̃ and dK̃ arrive for dq's and dk's elementwise terms while the last products run.
+  float* staged_d_queries = terms(L::kStagedDQueries);
+  float* staged_d_keys = terms(L::kStagedDKeys);
+  const auto stage = [&](float* dst, const float* src) {
+    dla::ops::kernels::copy_rows_async<kBlockThreads>(dst, L::kStagedLd, src + rows_k, kC, K);
+  };
+  stage(staged_d_queries, a.d_transported_q);
   if constexpr (kDeltaRule) {
     // dKK + dKKᵀ over dR's operand.
     for_each_entry<kBlockThreads>(kC, kC, [&](int i, int j) {
@@ -411,22 +423,16 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     });
     __syncthreads();
   }
+  stage(staged_d_keys, a.d_k_to_end);
+  dla::ops::kernels::commit_copies();
 
   // dq = dQ̃ ⊙ exp(γ) + dQK k (row block r ends at its diagonal); dk = dK̃ ⊙ exp(γ_last − γ) + dQKᵀ q
   // (+ β exp(γ) ⊙ dX + (dKK + dKKᵀ) k). Their row dots with q and k give γ's terms of q̃ and k̃.
   const BlockRows d_q_rows(a.d_q, dims), d_k_rows(a.d_k, dims);
   if (dq_warp) {
-    WarpBlock acc;
-    dla::ops::kernels::clear(acc);
-    accumulate<Stored::by_row, Stored::by_column>(acc, pair_operand + wide_rows * kOperandLd, kOperandLd,
+    dla::ops::kernels::clear(held);
+    accumulate<Stored::by_row, Stored::by_column>(held, pair_operand + wide_rows * kOperandLd, kOperandLd,
                                                   keys + wide_columns, kWideLd, wide_rows + kBlock);
-    add_row_sums(acc, d_gamma, wide_rows, wide_columns, [&](int i, int j, float x, float y) {
-      const float2 d_tq = *reinterpret_cast<const float2*>(a.d_transported_q + rows_k + i * K + j);
-      const float e = exp_gamma[i];
-      d_q_rows.store2(i, j, x + e * d_tq.x, y + e * d_tq.y);
-      const float2 q = q_rows.load2(i, j);
-      return e * (d_tq.x * q.x + d_tq.y * q.y);
-    });
   } else if (dk_warp) {
     accumulate<Stored::by_column, Stored::by_column>(held, pair_operand + wide_rows * kOperandLd + wide_rows,
                                                      kOperandLd, queries + wide_rows * kWideLd + wide_columns,
@@ -434,11 +440,26 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     if constexpr (kDeltaRule)
       accumulate<Stored::by_row, Stored::by_column>(held, read_operand + wide_rows * kOperandLd, kOperandLd,
                                                     keys + wide_columns, kWideLd, kC);
+  }
+  dla::ops::kernels::wait_copies<0>();
+  __syncthreads();
+  const auto operand_pair = [](const Bf16* p) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+  };
+  if (dq_warp) {
+    add_row_sums(held, d_gamma, wide_rows, wide_columns, [&](int i, int j, float x, float y) {
+      const float2 d_tq = *reinterpret_cast<const float2*>(staged_d_queries + i * L::kStagedLd + j);
+      const float e = exp_gamma[i];
+      d_q_rows.store2(i, j, x + e * d_tq.x, y + e * d_tq.y);
+      const float2 q = operand_pair(queries + i * kWideLd + j);
+      return e * (d_tq.x * q.x + d_tq.y * q.y);
+    });
+  } else if (dk_warp) {
     add_row_sums(held, to_end_term, wide_rows, wide_columns, [&](int i, int j, float x, float y) {
-      const float2 d_kte = *reinterpret_cast<const float2*>(a.d_k_to_end + rows_k + i * K + j);
+      const float2 d_kte = *reinterpret_cast<const float2*>(staged_d_keys + i * L::kStagedLd + j);
       const float to_end_i = to_end[i];
       d_k_rows.store2(i, j, x + to_end_i * d_kte.x, y + to_end_i * d_kte.y);
-      const float2 k = k_rows.load2(i, j);
+      const float2 k = operand_pair(keys + i * kWideLd + j);
       return to_end_i * (d_kte.x * k.x + d_kte.y * k.y);
     });
   }

@@ -266,9 +266,11 @@ SegmentTable dla_segments_cuda([[maybe_unused]] const at::Tensor& u_BTH,
                                        .capacity = options.capacity,
                                        .threshold = static_cast<float>(options.threshold),
                                        .evict_lowest = options.merge == MergeRule::lowest};
-  const char* error =
-      kernels::boundary_scan(u.data_ptr<float>(), start_BHQS.data_ptr<int64_t>(),
-                             opener_BHQS.data_ptr<int64_t>(), dims, ops::current_cuda_stream(u));
+  at::Tensor workspace =
+      at::empty({kernels::boundary_scan_workspace_bytes(dims)}, u.options().dtype(at::kByte));
+  const char* error = kernels::boundary_scan(u.data_ptr<float>(), start_BHQS.data_ptr<int64_t>(),
+                                             opener_BHQS.data_ptr<int64_t>(), workspace.data_ptr(), dims,
+                                             ops::current_cuda_stream(u));
   TORCH_CHECK(error == nullptr, "DLA boundary scan: CUDA kernel failed: ", error);
   return {start_BHQS, opener_BHQS, at::Tensor()};
 #else

@@ -53,7 +53,8 @@ TEST_CASE("on the GPU the boundary-scan kernel writes the host scan's tables", "
   CAPTURE(static_cast<int>(merge), capacity, threshold);
   const BoundaryOptions options{.capacity = capacity, .threshold = threshold, .merge = merge};
   REQUIRE(dla::memory::boundary_scan_uses_cuda_kernel(at::zeros({1, 1, 1}, at::kCUDA), options));
-  for (const int64_t tokens : {1, 31, 33, 300}) {
+  // Longer sequences are scanned in pieces by separate warps (several from 300 tokens on).
+  for (const int64_t tokens : {1, 31, 33, 300, 1000}) {
     CAPTURE(tokens);
     expect_same_tables(tied_scores(3, tokens, 5, gen), options);
   }
