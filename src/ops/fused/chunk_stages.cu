@@ -344,15 +344,15 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
   const ChunkBlock block(a.tokens, a.heads, C);
   const int warp = threadIdx.x / 32;
 
-  // q and k in one round of loads; P's columns start as zeros (the blocks above the diagonal stay so).
-  copy_row_pairs(ChunkRows<Scalar>(a.q, block), ChunkRows<Scalar>(a.k, block), C, K,
-                 [&](int r, int c, RowPair x) {
-                   store4(reads + r * kLd + c, x.first);
-                   store4(region + r * L::kKeysLd + c, x.second);
-                 });
+  // q and k arrive as they are while γ loads; P's columns start as zeros (the blocks above the diagonal stay
+  // so).
+  copy_chunk_rows_async(reads, kLd, ChunkRows<Scalar>(a.q, block), C, 0, K);
+  copy_chunk_rows_async(region, L::kKeysLd, ChunkRows<Scalar>(a.k, block), C, 0, K);
+  dla::ops::kernels::commit_copies();
   for_each_entry(C, C, [&](int i, int j) { reads[i * kLd + K + j] = operand_of<T>(0.f); });
   for (int i = threadIdx.x; i < C; i += kThreads)
     gamma[i] = a.gamma[block.chunk * C + i];
+  dla::ops::kernels::wait_copies<0>();
   __syncthreads();
   // P = q kᵀ on and below the diagonal blocks, stored as (P ⊙ D) into the columns after q.
   if (warp < kLowerBlocks) {
@@ -373,14 +373,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
     const T* v_new = static_cast<const T*>(a.v_new) + block.chunk * C * V + first_column;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       // Already operands (the bf16 state pass writes them): copied as they are, all pieces in flight at once.
-      constexpr int kPiece = 8;  // bf16 entries per 16-byte copy
-      const int per_row = width / kPiece;
-      for (int i = threadIdx.x; i < (K + C) * per_row; i += kThreads) {
-        const int row = i / per_row, column = (i % per_row) * kPiece;
-        const T* from = row < K ? states + row * V + column : v_new + (row - K) * V + column;
-        dla::ops::kernels::copy_async(reinterpret_cast<float*>(region + row * kValueLd + column),
-                                      reinterpret_cast<const float*>(from));
-      }
+      copy_tile_async(region, kValueLd, states, V, K, width);
+      copy_tile_async(region + K * kValueLd, kValueLd, v_new, V, C, width);
       dla::ops::kernels::commit_copies();
       dla::ops::kernels::wait_copies<0>();
     } else {

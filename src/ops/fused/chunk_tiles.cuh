@@ -130,11 +130,6 @@ inline __device__ float4 load_shared4(const __nv_bfloat16* p) {
   return make_float4(low.x, low.y, high.x, high.y);
 }
 
-/// The same columns of two rows, loaded together.
-struct RowPair {
-  float4 first, second;
-};
-
 inline __device__ float4 scaled(float4 x, float s) {
   return make_float4(s * x.x, s * x.y, s * x.z, s * x.w);
 }
@@ -230,19 +225,6 @@ struct ChunkRows {
     return r < valid ? load4(first_row + r * token_stride + c) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
 };
-
-/// sink(r, c, RowPair{first's, second's}) for columns [c, c + 4) of the C rows of two chunks, whose loads go
-/// out in one round.
-template <int Threads = kThreads, class Scalar, class Sink>
-__device__ void copy_row_pairs(const ChunkRows<Scalar>& first, const ChunkRows<Scalar>& second, int C,
-                               int cols, Sink sink) {
-  copy_rows<Threads>(
-      C, cols,
-      [&](int r, int c) {
-        return RowPair{first.load(r, c), second.load(r, c)};
-      },
-      sink);
-}
 
 /// Starts copying columns [first_column, first_column + cols) of the chunk's rows (cols a multiple of 4)
 /// into shared rows dst_ld apart, zeros past the last token; four entries per copy, the alignment token_rows
