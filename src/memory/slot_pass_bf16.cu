@@ -31,9 +31,9 @@ namespace {
 
 using dla::ops::kernels::bf16_pair;
 using dla::ops::kernels::commit_copies;
-using dla::ops::kernels::copy_async;
 using dla::ops::kernels::copy_floats_async;
 using dla::ops::kernels::copy_rows_async;
+using dla::ops::kernels::copy_tile_async;
 using dla::ops::kernels::load_blocks;
 using dla::ops::kernels::mma_bf16;
 using dla::ops::kernels::multiply_pairs;
@@ -110,18 +110,6 @@ struct Shared {
 struct BackwardShared : Shared<BackwardOperands> {
   bf16 weighted[kMaxSlots][kChunk * kTileLd];
 };
-
-/// Starts copying `columns` (a multiple of 8) bf16 columns of `rows` rows, src_ld apart, to dst (rows dst_ld
-/// apart), 16 bytes a copy.
-__device__ void copy_bf16_async(bf16* dst, int dst_ld, const bf16* src, size_t src_ld, int columns,
-                                int rows) {
-  const int per_row = columns / 8;
-  for (int i = threadIdx.x; i < rows * per_row; i += kThreads) {
-    const int row = i / per_row, part = 8 * (i % per_row);
-    copy_async(reinterpret_cast<float*>(dst + row * dst_ld + part),
-               reinterpret_cast<const float*>(src + row * src_ld + part));
-  }
-}
 
 /// Entry (row, column) of a staged [K, 16] float32 state: rows 16 floats long, with the two 8-column halves
 /// swapped in rows 2 and 3 mod 4, so that the float2 accesses of an accumulator's lanes fall on distinct
@@ -399,11 +387,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   const auto copy_chunk = [&](int buffer, size_t chunk) {
     ForwardOperands& o = sh.chunks[buffer];
     if (delta_rule) {
-      copy_bf16_async(o.w, kWideLd, w + chunk * kChunk * kKeys, kKeys, kKeys, kChunk);
-      copy_bf16_async(o.t_inverse, kSquareLd, t_inverse + chunk * kChunk * kChunk, kChunk, kChunk, kChunk);
+      copy_tile_async<kThreads>(o.w, kWideLd, w + chunk * kChunk * kKeys, size_t{kKeys}, kChunk, kKeys);
+      copy_tile_async<kThreads>(o.t_inverse, kSquareLd, t_inverse + chunk * kChunk * kChunk, size_t{kChunk},
+                                kChunk, kChunk);
     }
-    copy_bf16_async(o.k_to_end, kWideLd, k_to_end + chunk * kChunk * kKeys, kKeys, kKeys, kChunk);
-    copy_bf16_async(o.values, kTileLd, source_v + chunk * kChunk * V + first_column, V, kColumns, kChunk);
+    copy_tile_async<kThreads>(o.k_to_end, kWideLd, k_to_end + chunk * kChunk * kKeys, size_t{kKeys}, kChunk,
+                              kKeys);
+    copy_tile_async<kThreads>(o.values, kTileLd, source_v + chunk * kChunk * V + first_column, size_t(V),
+                              kChunk, kColumns);
     copy_rows_async<kThreads>(o.tokens, kChunk, a.token_move + chunk * S * kChunk, S, kChunk);
     copy_floats_async<kThreads>(o.moves, a.state_move + chunk * S * S, S * S);
     commit_copies();
@@ -569,10 +560,13 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const auto copy_chunk = [&](int buffer, size_t chunk) {
     BackwardOperands& o = sh.chunks[buffer];
-    copy_bf16_async(o.k_to_end, kWideLd, k_to_end + chunk * kChunk * kKeys, kKeys, kKeys, kChunk);
-    if (delta_rule) copy_bf16_async(o.w, kWideLd, w + chunk * kChunk * kKeys, kKeys, kKeys, kChunk);
-    copy_bf16_async(o.q, kWideLd, q + chunk * kChunk * kKeys, kKeys, kKeys, kChunk);
-    copy_bf16_async(o.d_inter, kTileLd, d_inter + chunk * kChunk * V + first_column, V, kColumns, kChunk);
+    copy_tile_async<kThreads>(o.k_to_end, kWideLd, k_to_end + chunk * kChunk * kKeys, size_t{kKeys}, kChunk,
+                              kKeys);
+    if (delta_rule)
+      copy_tile_async<kThreads>(o.w, kWideLd, w + chunk * kChunk * kKeys, size_t{kKeys}, kChunk, kKeys);
+    copy_tile_async<kThreads>(o.q, kWideLd, q + chunk * kChunk * kKeys, size_t{kKeys}, kChunk, kKeys);
+    copy_tile_async<kThreads>(o.d_inter, kTileLd, d_inter + chunk * kChunk * V + first_column, size_t(V),
+                              kChunk, kColumns);
     copy_floats_async<kThreads>(o.weights, a.read_weight + chunk * kChunk * S, kChunk * S);
     copy_floats_async<kThreads>(o.moves, a.state_move + chunk * S * S, S * S);
     commit_copies();

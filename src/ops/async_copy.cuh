@@ -48,6 +48,19 @@ __device__ void wait_copies() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+/// Starts copying a [rows, cols] tile of contiguous rows src_ld apart (both 16-byte aligned, cols a multiple
+/// of 16 bytes' worth) into shared rows dst_ld apart, in 16-byte pieces the block's kThreads threads share.
+/// src_ld's type (int or size_t) sets the width of the row offsets.
+template <int kThreads, class T, class Ld>
+__device__ void copy_tile_async(T* dst, int dst_ld, const T* src, Ld src_ld, int rows, int cols) {
+  constexpr int kPiece = 16 / sizeof(T);
+  const int per_row = cols / kPiece;
+  for (int i = threadIdx.x; i < rows * per_row; i += kThreads) {
+    const int row = i / per_row, column = (i % per_row) * kPiece;
+    copy_bytes_async<16>(dst + row * dst_ld + column, src + row * src_ld + column);
+  }
+}
+
 /// Calls piece(row, part) for this thread's share of the 16-byte pieces of a [rows, 4 · per_row] float block,
 /// part the piece's first column: piece row · per_row + part / 4 goes to thread (that index) mod kThreads.
 /// Where per_row divides kThreads each thread keeps its part, so there is one division, not one per piece.

@@ -284,11 +284,16 @@ __global__ void __launch_bounds__(kGradientThreads, 1) chunk_gradients_kernel(Gr
   // with row factors are made from them in shared memory.
   const auto start_pass_copies = [&](int first_column) {
     const int width = min(kW, V - first_column);
-    copy_tile_async<kGradientThreads>(d_out, kValueLd, d_out_chunk + first_column, V, C, width);
-    copy_tile_async<kGradientThreads>(v_new, kValueLd, v_new_chunk + first_column, V, C, width);
-    copy_tile_async<kGradientThreads>(d_v_new, kValueLd, d_v_new_chunk + first_column, V, C, width);
-    copy_tile_async<kGradientThreads>(states, kValueLd, states_chunk + first_column, V, K, width);
-    copy_tile_async<kGradientThreads>(d_states, kValueLd, d_states_chunk + first_column, V, K, width);
+    dla::ops::kernels::copy_tile_async<kGradientThreads>(d_out, kValueLd, d_out_chunk + first_column, V, C,
+                                                         width);
+    dla::ops::kernels::copy_tile_async<kGradientThreads>(v_new, kValueLd, v_new_chunk + first_column, V, C,
+                                                         width);
+    dla::ops::kernels::copy_tile_async<kGradientThreads>(d_v_new, kValueLd, d_v_new_chunk + first_column, V,
+                                                         C, width);
+    dla::ops::kernels::copy_tile_async<kGradientThreads>(states, kValueLd, states_chunk + first_column, V, K,
+                                                         width);
+    dla::ops::kernels::copy_tile_async<kGradientThreads>(d_states, kValueLd, d_states_chunk + first_column, V,
+                                                         K, width);
     if (delta_rule) copy_chunk_rows_async<kGradientThreads>(values, kValueLd, v_rows, C, first_column, width);
     dla::ops::kernels::commit_copies();
   };

@@ -373,8 +373,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output_kernel(OutputArgs a)
     const T* v_new = static_cast<const T*>(a.v_new) + block.chunk * C * V + first_column;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       // Already operands (the bf16 state pass writes them): copied as they are, all pieces in flight at once.
-      copy_tile_async(region, kValueLd, states, V, K, width);
-      copy_tile_async(region + K * kValueLd, kValueLd, v_new, V, C, width);
+      dla::ops::kernels::copy_tile_async<kThreads>(region, kValueLd, states, V, K, width);
+      dla::ops::kernels::copy_tile_async<kThreads>(region + K * kValueLd, kValueLd, v_new, V, C, width);
       dla::ops::kernels::commit_copies();
       dla::ops::kernels::wait_copies<0>();
     } else {

@@ -239,18 +239,6 @@ __device__ void copy_chunk_rows_async(Scalar* dst, int dst_ld, const ChunkRows<S
   });
 }
 
-/// Starts copying a [rows, cols] tile of contiguous rows src_ld apart (both 16-byte aligned, cols a multiple
-/// of 16 bytes' worth) into shared rows dst_ld apart, in 16-byte pieces the block's Threads threads share.
-template <int Threads = kThreads, class T>
-__device__ void copy_tile_async(T* dst, int dst_ld, const T* src, int src_ld, int rows, int cols) {
-  constexpr int kPiece = 16 / sizeof(T);
-  const int per_row = cols / kPiece;
-  for (int i = threadIdx.x; i < rows * per_row; i += Threads) {
-    const int row = i / per_row, column = (i % per_row) * kPiece;
-    dla::ops::kernels::copy_bytes_async<16>(dst + row * dst_ld + column, src + row * src_ld + column);
-  }
-}
-
 /// The row tile and column tile of each warp's share of a (C / 16) × col_tiles grid of 16 × 16 tiles:
 /// f(r, c) for every tile index warp, warp + Threads / 32, …
 template <int Threads = kThreads, class F>
