@@ -4,9 +4,10 @@
 //   reads    P_s = d_inter X_sᵀ,  dw[c, s] = ⟨P_s[c], q̃[c]⟩,  dq̃ = Σ_s w_s ⊙ P_s,  dW = −Σ_s dΔ̄_s X_sᵀ
 //   carry    Σ_r X̄_r G_rᵀ = Σ_s X_s Ḡ_sᵀ,  de = Σ_s ⟨X_s, Ḡ_s⟩
 //   writes   Σ_r L_r G_rᵀ,  dT = Σ_r dΔ_r L_rᵀ,  dv = Σ_r m_r ⊙ (Tᵀ dΔ_r)
-// One kernel per line, one block of 16 warps per chunk, each warp with a fixed 32 × 32 output block whose
-// accumulators stay in registers across the slots (mma.sync on raw fragments, each loaded once per step for
-// the block's eight products; TF32 in, or bf16 with compact states, float32 out). The slot states stream
+// Two kernels, one block of 16 warps per chunk each: the reads and the carry, which both multiply the start
+// states X_s, in one (each X_s is read once), and the writes. Each warp holds fixed 32 × 32 output blocks
+// whose accumulators stay in registers across the slots (mma.sync on raw fragments, each loaded once per step
+// for the block's eight products; TF32 in, or bf16 with compact states, float32 out). The slot states stream
 // through shared memory 32 or 64 value columns at a time (Stages), the next stages' asynchronous copies in
 // flight while one computes. Slots nothing moves from, or no token lands in, are skipped.
 #include <cuda_bf16.h>
@@ -57,13 +58,12 @@ struct Stages {
 };
 // One block of a chunk fills an SM, so the copies in flight and the work over which each stage's fixed costs
 // (copy set-up, two barriers) spread set the kernels' speed. Stages are 32 columns wide; with bf16 states the
-// reads and carry take 64 where shared memory holds them (the writes' value blocks are one stage wide).
+// reads and carry take 64 where shared memory holds them (the writes' value blocks are one stage wide). The
+// reads and carry keep three stages of X_s, G_r and dΔ_r, two with float states (their buffers are twice as
+// large).
 template <class T>
-using ReadStages = Stages<T, 32, 3>;
-using WideReadStages = Stages<bf16, 64, 4>;
-template <class T>
-using CarryStages = Stages<T, 32, 4>;
-using WideCarryStages = Stages<bf16, 64, 5>;
+using ReadCarryStages = Stages<T, 32, std::is_same_v<T, float> ? 2 : 3>;
+using WideReadCarryStages = Stages<bf16, 64, 3>;
 template <class T>
 using WriteStages = Stages<T, 32, 4>;
 
@@ -92,6 +92,11 @@ struct Dims {
   __host__ __device__ int square_ld() const {
     return std::is_same_v<T, float> ? t_ld() : C + 8;
   }
+  /// Rows of q̃ [C, K] in shared memory, as value_ld.
+  template <class T>
+  __host__ __device__ int key_ld() const {
+    return std::is_same_v<T, float> ? k_ld() : K + 8;
+  }
   /// One stage buffer: a slot's [K, kColumns] state columns and a [C, kColumns] block of per-token rows.
   template <class St>
   __host__ __device__ int stage_floats() const {
@@ -106,15 +111,18 @@ struct Dims {
   __device__ typename St::State* stage_rows(float* buffers, int b) const {
     return reinterpret_cast<typename St::State*>(buffers + b * stage_floats<St>() + St::floats(K));
   }
+  /// One stage buffer of the reads and carry: a slot's [K, kColumns] state columns X_s, those of G_r, and a
+  /// [C, kColumns] block of dΔ_r.
+  template <class St>
+  __host__ __device__ int read_carry_stage_floats() const {
+    return St::floats(2 * K + C);
+  }
   /// Shared floats of each kernel with its Stages, in the order of its buffers below.
   template <class St>
-  __host__ __device__ int read_kernel_floats() const {
-    return floats_of<typename St::State>(C, value_ld<typename St::State>()) +
-           St::kBuffers * stage_floats<St>() + 2 * C * k_ld() + C * S + S * S + (K / kBlock) * C * S;
-  }
-  template <class St>
-  __host__ __device__ int carry_kernel_floats() const {
-    return St::kBuffers * 2 * St::floats(K) + S * S;
+  __host__ __device__ int read_carry_kernel_floats() const {
+    using T = typename St::State;
+    return floats_of<T>(C, value_ld<T>()) + floats_of<T>(C, key_ld<T>()) +
+           St::kBuffers * read_carry_stage_floats<St>() + C * k_ld() + C * S + S * S + (K / kBlock) * C * S;
   }
   template <class St>
   __host__ __device__ int write_kernel_floats() const {
@@ -136,6 +144,14 @@ __device__ void load_floats(float* dst, const float* __restrict__ src, int n) {
     dst[i] = __ldg(src + i);
 }
 
+/// Entries i and i + 1 of a float or bf16 row, as floats.
+__device__ float2 pair_at(const float* p) {
+  return *reinterpret_cast<const float2*>(p);
+}
+__device__ float2 pair_at(const bf16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+
 // ---- per-block helpers ----
 
 __device__ float warp_sum(float x) {
@@ -155,9 +171,8 @@ __device__ size_t block_chunk(const Dims& d) {
 
 /// The slots a kernel visits, in order, with each one's partner: where `moves` is given, the slot a source
 /// slot's state moves to (−1: none; the moves' columns hold at most one 1), else −1. Only slots in
-/// `candidates` (a bit per slot) are listed; with `moved_only`, not those whose state moves nowhere; with
-/// `tokens`, only those some token lands in. Every thread of the block calls it, after `moves` and `tokens`
-/// are in shared memory.
+/// `candidates` (a bit per slot) are listed; with `tokens`, only those some token lands in. Every thread of
+/// the block calls it, after `moves` and `tokens` are in shared memory.
 struct SlotList {
   int count;
   int slot[kMaxSlots];
@@ -165,7 +180,7 @@ struct SlotList {
 };
 
 __device__ void list_slots(SlotList& list, const float* moves, const float* tokens, int S, int C,
-                           unsigned candidates, bool moved_only) {
+                           unsigned candidates) {
   __shared__ int partner_of[kMaxSlots], listed[kMaxSlots];
   // A warp per slot (S ≤ 16 warps): its lanes look at the slots it could move to and at the tokens.
   const int warp = warp_index(), lane = threadIdx.x % 32;
@@ -178,8 +193,7 @@ __device__ void list_slots(SlotList& list, const float* moves, const float* toke
     if (lane == 0) {
       const int partner = movers == 0 ? -1 : 31 - __clz(movers);
       partner_of[warp] = partner;
-      listed[warp] =
-          ((candidates >> warp) & 1u) && (tokens != nullptr ? token_lands : !moved_only || partner >= 0);
+      listed[warp] = ((candidates >> warp) & 1u) && (tokens == nullptr || token_lands);
     }
   }
   __syncthreads();
@@ -195,24 +209,28 @@ __device__ void list_slots(SlotList& list, const float* moves, const float* toke
   __syncthreads();
 }
 
-/// dw, dq̃ and (delta rule) dW of one chunk. Stages: every slot s, St::kColumns value columns at a time, with
-/// X_s and dΔ of the slot s moves to. The first warps hold P_s's 32 × 32 blocks: at a slot's end each adds
-/// w_s ⊙ P_s to its block of dq̃ and writes its rows' dots with q̃ over its 32 keys, summed over the key blocks
-/// at the end, so no warp waits for another between slots. The next warps hold dW's blocks.
+/// dw, dq̃, (delta rule) dW and Σ_s X_s Ḡ_sᵀ, and de of one chunk: the reads' and the carry's gradients, which
+/// both multiply the start states X_s, so that each is read from global memory once. Stages: every slot s
+/// live at the chunk's start, St::kColumns value columns at a time, with X_s and, where s's state moves to a
+/// slot r, dΔ_r and G_r. Each warp holds two 32 × 32 blocks: of P_s or dW, and of Σ_s X_s Ḡ_sᵀ. The P_s warps
+/// add w_s ⊙ P_s to their block of dq̃ at a slot's end and write their rows' dots with q̃ over their 32 keys,
+/// summed over the key blocks at the end, so no warp waits for another between slots.
 template <class St>
-__global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradientArgs a, Dims d) {
+__global__ void __launch_bounds__(kThreads, 1) read_and_carry_gradients_kernel(SlotGradientArgs a, Dims d) {
   using TState = typename St::State;
   extern __shared__ __align__(128) float shared[];
   __shared__ SlotList list;
+  __shared__ float warp_sums[kWarps];
   const int C = d.C, K = d.K, V = d.V, S = d.S, k_ld = d.k_ld();
-  // d_inter in the states' type: with bf16 states, the products P_s = d_inter X_sᵀ run on bf16 tensor cores.
+  constexpr int ld = St::kLd;
+  // d_inter and q̃ in the states' type: with bf16 states, P_s = d_inter X_sᵀ runs on bf16 tensor cores.
   auto* d_inter = reinterpret_cast<TState*>(shared);  // [C, inter_ld]
-  const int inter_ld = d.value_ld<TState>();
-  float* stage_buffers = shared + floats_of<TState>(C, inter_ld);  // St::kBuffers × (X_s [K, ·], dΔ [C, ·])
-  float* d_q = stage_buffers + St::kBuffers * d.stage_floats<St>();  // [C, k_ld]
-  float* q = d_q + C * k_ld;                                         // q̃ [C, k_ld]
-  float* weights = q + C * k_ld;                                     // [C, S]
-  float* moves = weights + C * S;                                    // [S, S]
+  const int inter_ld = d.value_ld<TState>(), q_ld = d.key_ld<TState>();
+  auto* q = reinterpret_cast<TState*>(shared + floats_of<TState>(C, inter_ld));  // q̃ [C, q_ld]
+  float* stage_buffers = shared + floats_of<TState>(C, inter_ld) + floats_of<TState>(C, q_ld);
+  float* d_q = stage_buffers + St::kBuffers * d.read_carry_stage_floats<St>();  // [C, k_ld]
+  float* weights = d_q + C * k_ld;                                              // [C, S]
+  float* moves = weights + C * S;                                               // [S, S]
   float* dots = moves + S * S;  // [K / 32, C, S]: ⟨P_s[c], q̃[c]⟩ over each block of 32 keys
 
   const size_t chunk = block_chunk(d);
@@ -221,10 +239,11 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   const int warp = warp_index(), lane = threadIdx.x % 32;
   if constexpr (std::is_same_v<TState, float>) {
     copy_rows_async<kThreads>(d_inter, inter_ld, a.d_inter + chunk * CV, C, V);
+    copy_rows_async<kThreads>(q, q_ld, a.transported_q + chunk * CK, C, K);
   } else {
     load_as_bf16<kThreads>(d_inter, inter_ld, a.d_inter + chunk * CV, C, V);
+    load_as_bf16<kThreads>(q, q_ld, a.transported_q + chunk * CK, C, K);
   }
-  copy_rows_async<kThreads>(q, k_ld, a.transported_q + chunk * CK, C, K);
   load_floats(weights, a.read_weight + chunk * C * S, C * S);
   load_floats(moves, a.state_move + chunk * S * S, S * S);
   for (int i = threadIdx.x; i < C * k_ld; i += kThreads)
@@ -232,9 +251,8 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   for (int i = threadIdx.x; i < (K / kBlock) * C * S; i += kThreads)  // the unlisted slots' dots stay zero
     dots[i] = 0.f;
   __syncthreads();
-  // Slots dead at the chunk's start hold zero: their reads and dW terms vanish.
-  list_slots(list, moves, nullptr, S, C, slots_live_at_start(a.live_slots, chunk, blockIdx.x, S),
-             /*moved_only=*/false);
+  // Slots dead at the chunk's start hold zero: their reads, dW and carry terms vanish.
+  list_slots(list, moves, nullptr, S, C, slots_live_at_start(a.live_slots, chunk, blockIdx.x, S));
 
   const int read_blocks = (C / kBlock) * (K / kBlock), per_slot = V / St::kColumns;
   const bool reads_block = warp < read_blocks,
@@ -242,6 +260,17 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
   const int2 corner = block_corner(reads_block ? warp : warp - read_blocks, K);
   WarpBlock block;
   clear(block);
+  // de = Σ_s ⟨X_s, Ḡ_s⟩ is the trace of Σ_s X_s Ḡ_sᵀ. With bf16 states the diagonal blocks' products give it
+  // (bf16 products are exact, as in an elementwise sum); float states sum it element by element, as TF32
+  // products would round it.
+  constexpr bool kDecayFromTrace = !std::is_same_v<TState, float>;
+  const int2 gram_corner = block_corner(warp, K);
+  const bool diagonal_block = warp < (K / kBlock) * (K / kBlock) && gram_corner.x == gram_corner.y;
+  const bool gram_block =
+      warp < (K / kBlock) * (K / kBlock) && (d.delta_rule || (kDecayFromTrace && diagonal_block));
+  WarpBlock gram;
+  clear(gram);
+  float decay_grad = 0.f;
 
   const auto take_reads = [&](int s) {
     const int g = lane / 4, t = lane % 4;
@@ -254,10 +283,10 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
         float dot = 0.f;
 #pragma unroll
         for (int n = 0; n < 4; ++n) {  // the lane's two adjacent entries of each 8-column tile
-          const int offset = row * k_ld + corner.y + 8 * n + 2 * t;
+          const int column = corner.y + 8 * n + 2 * t;
           const float p0 = block.c[m][n][2 * h], p1 = block.c[m][n][2 * h + 1];
-          auto& sum = *reinterpret_cast<float2*>(d_q + offset);
-          const float2 query = *reinterpret_cast<const float2*>(q + offset);
+          auto& sum = *reinterpret_cast<float2*>(d_q + row * k_ld + column);
+          const float2 query = pair_at(q + row * q_ld + column);
           sum = make_float2(sum.x + w * p0, sum.y + w * p1);
           dot += p0 * query.x + p1 * query.y;
         }
@@ -267,33 +296,62 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
       }
   };
 
-  constexpr int x_ld = St::kLd;
-  const StageCopy<kThreads, TState, St::kColumns, x_ld> copy_states(K, V), copy_rows(C, V);
+  const StageCopy<kThreads, TState, St::kColumns, ld> copy_states(K, V), copy_rows(C, V);
   const auto* start_states = static_cast<const TState*>(a.start_states) + chunk * S * KV;
-  const auto buffer_x = [&](int b) { return d.stage_states<St>(stage_buffers, b); };
+  const auto* d_end_states = static_cast<const TState*>(a.d_end_states) + chunk * S * KV;
   const auto* d_written = static_cast<const TState*>(a.d_written) + chunk * S * CV;
-  const auto buffer_rows = [&](int b) { return d.stage_rows<St>(stage_buffers, b); };
+  // Stage buffer b: X_s [K, ld], then G_r [K, ld], then dΔ_r [C, ld].
+  const auto buffer_x = [&](int b) {
+    return reinterpret_cast<TState*>(stage_buffers + b * d.read_carry_stage_floats<St>());
+  };
+  const auto buffer_g = [&](int b) { return buffer_x(b) + K * ld; };
+  const auto buffer_rows = [&](int b) { return buffer_x(b) + 2 * K * ld; };
   run_stages<St::kBuffers>(
       list.count, per_slot,
       [&](Stage k, int b) {  // k: (the slot's place in the list, its stage of value columns)
         const int column = k.inner * St::kColumns, partner = list.partner[k.outer];
         copy_states.start(buffer_x(b), start_states + list.slot[k.outer] * KV + column);
-        if (d.delta_rule && partner >= 0) copy_rows.start(buffer_rows(b), d_written + partner * CV + column);
+        if (partner < 0) return;
+        copy_states.start(buffer_g(b), d_end_states + partner * KV + column);
+        if (d.delta_rule) copy_rows.start(buffer_rows(b), d_written + partner * CV + column);
       },
       [&](Stage k, int b) {
         const int column = k.inner * St::kColumns;
-        const TState* x_rows = buffer_x(b) + corner.y * x_ld;
+        const bool moves_on = list.partner[k.outer] >= 0;
+        const TState* x = buffer_x(b);
         if (reads_block) {
           if (k.inner == 0) clear(block);
-          multiply_accumulate_transposed(block, d_inter + corner.x * inter_ld + column, inter_ld, x_rows,
-                                         x_ld, St::kColumns);
+          multiply_accumulate_transposed(block, d_inter + corner.x * inter_ld + column, inter_ld,
+                                         x + corner.y * ld, ld, St::kColumns);
           if (k.inner == per_slot - 1) take_reads(list.slot[k.outer]);
-        } else if (d_w_block && list.partner[k.outer] >= 0) {
-          multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * x_ld, x_ld, x_rows, x_ld,
+        } else if (d_w_block && moves_on) {
+          multiply_accumulate_transposed(block, buffer_rows(b) + corner.x * ld, ld, x + corner.y * ld, ld,
                                          St::kColumns);
         }
+        if (!moves_on) return;
+        if constexpr (!kDecayFromTrace) {
+          for (int row = warp; row < K; row += kWarps)  // a lane per column of the stage
+#pragma unroll
+            for (int c = lane; c < St::kColumns; c += 32)
+              decay_grad += x[row * ld + c] * buffer_g(b)[row * ld + c];
+        }
+        if (gram_block) {
+          multiply_accumulate_transposed(gram, x + gram_corner.x * ld, ld, buffer_g(b) + gram_corner.y * ld,
+                                         ld, St::kColumns);
+        }
       });
-  __syncthreads();  // every warp's dq̃ block and dots are in
+  if (gram_block && d.delta_rule)
+    store(gram, a.moved_state_gram + chunk * K * K + gram_corner.x * K + gram_corner.y, K, 1.f);
+  if (kDecayFromTrace && diagonal_block) decay_grad = diagonal_sum(gram);
+  decay_grad = warp_sum(decay_grad);
+  if (lane == 0) warp_sums[warp] = decay_grad;
+  __syncthreads();  // every warp's dq̃ block, dots and decay sum are in
+  if (threadIdx.x == 0) {
+    float sum = 0.f;
+    for (int w = 0; w < kWarps; ++w)
+      sum += warp_sums[w];
+    a.d_chunk_decay[chunk] = sum;
+  }
   for (int row = warp; row < C; row += kWarps)
     for (int column = 4 * lane; column < K; column += 4 * 32)
       *reinterpret_cast<float4*>(a.d_transported_q + chunk * CK + row * K + column) =
@@ -305,80 +363,6 @@ __global__ void __launch_bounds__(kThreads, 1) read_gradients_kernel(SlotGradien
     a.d_read_weight[chunk * C * S + e] = sum;
   }
   if (d_w_block) store(block, a.d_w + chunk * CK + corner.x * K + corner.y, K, -1.f);  // dW = −Σ_s dΔ̄_s X_sᵀ
-}
-
-/// de and (delta rule) Σ_s X_s Ḡ_sᵀ of one chunk. Stages: the slots whose state moves, St::kColumns value
-/// columns at a time, with X_s and G of the slot it moves to.
-template <class St>
-__global__ void __launch_bounds__(kThreads, 1) carry_gradients_kernel(SlotGradientArgs a, Dims d) {
-  using TState = typename St::State;
-  extern __shared__ __align__(128) float shared[];
-  __shared__ SlotList list;
-  __shared__ float warp_sums[kWarps];
-  const int K = d.K, V = d.V, S = d.S;
-  constexpr int ld = St::kLd;
-  const int state_floats = St::floats(K);
-  float* stage_buffers = shared;  // St::kBuffers × (X_s [K, ld], Ḡ_s [K, ld])
-  float* moves = stage_buffers + St::kBuffers * 2 * state_floats;  // [S, S]
-
-  const size_t chunk = block_chunk(d);
-  const size_t KV = static_cast<size_t>(K) * V;
-  const int warp = warp_index(), lane = threadIdx.x % 32, per_slot = V / St::kColumns;
-  load_floats(moves, a.state_move + chunk * S * S, S * S);
-  __syncthreads();
-  list_slots(list, moves, nullptr, S, d.C, slots_live_at_start(a.live_slots, chunk, blockIdx.x, S),
-             /*moved_only=*/true);
-  // de = Σ_s ⟨X_s, Ḡ_s⟩ is the trace of Σ_s X_s Ḡ_sᵀ. With bf16 states the diagonal blocks' products give it
-  // (bf16 products are exact, as in an elementwise sum); float states sum it element by element, as TF32
-  // products would round it.
-  constexpr bool kDecayFromTrace = !std::is_same_v<TState, float>;
-  const int2 corner = block_corner(warp, K);
-  const bool diagonal_block = warp < (K / 32) * (K / 32) && corner.x == corner.y;
-  const bool gram_block = warp < (K / 32) * (K / 32) && (d.delta_rule || (kDecayFromTrace && diagonal_block));
-  WarpBlock gram;
-  clear(gram);
-  float decay_grad = 0.f;
-
-  const auto* start_states = static_cast<const TState*>(a.start_states) + chunk * S * KV;
-  const auto* d_end_states = static_cast<const TState*>(a.d_end_states) + chunk * S * KV;
-  const auto buffer_x = [&](int b) {
-    return reinterpret_cast<TState*>(stage_buffers + b * 2 * state_floats);
-  };
-  const auto buffer_g = [&](int b) {
-    return reinterpret_cast<TState*>(stage_buffers + (b * 2 + 1) * state_floats);
-  };
-  const StageCopy<kThreads, TState, St::kColumns, ld> copy_states(K, V);
-  run_stages<St::kBuffers>(
-      list.count, per_slot,
-      [&](Stage k, int b) {  // k: (the slot's place in the list, its stage of value columns)
-        const int column = k.inner * St::kColumns;
-        copy_states.start(buffer_x(b), start_states + list.slot[k.outer] * KV + column);
-        copy_states.start(buffer_g(b), d_end_states + list.partner[k.outer] * KV + column);
-      },
-      [&](Stage, int b) {
-        if constexpr (!kDecayFromTrace) {
-          for (int row = warp; row < K; row += kWarps)  // a lane per column of the stage
-#pragma unroll
-            for (int column = lane; column < St::kColumns; column += 32)
-              decay_grad += buffer_x(b)[row * ld + column] * buffer_g(b)[row * ld + column];
-        }
-        if (gram_block) {
-          multiply_accumulate_transposed(gram, buffer_x(b) + corner.x * ld, ld, buffer_g(b) + corner.y * ld,
-                                         ld, St::kColumns);
-        }
-      });
-  if (gram_block && d.delta_rule)
-    store(gram, a.moved_state_gram + chunk * K * K + corner.x * K + corner.y, K, 1.f);
-  if (kDecayFromTrace && diagonal_block) decay_grad = diagonal_sum(gram);
-  decay_grad = warp_sum(decay_grad);
-  if (threadIdx.x % 32 == 0) warp_sums[warp] = decay_grad;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float sum = 0.f;
-    for (int w = 0; w < kWarps; ++w)
-      sum += warp_sums[w];
-    a.d_chunk_decay[chunk] = sum;
-  }
 }
 
 /// block += A B with both operands of type T: on bf16 tensor cores for bf16 (compact states), else TF32.
@@ -430,7 +414,7 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
   }
   load_floats(tokens, a.token_move + chunk * S * C, S * C);
   __syncthreads();
-  list_slots(list, nullptr, tokens, S, C, ~0u, /*moved_only=*/false);
+  list_slots(list, nullptr, tokens, S, C, ~0u);
 
   const int landed_end = d.landed_blocks(), square_end = landed_end + d.square_blocks();
   const bool landed_block = warp < landed_end, square_block = !landed_block && warp < square_end,
@@ -519,8 +503,7 @@ bool supports_slot_gradients(const SlotPassDims& dims) {
   const int limit = usable_shared_bytes() / static_cast<int>(sizeof(float));
   const auto fits = [&](auto state) {
     using T = decltype(state);
-    return d.read_kernel_floats<ReadStages<T>>() <= limit &&
-           d.carry_kernel_floats<CarryStages<T>>() <= limit &&
+    return d.read_carry_kernel_floats<ReadCarryStages<T>>() <= limit &&
            d.write_kernel_floats<WriteStages<T>>() <= limit;
   };
   return d.write_kernel_blocks() <= kWarps && fits(float{}) && fits(bf16{});
@@ -531,23 +514,16 @@ const char* slot_pass_gradients(const SlotGradientArgs& args, const SlotPassDims
   const int64_t bh = dims.batch_heads;
   const int limit = usable_shared_bytes() / static_cast<int>(sizeof(float));
   // The wide stages where the values split into them and their buffers fit.
-  const bool wide_reads =
-      d.V % WideReadStages::kColumns == 0 && d.read_kernel_floats<WideReadStages>() <= limit;
-  const bool wide_carry =
-      d.V % WideCarryStages::kColumns == 0 && d.carry_kernel_floats<WideCarryStages>() <= limit;
+  const bool wide =
+      d.V % WideReadCarryStages::kColumns == 0 && d.read_carry_kernel_floats<WideReadCarryStages>() <= limit;
   const auto run = [&](auto state) {
     using TState = decltype(state);
     constexpr bool kCompact = std::is_same_v<TState, bf16>;
-    const char* error = kCompact && wide_reads
-                            ? launch(read_gradients_kernel<WideReadStages>, args, d, bh,
-                                     d.read_kernel_floats<WideReadStages>(), stream)
-                            : launch(read_gradients_kernel<ReadStages<TState>>, args, d, bh,
-                                     d.read_kernel_floats<ReadStages<TState>>(), stream);
-    if (error != nullptr) return error;
-    error = kCompact && wide_carry ? launch(carry_gradients_kernel<WideCarryStages>, args, d, bh,
-                                            d.carry_kernel_floats<WideCarryStages>(), stream)
-                                   : launch(carry_gradients_kernel<CarryStages<TState>>, args, d, bh,
-                                            d.carry_kernel_floats<CarryStages<TState>>(), stream);
+    const char* error = kCompact && wide
+                            ? launch(read_and_carry_gradients_kernel<WideReadCarryStages>, args, d, bh,
+                                     d.read_carry_kernel_floats<WideReadCarryStages>(), stream)
+                            : launch(read_and_carry_gradients_kernel<ReadCarryStages<TState>>, args, d, bh,
+                                     d.read_carry_kernel_floats<ReadCarryStages<TState>>(), stream);
     if (error != nullptr) return error;
     return launch(write_gradients_kernel<WriteStages<TState>>, args, d, bh,
                   d.write_kernel_floats<WriteStages<TState>>(), stream);
