@@ -29,6 +29,7 @@ namespace dla::memory::kernels {
 namespace {
 
 using dla::ops::kernels::copy_rows_async;
+using dla::ops::kernels::load;
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
@@ -36,6 +37,10 @@ constexpr int kMaxSlots = 16;
 constexpr int kPad = 4;  // shared rows are padded by 4 floats: float4 alignment, fewer bank conflicts
 constexpr int kStaticSharedBytes = 512;  // the kernels' own small shared arrays
 using bf16 = __nv_bfloat16;
+
+__host__ __device__ constexpr int max_of(int a, int b) {
+  return a > b ? a : b;
+}
 
 /// Floats of shared memory that `rows` rows of T, ld elements apart, take (ld · sizeof(T) a multiple of 16).
 template <class T>
@@ -117,18 +122,29 @@ struct Dims {
   __host__ __device__ int read_carry_stage_floats() const {
     return St::floats(2 * K + C);
   }
+  /// Rows of the float32 right operands of dK̃'s products, Σ_s X_s Ḡ_sᵀ [K, K] and Σ_r L_r G_rᵀ [C, K], read
+  /// down their columns (as T's rows).
+  __host__ __device__ int sum_ld() const { return K + 2 * kPad; }
+  /// The read and carry kernel's d_inter, q̃ and stage buffers, which its last step (dK̃'s carry term) then
+  /// takes for W [C, k_ld], Σ_s X_s Ḡ_sᵀ [K, sum_ld] and the write kernel's term [C, sum_ld], in float32.
+  template <class St>
+  __host__ __device__ int read_carry_front_floats() const {
+    using T = typename St::State;
+    const int stages = floats_of<T>(C, value_ld<T>()) + floats_of<T>(C, key_ld<T>()) +
+                       St::kBuffers * read_carry_stage_floats<St>();
+    return delta_rule ? max_of(stages, C * k_ld() + (K + C) * sum_ld()) : stages;
+  }
   /// Shared floats of each kernel with its Stages, in the order of its buffers below.
   template <class St>
   __host__ __device__ int read_carry_kernel_floats() const {
-    using T = typename St::State;
-    return floats_of<T>(C, value_ld<T>()) + floats_of<T>(C, key_ld<T>()) +
-           St::kBuffers * read_carry_stage_floats<St>() + C * k_ld() + C * S + S * S + (K / kBlock) * C * S;
+    return read_carry_front_floats<St>() + C * k_ld() + C * S + S * S + (K / kBlock) * C * S;
   }
   template <class St>
   __host__ __device__ int write_kernel_floats() const {
     using T = typename St::State;
-    return floats_of<T>(C, value_ld<T>()) + St::kBuffers * stage_floats<St>() +
-           floats_of<T>(C, square_ld<T>()) + S * C;
+    const int stages = floats_of<T>(C, value_ld<T>()) + St::kBuffers * stage_floats<St>() +
+                       floats_of<T>(C, square_ld<T>()) + S * C;
+    return delta_rule ? max_of(stages, C * (C + kPad) + C * sum_ld()) : stages;
   }
 };
 
@@ -228,9 +244,9 @@ __global__ void __launch_bounds__(kThreads, 1) read_and_carry_gradients_kernel(S
   const int inter_ld = d.value_ld<TState>(), q_ld = d.key_ld<TState>();
   auto* q = reinterpret_cast<TState*>(shared + floats_of<TState>(C, inter_ld));  // q̃ [C, q_ld]
   float* stage_buffers = shared + floats_of<TState>(C, inter_ld) + floats_of<TState>(C, q_ld);
-  float* d_q = stage_buffers + St::kBuffers * d.read_carry_stage_floats<St>();  // [C, k_ld]
-  float* weights = d_q + C * k_ld;                                              // [C, S]
-  float* moves = weights + C * S;                                               // [S, S]
+  float* d_q = shared + d.read_carry_front_floats<St>();  // [C, k_ld]
+  float* weights = d_q + C * k_ld;                        // [C, S]
+  float* moves = weights + C * S;                         // [S, S]
   float* dots = moves + S * S;  // [K / 32, C, S]: ⟨P_s[c], q̃[c]⟩ over each block of 32 keys
 
   const size_t chunk = block_chunk(d);
@@ -340,8 +356,18 @@ __global__ void __launch_bounds__(kThreads, 1) read_and_carry_gradients_kernel(S
                                          ld, St::kColumns);
         }
       });
-  if (gram_block && d.delta_rule)
-    store(gram, a.moved_state_gram + chunk * K * K + gram_corner.x * K + gram_corner.y, K, 1.f);
+  // dK̃'s carry term: W, Σ_s X_s Ḡ_sᵀ and the write kernel's T Σ_r L_r G_rᵀ to float32 rows over the buffers
+  // the stages are done with, while the other outputs are written.
+  float* w_rows = shared;  // W [C, k_ld]
+  const int sum_ld = d.sum_ld();
+  float* gram_rows = shared + C * k_ld;         // [K, sum_ld]
+  float* landed_rows = gram_rows + K * sum_ld;  // [C, sum_ld]
+  if (d.delta_rule) {
+    copy_rows_async<kThreads>(w_rows, k_ld, a.w + chunk * CK, C, K);
+    copy_rows_async<kThreads>(landed_rows, sum_ld, a.d_k_to_end + chunk * CK, C, K);
+    commit_copies();
+    if (gram_block) store(gram, gram_rows + gram_corner.x * sum_ld + gram_corner.y, sum_ld, 1.f);
+  }
   if (kDecayFromTrace && diagonal_block) decay_grad = diagonal_sum(gram);
   decay_grad = warp_sum(decay_grad);
   if (lane == 0) warp_sums[warp] = decay_grad;
@@ -363,6 +389,17 @@ __global__ void __launch_bounds__(kThreads, 1) read_and_carry_gradients_kernel(S
     a.d_read_weight[chunk * C * S + e] = sum;
   }
   if (d_w_block) store(block, a.d_w + chunk * CK + corner.x * K + corner.y, K, -1.f);  // dW = −Σ_s dΔ̄_s X_sᵀ
+  if (!d.delta_rule) return;
+
+  // dK̃ = T Σ_r L_r G_rᵀ − W Σ_s X_s Ḡ_sᵀ (TF32), by the warps of P_s, which hold [C, K] blocks.
+  wait_copies<0>();
+  __syncthreads();
+  if (reads_block) {
+    load(block, landed_rows + corner.x * sum_ld + corner.y, sum_ld, -1.f);
+    multiply_accumulate<Stored::by_row, false, Stored::by_column, false>(
+        block, {w_rows + corner.x * k_ld, k_ld}, {gram_rows + corner.y, sum_ld}, K);
+    store(block, a.d_k_to_end + chunk * CK + corner.x * K + corner.y, K, -1.f);
+  }
 }
 
 /// block += A B with both operands of type T: on bf16 tensor cores for bf16 (compact states), else TF32.
@@ -460,11 +497,33 @@ __global__ void __launch_bounds__(kThreads, 1) write_gradients_kernel(SlotGradie
           }
         }
       });
-  if (landed_block) store(block, a.landed_gradient + chunk * CK + corner.x * K + corner.y, K, 1.f);
+  // With the delta rule dK̃'s term T Σ_r L_r G_rᵀ (TF32): T and the sum to float32 rows over the buffers the
+  // stages are done with, while the other outputs are written. The read and carry kernel subtracts
+  // W Σ_s X_s Ḡ_sᵀ.
+  float* d_k_to_end = a.d_k_to_end + chunk * CK + corner.x * K + corner.y;
+  const int t_ld = C + kPad, landed_ld = d.sum_ld();
+  float* t_rows = shared;                  // T [C, t_ld]
+  float* landed_rows = shared + C * t_ld;  // [C, landed_ld]
+  if (d.delta_rule) {
+    copy_rows_async<kThreads>(t_rows, t_ld, a.t_inverse + chunk * CC, C, C);
+    commit_copies();
+    if (landed_block) store(block, landed_rows + corner.x * landed_ld + corner.y, landed_ld, 1.f);
+  } else if (landed_block) {  // T = I: dK̃ = Σ_r L_r G_rᵀ
+    store(block, d_k_to_end, K, 1.f);
+  }
   if (square_block) store(block, a.d_t_inverse + chunk * CC + corner.x * C + corner.y, C, 1.f);
   if (value_block && count == 0) {
     for (int column = 0; column < V; column += kStageColumns)
       store(block, d_source_v + column, V, 1.f);
+  }
+  if (!d.delta_rule) return;
+  wait_copies<0>();
+  __syncthreads();
+  if (landed_block) {
+    clear(block);
+    multiply_accumulate<Stored::by_row, false, Stored::by_column, false>(
+        block, {t_rows + corner.x * t_ld, t_ld}, {landed_rows + corner.y, landed_ld}, C);
+    store(block, d_k_to_end, K, 1.f);
   }
 }
 
@@ -519,14 +578,14 @@ const char* slot_pass_gradients(const SlotGradientArgs& args, const SlotPassDims
   const auto run = [&](auto state) {
     using TState = decltype(state);
     constexpr bool kCompact = std::is_same_v<TState, bf16>;
-    const char* error = kCompact && wide
-                            ? launch(read_and_carry_gradients_kernel<WideReadCarryStages>, args, d, bh,
+    // The writes first: with the delta rule the read and carry kernel completes their term of dK̃.
+    const char* error = launch(write_gradients_kernel<WriteStages<TState>>, args, d, bh,
+                               d.write_kernel_floats<WriteStages<TState>>(), stream);
+    if (error != nullptr) return error;
+    return kCompact && wide ? launch(read_and_carry_gradients_kernel<WideReadCarryStages>, args, d, bh,
                                      d.read_carry_kernel_floats<WideReadCarryStages>(), stream)
                             : launch(read_and_carry_gradients_kernel<ReadCarryStages<TState>>, args, d, bh,
                                      d.read_carry_kernel_floats<ReadCarryStages<TState>>(), stream);
-    if (error != nullptr) return error;
-    return launch(write_gradients_kernel<WriteStages<TState>>, args, d, bh,
-                  d.write_kernel_floats<WriteStages<TState>>(), stream);
   };
   return args.compact_states ? run(bf16{}) : run(float{});
 }

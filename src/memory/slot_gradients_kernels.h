@@ -18,16 +18,16 @@ struct SlotGradientArgs {
   const float* read_weight;    ///< [BH, N, C, S]
   const float* source_v;       ///< [BH, N, C, V]
   const float* t_inverse;      ///< [BH, N, C, C]; null for SSD
+  const float* w;              ///< [BH, N, C, K]; null for SSD
   const float* state_move;     ///< [BH, N, S, S]
   const float* token_move;     ///< [BH, N, S, C]
   float* d_read_weight;        ///< [BH, N, C, S]: ⟨d_inter_c, (q̃ X_s)_c⟩
   float* d_transported_q;      ///< [BH, N, C, K]: Σ_s (w_s ⊙ d_inter) X_sᵀ
   float* d_w;                  ///< [BH, N, C, K]: −Σ_r dΔ_r X̄_rᵀ; null for SSD
-  float* moved_state_gram;     ///< [BH, N, K, K]: Σ_r X̄_r G_rᵀ; null for SSD
-  float* landed_gradient;      ///< [BH, N, C, K]: Σ_r L_r G_rᵀ with L_r = m_r ⊙ v
-  float* d_t_inverse;          ///< [BH, N, C, C]: Σ_r dΔ_r L_rᵀ; null for SSD
-  float* d_source_v;           ///< [BH, N, C, V]: Σ_r m_r ⊙ (Tᵀ dΔ_r)
-  float* d_chunk_decay;        ///< [BH, N]: Σ_r ⟨X̄_r, G_r⟩
+  float* d_k_to_end;  ///< [BH, N, C, K]: T Σ_r L_r G_rᵀ − W Σ_r X̄_r G_rᵀ, L_r = m_r ⊙ v (T = I: SSD)
+  float* d_t_inverse;    ///< [BH, N, C, C]: Σ_r dΔ_r L_rᵀ; null for SSD
+  float* d_source_v;     ///< [BH, N, C, V]: Σ_r m_r ⊙ (Tᵀ dΔ_r)
+  float* d_chunk_decay;  ///< [BH, N]: Σ_r ⟨X̄_r, G_r⟩
   /// [BH, N], as the slot-pass forward wrote them: slots dead at a chunk's start are skipped, so their X_s,
   /// and G_r and dΔ_r of slots dead in the chunk, need not be set. Null: every slot is visited.
   const unsigned* live_slots;

@@ -401,7 +401,7 @@ variable_list input_gradients_ops(const SlotPassInputs& in, const at::Tensor& st
 }
 
 /// The same gradients from the gradient kernels (slot_gradients.cu), which read each slot's states once per
-/// chunk; dK̃ = T Σ_r L_r G_rᵀ − W Σ_r X̄_r G_rᵀ takes two small batched products after them.
+/// chunk and form dK̃ = T Σ_r L_r G_rᵀ − W Σ_r X̄_r G_rᵀ from the sums they hold.
 variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
                                      [[maybe_unused]] const at::Tensor& start_states_BHNSKV,
                                      [[maybe_unused]] const at::Tensor& live_slots_BHN,
@@ -427,13 +427,12 @@ variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
                    t_inverse = ops::kernel_buffer(in.t_inverse_BHNCC), state_move = full(in.state_move_BHNSS),
                    token_move = full(in.token_move_BHNSC);
   const auto empty = [&](const at::Tensor& like) { return at::empty(like.sizes(), q.options()); };
-  const at::Tensor d_read_weight = empty(read_weight), d_q = empty(q), landed_g = empty(q),
+  const at::Tensor d_read_weight = empty(read_weight), d_q = empty(q), d_k_to_end = empty(q),
                    d_source_v = empty(source_v), d_chunk_decay = at::empty(chunks_BHN, q.options());
-  at::Tensor d_w, moved_x_g, d_t_inverse;
+  at::Tensor w, d_w, d_t_inverse;
   if (delta_rule) {
+    w = ops::kernel_buffer(in.w_BHNCK);
     d_w = empty(q);
-    moved_x_g =
-        at::empty({chunks_BHN[0], chunks_BHN[1], chunks_BHN[2], dims.key_dim, dims.key_dim}, q.options());
     d_t_inverse = empty(t_inverse);
   }
   const auto output = [](const at::Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
@@ -446,13 +445,13 @@ variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
                                     read_weight.data_ptr<float>(),
                                     source_v.data_ptr<float>(),
                                     ops::data_or_null(t_inverse),
+                                    ops::data_or_null(w),
                                     state_move.data_ptr<float>(),
                                     token_move.data_ptr<float>(),
                                     d_read_weight.data_ptr<float>(),
                                     d_q.data_ptr<float>(),
                                     output(d_w),
-                                    output(moved_x_g),
-                                    landed_g.data_ptr<float>(),
+                                    d_k_to_end.data_ptr<float>(),
                                     output(d_t_inverse),
                                     d_source_v.data_ptr<float>(),
                                     d_chunk_decay.data_ptr<float>(),
@@ -466,15 +465,10 @@ variable_list input_gradients_kernel([[maybe_unused]] const SlotPassInputs& in,
   grads[kReadWeight] = d_read_weight;
   grads[kChunkDecay] = d_chunk_decay;
   grads[kSourceV] = d_source_v;
+  grads[kKToEnd] = d_k_to_end;
   if (delta_rule) {
-    // T Σ_r L_r G_rᵀ, less W Σ_r X̄_r G_rᵀ accumulated in place by the second GEMM.
-    const auto batched = [](const at::Tensor& x) { return x.flatten(0, 2); };
-    grads[kKToEnd] = in.t_inverse_BHNCC.matmul(landed_g);
-    batched(grads[kKToEnd]).baddbmm_(batched(in.w_BHNCK), batched(moved_x_g), /*beta=*/1, /*alpha=*/-1);
     grads[kW] = d_w;
     grads[kTInverse] = d_t_inverse;
-  } else {
-    grads[kKToEnd] = landed_g;
   }
   return grads;
 #else

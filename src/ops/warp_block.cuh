@@ -211,8 +211,8 @@ __device__ inline float diagonal_sum(const WarpBlock& block) {
   return sum;
 }
 
-/// block = src (rows ld apart), as store left it.
-__device__ inline void load(WarpBlock& block, const float* src, int ld) {
+/// block = scale · src (rows ld apart), src as store leaves it.
+__device__ inline void load(WarpBlock& block, const float* src, int ld, float scale = 1.f) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int m = 0; m < 2; ++m)
@@ -222,10 +222,10 @@ __device__ inline void load(WarpBlock& block, const float* src, int ld) {
       const float* top = src + (16 * m + g) * ld + 8 * n + 2 * t;
       const float2 upper = *reinterpret_cast<const float2*>(top),
                    lower = *reinterpret_cast<const float2*>(top + 8 * ld);
-      c[0] = upper.x;
-      c[1] = upper.y;
-      c[2] = lower.x;
-      c[3] = lower.y;
+      c[0] = scale * upper.x;
+      c[1] = scale * upper.y;
+      c[2] = scale * lower.x;
+      c[3] = scale * lower.y;
     }
 }
 
