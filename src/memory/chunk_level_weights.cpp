@@ -123,7 +123,8 @@ bool chunk_level_weights_use_cuda_kernels([[maybe_unused]] const ChunkLevelInput
          table_dim_fits(rows.size(0), lam.size(0)) && table_dim_fits(rows.size(1), lam.size(1)) &&
          rows.size(3) == lam.size(3) && lam.size(4) == rows.size(4) + 1 &&
          lam.size(3) <= kernels::kMaxLevelChunk && rows.size(4) <= kernels::kMaxLevelSlots &&
-         (!in.conf_BHNCS.defined() || in.conf_BHNCS.scalar_type() == at::kFloat);
+         (!in.conf_BHNCS.defined() || in.conf_BHNCS.scalar_type() == at::kFloat) &&
+         kernels::supports_chunk_levels(dims_of(lam, rows));
 #else
   return false;
 #endif

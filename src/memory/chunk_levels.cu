@@ -1,10 +1,13 @@
-// CUDA kernels of chunk_level_weights (chunk_levels_kernel.h): a warp per query of a chunk. The warp holds
-// the query's row of the segment table, its λ levels and confidences in shared memory; its lanes take the
-// chunk's keys (and the chunk-start states) in turn. The backward sums each lane's gradients by slot with
-// warp shuffles, so every query's sums are deterministic.
+// CUDA kernels of chunk_level_weights (chunk_levels_kernel.h): a thread block per chunk. The block stages
+// the chunk's rows of the segment table (as int32 positions relative to the chunk's first key), its λ
+// levels, confidences and state keys in shared memory once; then a warp per query takes the chunk's keys
+// (and the chunk-start states) lane by lane. The backward sums each lane's gradients by slot with warp
+// shuffles, so every query's sums are deterministic. (A warp per query, each finding its place with 64-bit
+// divisions and staging its own row, spent most of its instructions on that set-up.)
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 
 #include "../ops/cuda_launch.cuh"
 #include "chunk_levels_kernel.h"
@@ -14,86 +17,78 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kKeysPerLane = static_cast<int>(kMaxLevelChunk / 32);
-constexpr int kStatesPerLane = static_cast<int>(kMaxLevelSlots / 32);
 constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kNoStart = INT_MAX;  // an empty slot: no key is at or past its start
 
-/// One query's row of the table with its λ and confidences, staged by its warp.
-struct QueryRow {
-  int64_t starts[kMaxLevelSlots];
-  float lam[kMaxLevelSlots + 1];
-  float conf[kMaxLevelSlots];
+/// A chunk's inputs, staged by its block: rows of C · S starts, C · (S + 1) λ levels, C · S confidences (1
+/// where absent) and the S state keys. Positions are relative to the chunk's first key.
+struct ChunkRows {
+  int* starts;
+  float* lam;
+  float* conf;
+  int* state_keys;
+
+  __device__ ChunkRows(int* shared, int C, int S)
+      : starts(shared),
+        lam(reinterpret_cast<float*>(shared + C * S)),
+        conf(lam + C * (S + 1)),
+        state_keys(reinterpret_cast<int*>(conf + C * S)) {}
+
+  static int64_t bytes(int64_t C, int64_t S) { return (C * S + C * (S + 1) + C * S + S) * 4; }
 };
 
-/// Where query r (of B·H·N·C) finds its inputs.
-struct QueryPlace {
-  int64_t table_row;  ///< its row of the segment table
-  int64_t keys_row;   ///< its chunk's row of the state keys
-  int64_t first_key;  ///< the position of its chunk's first token
-  int query;          ///< its place in the chunk
-};
-
-__device__ QueryPlace place_of(int64_t r, const ChunkLevelDims& d) {
-  const int64_t chunk = r / d.chunk_size, n = chunk % d.chunks, head_batch = chunk / d.chunks;
-  const int64_t first_row = (head_batch / d.heads) * d.table_batch_stride +
-                            (head_batch % d.heads) * d.table_head_stride + n * d.chunk_size;
-  return {first_row + r % d.chunk_size, first_row / d.chunk_size, n * d.chunk_size,
-          static_cast<int>(r % d.chunk_size)};
-}
-
-/// Stages query r's row; the warp's lanes must all call it.
-__device__ void stage_row(QueryRow& row, int64_t r, const QueryPlace& place, const int64_t* rows,
-                          const float* lam, const float* conf, int slots, int lane) {
-  __syncwarp();  // the row of the warp's previous query is no longer read
-  for (int s = lane; s < slots; s += 32) {
-    row.starts[s] = __ldg(rows + place.table_row * slots + s);
-    row.conf[s] = conf != nullptr ? __ldg(conf + r * slots + s) : 1.0f;
+/// Stages chunk blockIdx.x's rows; its first query is row blockIdx.x · C of lam and conf.
+__device__ ChunkRows stage_chunk(int* shared, const int64_t* rows, const int64_t* state_keys,
+                                 const float* lam, const float* conf, const ChunkLevelDims& d) {
+  const int C = static_cast<int>(d.chunk_size), S = static_cast<int>(d.slots);
+  ChunkRows chunk(shared, C, S);
+  const int64_t n = blockIdx.x % d.chunks, head_batch = blockIdx.x / d.chunks;
+  const int64_t first_row =
+      (head_batch / d.heads) * d.table_batch_stride + (head_batch % d.heads) * d.table_head_stride + n * C;
+  const int64_t first_key = n * C, first_query = static_cast<int64_t>(blockIdx.x) * C;
+  for (int e = static_cast<int>(threadIdx.x); e < C * S; e += kThreads) {
+    const int64_t start = __ldg(rows + first_row * S + e);
+    chunk.starts[e] = start >= 0 ? static_cast<int>(start - first_key) : kNoStart;
+    chunk.conf[e] = conf != nullptr ? __ldg(conf + first_query * S + e) : 1.0f;
   }
-  for (int l = lane; l <= slots; l += 32)
-    row.lam[l] = __ldg(lam + r * (slots + 1) + l);
-  __syncwarp();
+  for (int e = static_cast<int>(threadIdx.x); e < C * (S + 1); e += kThreads)
+    chunk.lam[e] = __ldg(lam + first_query * (S + 1) + e);
+  for (int s = static_cast<int>(threadIdx.x); s < S; s += kThreads)
+    chunk.state_keys[s] = static_cast<int>(__ldg(state_keys + (first_row / C) * S + s) - first_key);
+  __syncthreads();
+  return chunk;
 }
 
 /// The newest slot whose segment starts at or before `key` (slots run from the newest), else −1.
-__device__ int slot_of(const QueryRow& row, int slots, int64_t key) {
-  for (int s = 0; s < slots; ++s) {
-    const int64_t start = row.starts[s];
-    if (start >= 0 && start <= key) return s;
+__device__ int slot_of(const int* starts, int S, int key) {
+  for (int s = 0; s < S; ++s) {
+    if (starts[s] <= key) return s;
   }
   return -1;
-}
-
-/// Runs body(row, r, place, lane) for each query r of the warp's share, with its row staged.
-template <typename Body>
-__device__ void for_each_query(const ChunkLevelDims& d, const int64_t* rows, const float* lam,
-                               const float* conf, Body&& body) {
-  __shared__ QueryRow staged[kWarps];
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int64_t queries = d.batch * d.heads * d.chunks * d.chunk_size;
-  QueryRow& row = staged[warp];
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + warp; r < queries;
-       r += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const QueryPlace place = place_of(r, d);
-    stage_row(row, r, place, rows, lam, conf, static_cast<int>(d.slots), lane);
-    body(row, r, place, lane);
-  }
 }
 
 __global__ void __launch_bounds__(kThreads)
     level_weights_kernel(const int64_t* __restrict__ rows, const int64_t* __restrict__ state_keys,
                          const float* __restrict__ lam, const float* __restrict__ conf,
                          float* __restrict__ intra, float* __restrict__ state, ChunkLevelDims d) {
-  const int slots = static_cast<int>(d.slots), C = static_cast<int>(d.chunk_size);
-  for_each_query(d, rows, lam, conf, [&](const QueryRow& row, int64_t r, const QueryPlace& place, int lane) {
+  extern __shared__ int shared[];
+  const ChunkRows chunk = stage_chunk(shared, rows, state_keys, lam, conf, d);
+  const int C = static_cast<int>(d.chunk_size), S = static_cast<int>(d.slots);
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  for (int query = warp; query < C; query += kWarps) {
+    const int64_t r = static_cast<int64_t>(blockIdx.x) * C + query;
+    const int* starts = chunk.starts + query * S;
+    const float* lam_row = chunk.lam + query * (S + 1);
+    const float* conf_row = chunk.conf + query * S;
     for (int j = lane; j < C; j += 32) {
-      const int slot = max(slot_of(row, slots, place.first_key + j), 0);
-      intra[r * C + j] = j == place.query ? row.lam[0] : row.lam[slot + 1] * row.conf[slot];
+      const int slot = max(slot_of(starts, S, j), 0);
+      intra[r * C + j] = j == query ? lam_row[0] : lam_row[slot + 1] * conf_row[slot];
     }
-    for (int s = lane; s < slots; s += 32) {
-      const int slot = slot_of(row, slots, __ldg(state_keys + place.keys_row * slots + s));
-      state[r * slots + s] = slot >= 0 ? row.lam[slot + 1] * row.conf[slot] : 0.0f;
+    for (int s = lane; s < S; s += 32) {
+      const int slot = slot_of(starts, S, chunk.state_keys[s]);
+      state[r * S + s] = slot >= 0 ? lam_row[slot + 1] * conf_row[slot] : 0.0f;
     }
-  });
+  }
 }
 
 __device__ float warp_sum(float x) {
@@ -102,26 +97,36 @@ __device__ float warp_sum(float x) {
   return x;
 }
 
+/// With each lane holding kKeysPerLane of a chunk's keys and kStatesPerLane of its states.
+template <int kKeysPerLane, int kStatesPerLane>
 __global__ void __launch_bounds__(kThreads)
     level_gradients_kernel(const int64_t* __restrict__ rows, const int64_t* __restrict__ state_keys,
                            const float* __restrict__ lam, const float* __restrict__ conf,
                            const float* __restrict__ d_intra, const float* __restrict__ d_state,
                            float* __restrict__ d_lam, float* __restrict__ d_conf, ChunkLevelDims d) {
+  extern __shared__ int shared[];
   __shared__ float slot_sums[kWarps][kMaxLevelSlots + 1];
-  const int slots = static_cast<int>(d.slots), C = static_cast<int>(d.chunk_size);
-  for_each_query(d, rows, lam, conf, [&](const QueryRow& row, int64_t r, const QueryPlace& place, int lane) {
+  const ChunkRows chunk = stage_chunk(shared, rows, state_keys, lam, conf, d);
+  const int C = static_cast<int>(d.chunk_size), S = static_cast<int>(d.slots);
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  float* sums = slot_sums[warp];
+  for (int query = warp; query < C; query += kWarps) {
+    const int64_t r = static_cast<int64_t>(blockIdx.x) * C + query;
+    const int* starts = chunk.starts + query * S;
     // Each of the lane's keys and states adds its gradient to one slot's λ and confidence, or (the query's
-    // own key, slot −1 here) to λ_0 alone.
+    // own key, slot −1 here) to λ_0 alone; −2 adds nothing.
     int key_slot[kKeysPerLane], state_slot[kStatesPerLane];
     float key_grad[kKeysPerLane], state_grad[kStatesPerLane];
+    uint64_t used = 0;  // bit slot + 1 for each slot the lane adds to
 #pragma unroll
     for (int t = 0; t < kKeysPerLane; ++t) {
       const int j = lane + 32 * t;
-      key_slot[t] = -2;  // past the chunk: adds nothing
+      key_slot[t] = -2;
       key_grad[t] = 0.0f;
       if (j < C) {
-        key_slot[t] = j == place.query ? -1 : max(slot_of(row, slots, place.first_key + j), 0);
+        key_slot[t] = j == query ? -1 : max(slot_of(starts, S, j), 0);
         key_grad[t] = __ldg(d_intra + r * C + j);
+        used |= uint64_t{1} << (key_slot[t] + 1);
       }
     }
 #pragma unroll
@@ -129,16 +134,24 @@ __global__ void __launch_bounds__(kThreads)
       const int s = lane + 32 * t;
       state_slot[t] = -2;
       state_grad[t] = 0.0f;
-      if (s < slots) {
-        const int slot = slot_of(row, slots, __ldg(state_keys + place.keys_row * slots + s));
-        state_slot[t] = slot >= 0 ? slot : -2;
-        state_grad[t] = __ldg(d_state + r * slots + s);
+      if (s < S) {
+        const int slot = slot_of(starts, S, chunk.state_keys[s]);
+        if (slot >= 0) {
+          state_slot[t] = slot;
+          state_grad[t] = __ldg(d_state + r * S + s);
+          used |= uint64_t{1} << (slot + 1);
+        }
       }
     }
+    used = __reduce_or_sync(kFullMask, static_cast<unsigned>(used)) |
+           uint64_t{__reduce_or_sync(kFullMask, static_cast<unsigned>(used >> 32))} << 32;
     // A slot's λ and confidence both get its entries' gradients times the other factor: one sum per slot,
-    // staged at slot + 1, and then the lanes write the row's gradients together.
-    float* sums = slot_sums[threadIdx.x / 32];
-    for (int slot = -1; slot < slots; ++slot) {
+    // staged at slot + 1 (zero for the slots nothing adds to), then the lanes write the row's gradients.
+    for (int l = lane; l <= S; l += 32)
+      sums[l] = 0.0f;
+    __syncwarp();
+    for (uint64_t rest = used; rest != 0; rest &= rest - 1) {
+      const int slot = __ffsll(static_cast<long long>(rest)) - 2;
       float in_slot = 0.0f;
 #pragma unroll
       for (int t = 0; t < kKeysPerLane; ++t) {
@@ -148,42 +161,76 @@ __global__ void __launch_bounds__(kThreads)
       for (int t = 0; t < kStatesPerLane; ++t) {
         if (state_slot[t] == slot) in_slot += state_grad[t];
       }
-      // Most slots get nothing from a query (no key or state of the chunk in them): one vote, not a sum.
-      if (__any_sync(kFullMask, in_slot != 0.0f)) in_slot = warp_sum(in_slot);
+      in_slot = warp_sum(in_slot);
       if (lane == 0) sums[slot + 1] = in_slot;
     }
-    __syncwarp();  // lane 0's sums, for every lane; the next query overwrites them after stage_row's barrier
-    for (int l = lane; l <= slots; l += 32)
-      d_lam[r * (slots + 1) + l] = l == 0 ? sums[0] : sums[l] * row.conf[l - 1];
-    if (d_conf == nullptr) return;
-    for (int s = lane; s < slots; s += 32)
-      d_conf[r * slots + s] = sums[s + 1] * row.lam[s + 1];
-  });
+    __syncwarp();
+    const float* lam_row = chunk.lam + query * (S + 1);
+    const float* conf_row = chunk.conf + query * S;
+    for (int l = lane; l <= S; l += 32)
+      d_lam[r * (S + 1) + l] = l == 0 ? sums[0] : sums[l] * conf_row[l - 1];
+    if (d_conf != nullptr) {
+      for (int s = lane; s < S; s += 32)
+        d_conf[r * S + s] = sums[s + 1] * lam_row[s + 1];
+    }
+    __syncwarp();  // the sums are read before the next query overwrites them
+  }
 }
 
-unsigned blocks_for(const ChunkLevelDims& d) {
-  const int64_t queries = d.batch * d.heads * d.chunks * d.chunk_size;
-  return static_cast<unsigned>(std::clamp<int64_t>((queries + kWarps - 1) / kWarps, 1, int64_t{1} << 20));
+template <class Kernel, class... Args>
+const char* launch(Kernel kernel, const ChunkLevelDims& d, void* stream, Args... args) {
+  const int64_t bytes = ChunkRows::bytes(d.chunk_size, d.slots);
+  if (bytes > 48 * 1024) {
+    const cudaError_t error =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (error != cudaSuccess) return cudaGetErrorString(error);
+  }
+  const int64_t blocks = d.batch * d.heads * d.chunks;
+  kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes),
+           static_cast<cudaStream_t>(stream)>>>(args..., d);
+  return dla::ops::kernels::launched();
+}
+
+template <int kKeysPerLane>
+const char* launch_gradients(const ChunkLevelDims& d, void* stream, const int64_t* rows,
+                             const int64_t* state_keys, const float* lam, const float* conf,
+                             const float* d_intra, const float* d_state, float* d_lam, float* d_conf) {
+  return d.slots <= 32 ? launch(level_gradients_kernel<kKeysPerLane, 1>, d, stream, rows, state_keys, lam,
+                                conf, d_intra, d_state, d_lam, d_conf)
+                       : launch(level_gradients_kernel<kKeysPerLane, 2>, d, stream, rows, state_keys, lam,
+                                conf, d_intra, d_state, d_lam, d_conf);
 }
 
 }  // namespace
+
+bool supports_chunk_levels(const ChunkLevelDims& dims) {
+  const int64_t tokens = dims.chunks * dims.chunk_size, blocks = dims.batch * dims.heads * dims.chunks;
+  return dims.chunk_size >= 1 && dims.chunk_size <= kMaxLevelChunk && dims.slots >= 1 &&
+         dims.slots <= kMaxLevelSlots && tokens < (int64_t{1} << 30) && blocks < (int64_t{1} << 31) &&
+         ChunkRows::bytes(dims.chunk_size, dims.slots) <= dla::ops::kernels::max_shared_bytes() - 8 * 1024;
+}
 
 const char* chunk_level_weights(const int64_t* rows, const int64_t* state_keys, const float* lam,
                                 const float* conf, float* intra, float* state, const ChunkLevelDims& dims,
                                 void* stream) {
   if (dims.batch * dims.heads * dims.chunks * dims.chunk_size == 0) return nullptr;
-  level_weights_kernel<<<blocks_for(dims), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      rows, state_keys, lam, conf, intra, state, dims);
-  return dla::ops::kernels::launched();
+  return launch(level_weights_kernel, dims, stream, rows, state_keys, lam, conf, intra, state);
 }
 
 const char* chunk_level_gradients(const int64_t* rows, const int64_t* state_keys, const float* lam,
                                   const float* conf, const float* d_intra, const float* d_state, float* d_lam,
                                   float* d_conf, const ChunkLevelDims& dims, void* stream) {
   if (dims.batch * dims.heads * dims.chunks * dims.chunk_size == 0) return nullptr;
-  level_gradients_kernel<<<blocks_for(dims), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      rows, state_keys, lam, conf, d_intra, d_state, d_lam, d_conf, dims);
-  return dla::ops::kernels::launched();
+  switch ((dims.chunk_size + 31) / 32) {
+    case 1:
+      return launch_gradients<1>(dims, stream, rows, state_keys, lam, conf, d_intra, d_state, d_lam, d_conf);
+    case 2:
+      return launch_gradients<2>(dims, stream, rows, state_keys, lam, conf, d_intra, d_state, d_lam, d_conf);
+    case 3:
+      return launch_gradients<3>(dims, stream, rows, state_keys, lam, conf, d_intra, d_state, d_lam, d_conf);
+    default:
+      return launch_gradients<4>(dims, stream, rows, state_keys, lam, conf, d_intra, d_state, d_lam, d_conf);
+  }
 }
 
 }  // namespace dla::memory::kernels

@@ -1,7 +1,7 @@
 // The CUDA kernels of chunk_level_weights (dla/memory/chunk_level_weights.h) behind a plain C++ interface, so
-// that only the .cu file is compiled by nvcc. A warp per query finds each key's slot in its row of the
-// segment table and writes the query's weights, or, backward, sums their gradients into the query's λ
-// levels and confidences; no [.., C, C] index grid is formed.
+// that only the .cu file is compiled by nvcc. A block per chunk, a warp per query: each key's slot is found
+// in the query's row of the segment table, and the query's weights written, or, backward, their gradients
+// summed into the query's λ levels and confidences; no [.., C, C] index grid is formed.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +19,11 @@ struct ChunkLevelDims {
   int64_t table_batch_stride;  ///< between batches, in rows of S entries: Ht·N·C, or 0
   int64_t table_head_stride;   ///< between heads, in rows: N·C, or 0
 };
+
+/// Whether the kernels take these dims: chunks of at most kMaxLevelChunk, at most kMaxLevelSlots slots,
+/// sequences shorter than 2^30 tokens (positions within a chunk are int32) and a chunk's rows within shared
+/// memory.
+bool supports_chunk_levels(const ChunkLevelDims& dims);
 
 /// intra[.., i, j] = λ[level] · conf[slot] of key j for query i (λ_0 and 1 on the diagonal),
 /// state[.., i, s] = λ[slot + 1] · conf[slot] of chunk-start state s, 0 where it has no slot. lam is
