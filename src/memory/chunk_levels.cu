@@ -6,7 +6,6 @@
 // divisions and staging its own row, spent most of its instructions on that set-up.)
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <climits>
 
 #include "../ops/cuda_launch.cuh"

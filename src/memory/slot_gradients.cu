@@ -122,8 +122,8 @@ struct Dims {
   __host__ __device__ int read_carry_stage_floats() const {
     return St::floats(2 * K + C);
   }
-  /// Rows of the float32 right operands of dK̃'s products, Σ_s X_s Ḡ_sᵀ [K, K] and Σ_r L_r G_rᵀ [C, K], read
-  /// down their columns (as T's rows).
+  /// Rows of the float32 right operands of dK̃'s products, Σ_s X_s Ḡ_sᵀ [K, K] and Σ_r L_r G_rᵀ [C, K]: read
+  /// down their columns, rows 8 floats past a multiple of 32 keep a fragment load's lanes on distinct banks.
   __host__ __device__ int sum_ld() const { return K + 2 * kPad; }
   /// The read and carry kernel's d_inter, q̃ and stage buffers, which its last step (dK̃'s carry term) then
   /// takes for W [C, k_ld], Σ_s X_s Ḡ_sᵀ [K, sum_ld] and the write kernel's term [C, sum_ld], in float32.

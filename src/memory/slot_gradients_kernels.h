@@ -35,7 +35,7 @@ struct SlotGradientArgs {
 };
 
 /// Whether slot_pass_gradients runs these dims on the current device: C and K multiples of 16, V of 32, at
-/// most 16 slots, and the tiles and shared memory of its three kernels within their limits. The state moves'
+/// most 16 slots, and the tiles and shared memory of its two kernels within their limits. The state moves'
 /// columns must hold at most one 1 each (as memory::chunkwise builds them).
 bool supports_slot_gradients(const SlotPassDims& dims);
 
