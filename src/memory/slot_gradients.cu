@@ -225,8 +225,9 @@ __device__ void list_slots(SlotList& list, const float* moves, const float* toke
   __syncthreads();
 }
 
-/// dw, dq̃, (delta rule) dW and Σ_s X_s Ḡ_sᵀ, and de of one chunk: the reads' and the carry's gradients, which
-/// both multiply the start states X_s, so that each is read from global memory once. Stages: every slot s
+/// dw, dq̃, de and (delta rule) dW of one chunk, and dK̃ = T Σ_r L_r G_rᵀ − W Σ_s X_s Ḡ_sᵀ from the write
+/// kernel's term: the reads' and the carry's gradients, which both multiply the start states X_s, so that
+/// each is read from global memory once. Stages: every slot s
 /// live at the chunk's start, St::kColumns value columns at a time, with X_s and, where s's state moves to a
 /// slot r, dΔ_r and G_r. Each warp holds two 32 × 32 blocks: of P_s or dW, and of Σ_s X_s Ḡ_sᵀ. The P_s warps
 /// add w_s ⊙ P_s to their block of dq̃ at a slot's end and write their rows' dots with q̃ over their 32 keys,

@@ -105,7 +105,8 @@ struct Stage {
 /// buffers: the copies of the next kBuffers − 1 stages (prefetch(stage, buffer)) are in flight while one
 /// computes (compute(stage, buffer)). Every iteration commits one group of copies, empty past the last stage,
 /// so that waiting for all but the newest kBuffers − 1 groups waits for the current stage's (and, at the
-/// first, for what the kernel copied before).
+/// first, for what the kernel copied before). Returns when every thread's copies have landed, also those the
+/// kernel started before (with no stages to run too), so that the caller may write over any of it.
 template <int kBuffers, class Prefetch, class Compute>
 __device__ void run_stages(int outer_count, int inner_count, Prefetch prefetch, Compute compute) {
   const int stages = outer_count * inner_count;
@@ -130,6 +131,7 @@ __device__ void run_stages(int outer_count, int inner_count, Prefetch prefetch, 
     __syncthreads();  // the buffer is free for stage k + kBuffers
   }
   wait_copies<0>();
+  __syncthreads();
 }
 
 }  // namespace dla::memory::kernels
